@@ -1,0 +1,251 @@
+"""The ``glag`` command line."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+from tabulate import tabulate
+
+from glag import __version__
+from glag.errors import GlagError
+
+
+class NotBuilt(GlagError):
+    pass
+
+
+def _log(msg: str) -> None:
+    """Log to stderr without breaking tqdm's progress bars."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(msg, file=sys.stderr)
+
+
+def _not_built(name: str):
+    raise NotBuilt(f"'glag {name}' is not built yet")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="glag")
+def cli():
+    """GLAG long-tailed classification: stage-one training and feature dump (extract),
+    the adaptive feature generator (generate), classifier-only stage two (classify),
+    the whole pipeline (run), cache management (cache) and run comparison (report)."""
+
+
+def cache_dir_option(f):
+    return click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), envvar="GLAG_CACHE_DIR",
+                        default=lambda: str(__import__("glag.cache.store", fromlist=["x"]).default_cache_dir()),
+                        show_default="$GLAG_CACHE_DIR or ~/.cache/glag", help="Folder of feature caches.")(f)
+
+
+@cli.group()
+def cache():
+    """List, inspect, verify and remove feature caches."""
+
+
+@cache.command("ls")
+@cache_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def cache_ls(cache_dir: Path, as_json: bool):
+    """List the caches in the cache folder."""
+    from glag.cache.store import list_caches
+
+    rows = list_caches(cache_dir)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    elif not rows:
+        click.echo(f"no caches in {cache_dir}")
+    else:
+        click.echo(tabulate(rows, headers="keys"))
+
+
+@cache.command("info")
+@click.argument("target")
+@cache_dir_option
+def cache_info(target: str, cache_dir: Path):
+    """Show a cache's attributes and per-split class counts (TARGET: file or key prefix)."""
+    from glag.cache.format import FeatureCache
+    from glag.cache.store import resolve
+
+    c = FeatureCache(resolve(target, cache_dir))
+    info = c.info()
+    info["config"] = c.config
+    info["train_counts"] = c.train_counts.tolist()
+    click.echo(json.dumps(info, indent=2))
+
+
+@cache.command("verify")
+@click.argument("targets", nargs=-1, required=True)
+@cache_dir_option
+def cache_verify(targets: tuple[str, ...], cache_dir: Path):
+    """Check shapes, label range, class offsets and finiteness; exit 1 on any problem."""
+    from glag.cache.format import verify
+    from glag.cache.store import resolve
+
+    bad = 0
+    for t in targets:
+        path = resolve(t, cache_dir)
+        problems = verify(path)
+        if problems:
+            bad += 1
+            for p in problems:
+                click.echo(f"{path}: {p}")
+        else:
+            click.echo(f"{path}: OK")
+    if bad:
+        raise click.exceptions.Exit(1)
+
+
+@cache.command("rm")
+@click.argument("targets", nargs=-1, required=True)
+@cache_dir_option
+@click.option("--keep-derived", is_flag=True, help="Keep generator statistics derived from the cache.")
+def cache_rm(targets: tuple[str, ...], cache_dir: Path, keep_derived: bool):
+    """Remove caches (TARGETS: files or key prefixes) and the statistics derived from them."""
+    from glag.cache.store import related_files, resolve
+
+    paths = [resolve(t, cache_dir) for t in targets]  # resolve all first: no partial removal on a typo
+    for p in paths:
+        for q in ([] if keep_derived else related_files(p)) + [p]:
+            q.unlink()
+            click.echo(f"removed {q}")
+
+
+def dataset_options(f):
+    from glag.extract.datasets import DATASETS
+
+    opts = [
+        click.option("--dataset", type=click.Choice(DATASETS), default="digits", show_default=True,
+                     help="Long-tailed dataset; 'digits' is bundled and needs no download."),
+        click.option("--imbalance", "-im", type=float, default=0.0,
+                     help="Imbalance ratio n_max/n_min (>= 1); 0 = 100 (20 for digits)."),
+        click.option("--val-per-class", type=int, default=20, show_default=True,
+                     help="Validation images per class, from training images outside the LT subset."),
+        click.option("--data-root", type=click.Path(path_type=Path), default=None,
+                     help="Folder holding the dataset files (cifar-*-python, Fashion-MNIST IDX files, list files)."),
+        click.option("--download", is_flag=True, help="Download the dataset into --data-root first (needs a network)."),
+        click.option("--full-split", is_flag=True, help="Also dump the full balanced training set (probe protocol)."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def train_options(f):
+    from glag.extract.losses import LOSSES
+    from glag.extract.models import BACKBONES
+
+    opts = [
+        click.option("--loss", type=click.Choice(LOSSES), default="graloss", show_default=True, help="Stage-one loss."),
+        click.option("--a", "a", type=float, default=1.0, show_default=True, help="GraLoss scale a in lam(t) = a (t/T)^g."),
+        click.option("--g", "g", type=float, default=3.0, show_default=True, help="GraLoss exponent g (<1 concave, 1 linear, >1 convex)."),
+        click.option("--tau", type=float, default=1.0, show_default=True, help="Fixed strength for --loss la."),
+        click.option("--backbone", type=click.Choice(sorted(BACKBONES)), default=None, help="Backbone (default: the dataset's preset)."),
+        click.option("--epochs", type=click.IntRange(min=1), default=None, help="Stage-one epochs (default: preset; 200 for CIFAR)."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Batch size (default: preset)."),
+        click.option("--lr", type=float, default=None, help="Peak learning rate (default: preset)."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Random seed."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def build_spec(dataset, imbalance, val_per_class, data_root, full_split):
+    from glag.extract.datasets import DatasetSpec
+
+    return DatasetSpec(dataset, imbalance, val_per_class, full_split, str(data_root) if data_root else None).resolved()
+
+
+def build_train_config(spec, loss, a, g, tau, backbone, epochs, batch_size, lr, seed):
+    from glag.extract.train import TrainConfig
+
+    return TrainConfig(dataset=spec, backbone=backbone or "", loss=loss, a=a, g=g, tau=tau, epochs=epochs or 0,
+                       batch_size=batch_size or 0, lr=lr or 0.0, seed=seed).resolved()
+
+
+def run_stage_one(kw: dict, cache_dir: Path, checkpoint=None, views=0, quiet=False):
+    from glag.extract.datasets import load_dataset
+    from glag.extract.stage_one import stage_one
+
+    spec = build_spec(kw["dataset"], kw["imbalance"], kw["val_per_class"], kw["data_root"], kw["full_split"])
+    cfg = build_train_config(spec, *(kw[k] for k in ("loss", "a", "g", "tau", "backbone", "epochs", "batch_size", "lr", "seed")))
+    data = load_dataset(spec, download=kw["download"])
+    log = (lambda m: None) if quiet else _log
+    return stage_one(cfg, data, cache_dir, checkpoint=checkpoint, views=views, progress=not quiet, log=log)
+
+
+@cli.command()
+@dataset_options
+@train_options
+@cache_dir_option
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Dump features of this stage-one checkpoint instead of training.")
+@click.option("--views", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Also dump this many augmented views of the train split.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars or log lines.")
+def extract(cache_dir, checkpoint, views, quiet, **kw):
+    """Train a backbone (stage one) and dump train/val/test features to the cache.
+
+    An identical call reuses the trained weights and the cache instead of recomputing.
+    Prints the cache path and stage-one test accuracy (overall, Many/Medium/Few) as JSON.
+    """
+    path, report, reused = run_stage_one(kw, cache_dir, checkpoint, views, quiet)
+    out = {"cache": str(path), "reused": reused, **{k: report[k] for k in ("top1", "many", "medium", "few")}}
+    click.echo(json.dumps(out))
+
+
+@cli.command()
+def generate():
+    """Compute generator statistics and support sets for a cache."""
+    _not_built("generate")
+
+
+@cli.command()
+def classify():
+    """Train the stage-two classifier on a cache."""
+    _not_built("classify")
+
+
+@cli.command()
+def run():
+    """Run extract -> generate -> classify."""
+    _not_built("run")
+
+
+@cli.command()
+def report():
+    """Compare runs in a table and plots."""
+    _not_built("report")
+
+
+def main(argv=None) -> int:
+    """Entry point: user errors become one line on stderr and a non-zero exit, never a traceback."""
+    try:
+        rv = cli.main(args=argv, prog_name="glag", standalone_mode=False)
+        return rv if isinstance(rv, int) else 0
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("error: aborted", err=True)
+        return 1
+    except click.ClickException as exc:
+        click.echo(f"error: {exc.format_message()}", err=True)
+        return exc.exit_code
+    except GlagError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return 1
+    except KeyboardInterrupt:
+        click.echo("error: interrupted", err=True)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+def entry() -> None:
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""Mini-batches for training and feature dumps.
+
+In-memory datasets are normalised and augmented on whole tensor batches (random
+crop with zero padding + horizontal flip), which is far faster than per-image
+PIL transforms; list-file datasets go through a DataLoader with PIL transforms.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class Augment:
+    pad: int = 4
+    flip: bool = True
+
+    @property
+    def active(self) -> bool:
+        return self.pad > 0 or self.flip
+
+
+def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 images ``[N, H, W(, C)]`` on the 0..1 scale."""
+    x = images.reshape(len(images), -1, 1 if images.ndim == 3 else images.shape[-1]).astype(np.float64) / 255.0
+    return x.mean(axis=(0, 1)).tolist(), np.maximum(x.std(axis=(0, 1)), 1e-3).tolist()
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 ``[N, H, W(, C)]`` -> uint8 tensor ``[N, C, H, W]``."""
+    t = torch.from_numpy(np.ascontiguousarray(images))
+    return t[:, None] if t.ndim == 3 else t.permute(0, 3, 1, 2).contiguous()
+
+
+def random_crop_flip(x: torch.Tensor, aug: Augment, gen: torch.Generator) -> torch.Tensor:
+    """Batched random crop (zero padding ``aug.pad``) and horizontal flip of ``[B, C, H, W]``."""
+    b, _, h, w = x.shape
+    if aug.pad > 0:
+        p = aug.pad
+        padded = torch.nn.functional.pad(x, (p, p, p, p))
+        oy = torch.randint(0, 2 * p + 1, (b,), generator=gen)
+        ox = torch.randint(0, 2 * p + 1, (b,), generator=gen)
+        rows = (oy[:, None] + torch.arange(h))[:, None, :, None]
+        cols = (ox[:, None] + torch.arange(w))[:, None, None, :]
+        x = padded[torch.arange(b)[:, None, None, None], torch.arange(x.shape[1])[None, :, None, None], rows, cols]
+    if aug.flip:
+        flip = torch.rand(b, generator=gen) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    return x
+
+
+class ArrayBatches:
+    """Batches ``(x float [B, C, H, W], y int64 [B])`` over an in-memory uint8 image array."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, mean, std, *,
+                 shuffle: bool = False, augment: Augment | None = None, seed: int = 0,
+                 rank: int = 0, world: int = 1, drop_last: bool = False):
+        self.x = to_tensor(images)
+        self.y = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+        self.batch_size, self.shuffle, self.augment, self.seed = batch_size, shuffle, augment, seed
+        self.rank, self.world, self.drop_last = rank, world, drop_last
+        self.mean = torch.tensor(mean, dtype=torch.float32)[None, :, None, None] * 255.0
+        self.std = torch.tensor(std, dtype=torch.float32)[None, :, None, None] * 255.0
+
+    def _order(self) -> torch.Tensor:
+        n = len(self.y)
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(self.seed)
+            order = torch.randperm(n, generator=gen)
+        else:
+            order = torch.arange(n)
+        if self.world > 1:  # each rank takes every world-th row of a padded permutation, as DistributedSampler
+            pad = (-n) % self.world
+            order = torch.cat([order, order[:pad]])[self.rank::self.world]
+        return order
+
+    def __len__(self) -> int:
+        n = len(self._order())
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self):
+        order = self._order()
+        gen = torch.Generator().manual_seed(self.seed + 7919)
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            x = self.x[idx].float()
+            if self.augment is not None and self.augment.active:
+                x = random_crop_flip(x, self.augment, gen)
+            yield (x - self.mean) / self.std, self.y[idx]
+
+
+class _Files(torch.utils.data.Dataset):
+    def __init__(self, paths, labels, transform):
+        self.paths, self.labels, self.transform = paths, labels, transform
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        with Image.open(self.paths[i]) as im:
+            return self.transform(im.convert("RGB")), int(self.labels[i])
+
+
+def file_batches(paths, labels, batch_size: int, *, train: bool, seed: int = 0, rank: int = 0, world: int = 1,
+                 workers: int = 4, size: int = 224):
+    """DataLoader over image files with the standard ImageNet transforms."""
+    import torchvision.transforms as T
+
+    norm = T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    tf = (T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(), norm]) if train
+          else T.Compose([T.Resize(int(size * 256 / 224)), T.CenterCrop(size), T.ToTensor(), norm]))
+    ds = _Files(paths, labels, tf)
+    sampler = torch.utils.data.DistributedSampler(ds, world, rank, shuffle=train, seed=seed) if world > 1 else None
+    gen = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(ds, batch_size, shuffle=(train and sampler is None), sampler=sampler,
+                                       num_workers=workers, pin_memory=torch.cuda.is_available(),
+                                       drop_last=train, generator=gen, persistent_workers=False)

@@ -1,0 +1,208 @@
+"""Long-tailed datasets: CIFAR-10/100-LT, Fashion-MNIST-LT, digits-LT and list-file datasets.
+
+A dataset is held as image *sources* (uint8 arrays in memory, or file paths for
+list-file datasets) plus index *splits* into them: ``train`` (the LT subset),
+``val`` (held-out training images, never test), ``test`` and optionally ``full``
+(the whole balanced training source, for the probe protocol).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from glag.errors import GlagError
+from glag.extract import sources
+from glag.extract.profile import check_imbalance, class_counts, exponential_counts
+
+ARRAY_DATASETS = {"digits", "cifar10-lt", "cifar100-lt", "fashion-mnist-lt"}
+LIST_DATASETS = {
+    # name: (train list, val list, test list) file names under the data root
+    "imagenet-lt": ("ImageNet_LT_train.txt", "ImageNet_LT_val.txt", "ImageNet_LT_test.txt"),
+    "places-lt": ("Places_LT_train.txt", "Places_LT_val.txt", "Places_LT_test.txt"),
+    "inat2018": ("iNaturalist18_train.txt", "iNaturalist18_val_split.txt", "iNaturalist18_val.txt"),
+}
+DATASETS = sorted(ARRAY_DATASETS | set(LIST_DATASETS))
+N_MAX = {"cifar10-lt": 5000, "cifar100-lt": 500, "fashion-mnist-lt": 6000, "digits": 110}
+DEFAULT_IMBALANCE = {"digits": 20.0}
+DIGITS_TEST_PER_CLASS = 40
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What identifies a long-tailed dataset; ``data_root`` is where it is read from, not part of its identity."""
+
+    name: str = "digits"
+    imbalance: float = 0.0  # 0 = the dataset's default (100, or 20 for digits)
+    val_per_class: int = 20
+    full_split: bool = False
+    data_root: str | None = field(default=None, compare=False)
+
+    def resolved(self) -> "DatasetSpec":
+        if self.name not in DATASETS:
+            raise GlagError(f"unknown dataset '{self.name}'; choose one of: {', '.join(DATASETS)}")
+        if self.val_per_class < 0:
+            raise GlagError(f"val_per_class={self.val_per_class} is invalid; it must be >= 0")
+        im = self.imbalance or DEFAULT_IMBALANCE.get(self.name, 100.0)
+        if self.name in LIST_DATASETS:
+            im = 0.0  # fixed by the published lists
+        else:
+            im = check_imbalance(im)
+        return DatasetSpec(self.name, im, self.val_per_class, self.full_split, self.data_root)
+
+    def identity(self) -> dict:
+        d = asdict(self.resolved())
+        d.pop("data_root")
+        return d
+
+    def label(self) -> str:
+        r = self.resolved()
+        return r.name if r.name in LIST_DATASETS else f"{r.name}-im{r.imbalance:g}"
+
+
+@dataclass
+class Split:
+    """Rows of one split: labels and their positions in the named source."""
+
+    source: str
+    index: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class LTData:
+    spec: DatasetSpec
+    num_classes: int
+    class_names: list[str]
+    sources: dict  # source name -> uint8 image array, or list of file paths
+    splits: dict[str, Split]
+    root: Path | None = None
+
+    @property
+    def train_counts(self) -> np.ndarray:
+        return class_counts(self.splits["train"].labels, self.num_classes)
+
+    @property
+    def is_array(self) -> bool:
+        return isinstance(next(iter(self.sources.values())), np.ndarray)
+
+    def images(self, split: str):
+        """uint8 images of a split (array datasets) or their file paths (list datasets)."""
+        s = self.splits[split]
+        src = self.sources[s.source]
+        if isinstance(src, np.ndarray):
+            return src[s.index]
+        return [src[i] for i in s.index]
+
+    def summary(self) -> dict:
+        return {"dataset": self.spec.label(), "num_classes": self.num_classes,
+                **{f"{k}_rows": len(v) for k, v in self.splits.items()}}
+
+
+def lt_indices(labels: np.ndarray, counts: np.ndarray, val_per_class: int):
+    """First ``counts[c]`` images of class c in file order, and up to ``val_per_class``
+    of the remaining ones (the last ones of the class) for validation."""
+    train, val = [], []
+    for c, n in enumerate(counts):
+        idx = np.flatnonzero(labels == c)
+        if len(idx) < n:
+            raise GlagError(f"class {c} has {len(idx)} training images but the profile asks for {n}")
+        train.append(idx[:n])
+        rest = idx[n:]
+        val.append(rest[len(rest) - min(val_per_class, len(rest)):])
+    return np.concatenate(train), np.concatenate(val)
+
+
+def _split(source: str, index: np.ndarray, labels: np.ndarray) -> Split:
+    index = np.asarray(index, dtype=np.int64)
+    return Split(source, index, labels[index].astype(np.int64))
+
+
+def _array_dataset(spec: DatasetSpec, root: Path | None) -> LTData:
+    name = spec.name
+    if name == "digits":
+        images, labels, names = sources.read_digits()
+        test = np.concatenate([np.flatnonzero(labels == c)[-DIGITS_TEST_PER_CLASS:] for c in range(10)])
+        train_pool = np.setdiff1d(np.arange(len(labels)), test)
+        train_images, train_labels = images, labels
+        test_images, test_labels = images, labels
+    else:
+        if root is None:
+            raise GlagError(f"dataset '{name}' needs --data-root (a folder holding its files)")
+        if not root.is_dir():
+            raise GlagError(f"data root '{root}' does not exist or is not a folder")
+        if name == "fashion-mnist-lt":
+            train_images, train_labels, names = sources.read_fashion(root, train=True)
+            test_images, test_labels, _ = sources.read_fashion(root, train=False)
+        else:
+            nc = 100 if name == "cifar100-lt" else 10
+            train_images, train_labels, names = sources.read_cifar(root, nc, train=True)
+            test_images, test_labels, _ = sources.read_cifar(root, nc, train=False)
+        train_pool = np.arange(len(train_labels))
+        test = np.arange(len(test_labels))
+    num_classes = len(names)
+    counts = exponential_counts(N_MAX[name], num_classes, spec.imbalance)
+    pool_labels = train_labels[train_pool]
+    tr, va = lt_indices(pool_labels, counts, spec.val_per_class)
+    splits = {
+        "train": _split("train", train_pool[tr], train_labels),
+        "val": _split("train", train_pool[va], train_labels),
+        "test": _split("test", test, test_labels),
+    }
+    if spec.full_split:
+        splits["full"] = _split("train", train_pool, train_labels)
+    srcs = {"train": train_images, "test": test_images}
+    return LTData(spec, num_classes, names, srcs, splits, root)
+
+
+def read_list_file(path: Path) -> tuple[list[str], np.ndarray]:
+    """``<relative path> <label>`` per line; blank lines ignored."""
+    if not path.is_file():
+        raise GlagError(f"list file '{path}' not found")
+    paths, labels = [], []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.rsplit(maxsplit=1)
+        if len(parts) != 2 or not parts[1].lstrip("-").isdigit() or int(parts[1]) < 0:
+            raise GlagError(f"{path}:{lineno}: expected '<relative path> <label>', got {line.strip()!r}")
+        paths.append(parts[0])
+        labels.append(int(parts[1]))
+    if not paths:
+        raise GlagError(f"list file '{path}' has no entries")
+    return paths, np.asarray(labels, dtype=np.int64)
+
+
+def _list_dataset(spec: DatasetSpec, root: Path | None) -> LTData:
+    if root is None or not root.is_dir():
+        raise GlagError(f"dataset '{spec.name}' needs --data-root pointing at an existing folder, got '{root}'")
+    names = LIST_DATASETS[spec.name]
+    srcs, splits = {}, {}
+    for split, fname in zip(("train", "val", "test"), names):
+        paths, labels = read_list_file(root / fname)
+        srcs[split] = [str(root / p) for p in paths]
+        splits[split] = Split(split, np.arange(len(paths), dtype=np.int64), labels)
+    num_classes = int(max(s.labels.max() for s in splits.values())) + 1
+    names_file = root / "class_names.json"
+    class_names = json.loads(names_file.read_text()) if names_file.is_file() else [str(i) for i in range(num_classes)]
+    return LTData(spec, num_classes, class_names, srcs, splits, root)
+
+
+def load_dataset(spec: DatasetSpec, download: bool = False) -> LTData:
+    """Build the long-tailed dataset that ``spec`` names, reading from ``spec.data_root``."""
+    spec = spec.resolved()
+    root = Path(spec.data_root).expanduser() if spec.data_root else None
+    if download:
+        if root is None:
+            raise GlagError("--download needs --data-root (where to put the files)")
+        sources.download(spec.name, root)
+        if spec.name == "fashion-mnist-lt":
+            root = root / "FashionMNIST" / "raw"
+    if spec.name in LIST_DATASETS:
+        return _list_dataset(spec, root)
+    return _array_dataset(spec, root)

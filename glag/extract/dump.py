@@ -1,0 +1,122 @@
+"""Frozen-backbone feature dump: train/val/test (and optional augmented train views) into the cache."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from glag.cache.format import cache_filename, content_key, key_payload, write_cache, FeatureCache
+from glag.classify.metrics import evaluate, summary_row
+from glag.errors import GlagError
+from glag.extract.batches import ArrayBatches, Augment
+from glag.extract.datasets import LTData
+from glag.extract.models import Classifier
+from glag.extract.train import TrainConfig, device_and_dist, epoch_batches
+
+
+def weights_hash(state_dict: dict) -> str:
+    """sha256 over a state dict's tensors in key order."""
+    h = hashlib.sha256()
+    for k in sorted(state_dict):
+        v = state_dict[k]
+        h.update(k.encode())
+        if torch.is_tensor(v):
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A final checkpoint written by ``glag extract`` (model, config, normalisation)."""
+    path = Path(path)
+    if not path.is_file():
+        raise GlagError(f"checkpoint '{path}' does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise GlagError(f"checkpoint '{path}' cannot be read: {exc}") from exc
+    if not isinstance(state, dict) or not {"model", "config", "norm", "backbone"} <= set(state):
+        raise GlagError(f"checkpoint '{path}' is not a final glag stage-one checkpoint (needs model, config, norm, backbone)")
+    return state
+
+
+@torch.no_grad()
+def features_of(model: Classifier, batches, device, desc: str, progress: bool = True):
+    """Backbone features ``[N, d]`` float32 and labels of every batch."""
+    model.eval()
+    amp = device.type == "cuda"
+    feats, labels = [], []
+    for x, y in tqdm(batches, desc=desc, leave=False, disable=not progress):
+        x = x.to(device, non_blocking=True)
+        if amp:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            f = model.features(x)
+        feats.append(f.float().cpu())
+        labels.append(y)
+    d = model.backbone.feature_dim
+    return (torch.cat(feats).numpy() if feats else np.zeros((0, d), np.float32),
+            torch.cat(labels).numpy() if labels else np.zeros(0, np.int64))
+
+
+def extraction_config(state: dict, views: int, splits) -> dict:
+    # The batch size is left out: features do not depend on it beyond float rounding.
+    return {"backbone": state["backbone"], "norm": state["norm"], "views": views,
+            "pad": state["config"]["pad"], "flip": state["config"]["flip"], "splits": sorted(splits)}
+
+
+def dump(state: dict, data: LTData, cache_dir: Path, *, views: int = 0, batch_size: int = 512,
+         progress: bool = True) -> Path:
+    """Write (or reuse) the cache for this checkpoint and dataset; returns its path."""
+    cfg_d = state["config"]
+    identity = data.spec.identity()
+    if cfg_d["dataset"] != identity:
+        raise GlagError(f"checkpoint was trained on {cfg_d['dataset']}, not on {identity}")
+    whash = weights_hash(state["model"])
+    parts = key_payload(identity, whash, extraction_config(state, views, data.splits))
+    key = content_key(*parts.values())
+    path = Path(cache_dir) / cache_filename(data.spec.label(), key)
+    if path.is_file():
+        FeatureCache(path, key=key)  # refuse a damaged file instead of silently reusing it
+        return path
+    device, _, _ = device_and_dist()
+    model = Classifier(state["backbone"], state["num_classes"], state["in_channels"])
+    model.load_state_dict(state["model"])
+    model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    cfg = TrainConfig(**{**cfg_d, "dataset": data.spec})
+    splits = {}
+    for name, split in data.splits.items():
+        batches = epoch_batches(data, cfg, name, train=False, seed=0, norm=state["norm"], batch_size=batch_size)
+        feats, labels = features_of(model, batches, device, f"dump {name}", progress)
+        splits[name] = (feats, labels, split.index)
+    if views > 0:
+        if not data.is_array:
+            raise GlagError("--views is supported for in-memory datasets (CIFAR, Fashion-MNIST, digits) only")
+        tr = data.splits["train"]
+        chunks = []
+        for v in range(views):
+            b = ArrayBatches(data.images("train"), tr.labels, batch_size, *state["norm"],
+                             augment=Augment(cfg_d["pad"], cfg_d["flip"]), seed=1_000_003 + v)
+            chunks.append(features_of(model, b, device, f"dump view {v + 1}/{views}", progress)[0])
+        splits["train_views"] = (np.concatenate(chunks), np.tile(tr.labels, views), np.tile(tr.index, views))
+    write_cache(path, key_parts=parts, dataset=data.spec.label(), num_classes=data.num_classes,
+                class_names=data.class_names, splits=splits,
+                classifier=(model.head.weight.detach().cpu().numpy(), model.head.bias.detach().cpu().numpy()))
+    return path
+
+
+def stage_one_report(path: Path) -> dict:
+    """Stage-one test accuracy from cached features and the cached head; written as JSON beside the cache."""
+    cache = FeatureCache(path)
+    test = cache.split("test")
+    logits = np.asarray(test.features) @ cache.weight.T + cache.bias
+    m = evaluate(logits.argmax(1), test.labels, cache.train_counts)
+    report = {"cache": str(path), "key": cache.key, **summary_row(m), "per_class": m["per_class"],
+              "train_counts": cache.train_counts.tolist()}
+    Path(path).with_suffix(".stage1.json").write_text(json.dumps(report, indent=2))
+    return report

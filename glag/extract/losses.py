@@ -1,0 +1,107 @@
+"""Stage-one losses. Each takes ``(logits, target, t)`` with ``t`` the training progress in epochs."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from glag.errors import GlagError
+
+
+def gradual_lambda(t: float, total: float, a: float, g: float) -> float:
+    """Eq. 4: ``lam(t) = a * (t / T) ** g``, with t clipped to [0, T]."""
+    frac = min(max(t / total, 0.0), 1.0) if total > 0 else 1.0
+    return a * frac ** g
+
+
+class LogitAdjusted(nn.Module):
+    """``-log softmax(z + lam * log(pi))_y``; lam = 0 is CE, lam = 1 is Balanced Softmax (Eq. 2 / 3)."""
+
+    def __init__(self, counts, tau: float = 1.0):
+        super().__init__()
+        prior = torch.as_tensor(np.asarray(counts, dtype=np.float64) / np.sum(counts), dtype=torch.float32)
+        self.register_buffer("log_prior", prior.log())
+        self.tau = tau
+
+    def lam(self, t: float) -> float:
+        return self.tau
+
+    def forward(self, logits, target, t: float = 0.0):
+        return F.cross_entropy(logits + self.lam(t) * self.log_prior.to(logits.dtype), target)
+
+
+class GraLoss(LogitAdjusted):
+    """Gradual Balanced Loss: logit adjustment with ``lam(t) = a (t/T)^g`` (Eq. 3-4)."""
+
+    def __init__(self, counts, total_epochs: float, a: float = 1.0, g: float = 3.0):
+        super().__init__(counts, tau=a)
+        if g <= 0:
+            raise GlagError(f"GraLoss exponent g={g} is invalid; it must be > 0 (g<1 concave, 1 linear, >1 convex)")
+        self.total, self.a, self.g = total_epochs, a, g
+
+    def lam(self, t: float) -> float:
+        return gradual_lambda(t, self.total, self.a, self.g)
+
+
+class CrossEntropy(nn.Module):
+    def lam(self, t: float) -> float:
+        return 0.0
+
+    def forward(self, logits, target, t: float = 0.0):
+        return F.cross_entropy(logits, target)
+
+
+class Focal(CrossEntropy):
+    """Focal loss ``(1 - p_y)^gamma * CE`` (Lin et al.)."""
+
+    def __init__(self, gamma: float = 1.0):
+        super().__init__()
+        self.gamma = gamma
+
+    def forward(self, logits, target, t: float = 0.0):
+        logp = F.log_softmax(logits.float(), dim=1).gather(1, target[:, None]).squeeze(1)
+        return (-(1 - logp.exp()) ** self.gamma * logp).mean()
+
+
+class LDAM(CrossEntropy):
+    """LDAM (Cao et al.): margins ``m_c ∝ n_c^(-1/4)`` (largest = max_m), scale s; DRW re-weights
+    classes by effective number (beta 0.9999) from epoch ``drw_at`` on, when given."""
+
+    def __init__(self, counts, max_m: float = 0.5, s: float = 30.0, drw_at: float | None = None, beta: float = 0.9999):
+        super().__init__()
+        counts = np.asarray(counts, dtype=np.float64)
+        m = 1.0 / np.sqrt(np.sqrt(counts))
+        self.register_buffer("margins", torch.as_tensor(m * (max_m / m.max()), dtype=torch.float32))
+        eff = (1.0 - np.power(beta, counts)) / (1.0 - beta)
+        w = 1.0 / eff
+        self.register_buffer("drw_weights", torch.as_tensor(w / w.sum() * len(counts), dtype=torch.float32))
+        self.s, self.drw_at = s, drw_at
+
+    def forward(self, logits, target, t: float = 0.0):
+        adjusted = logits - F.one_hot(target, logits.shape[1]).to(logits.dtype) * self.margins[target][:, None].to(logits.dtype)
+        weight = self.drw_weights if (self.drw_at is not None and t >= self.drw_at) else None
+        return F.cross_entropy(self.s * adjusted, target, weight=weight)
+
+
+LOSSES = ("ce", "focal", "ldam", "ldam-drw", "balanced-softmax", "la", "graloss")
+
+
+def make_loss(name: str, counts, total_epochs: float, *, tau: float = 1.0, a: float = 1.0, g: float = 3.0,
+              gamma: float = 1.0) -> nn.Module:
+    """Build a stage-one loss by name (see ``LOSSES``)."""
+    if name == "ce":
+        return CrossEntropy()
+    if name == "focal":
+        return Focal(gamma)
+    if name == "ldam":
+        return LDAM(counts)
+    if name == "ldam-drw":
+        return LDAM(counts, drw_at=0.8 * total_epochs)
+    if name == "balanced-softmax":
+        return LogitAdjusted(counts, 1.0)
+    if name == "la":
+        return LogitAdjusted(counts, tau)
+    if name == "graloss":
+        return GraLoss(counts, total_epochs, a, g)
+    raise GlagError(f"unknown loss '{name}'; choose one of: {', '.join(LOSSES)}")

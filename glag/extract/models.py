@@ -1,0 +1,112 @@
+"""Backbones returning pooled, post-ReLU features (so features are >= 0), plus a linear head."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from glag.errors import GlagError
+
+
+class _BasicBlockA(nn.Module):
+    """CIFAR ResNet basic block with the parameter-free 'option A' shortcut (He et al. 2016)."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.pad = cout - cin
+        self.stride = stride
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        short = x
+        if self.stride != 1 or self.pad:
+            short = F.pad(x[:, :, ::self.stride, ::self.stride], (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
+        return F.relu(out + short)
+
+
+class CifarResNet(nn.Module):
+    """ResNet-6n+2 for small images; ResNet-32 is n = 5 (widths 16/32/64, d = 64)."""
+
+    def __init__(self, n: int = 5, in_channels: int = 3):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
+        self.bn = nn.BatchNorm2d(16)
+        layers, cin = [], 16
+        for i, w in enumerate((16, 32, 64)):
+            for j in range(n):
+                layers.append(_BasicBlockA(cin, w, 2 if (j == 0 and i > 0) else 1))
+                cin = w
+        self.layers = nn.Sequential(*layers)
+        self.feature_dim = 64
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight)
+
+    def forward(self, x):
+        x = self.layers(F.relu(self.bn(self.conv(x))))
+        return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+
+
+class SmallCNN(nn.Module):
+    """Three conv layers for tiny images (the 8x8 digits default), d = 64."""
+
+    def __init__(self, in_channels: int = 1, width: int = 64):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.Conv2d(32, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+        )
+        self.feature_dim = width
+
+    def forward(self, x):
+        return torch.flatten(F.adaptive_avg_pool2d(self.body(x), 1), 1)
+
+
+class TorchvisionResNet(nn.Module):
+    """torchvision ResNet trunk without its fc layer (ResNet-10 = BasicBlock x [1,1,1,1])."""
+
+    def __init__(self, depth: int, in_channels: int = 3):
+        super().__init__()
+        from torchvision.models import resnet50
+        from torchvision.models.resnet import BasicBlock, ResNet
+
+        net = ResNet(BasicBlock, [1, 1, 1, 1]) if depth == 10 else resnet50(weights=None)
+        if in_channels != 3:
+            net.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+        self.feature_dim = net.fc.in_features
+        net.fc = nn.Identity()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x)
+
+
+BACKBONES = {
+    "resnet32": lambda c: CifarResNet(5, c),
+    "resnet10": lambda c: TorchvisionResNet(10, c),
+    "resnet50": lambda c: TorchvisionResNet(50, c),
+    "cnn": lambda c: SmallCNN(c),
+}
+
+
+class Classifier(nn.Module):
+    """Backbone + linear head; ``forward`` returns logits, ``features`` the pooled features."""
+
+    def __init__(self, backbone: str, num_classes: int, in_channels: int):
+        super().__init__()
+        if backbone not in BACKBONES:
+            raise GlagError(f"unknown backbone '{backbone}'; choose one of: {', '.join(BACKBONES)}")
+        self.backbone = BACKBONES[backbone](in_channels)
+        self.head = nn.Linear(self.backbone.feature_dim, num_classes)
+
+    def features(self, x):
+        return self.backbone(x)
+
+    def forward(self, x):
+        return self.head(self.backbone(x))

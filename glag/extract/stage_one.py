@@ -1,0 +1,39 @@
+"""Stage one end to end: train (or load) a backbone, dump the cache, report stage-one accuracy."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from glag.cache.format import canonical_json
+from glag.extract.datasets import LTData
+from glag.extract.dump import dump, load_checkpoint, stage_one_report
+from glag.extract.train import TrainConfig, train
+
+
+def workdir_for(cfg: TrainConfig, cache_dir: Path) -> Path:
+    """Training folder named by a hash of the full recipe, so an identical call finds its weights."""
+    cfg = cfg.resolved()
+    key = hashlib.sha256(canonical_json(cfg.identity()).encode()).hexdigest()[:16]
+    return Path(cache_dir) / "stage1" / f"{cfg.dataset.label()}-{cfg.loss}-{key}"
+
+
+def stage_one(cfg: TrainConfig, data: LTData, cache_dir: Path, *, checkpoint: Path | None = None, views: int = 0,
+              resume: bool = True, progress: bool = True, log=print) -> tuple[Path, dict, bool]:
+    """Return (cache path, stage-one report, whether an existing cache was reused)."""
+    if checkpoint is None:
+        wd = workdir_for(cfg, cache_dir)
+        final = wd / "final.pt"
+        if final.is_file():
+            log(f"reusing trained weights {final}")
+        else:
+            log(f"training {cfg.resolved().backbone} with {cfg.loss} in {wd}")
+            train(cfg, data, wd, resume=resume, progress=progress, log=log)
+        checkpoint = final
+    state = load_checkpoint(checkpoint)
+    before = set(Path(cache_dir).glob("*.h5")) if Path(cache_dir).is_dir() else set()
+    path = dump(state, data, cache_dir, views=views, progress=progress)
+    reused = path in before
+    report_file = path.with_suffix(".stage1.json")
+    report = json.loads(report_file.read_text()) if report_file.is_file() else stage_one_report(path)
+    return path, report, reused

@@ -1,0 +1,221 @@
+"""Stage-one training: SGD + warm-up/cosine, per-step loss schedules, checkpoints, resume, DDP."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from glag.errors import GlagError
+from glag.extract.batches import ArrayBatches, Augment, channel_stats, file_batches
+from glag.extract.datasets import LIST_DATASETS, DatasetSpec, LTData
+from glag.extract.losses import make_loss
+from glag.extract.models import Classifier
+
+# Per-dataset recipe defaults; CIFAR follows SPEC section 1 (ResNet-32, 200 epochs, batch 128, lr 0.1, 5 warm-up).
+PRESETS = {
+    "digits": dict(backbone="cnn", epochs=30, batch_size=64, lr=0.05, warmup=2, pad=1, flip=False),
+    "fashion-mnist-lt": dict(backbone="resnet32", epochs=200, batch_size=128, lr=0.1, warmup=5, pad=4, flip=True),
+    "cifar10-lt": dict(backbone="resnet32", epochs=200, batch_size=128, lr=0.1, warmup=5, pad=4, flip=True),
+    "cifar100-lt": dict(backbone="resnet32", epochs=200, batch_size=128, lr=0.1, warmup=5, pad=4, flip=True),
+    "imagenet-lt": dict(backbone="resnet10", epochs=200, batch_size=256, lr=0.1, warmup=5, pad=0, flip=True),
+    "places-lt": dict(backbone="resnet10", epochs=200, batch_size=256, lr=0.1, warmup=5, pad=0, flip=True),
+    "inat2018": dict(backbone="resnet50", epochs=90, batch_size=256, lr=0.1, warmup=5, pad=0, flip=True),
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines the trained weights (besides the data itself)."""
+
+    dataset: DatasetSpec = field(default_factory=DatasetSpec)
+    backbone: str = ""
+    loss: str = "graloss"
+    a: float = 1.0        # GraLoss scale (Eq. 4)
+    g: float = 3.0        # GraLoss exponent: <1 concave, 1 linear, >1 convex
+    tau: float = 1.0      # fixed logit-adjustment strength for loss 'la'
+    gamma: float = 1.0    # focal loss
+    epochs: int = 0
+    batch_size: int = 0
+    lr: float = 0.0
+    warmup: float = -1.0
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    pad: int = -1
+    flip: bool | None = None
+    seed: int = 0
+
+    def resolved(self) -> "TrainConfig":
+        """Fill unset fields (0 / -1 / None) from the dataset's preset and validate."""
+        ds = self.dataset.resolved()
+        p = PRESETS[ds.name]
+        cfg = replace(
+            self, dataset=ds, backbone=self.backbone or p["backbone"], epochs=self.epochs or p["epochs"],
+            batch_size=self.batch_size or p["batch_size"], lr=self.lr or p["lr"],
+            warmup=p["warmup"] if self.warmup < 0 else self.warmup, pad=p["pad"] if self.pad < 0 else self.pad,
+            flip=p["flip"] if self.flip is None else self.flip)
+        for name, ok in (("epochs", cfg.epochs >= 1), ("batch_size", cfg.batch_size >= 1), ("lr", cfg.lr > 0)):
+            if not ok:
+                raise GlagError(f"{name}={getattr(cfg, name)} is invalid; it must be positive")
+        return replace(cfg, warmup=min(cfg.warmup, cfg.epochs))
+
+    def identity(self) -> dict:
+        d = asdict(self.resolved())
+        d["dataset"] = self.dataset.identity()
+        return d
+
+
+def lr_at(t: float, cfg: TrainConfig, step: float = 0.0) -> float:
+    """Linear warm-up over ``cfg.warmup`` epochs, then cosine decay to 0 at ``cfg.epochs``.
+
+    ``t`` is progress in epochs; ``step`` one step's length in epochs, so the first step's lr is not 0.
+    """
+    if cfg.warmup > 0 and t < cfg.warmup:
+        return cfg.lr * min(1.0, (t + step) / cfg.warmup)
+    span = max(cfg.epochs - cfg.warmup, 1e-8)
+    return 0.5 * cfg.lr * (1 + math.cos(math.pi * min((t - cfg.warmup) / span, 1.0)))
+
+
+def device_and_dist() -> tuple[torch.device, int, int]:
+    """(device, rank, world size); initialises torch.distributed when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local), rank, world
+    return torch.device("cpu"), rank, world
+
+
+def in_channels(data: LTData) -> int:
+    if not data.is_array:
+        return 3
+    src = data.sources["train"]
+    return 1 if src.ndim == 3 else src.shape[-1]
+
+
+def epoch_batches(data: LTData, cfg: TrainConfig, split: str, *, train: bool, seed: int, norm, rank=0, world=1,
+                  batch_size: int | None = None):
+    s = data.splits[split]
+    bs = batch_size or cfg.batch_size
+    if data.is_array:
+        aug = Augment(cfg.pad, cfg.flip) if train else None
+        return ArrayBatches(data.images(split), s.labels, bs, *norm, shuffle=train, augment=aug, seed=seed,
+                            rank=rank, world=world)
+    return file_batches(data.images(split), s.labels, bs, train=train, seed=seed, rank=rank, world=world)
+
+
+@torch.no_grad()
+def accuracy(model, batches, device, amp: bool) -> float:
+    model.eval()
+    correct = total = 0
+    for x, y in batches:
+        x = x.to(device, non_blocking=True)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            pred = model(x).argmax(1).cpu()
+        correct += int((pred == y).sum())
+        total += len(y)
+    model.train()
+    return correct / max(total, 1)
+
+
+def _set_seed(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def train(cfg: TrainConfig, data: LTData, workdir: Path, *, resume: bool = True, progress: bool = True,
+          on_epoch_end: Callable[[int, dict], None] | None = None, log: Callable[[str], None] = print) -> Path:
+    """Train and return the path of the final checkpoint (``workdir/final.pt``).
+
+    A checkpoint is written after every epoch; with ``resume`` a run continues from it.
+    Each epoch's randomness is seeded from (seed, epoch), so a resumed run reaches the same weights.
+    """
+    cfg = cfg.resolved()
+    workdir = Path(workdir)
+    final, last = workdir / "final.pt", workdir / "last.pt"
+    if final.is_file():
+        return final
+    device, rank, world = device_and_dist()
+    amp = device.type == "cuda"
+    _set_seed(cfg.seed)
+    counts = data.train_counts
+    model = Classifier(cfg.backbone, data.num_classes, in_channels(data)).to(device)
+    if amp:
+        model = model.to(memory_format=torch.channels_last)
+    loss_fn = make_loss(cfg.loss, counts, cfg.epochs, tau=cfg.tau, a=cfg.a, g=cfg.g, gamma=cfg.gamma).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    norm = channel_stats(data.images("train")) if data.is_array else ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    start, history = 0, []
+    if resume and last.is_file():
+        state = torch.load(last, map_location=device, weights_only=False)
+        if state["config"] != cfg.identity():
+            raise GlagError(f"checkpoint '{last}' was made with another config; remove it or use another --workdir")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start, history = state["epoch"], state["history"]
+        log(f"resuming from epoch {start} ({last})")
+    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    workdir.mkdir(parents=True, exist_ok=True)
+    for epoch in range(start, cfg.epochs):
+        _set_seed(cfg.seed * 100003 + epoch)
+        batches = epoch_batches(data, cfg, "train", train=True, seed=cfg.seed * 100003 + epoch, norm=norm,
+                                rank=rank, world=world)
+        steps = len(batches)
+        total_loss, seen = 0.0, 0
+        bar = tqdm(batches, total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                   disable=not progress or rank != 0)
+        for step, (x, y) in enumerate(bar):
+            t = epoch + step / steps
+            for group in opt.param_groups:
+                group["lr"] = lr_at(t, cfg, 1.0 / steps)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if amp:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                logits = net(x)
+            loss = loss_fn(logits.float(), y, t)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total_loss += float(loss.detach()) * len(y)
+            seen += len(y)
+        val = accuracy(model, epoch_batches(data, cfg, "val", train=False, seed=0, norm=norm, batch_size=512), device, amp) \
+            if len(data.splits["val"]) else float("nan")
+        rec = {"epoch": epoch + 1, "loss": total_loss / max(seen, 1), "lr": lr_at(epoch + 1 - 1e-9, cfg),
+               "lam": float(loss_fn.lam(epoch + 1)), "val_acc": val}
+        history.append(rec)
+        if rank == 0:
+            log(f"epoch {rec['epoch']:>3}/{cfg.epochs}  loss {rec['loss']:.4f}  lr {rec['lr']:.4g}  "
+                f"lam {rec['lam']:.3f}  val_acc {val:.4f}")
+            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
+                     "history": history, "config": cfg.identity(), "norm": norm}
+            tmp = last.with_suffix(".tmp")
+            torch.save(state, tmp)
+            os.replace(tmp, last)
+            with open(workdir / "train_log.jsonl", "a") as f:
+                f.write(json.dumps(rec) + "\n")
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, rec)
+    if rank == 0:
+        state = {"model": model.state_dict(), "epoch": cfg.epochs, "history": history, "config": cfg.identity(),
+                 "norm": norm, "backbone": cfg.backbone, "num_classes": data.num_classes,
+                 "in_channels": in_channels(data)}
+        tmp = final.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, final)
+        last.unlink(missing_ok=True)
+    if world > 1:
+        torch.distributed.barrier()
+    return final

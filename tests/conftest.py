@@ -1,0 +1,62 @@
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    d = tmp_path / "cache"
+    monkeypatch.setenv("GLAG_CACHE_DIR", str(d))
+    return d
+
+
+@pytest.fixture
+def glag_cli(capsys):
+    """Run the CLI in-process: returns (exit code, stdout, stderr)."""
+    from glag.cli import main
+
+    def run(*args):
+        code = main([str(a) for a in args])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def fake_cifar100(tmp_path_factory):
+    """A cifar-100-python folder with the official layout: 600 train images per class, 10 test."""
+    root = tmp_path_factory.mktemp("cifar")
+    d = root / "cifar-100-python"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    for name, per in (("train", 600), ("test", 10)):
+        labels = np.repeat(np.arange(100), per)
+        rng.shuffle(labels)
+        data = rng.integers(0, 256, (len(labels), 3072), dtype=np.uint8)
+        with open(d / name, "wb") as f:
+            pickle.dump({"data": data, "fine_labels": labels.tolist()}, f)
+    with open(d / "meta", "wb") as f:
+        pickle.dump({"fine_label_names": [f"c{i}" for i in range(100)]}, f)
+    return root
+
+
+def make_cache(path, *, num_classes=4, dim=6, counts=(30, 12, 5, 2), seed=0, fail_after=None):
+    from glag.cache.format import key_payload, write_cache
+
+    rng = np.random.default_rng(seed)
+    splits = {}
+    for split, cnt in (("train", counts), ("val", (3,) * num_classes), ("test", (4,) * num_classes)):
+        labels = np.repeat(np.arange(num_classes), cnt)
+        perm = rng.permutation(len(labels))
+        splits[split] = (rng.random((len(labels), dim)).astype(np.float32), labels[perm], np.arange(len(labels)))
+    parts = key_payload({"name": "toy"}, "w" * 64, {"seed": seed})
+    w = rng.standard_normal((num_classes, dim)).astype(np.float32)
+    b = rng.standard_normal(num_classes).astype(np.float32)
+    return write_cache(path, key_parts=parts, dataset="toy", num_classes=num_classes,
+                       class_names=[f"c{i}" for i in range(num_classes)], splits=splits, classifier=(w, b),
+                       _fail_after_split=fail_after), splits, (w, b)
