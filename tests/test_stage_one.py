@@ -1,0 +1,123 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from glag.cache.format import FeatureCache, verify
+from glag.extract.datasets import DatasetSpec, load_dataset
+from glag.extract.losses import LDAM, GraLoss, LogitAdjusted, gradual_lambda, make_loss
+from glag.extract.train import TrainConfig, lr_at, train
+
+COUNTS = np.array([100, 40, 10, 3])
+
+
+def _logits(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(32, 4, generator=g) * 3, torch.randint(0, 4, (32,), generator=g)
+
+
+def test_graloss_is_ce_at_lambda_zero():
+    z, y = _logits()
+    loss = GraLoss(COUNTS, total_epochs=10)
+    assert torch.allclose(loss(z, y, 0.0), F.cross_entropy(z, y), atol=1e-6)
+
+
+def test_graloss_equals_logit_adjustment_at_fixed_lambda():
+    z, y = _logits(1)
+    log_pi = torch.log(torch.tensor(COUNTS / COUNTS.sum(), dtype=torch.float32))
+    loss = GraLoss(COUNTS, total_epochs=10, a=1.5, g=2.0)
+    t = 7.0
+    lam = 1.5 * (t / 10) ** 2
+    manual = -torch.log_softmax(z + lam * log_pi, 1)[torch.arange(32), y].mean()
+    assert torch.allclose(loss(z, y, t), manual, atol=1e-6)
+    assert torch.allclose(loss(z, y, t), LogitAdjusted(COUNTS, lam)(z, y), atol=1e-6)
+    assert torch.allclose(loss(z, y, 10.0), LogitAdjusted(COUNTS, 1.5)(z, y), atol=1e-6)  # lam(T) = a
+
+
+def test_schedule_endpoints_and_convexity():
+    a, T = 1.3, 200
+    for g in (0.5, 1.0, 3.0):
+        assert gradual_lambda(0, T, a, g) == 0.0 and gradual_lambda(T, T, a, g) == pytest.approx(a)
+    ts = np.linspace(0, T, 101)
+    lam = np.array([gradual_lambda(t, T, a, 3.0) for t in ts])
+    assert np.all(np.diff(lam, 2) >= -1e-12) and np.all(np.diff(lam) >= 0)  # convex, increasing
+    conc = np.array([gradual_lambda(t, T, a, 0.5) for t in ts])
+    assert np.all(np.diff(conc, 2) <= 1e-12)
+    assert gradual_lambda(50, T, a, 3.0) < gradual_lambda(50, T, a, 1.0) < gradual_lambda(50, T, a, 0.5)
+
+
+def test_ldam_margins_follow_n_to_minus_quarter():
+    loss = LDAM(COUNTS, max_m=0.5)
+    m = loss.margins.numpy()
+    assert m.max() == pytest.approx(0.5)
+    np.testing.assert_allclose(m / m[0], (COUNTS / COUNTS[0]) ** -0.25, rtol=1e-6)
+
+
+def test_balanced_softmax_is_la_tau_one():
+    z, y = _logits(2)
+    assert torch.allclose(make_loss("balanced-softmax", COUNTS, 5)(z, y, 0), make_loss("la", COUNTS, 5, tau=1.0)(z, y, 3))
+
+
+def test_lr_schedule_warmup_then_cosine():
+    cfg = TrainConfig(epochs=10, lr=0.1, warmup=2, batch_size=8).resolved()
+    assert lr_at(0, cfg, 0.1) == pytest.approx(0.005)
+    assert lr_at(2, cfg) == pytest.approx(0.1)
+    assert lr_at(6, cfg) == pytest.approx(0.05)
+    assert lr_at(10, cfg) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_killed_and_resumed_run_matches_uninterrupted(tmp_path):
+    data = load_dataset(DatasetSpec())
+    cfg = TrainConfig(epochs=3, loss="graloss", seed=3)
+    ref = torch.load(train(cfg, data, tmp_path / "a", progress=False, log=lambda m: None), weights_only=False)
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_two(epoch, rec):
+        if epoch == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(cfg, data, tmp_path / "b", progress=False, on_epoch_end=kill_after_two, log=lambda m: None)
+    assert (tmp_path / "b" / "last.pt").is_file() and not (tmp_path / "b" / "final.pt").exists()
+    msgs = []
+    resumed = torch.load(train(cfg, data, tmp_path / "b", progress=False, log=msgs.append), weights_only=False)
+    assert any("resuming from epoch 2" in m for m in msgs)
+    for k, v in ref["model"].items():
+        assert torch.equal(v, resumed["model"][k]), k
+
+
+def test_extract_cli_end_to_end_and_reuse(cache_dir, glag_cli):
+    code, out, err = glag_cli("extract", "--epochs", "2", "-q")
+    assert code == 0, err
+    res = json.loads(out)
+    assert not res["reused"] and {"top1", "many", "medium", "few"} <= set(res)
+    path = res["cache"]
+    assert verify(path) == []
+    c = FeatureCache(path)
+    data = load_dataset(DatasetSpec())
+    for split in ("train", "val", "test"):
+        expected = np.bincount(data.splits[split].labels, minlength=10)
+        assert c.split(split).counts.tolist() == expected.tolist()
+        assert (np.asarray(c.split(split).features) >= 0).all()  # post-ReLU features
+    report = json.loads(open(path.replace(".h5", ".stage1.json")).read())
+    assert report["top1"] == res["top1"]
+    stage1 = next((cache_dir / "stage1").iterdir())
+    mtime = (stage1 / "final.pt").stat().st_mtime_ns
+    code, out, _ = glag_cli("extract", "--epochs", "2", "-q")
+    assert code == 0 and json.loads(out)["reused"] and json.loads(out)["cache"] == path
+    assert (stage1 / "final.pt").stat().st_mtime_ns == mtime  # no retraining
+
+
+def test_extract_views_and_checkpoint(cache_dir, glag_cli):
+    code, out, _ = glag_cli("extract", "--epochs", "1", "-q")
+    ckpt = next((cache_dir / "stage1").iterdir()) / "final.pt"
+    code, out, err = glag_cli("extract", "--epochs", "1", "-q", "--checkpoint", ckpt, "--views", "2")
+    assert code == 0, err
+    c = FeatureCache(json.loads(out)["cache"])
+    assert len(c.split("train_views")) == 2 * len(c.split("train"))
+    code, _, err = glag_cli("extract", "--checkpoint", cache_dir / "nope.pt")
+    assert code == 1 and "does not exist" in err
