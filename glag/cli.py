@@ -198,10 +198,58 @@ def extract(cache_dir, checkpoint, views, quiet, **kw):
     click.echo(json.dumps(out))
 
 
+def generator_options(f):
+    from glag.generate.backend import DEVICES
+    from glag.generate.sampler import MODES
+    from glag.generate.support import WEIGHTINGS
+
+    opts = [
+        click.option("--lt", type=float, default=0.5, show_default=True, help="Tukey power in (0, 1]; 1 = no transform."),
+        click.option("--k", "k", type=int, default=2, show_default=True, help="Support classes per tail sample."),
+        click.option("--tail-below", type=int, default=100, show_default=True, help="Classes with fewer train rows are tail."),
+        click.option("--weighting", type=click.Choice(WEIGHTINGS), default="count-distance", show_default=True,
+                     help="Support weights: n_i/d_i (GLAG) or uniform (Free Lunch)."),
+        click.option("--mode", type=click.Choice(MODES), default="auto", show_default=True,
+                     help="Covariance factors: dense Cholesky (C d^2 memory) or centred class data."),
+        click.option("--max-dense-gb", type=float, default=1.0, show_default=True, help="Largest dense factor size for --mode auto."),
+        click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, help="NumPy (cpu) or CuPy (gpu)."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def build_generator(cache_path, lt, k, tail_below, weighting, mode, max_dense_gb, device):
+    from glag.cache.format import FeatureCache
+    from glag.generate.afg import AFG, GeneratorConfig
+
+    cfg = GeneratorConfig(lt=lt, k=k, tail_below=tail_below, weighting=weighting, mode=mode, max_dense_gb=max_dense_gb)
+    return AFG.build(FeatureCache(cache_path), cfg, device=device)
+
+
 @cli.command()
-def generate():
-    """Compute generator statistics and support sets for a cache."""
-    _not_built("generate")
+@click.option("--cache", "target", required=True, help="Cache file or key prefix.")
+@cache_dir_option
+@generator_options
+@click.option("--n-target", type=click.IntRange(min=0), default=0, help="Rows per class after top-up (0 = largest class).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def generate(target, cache_dir, n_target, as_json, **kw):
+    """Compute Tukey-space class statistics and tail support sets for a cache.
+
+    They are stored in their own file beside the cache (never inside it) and reused by
+    'glag classify'. Prints per group: classes, real rows and synthetic rows per epoch.
+    """
+    from glag.cache.store import resolve
+    from glag.generate.afg import describe
+
+    afg = build_generator(resolve(target, cache_dir), **kw)
+    rows = afg.summary(n_target)
+    if as_json:
+        click.echo(json.dumps({**describe(afg), "groups": rows}, indent=2))
+    else:
+        info = describe(afg)
+        click.echo(f"statistics: {info['stats_file']}  ({info['mode']} factors, {info['factor_MB']} MB, {info['backend']})")
+        click.echo(tabulate(rows, headers="keys"))
 
 
 @cli.command()

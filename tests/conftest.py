@@ -60,3 +60,21 @@ def make_cache(path, *, num_classes=4, dim=6, counts=(30, 12, 5, 2), seed=0, fai
     return write_cache(path, key_parts=parts, dataset="toy", num_classes=num_classes,
                        class_names=[f"c{i}" for i in range(num_classes)], splits=splits, classifier=(w, b),
                        _fail_after_split=fail_after), splits, (w, b)
+
+
+def mixture_cache(path, counts=(400, 300, 200, 60, 12, 1), dim=4, seed=0):
+    """A cache whose train split is a Gaussian mixture (non-negative, like post-ReLU features)."""
+    from glag.cache.format import key_payload, write_cache
+
+    rng = np.random.default_rng(seed)
+    C = len(counts)
+    centers = rng.uniform(1.0, 4.0, (C, dim))
+    splits = {}
+    for split, cnt in (("train", counts), ("val", (5,) * C), ("test", (5,) * C)):
+        labels = np.repeat(np.arange(C), cnt)
+        feats = np.abs(centers[labels] + 0.5 * rng.standard_normal((len(labels), dim))).astype(np.float32)
+        splits[split] = (feats, labels, np.arange(len(labels)))
+    w = rng.standard_normal((C, dim)).astype(np.float32)
+    return write_cache(path, key_parts=key_payload({"name": "mix", "seed": seed}, "0" * 64, {}), dataset="mix",
+                       num_classes=C, class_names=[str(i) for i in range(C)], splits=splits,
+                       classifier=(w, np.zeros(C, np.float32)))

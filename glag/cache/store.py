@@ -16,7 +16,7 @@ def list_caches(cache_dir: Path) -> list[dict]:
     """Info for every cache file in ``cache_dir``; unreadable files are listed with their error."""
     rows = []
     for path in sorted(Path(cache_dir).glob(f"*{SUFFIX}")):
-        if path.name.startswith("."):
+        if path.name.startswith(".") or ".afg-" in path.name:  # temporary files, generator statistics
             continue
         try:
             info = FeatureCache(path).info()
