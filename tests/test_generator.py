@@ -88,7 +88,9 @@ def test_stream_epoch_tops_every_class_up(cache, n_target):
     stream = FeatureStream(afg, SamplingConfig(alpha=0.1, n_target=n_target), batch_size=97, seed=3)
     target = n_target or 400
     ys, syn, real_rows = [], [], 0
-    for x, y, s in stream.epoch(0, np.full(6, 0.6)):
+    for x, y, s, rows in stream.epoch(0, np.full(6, 0.6)):
+        assert np.all((rows >= 0) == ~s)
+        np.testing.assert_array_equal(cache.split("train").labels[rows[~s]], y[~s])
         assert x.shape == (len(y), 4) and np.isfinite(x).all()
         ys.append(y)
         syn.append(s)
@@ -103,9 +105,9 @@ def test_fresh_synthetic_set_each_epoch(cache):
     afg = AFG.build(cache, GeneratorConfig(), device="cpu", save=False)
     stream = FeatureStream(afg, batch_size=10_000, prefetch=0)
     beta = np.full(6, 0.6)
-    (x0, y0, s0), = list(stream.epoch(0, beta))
-    (x1, y1, s1), = list(stream.epoch(1, beta))
-    (x0b, _, _), = list(stream.epoch(0, beta))
+    (x0, y0, s0, _), = list(stream.epoch(0, beta))
+    (x1, y1, s1, _), = list(stream.epoch(1, beta))
+    (x0b, _, _, _), = list(stream.epoch(0, beta))
     assert not np.allclose(np.sort(x0[s0], 0), np.sort(x1[s1], 0))
     np.testing.assert_array_equal(x0, x0b)  # epochs are reproducible from (seed, epoch)
 

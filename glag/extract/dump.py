@@ -110,13 +110,14 @@ def dump(state: dict, data: LTData, cache_dir: Path, *, views: int = 0, batch_si
     return path
 
 
-def stage_one_report(path: Path) -> dict:
+def stage_one_report(path: Path, checkpoint: Path | None = None) -> dict:
     """Stage-one test accuracy from cached features and the cached head; written as JSON beside the cache."""
     cache = FeatureCache(path)
     test = cache.split("test")
     logits = np.asarray(test.features) @ cache.weight.T + cache.bias
     m = evaluate(logits.argmax(1), test.labels, cache.train_counts)
     report = {"cache": str(path), "key": cache.key, **summary_row(m), "per_class": m["per_class"],
-              "train_counts": cache.train_counts.tolist()}
-    Path(path).with_suffix(".stage1.json").write_text(json.dumps(report, indent=2))
+              "train_counts": cache.train_counts.tolist(),
+              "checkpoint": str(Path(checkpoint).resolve()) if checkpoint else None}
+    Path(path).with_suffix(".stage1.json").write_text(json.dumps(report, indent=2).replace("NaN", "null"))
     return report

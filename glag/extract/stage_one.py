@@ -35,5 +35,5 @@ def stage_one(cfg: TrainConfig, data: LTData, cache_dir: Path, *, checkpoint: Pa
     path = dump(state, data, cache_dir, views=views, progress=progress)
     reused = path in before
     report_file = path.with_suffix(".stage1.json")
-    report = json.loads(report_file.read_text()) if report_file.is_file() else stage_one_report(path)
+    report = json.loads(report_file.read_text()) if report_file.is_file() else stage_one_report(path, checkpoint)
     return path, report, reused

@@ -103,6 +103,11 @@ def in_channels(data: LTData) -> int:
     return 1 if src.ndim == 3 else src.shape[-1]
 
 
+def input_size(data: LTData) -> list[int]:
+    """(height, width) the backbone was trained on."""
+    return list(data.sources["train"].shape[1:3]) if data.is_array else [224, 224]
+
+
 def epoch_batches(data: LTData, cfg: TrainConfig, split: str, *, train: bool, seed: int, norm, rank=0, world=1,
                   batch_size: int | None = None):
     s = data.splits[split]
@@ -211,7 +216,7 @@ def train(cfg: TrainConfig, data: LTData, workdir: Path, *, resume: bool = True,
     if rank == 0:
         state = {"model": model.state_dict(), "epoch": cfg.epochs, "history": history, "config": cfg.identity(),
                  "norm": norm, "backbone": cfg.backbone, "num_classes": data.num_classes,
-                 "in_channels": in_channels(data)}
+                 "in_channels": in_channels(data), "input_size": input_size(data)}
         tmp = final.with_suffix(".tmp")
         torch.save(state, tmp)
         os.replace(tmp, final)

@@ -7,11 +7,19 @@ from __future__ import annotations
 
 import queue
 import threading
+from typing import NamedTuple
 
 import numpy as np
 
 from glag.generate.afg import AFG, SamplingConfig
 from glag.generate.stats import tukey
+
+
+class Batch(NamedTuple):
+    x: object            # [B, d] float32 Tukey-space features (NumPy or CuPy)
+    y: np.ndarray        # [B] int64 labels
+    synthetic: np.ndarray  # [B] bool
+    rows: np.ndarray     # [B] int64 row of the cache's train split (-1 for synthetic rows)
 
 
 def epoch_plan(afg: AFG, n_target: int, rng: np.random.Generator) -> np.ndarray:
@@ -42,8 +50,12 @@ class FeatureStream:
     """Batches for stage two: Tukey-space real train rows plus a fresh synthetic set each epoch."""
 
     def __init__(self, afg: AFG, sampling: SamplingConfig = SamplingConfig(), batch_size: int = 512,
-                 seed: int = 0, prefetch: int = 2, synthetic: bool = True):
+                 seed: int = 0, prefetch: int = 2, synthetic: bool = True, block_mb: float = 64.0):
         self.afg, self.sampling, self.batch_size, self.seed = afg, sampling.check(), batch_size, seed
+        # Features are made a block of whole batches at a time (one GEMM per class per block), a
+        # block holding at most block_mb of features, so memory stays bounded at any scale.
+        d = afg.cache.feature_dim
+        self.block_rows = batch_size * max(1, int(block_mb * 2**20 / (4 * d * batch_size)))
         self.prefetch, self.synthetic = prefetch, synthetic
         train = afg.cache.split("train")
         self.real, self.labels = train.features, train.labels
@@ -65,13 +77,13 @@ class FeatureStream:
         plan = epoch_plan(afg, self.n_target, rng) if self.synthetic else np.zeros(0, np.int64)
         n_real = len(self.labels)
         order = rng.permutation(n_real + len(plan))
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size]
+        for start in range(0, len(order), self.block_rows):
+            idx = order[start:start + self.block_rows]
             real_idx = np.sort(idx[idx < n_real])  # sorted: sequential reads from the memory-mapped cache
             codes = plan[idx[idx >= n_real] - n_real]
             tail_j, head_c = codes[codes >= 0], -codes[codes < 0] - 1
             parts = [tukey(xp.asarray(np.asarray(self.real[real_idx]), dtype=xp.float32), afg.cfg.lt, xp)]
-            labels = [self.labels[real_idx]]
+            labels, rows = [self.labels[real_idx]], [real_idx]
             if len(tail_j):
                 parts.append(afg.sample_tail(tail_j, beta, self.sampling, xrng))
                 labels.append(afg.supports.classes[tail_j])
@@ -80,8 +92,12 @@ class FeatureStream:
                 labels.append(head_c)
             x = xp.concatenate(parts)
             y = np.concatenate(labels).astype(np.int64)
-            syn = np.arange(len(y)) >= len(real_idx)
-            yield x, y, syn
+            row = np.concatenate(rows + [np.full(len(y) - len(real_idx), -1, np.int64)])
+            mix = rng.permutation(len(y))  # parts are grouped; mix them before cutting batches
+            mix_x = xp.asarray(mix)
+            for b in range(0, len(y), self.batch_size):
+                sel = mix[b:b + self.batch_size]
+                yield Batch(x[mix_x[b:b + self.batch_size]], y[sel], row[sel] < 0, row[sel])
 
 
 def _prefetched(gen, depth: int):

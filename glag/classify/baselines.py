@@ -1,0 +1,94 @@
+"""Classifier-only baselines on the same cache: cRT, LWS, tau-normalisation, post-hoc logit
+adjustment, and the probe protocol. Hyper-parameters are picked on val only; test is read once."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from glag.classify.common import predict, split_metrics, train_linear
+from glag.classify.metrics import evaluate
+from glag.cache.format import FeatureCache
+from glag.errors import GlagError
+
+TAU_GRID = np.round(np.arange(0.0, 2.01, 0.1), 2)
+
+
+def _result(method: str, logits_fn, cache: FeatureCache, device, **extra) -> dict:
+    counts = cache.train_counts
+    return {"method": method, "val": split_metrics(logits_fn, cache.split("val"), counts, device),
+            "test": split_metrics(logits_fn, cache.split("test"), counts, device), **extra}
+
+
+def stage_one(cache: FeatureCache, device=torch.device("cpu")) -> dict:
+    """The stage-one classifier as dumped (no re-training)."""
+    W, b = torch.as_tensor(cache.weight), torch.as_tensor(cache.bias)
+    return _result("stage-one", lambda x: x @ W.T + b, cache, device)
+
+
+def crt(cache: FeatureCache, *, epochs=10, batch_size=512, lr=0.1, weight_decay=5e-4, seed=0,
+        device=torch.device("cpu")) -> dict:
+    """Classifier re-training: a fresh linear layer on class-balanced batches of the frozen features."""
+    torch.manual_seed(seed)
+    train = cache.split("train")
+    g = torch.nn.Linear(cache.feature_dim, cache.num_classes).to(device)
+    train_linear(g.parameters(), g, train.features, train.labels, epochs=epochs, batch_size=batch_size, lr=lr,
+                 weight_decay=weight_decay, momentum=0.9, seed=seed, device=device, balanced=True,
+                 num_classes=cache.num_classes)
+    return _result("crt", g, cache, device, config={"epochs": epochs, "batch_size": batch_size, "lr": lr})
+
+
+def lws(cache: FeatureCache, *, epochs=10, batch_size=512, lr=0.1, seed=0, device=torch.device("cpu")) -> dict:
+    """Learnable weight scaling: per-class scales of the stage-one logits, trained class-balanced."""
+    torch.manual_seed(seed)
+    W, b = torch.as_tensor(cache.weight, device=device), torch.as_tensor(cache.bias, device=device)
+    scale = torch.nn.Parameter(torch.ones(cache.num_classes, device=device))
+    train = cache.split("train")
+    fn = lambda x: (x @ W.T + b) * scale  # noqa: E731
+    train_linear([scale], fn, train.features, train.labels, epochs=epochs, batch_size=batch_size, lr=lr,
+                 weight_decay=0.0, momentum=0.9, seed=seed, device=device, balanced=True,
+                 num_classes=cache.num_classes)
+    return _result("lws", fn, cache, device, scales=scale.detach().cpu().tolist())
+
+
+def _pick_on_val(cache: FeatureCache, make_fn, grid, device):
+    val, counts = cache.split("val"), cache.train_counts
+    scores = [evaluate(predict(make_fn(v), val.features, device), val.labels, counts)["top1"] for v in grid]
+    best = float(grid[int(np.argmax(scores))])
+    return best, dict(zip(map(float, grid), scores))
+
+
+def tau_norm(cache: FeatureCache, device=torch.device("cpu")) -> dict:
+    """``w_c / ||w_c||^tau`` without bias, tau picked on val."""
+    W = torch.as_tensor(cache.weight, device=device)
+    norms = W.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    make = lambda tau: (lambda x: x @ (W / norms ** tau).T)  # noqa: E731
+    tau, scores = _pick_on_val(cache, make, TAU_GRID, device)
+    return _result("tau-norm", make(tau), cache, device, tau=tau, val_scores=scores)
+
+
+def logit_adjust(cache: FeatureCache, device=torch.device("cpu")) -> dict:
+    """Post-hoc logit adjustment ``z - tau log(pi)``, tau picked on val."""
+    W, b = torch.as_tensor(cache.weight, device=device), torch.as_tensor(cache.bias, device=device)
+    counts = cache.train_counts.astype(np.float64)
+    log_prior = torch.as_tensor(np.log(np.maximum(counts, 1) / counts.sum()), dtype=torch.float32, device=device)
+    make = lambda tau: (lambda x: x @ W.T + b - tau * log_prior)  # noqa: E731
+    tau, scores = _pick_on_val(cache, make, TAU_GRID, device)
+    return _result("logit-adjust", make(tau), cache, device, tau=tau, val_scores=scores)
+
+
+def probe(cache: FeatureCache, *, epochs=30, batch_size=512, lr=0.1, weight_decay=5e-4, seed=0,
+          device=torch.device("cpu")) -> dict:
+    """Probe protocol: a fresh linear classifier on the full balanced training set's features."""
+    if not cache.has_split("full"):
+        raise GlagError(f"cache '{cache.path}' has no 'full' split; re-extract with --full-split for the probe")
+    torch.manual_seed(seed)
+    full = cache.split("full")
+    g = torch.nn.Linear(cache.feature_dim, cache.num_classes).to(device)
+    train_linear(g.parameters(), g, full.features, full.labels, epochs=epochs, batch_size=batch_size, lr=lr,
+                 weight_decay=weight_decay, momentum=0.9, seed=seed, device=device, balanced=False,
+                 num_classes=cache.num_classes)
+    return _result("probe", g, cache, device)
+
+
+BASELINES = {"stage-one": stage_one, "crt": crt, "lws": lws, "tau-norm": tau_norm, "logit-adjust": logit_adjust,
+             "probe": probe}

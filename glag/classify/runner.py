@@ -1,0 +1,47 @@
+"""Run stage-two methods on a cache and write their run folders."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from glag.cache.format import FeatureCache
+from glag.classify import baselines
+from glag.classify.common import torch_device
+from glag.classify.export import checkpoint_of, export
+from glag.classify.results import unique_dir, write_run
+from glag.classify.stage_two import StageTwoConfig, train_glag
+from glag.errors import GlagError
+from glag.generate.afg import AFG, GeneratorConfig, SamplingConfig
+
+METHODS = ("glag", "stage-one", "crt", "lws", "tau-norm", "logit-adjust", "probe")
+
+
+def run_methods(cache_path: Path, methods, out_base: Path, *, gen: GeneratorConfig, stage_two: StageTwoConfig,
+                sampling: SamplingConfig, device: str = "auto", checkpoint: Path | None = None,
+                progress: bool = True, tag: str = "", log=None) -> list[dict]:
+    """Run each method, write ``out_base/<cache>-<method>[-tag]``; return their records."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise GlagError(f"unknown method(s) {', '.join(unknown)}; choose from: {', '.join(METHODS)}")
+    cache = FeatureCache(cache_path)
+    sampling.check()
+    stage_two.check()
+    records = []
+    for method in methods:
+        t0 = time.perf_counter()
+        out = unique_dir(Path(out_base) / f"{cache.path.stem}-{method}{'-' + tag if tag else ''}")
+        extra = {}
+        if method == "glag":
+            afg = AFG.build(cache, gen, device=device)
+            res = train_glag(afg, stage_two, sampling, progress=progress, log=log)
+            extra["generator"] = gen.__dict__
+        else:
+            dev = torch_device(__import__("numpy"))
+            kw = {"seed": stage_two.seed} if method in ("crt", "lws", "probe") else {}
+            res = baselines.BASELINES[method](cache, device=dev, **kw)
+        extra["seconds"] = round(time.perf_counter() - t0, 3)
+        write_run(out, cache, method, res, extra)
+        if method == "glag" and (checkpoint or checkpoint_of(cache)):
+            export(out, cache, res["weight"], res["bias"], gen.lt, checkpoint)
+        records.append({"method": method, "dir": str(out), "test": res["test"], "seconds": extra["seconds"]})
+    return records
