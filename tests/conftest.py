@@ -74,7 +74,7 @@ def mixture_cache(path, counts=(400, 300, 200, 60, 12, 1), dim=4, seed=0):
         labels = np.repeat(np.arange(C), cnt)
         feats = np.abs(centers[labels] + 0.5 * rng.standard_normal((len(labels), dim))).astype(np.float32)
         splits[split] = (feats, labels, np.arange(len(labels)))
-    w = rng.standard_normal((C, dim)).astype(np.float32)
+    # stage-one head: the nearest-centre rule written as a linear layer (a sound KD teacher)
+    w, b = centers.astype(np.float32), (-0.5 * (centers ** 2).sum(1)).astype(np.float32)
     return write_cache(path, key_parts=key_payload({"name": "mix", "seed": seed}, "0" * 64, {}), dataset="mix",
-                       num_classes=C, class_names=[str(i) for i in range(C)], splits=splits,
-                       classifier=(w, np.zeros(C, np.float32)))
+                       num_classes=C, class_names=[str(i) for i in range(C)], splits=splits, classifier=(w, b))

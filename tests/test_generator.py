@@ -82,10 +82,11 @@ def test_all_entries_dispersion_sampling(cache):
     assert np.abs(np.cov(x.T) - afg.calibrated(j, 0.5, 0.3, "all-entries")[1]).max() < 0.01
 
 
-@pytest.mark.parametrize("n_target", [0, 450])
-def test_stream_epoch_tops_every_class_up(cache, n_target):
+@pytest.mark.parametrize("n_target,block_mb", [(0, 64.0), (450, 1e-4)])
+def test_stream_epoch_tops_every_class_up(cache, n_target, block_mb):
     afg = AFG.build(cache, GeneratorConfig(), device="cpu", save=False)
-    stream = FeatureStream(afg, SamplingConfig(alpha=0.1, n_target=n_target), batch_size=97, seed=3)
+    stream = FeatureStream(afg, SamplingConfig(alpha=0.1, n_target=n_target), batch_size=97, seed=3, block_mb=block_mb)
+    assert stream.block_rows == (97 if block_mb < 1 else 97 * (64 * 2**20 // (16 * 97)))
     target = n_target or 400
     ys, syn, real_rows = [], [], 0
     for x, y, s, rows in stream.epoch(0, np.full(6, 0.6)):

@@ -1,0 +1,146 @@
+import json
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from glag.cache.format import FeatureCache
+from glag.classify import baselines
+from glag.classify.stage_two import StageTwoConfig, kd_loss, train_glag, update_beta
+from glag.errors import GlagError
+from glag.generate.afg import AFG, GeneratorConfig, SamplingConfig
+
+from conftest import mixture_cache
+
+FAST = StageTwoConfig(epochs=4, batch_size=128)
+
+
+@pytest.fixture
+def cache(tmp_path):
+    return FeatureCache(mixture_cache(tmp_path / "mix.h5", counts=(300, 150, 80, 30, 10, 3)))
+
+
+def test_kd_zero_when_student_equals_teacher():
+    z = torch.randn(16, 7) * 4
+    assert float(kd_loss(z, z.clone(), 2.0)) == pytest.approx(0.0, abs=1e-6)
+    assert float(kd_loss(z, torch.randn(16, 7), 2.0)) > 0.01
+
+
+def test_kd_matches_definition():
+    s, t, T = torch.randn(8, 5), torch.randn(8, 5), 2.0
+    p = torch.softmax(t / T, 1)
+    manual = T * T * (p * (torch.log(p) - torch.log_softmax(s / T, 1))).sum(1).mean()
+    assert float(kd_loss(s, t, T)) == pytest.approx(float(manual), rel=1e-5)
+
+
+def test_beta_moves_with_val_accuracy_and_stays_in_bounds():
+    cfg = StageTwoConfig(beta_delta=0.05, beta_min=0.0, beta_max=0.9)
+    tail = np.array([False, True, True, True, True])
+    beta = np.array([0.0, 0.6, 0.6, 0.88, 0.02])
+    prev = np.array([0.5, 0.5, 0.5, 0.5, 0.5])
+    now = np.array([0.9, 0.7, 0.3, 0.8, 0.1])
+    new = update_beta(beta, now, prev, tail, cfg)
+    assert new[1] == pytest.approx(0.65) and new[2] == pytest.approx(0.55)
+    assert new[3] == 0.9 and new[4] == 0.0  # clipped
+    assert new[0] == 0.0  # head classes untouched
+    same = update_beta(beta, prev, prev, tail, cfg)
+    np.testing.assert_array_equal(same, beta)
+    nan = update_beta(beta, np.full(5, np.nan), prev, tail, cfg)  # class without val rows
+    np.testing.assert_array_equal(nan, beta)
+
+
+def test_fixed_beta_never_moves(cache):
+    afg = AFG.build(cache, GeneratorConfig(), device="cpu", save=False)
+    res = train_glag(afg, StageTwoConfig(epochs=3, batch_size=128, adaptive=False, beta_init=0.4), progress=False)
+    assert all(b == 0.4 for h in res["history"] for b in h["beta"])
+    adaptive = train_glag(afg, StageTwoConfig(epochs=6, batch_size=128), progress=False)
+    assert any(b != 0.6 for h in adaptive["history"] for b in h["beta"])
+
+
+def _shuffle_test_labels(src, dst):
+    shutil.copy(src, dst)
+    with h5py.File(dst, "r+") as f:
+        labels = f["test/labels"][()]
+        f["test/labels"][...] = np.random.default_rng(0).permutation(labels)
+    return FeatureCache(dst)
+
+
+def test_no_training_choice_reads_test_labels(cache, tmp_path):
+    (tmp_path / "shuffled").mkdir()
+    shuffled = _shuffle_test_labels(cache.path, tmp_path / "shuffled" / cache.path.name)
+    assert shuffled.key == cache.key
+    a = train_glag(AFG.build(cache, GeneratorConfig(), device="cpu", save=False), FAST, SamplingConfig(alpha=0.1), progress=False)
+    b = train_glag(AFG.build(shuffled, GeneratorConfig(), device="cpu", save=False), FAST, SamplingConfig(alpha=0.1), progress=False)
+    np.testing.assert_array_equal(a["weight"], b["weight"])
+    assert a["history"] == b["history"] and a["beta_final"] == b["beta_final"]
+    assert a["test"]["top1"] != b["test"]["top1"]  # the shuffle did change test metrics
+    for name in ("tau_norm", "logit_adjust"):
+        ra, rb = getattr(baselines, name)(cache), getattr(baselines, name)(shuffled)
+        assert ra["tau"] == rb["tau"] and ra["val_scores"] == rb["val_scores"]
+    for name in ("crt", "lws"):
+        ra, rb = getattr(baselines, name)(cache, epochs=2), getattr(baselines, name)(shuffled, epochs=2)
+        assert ra["val"] == rb["val"]
+
+
+def test_glag_learns_and_reports_all_groups(cache):
+    afg = AFG.build(cache, GeneratorConfig(), device="cpu", save=False)
+    res = train_glag(afg, StageTwoConfig(epochs=8, batch_size=128), progress=False)
+    assert res["test"]["top1"] > 0.5  # well-separated mixture; chance is 1/6
+    assert {"top1", "many", "medium", "few", "per_class"} <= set(res["test"])
+    assert len(res["history"]) == 8 and res["history"][-1]["kd"] > 0
+
+
+def test_probe_needs_full_split(cache):
+    with pytest.raises(GlagError, match="--full-split"):
+        baselines.probe(cache)
+
+
+def test_run_end_to_end_on_digits(cache_dir, glag_cli, tmp_path):
+    out = tmp_path / "runs"
+    code, stdout, err = glag_cli("run", "-q", "--epochs", "3", "--gen-epochs", "3", "--out", out)
+    assert code == 0, err
+    lines = stdout.splitlines()
+    assert lines[0].split()[:5] == ["method", "top1", "many", "medium", "few"]
+    for m in ("stage-one", "crt", "glag"):
+        row = next(l for l in lines if l.startswith(m + " "))
+        assert "nan" not in row.lower() and " - " not in row  # every group has a number
+    glag_dir = next(out.glob("*-glag"))
+    rec = json.loads((glag_dir / "result.json").read_text())
+    assert rec["cache_key"] and rec["config"]["epochs"] == 3 and len(rec["history"]) == 3
+    assert (glag_dir / "per_class.csv").read_text().startswith("class,name,train_count,group,test_acc,val_acc")
+    # report: table and plots
+    code, table, err = glag_cli("report", *sorted(out.iterdir()), "--plots", tmp_path / "plots")
+    assert code == 0 and table.count("\n") >= 4 and "| glag" in table
+    assert (tmp_path / "plots" / "per_class.png").stat().st_size > 1000
+    assert (tmp_path / "plots" / "beta.png").stat().st_size > 1000
+    # the exported model predicts what the stage-two classifier says on the cached test features
+    from PIL import Image
+
+    from glag.extract.sources import read_digits
+
+    images, _, _ = read_digits()
+    cache = FeatureCache(rec["cache"])
+    test = cache.split("test")
+    (tmp_path / "imgs").mkdir()
+    for i in range(6):
+        Image.fromarray(images[test.index[i * 60]]).save(tmp_path / "imgs" / f"{i}.png")
+    code, csv_out, err = glag_cli("predict", glag_dir / "model.pt", tmp_path / "imgs")
+    assert code == 0, err
+    w = np.load(glag_dir / "classifier.npz")
+    f = np.asarray(test.features)[[i * 60 for i in range(6)]]
+    expect = (np.sqrt(f) @ w["weight"].T + w["bias"]).argmax(1)
+    got = [int(line.split(",")[1]) for line in csv_out.strip().splitlines()[1:]]
+    assert got == expect.tolist()
+
+
+def test_classify_cli_methods_and_errors(cache, glag_cli, tmp_path):
+    code, out, err = glag_cli("classify", "--cache", cache.path, "-q", "--gen-epochs", "2", "--method", "tau-norm",
+                              "--method", "logit-adjust", "--method", "lws", "--out", tmp_path / "r")
+    assert code == 0, err
+    assert all(m in out for m in ("tau-norm", "logit-adjust", "lws"))
+    code, _, err = glag_cli("classify", "--cache", cache.path, "--method", "magic")
+    assert code == 2 and "magic" in err and "choose from" in err
+    code, _, err = glag_cli("classify", "--cache", cache.path, "--beta-init", "1.5", "-q", "--out", tmp_path / "r")
+    assert code == 1 and "beta_init" in err
