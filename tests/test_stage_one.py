@@ -121,3 +121,13 @@ def test_extract_views_and_checkpoint(cache_dir, glag_cli):
     assert len(c.split("train_views")) == 2 * len(c.split("train"))
     code, _, err = glag_cli("extract", "--checkpoint", cache_dir / "nope.pt")
     assert code == 1 and "does not exist" in err
+
+
+def test_full_split_reuses_trained_weights(cache_dir, glag_cli):
+    code, out, _ = glag_cli("extract", "--epochs", "1", "-q")
+    code, out2, err = glag_cli("extract", "--epochs", "1", "-q", "--full-split")
+    assert code == 0, err
+    assert len(list((cache_dir / "stage1").iterdir())) == 1  # one training run for both
+    c = FeatureCache(json.loads(out2)["cache"])
+    assert c.has_split("full") and len(c.split("full")) == len(load_dataset(DatasetSpec()).sources["train"]) - 400
+    assert json.loads(out)["cache"] != json.loads(out2)["cache"]

@@ -73,7 +73,7 @@ def dump(state: dict, data: LTData, cache_dir: Path, *, views: int = 0, batch_si
     """Write (or reuse) the cache for this checkpoint and dataset; returns its path."""
     cfg_d = state["config"]
     identity = data.spec.identity()
-    if cfg_d["dataset"] != identity:
+    if cfg_d["dataset"] != {**identity, "full_split": False}:
         raise GlagError(f"checkpoint was trained on {cfg_d['dataset']}, not on {identity}")
     whash = weights_hash(state["model"])
     parts = key_payload(identity, whash, extraction_config(state, views, data.splits))

@@ -67,7 +67,8 @@ class TrainConfig:
 
     def identity(self) -> dict:
         d = asdict(self.resolved())
-        d["dataset"] = self.dataset.identity()
+        # Training never reads the full balanced split, so asking to dump it must not retrain.
+        d["dataset"] = {**self.dataset.identity(), "full_split": False}
         return d
 
 
