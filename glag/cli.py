@@ -185,7 +185,10 @@ def extract(cache_dir, checkpoint, views, quiet, **kw):
     An identical call reuses the trained weights and the cache instead of recomputing.
     Prints the cache path and stage-one test accuracy (overall, Many/Medium/Few) as JSON.
     """
-    path, report, reused = run_stage_one(kw, cache_dir, checkpoint, views, quiet)
+    done = run_stage_one(kw, cache_dir, checkpoint, views, quiet)
+    if done is None:  # a non-zero rank under torchrun: rank 0 writes and reports
+        return
+    path, report, reused = done
     out = {"cache": str(path), "reused": reused, **{k: report[k] for k in ("top1", "many", "medium", "few")}}
     click.echo(json.dumps(out))
 
@@ -328,7 +331,10 @@ def run(cache_dir, methods, quiet, **kw):
 
     With no arguments: the bundled long-tailed digits, offline, in about a minute on 2 CPU cores.
     """
-    path, _, reused = run_stage_one(kw, cache_dir, quiet=quiet)
+    done = run_stage_one(kw, cache_dir, quiet=quiet)
+    if done is None:
+        return
+    path, _, reused = done
     if not quiet:
         _log(f"cache {path} ({'reused' if reused else 'written'})")
     _print_results(_stage_two_run(path, methods, kw, quiet=quiet))
@@ -390,9 +396,9 @@ def main(argv=None) -> int:
         return 130
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def entry() -> None:
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

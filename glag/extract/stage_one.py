@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 from glag.cache.format import canonical_json
@@ -19,8 +20,11 @@ def workdir_for(cfg: TrainConfig, cache_dir: Path) -> Path:
 
 
 def stage_one(cfg: TrainConfig, data: LTData, cache_dir: Path, *, checkpoint: Path | None = None, views: int = 0,
-              resume: bool = True, progress: bool = True, log=print) -> tuple[Path, dict, bool]:
-    """Return (cache path, stage-one report, whether an existing cache was reused)."""
+              resume: bool = True, progress: bool = True, log=print) -> tuple[Path, dict, bool] | None:
+    """Return (cache path, stage-one report, whether an existing cache was reused).
+
+    Under torchrun every rank trains; only rank 0 dumps and reports (others return None).
+    """
     if checkpoint is None:
         wd = workdir_for(cfg, cache_dir)
         final = wd / "final.pt"
@@ -30,6 +34,8 @@ def stage_one(cfg: TrainConfig, data: LTData, cache_dir: Path, *, checkpoint: Pa
             log(f"training {cfg.resolved().backbone} with {cfg.loss} in {wd}")
             train(cfg, data, wd, resume=resume, progress=progress, log=log)
         checkpoint = final
+    if int(os.environ.get("RANK", "0")) != 0:
+        return None
     state = load_checkpoint(checkpoint)
     before = set(Path(cache_dir).glob("*.h5")) if Path(cache_dir).is_dir() else set()
     path = dump(state, data, cache_dir, views=views, progress=progress)
