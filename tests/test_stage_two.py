@@ -144,3 +144,11 @@ def test_classify_cli_methods_and_errors(cache, glag_cli, tmp_path):
     assert code == 2 and "magic" in err and "choose from" in err
     code, _, err = glag_cli("classify", "--cache", cache.path, "--beta-init", "1.5", "-q", "--out", tmp_path / "r")
     assert code == 1 and "beta_init" in err
+
+
+def test_probe_on_full_split(cache_dir, glag_cli, tmp_path):
+    code, out, _ = glag_cli("extract", "--epochs", "10", "-q", "--full-split")
+    cache = FeatureCache(json.loads(out)["cache"])
+    res = baselines.probe(cache)
+    assert res["method"] == "probe" and 0.0 <= res["test"]["top1"] <= 1.0
+    assert res["test"]["top1"] > 0.3  # trained on the full balanced digits: far above chance (0.1)

@@ -25,15 +25,23 @@ def stage_one(cache: FeatureCache, device=torch.device("cpu")) -> dict:
     return _result("stage-one", lambda x: x @ W.T + b, cache, device)
 
 
+def _fresh_linear(cache: FeatureCache, split: str, balanced: bool, *, epochs, batch_size, lr, weight_decay, seed,
+                  device) -> torch.nn.Linear:
+    """A new linear classifier trained by SGD on one split's cached features."""
+    torch.manual_seed(seed)
+    rows = cache.split(split)
+    g = torch.nn.Linear(cache.feature_dim, cache.num_classes).to(device)
+    train_linear(g.parameters(), g, rows.features, rows.labels, epochs=epochs, batch_size=batch_size, lr=lr,
+                 weight_decay=weight_decay, momentum=0.9, seed=seed, device=device, balanced=balanced,
+                 num_classes=cache.num_classes)
+    return g
+
+
 def crt(cache: FeatureCache, *, epochs=10, batch_size=512, lr=0.1, weight_decay=5e-4, seed=0,
         device=torch.device("cpu")) -> dict:
     """Classifier re-training: a fresh linear layer on class-balanced batches of the frozen features."""
-    torch.manual_seed(seed)
-    train = cache.split("train")
-    g = torch.nn.Linear(cache.feature_dim, cache.num_classes).to(device)
-    train_linear(g.parameters(), g, train.features, train.labels, epochs=epochs, batch_size=batch_size, lr=lr,
-                 weight_decay=weight_decay, momentum=0.9, seed=seed, device=device, balanced=True,
-                 num_classes=cache.num_classes)
+    g = _fresh_linear(cache, "train", True, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                      seed=seed, device=device)
     return _result("crt", g, cache, device, config={"epochs": epochs, "batch_size": batch_size, "lr": lr})
 
 
@@ -81,13 +89,9 @@ def probe(cache: FeatureCache, *, epochs=30, batch_size=512, lr=0.1, weight_deca
     """Probe protocol: a fresh linear classifier on the full balanced training set's features."""
     if not cache.has_split("full"):
         raise GlagError(f"cache '{cache.path}' has no 'full' split; re-extract with --full-split for the probe")
-    torch.manual_seed(seed)
-    full = cache.split("full")
-    g = torch.nn.Linear(cache.feature_dim, cache.num_classes).to(device)
-    train_linear(g.parameters(), g, full.features, full.labels, epochs=epochs, batch_size=batch_size, lr=lr,
-                 weight_decay=weight_decay, momentum=0.9, seed=seed, device=device, balanced=False,
-                 num_classes=cache.num_classes)
-    return _result("probe", g, cache, device)
+    g = _fresh_linear(cache, "full", False, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                      seed=seed, device=device)
+    return _result("probe", g, cache, device, config={"epochs": epochs, "batch_size": batch_size, "lr": lr})
 
 
 BASELINES = {"stage-one": stage_one, "crt": crt, "lws": lws, "tau-norm": tau_norm, "logit-adjust": logit_adjust,
