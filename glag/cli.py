@@ -159,7 +159,7 @@ def build_train_config(spec, loss, a, g, tau, backbone, epochs, batch_size, lr, 
                        batch_size=batch_size or 0, lr=lr or 0.0, seed=seed).resolved()
 
 
-def run_stage_one(kw: dict, cache_dir: Path, checkpoint=None, views=0, quiet=False):
+def run_stage_one(kw: dict, cache_dir: Path, checkpoint=None, views=0, quiet=False, resume=True):
     from glag.extract.datasets import load_dataset
     from glag.extract.stage_one import stage_one
 
@@ -167,7 +167,7 @@ def run_stage_one(kw: dict, cache_dir: Path, checkpoint=None, views=0, quiet=Fal
     cfg = build_train_config(spec, *(kw[k] for k in ("loss", "a", "g", "tau", "backbone", "epochs", "batch_size", "lr", "seed")))
     data = load_dataset(spec, download=kw["download"])
     log = (lambda m: None) if quiet else _log
-    return stage_one(cfg, data, cache_dir, checkpoint=checkpoint, views=views, progress=not quiet, log=log)
+    return stage_one(cfg, data, cache_dir, checkpoint=checkpoint, views=views, resume=resume, progress=not quiet, log=log)
 
 
 @cli.command()
@@ -178,14 +178,16 @@ def run_stage_one(kw: dict, cache_dir: Path, checkpoint=None, views=0, quiet=Fal
               help="Dump features of this stage-one checkpoint instead of training.")
 @click.option("--views", type=click.IntRange(min=0), default=0, show_default=True,
               help="Also dump this many augmented views of the train split.")
+@click.option("--resume/--no-resume", default=True, show_default=True,
+              help="Continue an interrupted training run from its last epoch checkpoint, or start it over.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or log lines.")
-def extract(cache_dir, checkpoint, views, quiet, **kw):
+def extract(cache_dir, checkpoint, views, resume, quiet, **kw):
     """Train a backbone (stage one) and dump train/val/test features to the cache.
 
     An identical call reuses the trained weights and the cache instead of recomputing.
     Prints the cache path and stage-one test accuracy (overall, Many/Medium/Few) as JSON.
     """
-    done = run_stage_one(kw, cache_dir, checkpoint, views, quiet)
+    done = run_stage_one(kw, cache_dir, checkpoint, views, quiet, resume)
     if done is None:  # a non-zero rank under torchrun: rank 0 writes and reports
         return
     path, report, reused = done

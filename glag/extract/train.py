@@ -164,6 +164,9 @@ def train(cfg: TrainConfig, data: LTData, workdir: Path, *, resume: bool = True,
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     norm = channel_stats(data.images("train")) if data.is_array else ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
     start, history = 0, []
+    if not resume and rank == 0:
+        last.unlink(missing_ok=True)
+        (workdir / "train_log.jsonl").unlink(missing_ok=True)
     if resume and last.is_file():
         state = torch.load(last, map_location=device, weights_only=False)
         if state["config"] != cfg.identity():
