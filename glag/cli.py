@@ -9,6 +9,7 @@ import click
 from tabulate import tabulate
 
 from glag import __version__
+from glag.cache.store import default_cache_dir
 from glag.errors import GlagError
 
 
@@ -24,12 +25,13 @@ def _log(msg: str) -> None:
 def cli():
     """GLAG long-tailed classification: stage-one training and feature dump (extract),
     the adaptive feature generator (generate), classifier-only stage two (classify),
-    the whole pipeline (run), cache management (cache) and run comparison (report)."""
+    the whole pipeline (run), cache management (cache), run comparison (report) and
+    prediction with an exported model (predict)."""
 
 
 def cache_dir_option(f):
     return click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), envvar="GLAG_CACHE_DIR",
-                        default=lambda: str(__import__("glag.cache.store", fromlist=["x"]).default_cache_dir()),
+                        default=lambda: str(default_cache_dir()),
                         show_default="$GLAG_CACHE_DIR or ~/.cache/glag", help="Folder of feature caches.")(f)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from glag.cache.format import FeatureCache
+from glag.cache.format import FeatureCache, atomic_path
 from glag.errors import GlagError
 from glag.extract.dump import load_checkpoint, weights_hash
 from glag.extract.models import Classifier
@@ -54,7 +54,8 @@ def export(out: Path, cache: FeatureCache, weight, bias, lt: float, checkpoint: 
               "backbone_state": state["model"], "weight": np.asarray(weight), "bias": np.asarray(bias),
               "class_names": cache.class_names, "cache_key": cache.key}
     path = Path(out) / "model.pt"
-    torch.save(bundle, path)
+    with atomic_path(path) as tmp:
+        torch.save(bundle, tmp)
     return path
 
 

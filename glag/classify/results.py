@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -38,9 +40,15 @@ def unique_dir(base: Path) -> Path:
 
 
 def write_run(out: Path, cache: FeatureCache, method: str, result: dict, extra: dict | None = None) -> Path:
-    """Write a run folder; returns ``out``. Weights (if any) go to ``classifier.npz``."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    """Write a run folder; returns ``out``. Weights (if any) go to ``classifier.npz``.
+
+    The folder is filled under a temporary name and renamed into place, so a killed run leaves no half folder.
+    """
+    final = Path(out)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    out = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
     counts = cache.train_counts
     record = {"method": method, "cache": str(cache.path), "cache_key": cache.key, "dataset": cache.dataset,
               "summary": summary_row(result["test"]), "val_summary": summary_row(result["val"]),
@@ -52,7 +60,8 @@ def write_run(out: Path, cache: FeatureCache, method: str, result: dict, extra: 
                   "val_acc": result["val"]["per_class"]}).to_csv(out / "per_class.csv", index=False)
     if "weight" in result:
         np.savez(out / "classifier.npz", weight=result["weight"], bias=result["bias"])
-    return out
+    os.rename(out, final)
+    return final
 
 
 def load_run(path: Path) -> dict:
