@@ -258,7 +258,7 @@ def stage_two_options(f):
         click.option("--gen-lr", type=float, default=0.1, show_default=True, help="Stage-two peak learning rate (cosine)."),
         click.option("--kd/--no-kd", default=True, show_default=True, help="Knowledge distillation on real head-class rows."),
         click.option("--adaptive/--fixed-beta", default=True, show_default=True, help="Adapt beta_c on validation accuracy."),
-        click.option("--beta-init", type=float, default=0.6, show_default=True, help="Initial confidence beta_c of tail classes."),
+        click.option("--beta-init", type=float, default=0.4, show_default=True, help="Initial confidence beta_c of tail classes."),
         click.option("--beta-delta", type=float, default=0.05, show_default=True, help="Step of the beta_c update."),
         click.option("--alpha", type=float, default=0.0, show_default=True, help="Dispersion added to calibrated covariances."),
         click.option("--dispersion", type=click.Choice(["identity", "all-entries"]), default="identity", show_default=True,

@@ -30,7 +30,7 @@ class StageTwoConfig:
     kd_a: float = 1.0      # lam2(e) = kd_a * (e / E) ** kd_g
     kd_g: float = 3.0
     adaptive: bool = True
-    beta_init: float = 0.6
+    beta_init: float = 0.4  # measured: docs/ablations.md (SPEC said 0.6, to be confirmed)
     beta_delta: float = 0.05
     beta_min: float = 0.0
     beta_max: float = 0.9
