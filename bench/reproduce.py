@@ -57,7 +57,11 @@ PROTOCOLS = {
     "short": dict(dataset="fashion-mnist-lt", ims=[100], epochs=12, losses=["ce", "la1", "graloss"],
                   rows={"ce": ["stage-one", "crt", "lws", "glag"], "la1": ["stage-one", "crt", "lws"],
                         "graloss": ["stage-one", "crt", "lws", "glag", "glag-fixed-beta", "glag-no-kd"]},
-                  probe=["ce", "graloss"], default_root=ROOT.parent / "shared" / "data" / "fashion-mnist"),
+                  probe=["ce", "graloss"], default_root=ROOT.parent / "shared" / "data" / "fashion-mnist",
+                  note="One seed. Fashion-MNIST-LT IM100 (10 classes, 6000 ... 60 images) has no Few class and a "
+                       "single class under 100 images, so the generator calibrates one class and the adaptive beta "
+                       "has one class to move; differences under ~0.5 points are within seed noise. Treat the "
+                       "stage-two rows as a regression check, not as evidence about GLAG on CIFAR-100-LT."),
     "cifar100-lt-full": dict(dataset="cifar100-lt", ims=[10, 50, 100, 200], epochs=200, losses=["ce", "la1", "graloss"],
                              rows={"ce": ["stage-one", "crt", "lws"], "la1": ["stage-one", "crt", "lws"],
                                    "graloss": ["stage-one", "crt", "lws", "glag", "glag-fixed-beta", "glag-no-kd"]},
@@ -149,10 +153,34 @@ def main():
                              "top1": s["top1"], "many": s["many"], "medium": s["medium"], "few": s["few"],
                              "paper_top1": paper, "paper_many": groups[0], "paper_medium": groups[1], "paper_few": groups[2],
                              "extract_command": extract_cmd, "classify_command": cmd})
-    write(args.results, args.protocol, rows, epochs, args.gen_epochs, time.time() - t0)
+    write(args.results, args.protocol, rows, epochs, args.gen_epochs, time.time() - t0, p.get("note", ""))
 
 
-def write(results: Path, protocol: str, rows: list[dict], epochs: int, gen_epochs: int, seconds: float) -> None:
+def orderings(rows: list[dict]) -> list[str]:
+    """Plain statements of the orderings the paper claims, per imbalance ratio, from these rows."""
+    out = []
+    for im in sorted({r["im"] for r in rows}):
+        top = {(r["stage_one"], r["stage_two"]): r["top1"] for r in rows if r["im"] == im}
+
+        def cmp(a, b, what):
+            if a in top and b in top:
+                d = top[a] - top[b]
+                verdict = "beats" if d > 0.5 else ("is below" if d < -0.5 else "ties with (within 0.5)")
+                out.append(f"* IM {im:g}, {what}: {'/'.join(a)} {top[a]:.2f} {verdict} {'/'.join(b)} {top[b]:.2f} ({d:+.2f}).")
+
+        cmp(("graloss", "stage-one"), ("ce", "stage-one"), "stage one, GraLoss vs CE")
+        cmp(("graloss", "stage-one"), ("la1", "stage-one"), "stage one, GraLoss vs LA(tau=1) = Balanced Softmax")
+        cmp(("graloss", "probe"), ("ce", "probe"), "probe, GraLoss vs CE features")
+        cmp(("graloss", "glag"), ("graloss", "crt"), "stage two on GraLoss features, GLAG vs cRT")
+        cmp(("graloss", "glag"), ("graloss", "lws"), "stage two on GraLoss features, GLAG vs LWS")
+        cmp(("graloss", "crt"), ("ce", "crt"), "cRT, GraLoss vs CE features")
+        cmp(("graloss", "glag"), ("graloss", "glag-no-kd"), "GLAG with vs without KD")
+        cmp(("graloss", "glag"), ("graloss", "glag-fixed-beta"), "GLAG adaptive vs fixed beta")
+    return out
+
+
+def write(results: Path, protocol: str, rows: list[dict], epochs: int, gen_epochs: int, seconds: float,
+          note: str = "") -> None:
     import numpy
     import torch
 
@@ -170,7 +198,8 @@ def write(results: Path, protocol: str, rows: list[dict], epochs: int, gen_epoch
              f"{'GPU ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'CPU only'}; "
              f"glag {glag.__version__}, torch {torch.__version__}, numpy {numpy.__version__}, Python {platform.python_version()}; "
              f"wall time of this invocation {seconds / 60:.1f} min (cached steps are not re-run).", "",
-             f"Made by `python bench/reproduce.py {protocol}`. Test top-1 (%) with Many / Medium / Few; ", "",
+             f"Made by `python bench/reproduce.py {protocol}`. Test top-1 (%) with Many / Medium / Few "
+             "(mean per-class accuracy of each group; — where the group is empty).", "",
              f"| IM | stage one | stage two | top-1 | many | medium | few | {paper_note} |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -179,6 +208,7 @@ def write(results: Path, protocol: str, rows: list[dict], epochs: int, gen_epoch
             paper += f" ({r['paper_many']} / {r['paper_medium']} / {r['paper_few']})"
         lines.append(f"| {r['im']:g} | {r['stage_one']} | {r['stage_two']} | {fmt(r['top1'])} | {fmt(r['many'])} | "
                      f"{fmt(r['medium'])} | {fmt(r['few'])} | {paper} |")
+    lines += ["", "## What it shows", ""] + ([note, ""] if note else []) + orderings(rows)
     lines += ["", "## Commands", ""]
     seen = set()
     for r in rows:
