@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from glag.cache.format import FeatureCache
@@ -12,6 +13,7 @@ from glag.classify.results import unique_dir, write_run
 from glag.classify.stage_two import StageTwoConfig, train_glag
 from glag.errors import GlagError
 from glag.generate.afg import AFG, GeneratorConfig, SamplingConfig
+from glag.generate.backend import get_xp
 
 METHODS = ("glag", "stage-one", "crt", "lws", "tau-norm", "logit-adjust", "probe")
 
@@ -34,11 +36,10 @@ def run_methods(cache_path: Path, methods, out_base: Path, *, gen: GeneratorConf
         if method == "glag":
             afg = AFG.build(cache, gen, device=device)
             res = train_glag(afg, stage_two, sampling, progress=progress, log=log)
-            extra["generator"] = gen.__dict__
+            extra["generator"] = asdict(gen)
         else:
-            dev = torch_device(__import__("numpy"))
             kw = {"seed": stage_two.seed} if method in ("crt", "lws", "probe") else {}
-            res = baselines.BASELINES[method](cache, device=dev, **kw)
+            res = baselines.BASELINES[method](cache, device=torch_device(get_xp(device)), **kw)
         extra["seconds"] = round(time.perf_counter() - t0, 3)
         write_run(out, cache, method, res, extra)
         if method == "glag" and (checkpoint or checkpoint_of(cache)):

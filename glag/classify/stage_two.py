@@ -84,7 +84,7 @@ def train_glag(afg: AFG, cfg: StageTwoConfig, sampling: SamplingConfig = Samplin
     steps = -(-stream.rows_per_epoch() // cfg.batch_size)
     beta = np.where(tail, cfg.beta_init, 0.0).astype(np.float64)
     val_tukey = tukey(np.asarray(val.features, dtype=np.float32), afg.cfg.lt)
-    val_counts_ok = np.bincount(val.labels, minlength=C) > 0
+    has_val = np.bincount(val.labels, minlength=C) > 0
     history, prev_acc = [], None
     bar = tqdm(range(cfg.epochs), desc="stage two", leave=False, disable=not progress)
     for e in bar:
@@ -114,7 +114,7 @@ def train_glag(afg: AFG, cfg: StageTwoConfig, sampling: SamplingConfig = Samplin
         rec = {"epoch": e + 1, "ce": ce_sum / steps, "kd": kd_sum / steps, "val_top1": float(np.mean(val_pred == val.labels)),
                "beta": beta[tail].round(4).tolist()}
         if cfg.adaptive and prev_acc is not None:
-            beta = update_beta(beta, acc, prev_acc, tail & val_counts_ok, cfg)
+            beta = update_beta(beta, acc, prev_acc, tail & has_val, cfg)
         prev_acc = acc
         history.append(rec)
         bar.set_postfix(val=f"{rec['val_top1']:.3f}")
