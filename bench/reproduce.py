@@ -72,8 +72,9 @@ PROTOCOLS = {
 
 
 def rel(path) -> str:
-    """A path as shown in recorded commands: relative to the project root when it lies under it."""
-    return os.path.relpath(Path(path).absolute(), ROOT)
+    """A path as shown in recorded commands: relative to the project root when near it, else absolute."""
+    r = os.path.relpath(Path(path).absolute(), ROOT)
+    return str(Path(path).absolute()) if r.startswith("../..") else r  # ../shared stays relative
 
 
 def shown(args: list[str]) -> str:
