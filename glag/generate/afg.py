@@ -79,8 +79,7 @@ class AFG:
             stats = ClassStats(counts, xp.asarray(means), None if covs is None else xp.asarray(covs))
         else:
             stats = class_stats(train, cfg.lt, xp, dense=(mode == "dense"))
-            rows = tukey(np.asarray(train.features, dtype=np.float32), cfg.lt)
-            sup = support_sets(rows, train.labels, stats.counts, to_numpy(stats.means), k=cfg.k,
+            sup = support_sets(_TukeyRows(train.features, cfg.lt), train.labels, stats.counts, to_numpy(stats.means), k=cfg.k,
                                tail_below=cfg.tail_below, weighting=cfg.weighting,
                                use_gpu=(xp is not np and faiss_gpu_available()))
             if save:
@@ -156,6 +155,17 @@ class AFG:
         rows.append({"group": "all", "classes": len(counts), "real rows": int(counts.sum()),
                      "synthetic rows / epoch": int(syn.sum())})
         return rows
+
+
+class _TukeyRows:
+    """Rows of a (memory-mapped) feature array, Tukey-transformed only when indexed: support sets
+    need the tail rows alone, so the whole train split is never transformed for them."""
+
+    def __init__(self, features, lt: float):
+        self.features, self.lt = features, lt
+
+    def __getitem__(self, idx):
+        return tukey(np.asarray(self.features[idx], dtype=np.float32), self.lt)
 
 
 def _write_stats(path: Path, key: str, cfg: GeneratorConfig, stats: ClassStats, sup: SupportSets) -> None:
