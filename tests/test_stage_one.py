@@ -131,3 +131,24 @@ def test_full_split_reuses_trained_weights(cache_dir, glag_cli):
     c = FeatureCache(json.loads(out2)["cache"])
     assert c.has_split("full") and len(c.split("full")) == len(load_dataset(DatasetSpec()).sources["train"]) - 400
     assert json.loads(out)["cache"] != json.loads(out2)["cache"]
+
+
+@pytest.mark.parametrize("backbone,channels,size,dim", [("resnet32", 1, 28, 64), ("resnet32", 3, 32, 64),
+                                                         ("resnet10", 3, 64, 512), ("cnn", 1, 8, 64)])
+def test_backbones_give_non_negative_pooled_features(backbone, channels, size, dim):
+    from glag.extract.models import Classifier
+
+    net = Classifier(backbone, 7, channels).eval()
+    with torch.no_grad():
+        f = net.features(torch.randn(2, channels, size, size))
+        assert f.shape == (2, dim) and (f >= 0).all()
+        assert net(torch.randn(2, channels, size, size)).shape == (2, 7)
+
+
+def test_resnet32_has_32_layers_and_resnet50_dim():
+    from glag.extract.models import Classifier
+
+    net = Classifier("resnet32", 100, 3)
+    convs = [m for m in net.backbone.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) + 1 == 32  # 31 convolutions + the linear head
+    assert Classifier("resnet50", 10, 3).backbone.feature_dim == 2048
