@@ -86,7 +86,7 @@ def train_glag(afg: AFG, cfg: StageTwoConfig, sampling: SamplingConfig = Samplin
     val_tukey = tukey(np.asarray(val.features, dtype=np.float32), afg.cfg.lt)
     has_val = np.bincount(val.labels, minlength=C) > 0
     history, prev_acc = [], None
-    bar = tqdm(range(cfg.epochs), desc="stage two", leave=False, disable=not progress)
+    bar = tqdm(range(cfg.epochs), desc="stage two", leave=False, disable=None if progress else True)  # None: off when not a terminal
     for e in bar:
         kd_sum = ce_sum = 0.0
         for s, batch in enumerate(stream.epoch(e, beta)):

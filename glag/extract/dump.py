@@ -49,7 +49,7 @@ def features_of(model: Classifier, batches, device, desc: str, progress: bool = 
     model.eval()
     amp = device.type == "cuda"
     feats, labels = [], []
-    for x, y in tqdm(batches, desc=desc, leave=False, disable=not progress):
+    for x, y in tqdm(batches, desc=desc, leave=False, disable=None if progress else True):  # None: off when not a terminal
         x = x.to(device, non_blocking=True)
         if amp:
             x = x.contiguous(memory_format=torch.channels_last)

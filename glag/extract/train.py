@@ -184,7 +184,7 @@ def train(cfg: TrainConfig, data: LTData, workdir: Path, *, resume: bool = True,
         steps = len(batches)
         total_loss, seen = 0.0, 0
         bar = tqdm(batches, total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                   disable=not progress or rank != 0)
+                   disable=None if (progress and rank == 0) else True)  # None: off when not a terminal
         for step, (x, y) in enumerate(bar):
             t = epoch + step / steps
             for group in opt.param_groups:
