@@ -103,3 +103,26 @@ def test_list_file_dataset(tmp_path):
     bad.write_text("a.jpg x\n")
     with pytest.raises(GlagError, match="bad.txt:1"):
         read_list_file(bad)
+
+
+@pytest.mark.filterwarnings("ignore:.*md5 differs")
+def test_download_flag_fetches_with_torchvision(tmp_path, monkeypatch, fake_cifar100):
+    import shutil
+
+    import torchvision.datasets as tvd
+
+    calls = []
+
+    class FakeCIFAR100:
+        def __init__(self, root, train, download):
+            calls.append((root, train, download))
+            if not (tmp_path / "dl" / "cifar-100-python").exists():
+                shutil.copytree(fake_cifar100 / "cifar-100-python", tmp_path / "dl" / "cifar-100-python")
+
+    monkeypatch.setattr(tvd, "CIFAR100", FakeCIFAR100)
+    d = load_dataset(DatasetSpec("cifar100-lt", 100, data_root=str(tmp_path / "dl")), download=True)
+    assert calls == [(str(tmp_path / "dl"), True, True), (str(tmp_path / "dl"), False, True)]
+    assert d.train_counts.sum() == 10847
+    with pytest.raises(GlagError, match="--download needs --data-root"):
+        load_dataset(DatasetSpec("cifar100-lt"), download=True)
+    assert load_dataset(DatasetSpec("digits"), download=True).num_classes == 10  # bundled: nothing to fetch
