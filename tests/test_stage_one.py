@@ -103,6 +103,9 @@ def test_extract_cli_end_to_end_and_reuse(cache_dir, glag_cli):
         expected = np.bincount(data.splits[split].labels, minlength=10)
         assert c.split(split).counts.tolist() == expected.tolist()
         assert (np.asarray(c.split(split).features) >= 0).all()  # post-ReLU features
+    assert c.provenance["loss"] == "graloss" and c.provenance["epochs"] == 2
+    code, listing, _ = glag_cli("cache", "ls")
+    assert "cnn graloss(a=1,g=3) 2ep seed0" in listing
     report = json.loads(open(path.replace(".h5", ".stage1.json")).read())
     assert report["top1"] == res["top1"]
     stage1 = next((cache_dir / "stage1").iterdir())

@@ -62,11 +62,13 @@ def atomic_path(path: Path):
 
 
 def write_cache(path: Path, *, key_parts: dict, dataset: str, num_classes: int, class_names: list[str],
-                splits: dict[str, tuple], classifier: tuple[np.ndarray, np.ndarray], _fail_after_split: str | None = None) -> Path:
+                splits: dict[str, tuple], classifier: tuple[np.ndarray, np.ndarray], provenance: dict | None = None,
+                _fail_after_split: str | None = None) -> Path:
     """Write a complete cache file atomically.
 
     ``splits`` maps split name to ``(features [N, d], labels [N], index [N])``; rows are grouped by class here.
-    ``key_parts`` is ``key_payload(...)``; the key is derived from it and stored.
+    ``key_parts`` is ``key_payload(...)``; the key is derived from it and stored. ``provenance`` (the
+    training recipe, for people reading ``glag cache ls``) is stored beside it, outside the key.
     """
     weight, bias = (np.asarray(a, dtype=np.float32) for a in classifier)
     dims = {np.asarray(f).shape[1] for f, _, _ in splits.values()} | {weight.shape[1]}
@@ -82,6 +84,7 @@ def write_cache(path: Path, *, key_parts: dict, dataset: str, num_classes: int, 
                 "num_classes": num_classes, "feature_dim": dims.pop(),
                 "class_names": canonical_json(list(class_names)), "config": canonical_json(key_parts),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "complete": False,
+                "provenance": canonical_json(provenance or {}),
             })
             for name, (feats, labels, index) in splits.items():
                 feats, labels, index, offsets = group_by_class(np.asarray(feats), labels, index, num_classes)
@@ -157,6 +160,7 @@ class FeatureCache:
             self.class_names = json.loads(str(a["class_names"]))
             self.config = json.loads(str(a["config"]))
             self.created = str(a.get("created", ""))
+            self.provenance = json.loads(str(a.get("provenance", "{}")))
             self.split_names = [k for k in f.keys() if k != "classifier"]
             self.weight = f["classifier/weight"][()]
             self.bias = f["classifier/bias"][()]
@@ -179,9 +183,21 @@ class FeatureCache:
         return self.split("train").counts
 
     def info(self) -> dict:
-        return {"path": str(self.path), "key": self.key, "dataset": self.dataset, "num_classes": self.num_classes,
+        return {"path": str(self.path), "key": self.key, "dataset": self.dataset, "recipe": recipe(self.provenance),
+                "num_classes": self.num_classes,
                 "feature_dim": self.feature_dim, "created": self.created,
                 "rows": {k: len(v) for k, v in self._splits.items()}, "size_mb": round(self.path.stat().st_size / 2**20, 2)}
+
+
+def recipe(provenance: dict) -> str:
+    """A short human label of a training recipe, e.g. 'resnet32 graloss(a=1,g=3) 200ep seed0'."""
+    if not provenance:
+        return "?"
+    loss = provenance.get("loss", "?")
+    params = {"graloss": ("a", "g"), "la": ("tau",), "focal": ("gamma",)}.get(loss, ())
+    args = ",".join(f"{p}={provenance[p]:g}" for p in params if p in provenance)
+    return (f"{provenance.get('backbone', '?')} {loss}{f'({args})' if args else ''} "
+            f"{provenance.get('epochs', '?')}ep seed{provenance.get('seed', '?')}")
 
 
 def verify(path) -> list[str]:

@@ -20,7 +20,7 @@ def list_caches(cache_dir: Path) -> list[dict]:
             continue
         try:
             info = FeatureCache(path).info()
-            rows.append({"file": path.name, "dataset": info["dataset"], "key": info["key"][:16],
+            rows.append({"file": path.name, "dataset": info["dataset"], "recipe": info["recipe"], "key": info["key"][:16],
                          "classes": info["num_classes"], "dim": info["feature_dim"],
                          "rows": " ".join(f"{k}={v}" for k, v in info["rows"].items()),
                          "MB": info["size_mb"], "created": info["created"]})

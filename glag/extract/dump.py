@@ -105,7 +105,7 @@ def dump(state: dict, data: LTData, cache_dir: Path, *, views: int = 0, batch_si
             chunks.append(features_of(model, b, device, f"dump view {v + 1}/{views}", progress)[0])
         splits["train_views"] = (np.concatenate(chunks), np.tile(tr.labels, views), np.tile(tr.index, views))
     write_cache(path, key_parts=parts, dataset=data.spec.label(), num_classes=data.num_classes,
-                class_names=data.class_names, splits=splits,
+                class_names=data.class_names, splits=splits, provenance=cfg_d,
                 classifier=(model.head.weight.detach().cpu().numpy(), model.head.bias.detach().cpu().numpy()))
     return path
 
