@@ -6,7 +6,6 @@ tail sample), same statistics and number of features; plus dense vs factor memor
 from __future__ import annotations
 
 import argparse
-import resource
 import subprocess
 import sys
 import tempfile

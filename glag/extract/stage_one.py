@@ -25,6 +25,7 @@ def stage_one(cfg: TrainConfig, data: LTData, cache_dir: Path, *, checkpoint: Pa
 
     Under torchrun every rank trains; only rank 0 dumps and reports (others return None).
     """
+    log("data " + " ".join(f"{k}={v}" for k, v in data.summary().items()))
     if checkpoint is None:
         wd = workdir_for(cfg, cache_dir)
         final = wd / "final.pt"

@@ -73,7 +73,7 @@ class AFG:
         xp = get_xp(device)
         train = cache.split("train")
         path = stats_path(cache, cfg)
-        mode = choose_mode(cfg.mode, cache.num_classes, cache.feature_dim, len(train), cfg.max_dense_gb * 2**30)
+        mode = choose_mode(cfg.mode, cache.num_classes, cache.feature_dim, cfg.max_dense_gb * 2**30)
         if path.is_file():
             counts, means, covs, sup = _read_stats(path, cfg.key(cache.key))
             stats = ClassStats(counts, xp.asarray(means), None if covs is None else xp.asarray(covs))

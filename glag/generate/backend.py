@@ -33,7 +33,3 @@ def get_xp(device: str = "auto"):
 
 def to_numpy(a) -> np.ndarray:
     return a.get() if hasattr(a, "get") else np.asarray(a)
-
-
-def rng(xp, seed: int):
-    return xp.random.default_rng(seed)

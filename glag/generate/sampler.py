@@ -70,7 +70,7 @@ class Factors:
             out[r] += coef[sel][:, None] * contrib
 
 
-def choose_mode(mode: str, num_classes: int, dim: int, num_rows: int, max_dense_bytes: float) -> str:
+def choose_mode(mode: str, num_classes: int, dim: int, max_dense_bytes: float) -> str:
     """'dense' when ``C d^2`` float32 fits in ``max_dense_bytes``, else 'factor'; explicit modes pass through."""
     if mode not in MODES:
         raise GlagError(f"factor mode '{mode}' is invalid; choose one of: {', '.join(MODES)}")

@@ -29,10 +29,6 @@ class ClassStats:
     means: object
     covs: object | None
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.counts)
-
 
 def class_stats(split, lt: float, xp=np, dense: bool = True) -> ClassStats:
     """Mean and unbiased covariance of each class's Tukey-transformed rows (zero covariance when n_c = 1)."""
