@@ -22,9 +22,14 @@ def canonical_json(obj) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
+def json_hash(obj) -> str:
+    """sha256 hex digest of ``obj``'s canonical JSON: every content key in glag is one of these."""
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()
+
+
 def content_key(dataset: dict, weights_hash: str, extraction: dict) -> str:
     """sha256 over (dataset spec, backbone weights hash, extraction config)."""
-    return hashlib.sha256(canonical_json(key_payload(dataset, weights_hash, extraction)).encode()).hexdigest()
+    return json_hash(key_payload(dataset, weights_hash, extraction))
 
 
 def key_payload(dataset: dict, weights_hash: str, extraction: dict) -> dict:
@@ -76,7 +81,7 @@ def write_cache(path: Path, *, key_parts: dict, dataset: str, num_classes: int, 
         raise GlagError(f"feature dimensions disagree across splits and classifier: {sorted(dims)}")
     if weight.shape[0] != num_classes or bias.shape != (num_classes,):
         raise GlagError(f"classifier shapes {weight.shape}, {bias.shape} do not match {num_classes} classes")
-    key = hashlib.sha256(canonical_json(key_parts).encode()).hexdigest()
+    key = json_hash(key_parts)
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.attrs.update({

@@ -1,12 +1,11 @@
 """Stage one end to end: train (or load) a backbone, dump the cache, report stage-one accuracy."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
-from glag.cache.format import canonical_json
+from glag.cache.format import json_hash
 from glag.extract.datasets import LTData
 from glag.extract.dump import dump, load_checkpoint, stage_one_report
 from glag.extract.train import TrainConfig, train
@@ -15,7 +14,7 @@ from glag.extract.train import TrainConfig, train
 def workdir_for(cfg: TrainConfig, cache_dir: Path) -> Path:
     """Training folder named by a hash of the full recipe, so an identical call finds its weights."""
     cfg = cfg.resolved()
-    key = hashlib.sha256(canonical_json(cfg.identity()).encode()).hexdigest()[:16]
+    key = json_hash(cfg.identity())[:16]
     return Path(cache_dir) / "stage1" / f"{cfg.dataset.label()}-{cfg.loss}-{key}"
 
 

@@ -1,7 +1,6 @@
 """The Adaptive Feature Generator: statistics + support sets for a cache, stored in their own file."""
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -9,7 +8,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from glag.cache.format import FeatureCache, atomic_path, canonical_json
+from glag.cache.format import FeatureCache, atomic_path, canonical_json, json_hash
 from glag.errors import GlagError
 from glag.generate.backend import get_xp, to_numpy
 from glag.generate.sampler import DISPERSIONS, Factors, choose_mode, draw
@@ -32,7 +31,7 @@ class GeneratorConfig:
     max_dense_gb: float = 1.0
 
     def key(self, cache_key: str) -> str:
-        return hashlib.sha256(canonical_json({"cache": cache_key, "gen": asdict(self), "v": STATS_VERSION}).encode()).hexdigest()
+        return json_hash({"cache": cache_key, "gen": asdict(self), "v": STATS_VERSION})
 
 
 @dataclass(frozen=True)
