@@ -69,8 +69,8 @@ def extraction_config(state: dict, views: int, splits) -> dict:
 
 
 def dump(state: dict, data: LTData, cache_dir: Path, *, views: int = 0, batch_size: int = 512,
-         progress: bool = True) -> Path:
-    """Write (or reuse) the cache for this checkpoint and dataset; returns its path."""
+         progress: bool = True) -> tuple[Path, bool]:
+    """Write (or reuse) the cache for this checkpoint and dataset; returns its path and whether it was reused."""
     cfg_d = state["config"]
     identity = data.spec.identity()
     if cfg_d["dataset"] != {**identity, "full_split": False}:
@@ -81,7 +81,7 @@ def dump(state: dict, data: LTData, cache_dir: Path, *, views: int = 0, batch_si
     path = Path(cache_dir) / cache_filename(data.spec.label(), key)
     if path.is_file():
         FeatureCache(path, key=key)  # refuse a damaged file instead of silently reusing it
-        return path
+        return path, True
     device, _, _ = device_and_dist()
     model = Classifier(state["backbone"], state["num_classes"], state["in_channels"])
     model.load_state_dict(state["model"])
@@ -107,7 +107,7 @@ def dump(state: dict, data: LTData, cache_dir: Path, *, views: int = 0, batch_si
     write_cache(path, key_parts=parts, dataset=data.spec.label(), num_classes=data.num_classes,
                 class_names=data.class_names, splits=splits, provenance=cfg_d,
                 classifier=(model.head.weight.detach().cpu().numpy(), model.head.bias.detach().cpu().numpy()))
-    return path
+    return path, False
 
 
 def stage_one_report(path: Path, checkpoint: Path | None = None) -> dict:

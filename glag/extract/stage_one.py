@@ -37,9 +37,7 @@ def stage_one(cfg: TrainConfig, data: LTData, cache_dir: Path, *, checkpoint: Pa
     if int(os.environ.get("RANK", "0")) != 0:
         return None
     state = load_checkpoint(checkpoint)
-    before = set(Path(cache_dir).glob("*.h5")) if Path(cache_dir).is_dir() else set()
-    path = dump(state, data, cache_dir, views=views, progress=progress)
-    reused = path in before
+    path, reused = dump(state, data, cache_dir, views=views, progress=progress)
     report_file = path.with_suffix(".stage1.json")
     report = json.loads(report_file.read_text()) if report_file.is_file() else stage_one_report(path, checkpoint)
     return path, report, reused
