@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from glag.classify.common import predict, split_metrics, train_linear
-from glag.classify.metrics import evaluate
+from glag.classify.common import split_metrics, train_linear
 from glag.cache.format import FeatureCache
 from glag.errors import GlagError
 
@@ -60,7 +59,7 @@ def lws(cache: FeatureCache, *, epochs=10, batch_size=512, lr=0.1, seed=0, devic
 
 def _pick_on_val(cache: FeatureCache, make_fn, grid, device):
     val, counts = cache.split("val"), cache.train_counts
-    scores = [evaluate(predict(make_fn(v), val.features, device), val.labels, counts)["top1"] for v in grid]
+    scores = [split_metrics(make_fn(v), val, counts, device)["top1"] for v in grid]
     best = float(grid[int(np.argmax(scores))])
     return best, dict(zip(map(float, grid), scores))
 
