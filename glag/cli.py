@@ -29,6 +29,13 @@ def cli():
     prediction with an exported model (predict)."""
 
 
+def _apply(options, f):
+    """Decorate ``f`` with click options so they list in the order given."""
+    for o in reversed(options):
+        f = o(f)
+    return f
+
+
 def cache_dir_option(f):
     return click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), envvar="GLAG_CACHE_DIR",
                         default=lambda: str(default_cache_dir()),
@@ -123,9 +130,7 @@ def dataset_options(f):
         click.option("--download", is_flag=True, help="Download the dataset into --data-root first (needs a network)."),
         click.option("--full-split", is_flag=True, help="Also dump the full balanced training set (probe protocol)."),
     ]
-    for o in reversed(opts):
-        f = o(f)
-    return f
+    return _apply(opts, f)
 
 
 def train_options(f):
@@ -143,9 +148,7 @@ def train_options(f):
         click.option("--lr", type=float, default=None, help="Peak learning rate (default: preset)."),
         click.option("--seed", type=int, default=0, show_default=True, help="Random seed."),
     ]
-    for o in reversed(opts):
-        f = o(f)
-    return f
+    return _apply(opts, f)
 
 
 def build_spec(dataset, imbalance, val_per_class, data_root, full_split):
@@ -213,9 +216,7 @@ def generator_options(f):
         click.option("--max-dense-gb", type=float, default=1.0, show_default=True, help="Largest dense factor size for --mode auto."),
         click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, help="NumPy (cpu) or CuPy (gpu)."),
     ]
-    for o in reversed(opts):
-        f = o(f)
-    return f
+    return _apply(opts, f)
 
 
 def build_generator(cache_path, lt, k, tail_below, weighting, mode, max_dense_gb, device):
@@ -267,9 +268,7 @@ def stage_two_options(f):
         click.option("--out", "out_base", type=click.Path(file_okay=False, path_type=Path), default=Path("glag-runs"),
                      show_default=True, help="Folder for run folders (result.json, per_class.csv, model.pt)."),
     ]
-    for o in reversed(opts):
-        f = o(f)
-    return f
+    return _apply(opts, f)
 
 
 def _stage_two_run(cache_path, methods, kw, checkpoint=None, quiet=False):
