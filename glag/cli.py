@@ -23,7 +23,7 @@ def _log(msg: str) -> None:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="glag")
 def cli():
-    """GLAG long-tailed classification: stage-one training and feature dump (extract),
+    """GLAG long-tailed classification: dataset inspection (data), stage-one training and feature dump (extract),
     the adaptive feature generator (generate), classifier-only stage two (classify),
     the whole pipeline (run), cache management (cache), run comparison (report) and
     prediction with an exported model (predict)."""
@@ -117,14 +117,21 @@ def cache_rm(targets: tuple[str, ...], cache_dir: Path, keep_derived: bool):
 
 def dataset_options(f):
     from glag.extract.datasets import DATASETS
+    from glag.extract.profile import PROFILES
 
     opts = [
         click.option("--dataset", type=click.Choice(DATASETS), default="digits", show_default=True,
                      help="Long-tailed dataset; 'digits' is bundled and needs no download."),
         click.option("--imbalance", "-im", type=float, default=0.0,
                      help="Imbalance ratio n_max/n_min (>= 1); 0 = 100 (20 for digits)."),
+        click.option("--profile", type=click.Choice(PROFILES), default="exp", show_default=True,
+                     help="Class-size profile: exp (n_max * IM^(-c/(C-1))) or step (first C/2 classes n_max, the rest n_max/IM)."),
+        click.option("--n-max", type=int, default=0,
+                     help="Images of the largest class (0 = dataset default: 5000 CIFAR-10, 500 CIFAR-100, 6000 Fashion-MNIST, 110 digits)."),
+        click.option("--subset-seed", type=int, default=0, show_default=True,
+                     help="Seed of the per-class shuffle that picks the LT subset (LDAM-DRW's rule; 0 = the literature's subset)."),
         click.option("--val-per-class", type=int, default=20, show_default=True,
-                     help="Validation images per class, from training images outside the LT subset."),
+                     help="Validation images per class, from the shuffled training images left outside the LT subset."),
         click.option("--data-root", type=click.Path(path_type=Path), default=None,
                      help="Folder holding the dataset files (cifar-*-python, Fashion-MNIST IDX files, list files)."),
         click.option("--download", is_flag=True, help="Download the dataset into --data-root first (needs a network)."),
@@ -151,10 +158,13 @@ def train_options(f):
     return _apply(opts, f)
 
 
-def build_spec(dataset, imbalance, val_per_class, data_root, full_split):
+def build_spec(kw: dict):
+    """The resolved DatasetSpec of the dataset options in ``kw``."""
     from glag.extract.datasets import DatasetSpec
 
-    return DatasetSpec(dataset, imbalance, val_per_class, full_split, str(data_root) if data_root else None).resolved()
+    return DatasetSpec(kw["dataset"], kw["imbalance"], kw["val_per_class"], kw["full_split"],
+                       str(kw["data_root"]) if kw["data_root"] else None, profile=kw["profile"], n_max=kw["n_max"],
+                       subset_seed=kw["subset_seed"]).resolved()
 
 
 def build_train_config(spec, loss, a, g, tau, backbone, epochs, batch_size, lr, seed):
@@ -168,11 +178,41 @@ def run_stage_one(kw: dict, cache_dir: Path, checkpoint=None, views=0, quiet=Fal
     from glag.extract.datasets import load_dataset
     from glag.extract.stage_one import stage_one
 
-    spec = build_spec(kw["dataset"], kw["imbalance"], kw["val_per_class"], kw["data_root"], kw["full_split"])
+    spec = build_spec(kw)
     cfg = build_train_config(spec, *(kw[k] for k in ("loss", "a", "g", "tau", "backbone", "epochs", "batch_size", "lr", "seed")))
     data = load_dataset(spec, download=kw["download"])
     log = (lambda m: None) if quiet else _log
     return stage_one(cfg, data, cache_dir, checkpoint=checkpoint, views=views, resume=resume, progress=not quiet, log=log)
+
+
+@cli.command("data")
+@dataset_options
+@click.option("--indices", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write split,index,label for every train/val/test image to this CSV (index: position in the source files).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def data_cmd(indices, as_json, **kw):
+    """Show a dataset's per-class train/val/test counts and Many/Medium/Few groups, without training.
+
+    Takes the same dataset options as 'glag extract', so what it prints is what extract trains on.
+    """
+    from glag.extract.datasets import load_dataset
+    from glag.extract.inspect import class_table, totals, write_indices
+
+    spec = build_spec(kw)
+    data = load_dataset(spec, download=kw["download"])
+    rows = class_table(data)
+    summary = {"dataset": spec.label(), "spec": spec.identity(), "totals": totals(rows)}
+    if indices:
+        summary["indices"] = {"file": str(indices), "rows": write_indices(data, indices)}
+    if as_json:
+        click.echo(json.dumps({**summary, "classes": rows}, indent=2))
+        return
+    click.echo(tabulate(rows, headers="keys"))
+    t = summary["totals"]
+    click.echo(f"{summary['dataset']}: train {t['train']}, val {t['val']}, test {t['test']} images; "
+               f"{t['many_classes']} many / {t['medium_classes']} medium / {t['few_classes']} few classes")
+    if indices:
+        click.echo(f"wrote {summary['indices']['rows']} rows to {indices}")
 
 
 @cli.command()
@@ -286,7 +326,7 @@ def _stage_two_run(cache_path, methods, kw, checkpoint=None, quiet=False):
 
 
 def _print_results(records, extra_rows=()):
-    from glag.classify.metrics import summary_row
+    from glag.metrics import summary_row
 
     rows = list(extra_rows) + [{"method": r["method"], **summary_row(r["test"]), "seconds": r["seconds"], "run": r["dir"]}
                                for r in records]

@@ -15,7 +15,7 @@ def test_help_lists_six_commands(glag_cli):
 
 
 def test_every_command_has_help(glag_cli):
-    for cmd in (["extract"], ["generate"], ["classify"], ["run"], ["report"], ["cache"],
+    for cmd in (["data"], ["extract"], ["generate"], ["classify"], ["run"], ["report"], ["cache"],
                 ["cache", "ls"], ["cache", "info"], ["cache", "verify"], ["cache", "rm"]):
         code, out, _ = glag_cli(*cmd, "--help")
         assert code == 0 and "Usage:" in out, cmd

@@ -3,7 +3,8 @@ import pytest
 
 from glag.errors import GlagError
 from glag.extract.datasets import DatasetSpec, load_dataset, read_list_file
-from glag.extract.profile import exponential_counts, group_masks, group_of
+from glag.extract.profile import exponential_counts
+from glag.metrics import group_masks, group_of
 
 from conftest import SHARED_DATA
 
@@ -12,12 +13,6 @@ def test_cifar100_im100_profile():
     c = exponential_counts(500, 100, 100)
     assert c[0] == 500 and c[-1] == 5 and c.sum() == 10847
     assert np.all(np.diff(c) <= 0)
-
-
-@pytest.mark.parametrize("im,total", [(10, 19573), (50, 12608), (200, 9502)])
-def test_cifar100_other_ratios(im, total):
-    # totals of the LDAM-DRW reference implementation
-    assert exponential_counts(500, 100, im).sum() == total
 
 
 def test_imbalance_one_is_balanced_and_below_one_rejected():
@@ -33,32 +28,101 @@ def test_groups():
     assert m["many"].sum() == 2 and m["medium"].sum() == 2 and m["few"].sum() == 2
 
 
-@pytest.mark.filterwarnings("ignore:.*md5 differs")
-def test_cifar100_lt_splits(fake_cifar100):
-    d = load_dataset(DatasetSpec("cifar100-lt", 100, 20, data_root=str(fake_cifar100)))
-    assert d.train_counts.tolist() == exponential_counts(500, 100, 100).tolist()
-    tr, va, te = d.splits["train"], d.splits["val"], d.splits["test"]
-    assert tr.source == va.source == "train" and te.source == "test"
-    assert not set(tr.index) & set(va.index)
-    # class 0 uses 500 of its 600 images, so 20 are left for validation; every class gets 20
-    assert np.bincount(va.labels, minlength=100).tolist() == [20] * 100
-    # test is untouched: every test image, in order
-    assert te.index.tolist() == list(range(1000))
-    # LDAM-DRW convention: the first n_c images of class c in file order
-    src_labels = np.concatenate([tr.labels, va.labels])
-    for c in (0, 50, 99):
-        file_order = np.flatnonzero(_labels_of(fake_cifar100) == c)
-        n = d.train_counts[c]
-        assert tr.index[tr.labels == c].tolist() == file_order[:n].tolist()
-        assert va.index[va.labels == c].tolist() == file_order[-20:].tolist()
-    assert len(src_labels) == 10847 + 2000
-
-
 def _labels_of(root):
     import pickle
 
     with open(root / "cifar-100-python" / "train", "rb") as f:
         return np.asarray(pickle.load(f, encoding="latin1")["fine_labels"])
+
+
+def _ldam_reference(labels, counts, seed, val_per_class):
+    """LDAM-DRW's imbalance_cifar.py, written independently: global legacy RNG seeded once."""
+    np.random.seed(seed)
+    train, val = {}, {}
+    for c, n in enumerate(counts):
+        idx = np.where(labels == c)[0]
+        np.random.shuffle(idx)
+        train[c] = idx[:n].tolist()
+        val[c] = idx[n:].tolist()  # leftovers, in shuffled order
+    return train, val
+
+
+@pytest.mark.filterwarnings("ignore:.*md5 differs")
+@pytest.mark.parametrize("profile", ["exp", "step"])
+@pytest.mark.parametrize("seed", [0, 7])
+def test_cifar100_lt_subset_is_ldam_drw_rule(fake_cifar100, seed, profile):
+    from glag.extract.profile import profile_counts
+
+    d = load_dataset(DatasetSpec("cifar100-lt", 100, 20, data_root=str(fake_cifar100), profile=profile,
+                                 subset_seed=seed))
+    counts = profile_counts(profile, 500, 100, 100)
+    assert d.train_counts.tolist() == counts.tolist()
+    labels = _labels_of(fake_cifar100)
+    assert not np.all(np.diff(labels) >= 0)  # the fixture's labels are in random order
+    ref_train, ref_leftovers = _ldam_reference(labels, counts, seed, 20)
+    tr, va, te = d.splits["train"], d.splits["val"], d.splits["test"]
+    assert tr.source == va.source == "train" and te.source == "test"
+    for c in range(100):
+        assert tr.index[tr.labels == c].tolist() == ref_train[c]
+        # validation: the first 20 shuffled leftovers, never a train image
+        assert va.index[va.labels == c].tolist() == ref_leftovers[c][:20]
+    assert np.all(labels[tr.index] == tr.labels) and np.all(labels[va.index] == va.labels)
+    assert not set(tr.index) & set(va.index)
+    assert te.index.tolist() == list(range(1000))  # test untouched: every test image, in order
+    np.random.seed(123)
+    before = np.random.random()
+    np.random.seed(123)
+    load_dataset(DatasetSpec("cifar100-lt", 100, data_root=str(fake_cifar100), subset_seed=seed))
+    assert np.random.random() == before  # building a subset leaves the caller's global RNG alone
+
+
+@pytest.mark.filterwarnings("ignore:.*md5 differs")
+def test_subset_seed_changes_the_subset_not_the_counts(fake_cifar100):
+    a = load_dataset(DatasetSpec("cifar100-lt", 100, data_root=str(fake_cifar100), subset_seed=0))
+    b = load_dataset(DatasetSpec("cifar100-lt", 100, data_root=str(fake_cifar100), subset_seed=1))
+    assert a.train_counts.tolist() == b.train_counts.tolist()
+    assert set(a.splits["train"].index) != set(b.splits["train"].index)
+    assert a.spec.identity() != b.spec.identity() and a.spec.label() != b.spec.label()
+
+
+@pytest.mark.parametrize("im,c100,c10", [(10, 19573, 20431), (50, 12608, 13996), (100, 10847, 12406),
+                                         (200, 9502, 11203)])
+def test_published_cifar_lt_totals(im, c100, c10):
+    assert exponential_counts(500, 100, im).sum() == c100
+    assert exponential_counts(5000, 10, im).sum() == c10
+
+
+def test_step_profile():
+    from glag.extract.profile import profile_counts
+
+    c = profile_counts("step", 500, 100, 100)
+    assert c[:50].tolist() == [500] * 50 and c[50:].tolist() == [5] * 50
+    assert profile_counts("step", 5000, 10, 10).tolist() == [5000] * 5 + [500] * 5
+
+
+@pytest.mark.filterwarnings("ignore:.*md5 differs")
+def test_bad_dataset_options_name_the_value(fake_cifar100):
+    root = str(fake_cifar100)
+    with pytest.raises(GlagError, match=r"--n-max 601 is larger than the 600 training images of class \d+"):
+        load_dataset(DatasetSpec("cifar100-lt", 100, data_root=root, n_max=601))
+    with pytest.raises(GlagError, match=r"imbalance ratio 0.5 is invalid; it must be >= 1"):
+        DatasetSpec("cifar100-lt", 0.5).resolved()
+    with pytest.raises(GlagError, match=r"--profile 'zigzag' is unknown; choose one of: exp, step"):
+        DatasetSpec("cifar100-lt", profile="zigzag").resolved()
+    with pytest.raises(GlagError, match=r"--subset-seed -1 is invalid"):
+        DatasetSpec("cifar100-lt", subset_seed=-1).resolved()
+    with pytest.raises(GlagError, match=r"--n-max -5 is invalid"):
+        DatasetSpec("cifar100-lt", n_max=-5).resolved()
+
+
+def test_old_rule_identity_never_matches_new():
+    from glag.cache.format import content_key
+
+    new = DatasetSpec("cifar100-lt", 100).identity()
+    assert new["subset_rule"] == "ldam-shuffle" and new["subset_seed"] == 0 and new["n_max"] == 500
+    # what the first release keyed caches by (first n_c in file order, no subset fields)
+    old = {"name": "cifar100-lt", "imbalance": 100.0, "val_per_class": 20, "full_split": False}
+    assert content_key(old, "w", {}) != content_key(new, "w", {})
 
 
 def test_digits_default_has_all_groups():
@@ -74,6 +138,11 @@ def test_fashion_mnist_lt_real_data():
     d = load_dataset(DatasetSpec("fashion-mnist-lt", 100, data_root=str(SHARED_DATA / "fashion-mnist")))
     assert d.train_counts.tolist() == exponential_counts(6000, 10, 100).tolist()
     assert len(d.splits["test"]) == 10000 and d.images("test").shape == (10000, 28, 28)
+    small = load_dataset(DatasetSpec("fashion-mnist-lt", 100, data_root=str(SHARED_DATA / "fashion-mnist"), n_max=500))
+    # --n-max 500: Many, Medium and Few classes. The floor of 500 * 100^(-c/9) (LDAM-DRW's int()), so
+    # 179 and 107 where rounding would give 180 and 108.
+    assert small.train_counts.tolist() == [500, 299, 179, 107, 64, 38, 23, 13, 8, 5]
+    assert all(group_masks(small.train_counts)[g].any() for g in ("many", "medium", "few"))
 
 
 def test_missing_data_root_and_unknown_dataset(tmp_path):

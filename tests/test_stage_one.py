@@ -155,3 +155,55 @@ def test_resnet32_has_32_layers_and_resnet50_dim():
     convs = [m for m in net.backbone.modules() if isinstance(m, torch.nn.Conv2d)]
     assert len(convs) + 1 == 32  # 31 convolutions + the linear head
     assert Classifier("resnet50", 10, 3).backbone.feature_dim == 2048
+
+
+def test_ldam_on_cosine_head_is_reference_formula():
+    from glag.extract.models import CosineHead
+
+    torch.manual_seed(0)
+    head = CosineHead(8, 4, 30.0)
+    f = torch.rand(32, 8)
+    z = head(f)
+    cos = F.normalize(f, dim=1) @ F.normalize(head.weight, dim=1).T
+    assert torch.allclose(z, 30 * cos, atol=1e-5) and z.abs().max() <= 30 + 1e-4
+    y = torch.randint(0, 4, (32,))
+    loss = LDAM(COUNTS, max_m=0.5, s=30.0)
+    m = torch.as_tensor(0.5 * (COUNTS / COUNTS.min()) ** -0.25, dtype=torch.float32)
+    ref = F.cross_entropy(30 * torch.where(F.one_hot(y, 4).bool(), cos - m[y][:, None], cos), y)
+    assert torch.allclose(loss(z, y), ref, atol=1e-5)
+    drw = make_loss("ldam-drw", COUNTS, 10)
+    eff = (1 - 0.9999 ** COUNTS) / (1 - 0.9999)
+    w = torch.as_tensor((1 / eff) / (1 / eff).sum() * 4, dtype=torch.float32)
+    assert torch.allclose(drw(z, y, 7.9), loss(z, y), atol=1e-6)  # DRW off before 80 % of 10 epochs
+    assert torch.allclose(drw(z, y, 8.0), F.cross_entropy(z - 30 * F.one_hot(y, 4) * m[y][:, None], y, weight=w),
+                          atol=1e-5)
+
+
+def test_ldam_drw_extract_cache_reproduces_stage_one_model(cache_dir, glag_cli):
+    from glag.classify.baselines import stage_one
+    from glag.extract.models import Classifier
+    from glag.extract.train import TrainConfig, epoch_batches
+
+    code, out, err = glag_cli("extract", "--loss", "ldam-drw", "--epochs", "3", "-q")
+    assert code == 0, err
+    res = json.loads(out)
+    cache = FeatureCache(res["cache"])
+    assert cache.head == "cosine" and cache.head_scale == 30.0 and verify(res["cache"]) == []
+    ckpt = torch.load(next((cache_dir / "stage1").iterdir()) / "final.pt", weights_only=False)
+    assert ckpt["head"] == "cosine"
+    net = Classifier(ckpt["backbone"], 10, ckpt["in_channels"], ckpt["head"]).eval()
+    net.load_state_dict(ckpt["model"])
+    data = load_dataset(DatasetSpec())
+    cfg = TrainConfig(**{**ckpt["config"], "dataset": data.spec})
+    batches = epoch_batches(data, cfg, "test", train=False, seed=0, norm=ckpt["norm"], batch_size=512)
+    with torch.no_grad():
+        model_logits = torch.cat([net(x) for x, _ in batches]).numpy()
+    test = cache.split("test")
+    order = np.argsort(data.splits["test"].index)
+    by_index = dict(zip(data.splits["test"].index[order].tolist(), model_logits[order]))
+    model_rows = np.stack([by_index[i] for i in test.index.tolist()])
+    cached = cache.stage_one_logits(test.features)  # the KD teacher's logits
+    np.testing.assert_allclose(cached, model_rows, atol=1e-4)
+    model_acc = float(np.mean(model_rows.argmax(1) == test.labels))
+    assert stage_one(cache)["test"]["top1"] == pytest.approx(model_acc)
+    assert res["top1"] == pytest.approx(round(100 * model_acc, 2))

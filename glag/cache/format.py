@@ -16,6 +16,7 @@ from glag.errors import GlagError
 
 FORMAT_VERSION = 1
 SUFFIX = ".h5"
+HEADS = ("linear", "cosine")
 
 
 def canonical_json(obj) -> str:
@@ -68,13 +69,18 @@ def atomic_path(path: Path):
 
 def write_cache(path: Path, *, key_parts: dict, dataset: str, num_classes: int, class_names: list[str],
                 splits: dict[str, tuple], classifier: tuple[np.ndarray, np.ndarray], provenance: dict | None = None,
-                _fail_after_split: str | None = None) -> Path:
+                head: dict | None = None, _fail_after_split: str | None = None) -> Path:
     """Write a complete cache file atomically.
 
     ``splits`` maps split name to ``(features [N, d], labels [N], index [N])``; rows are grouped by class here.
     ``key_parts`` is ``key_payload(...)``; the key is derived from it and stored. ``provenance`` (the
     training recipe, for people reading ``glag cache ls``) is stored beside it, outside the key.
+    ``head`` says how ``classifier`` turns features into logits: ``{"head": "linear"}`` (the default,
+    ``W f + b``) or ``{"head": "cosine", "scale": s}`` (``s * cos(f, w_c)``, LDAM's classifier).
     """
+    head = {"head": "linear", "scale": 1.0, **(head or {})}
+    if head["head"] not in HEADS:
+        raise GlagError(f"classifier head '{head['head']}' is unknown; choose one of: {', '.join(HEADS)}")
     weight, bias = (np.asarray(a, dtype=np.float32) for a in classifier)
     dims = {np.asarray(f).shape[1] for f, _, _ in splits.values()} | {weight.shape[1]}
     if len(dims) != 1:
@@ -103,6 +109,7 @@ def write_cache(path: Path, *, key_parts: dict, dataset: str, num_classes: int, 
             g = f.create_group("classifier")
             g.create_dataset("weight", data=weight)
             g.create_dataset("bias", data=bias)
+            g.attrs.update({"head": head["head"], "scale": float(head["scale"])})
             f.attrs["complete"] = True  # last: a file without it was never finished
     return Path(path)
 
@@ -169,11 +176,31 @@ class FeatureCache:
             self.split_names = [k for k in f.keys() if k != "classifier"]
             self.weight = f["classifier/weight"][()]
             self.bias = f["classifier/bias"][()]
+            self.head = str(f["classifier"].attrs.get("head", "linear"))
+            self.head_scale = float(f["classifier"].attrs.get("scale", 1.0))
             self._splits = {}
             for name in self.split_names:
                 g = f[name]
                 self._splits[name] = SplitView(_memmap(self.path, g["features"]), g["labels"][()],
                                                g["index"][()], g["class_offsets"][()])
+
+    def head_fn(self, device=None):
+        """A torch function: features -> stage-one logits, exactly as the stage-one model computes them."""
+        import torch
+
+        W = torch.as_tensor(self.weight, device=device)
+        b = torch.as_tensor(self.bias, device=device)
+        if self.head == "cosine":
+            Wn = torch.nn.functional.normalize(W, dim=1)
+            s = self.head_scale
+            return lambda x: s * torch.nn.functional.normalize(x, dim=1) @ Wn.T + b
+        return lambda x: x @ W.T + b
+
+    def stage_one_logits(self, features) -> np.ndarray:
+        """Stage-one logits of cached feature rows (NumPy in, NumPy out)."""
+        import torch
+
+        return self.head_fn()(torch.from_numpy(np.array(features, dtype=np.float32))).numpy()
 
     def split(self, name: str) -> SplitView:
         if name not in self._splits:

@@ -20,8 +20,7 @@ def _result(method: str, logits_fn, cache: FeatureCache, device, **extra) -> dic
 
 def stage_one(cache: FeatureCache, device=torch.device("cpu")) -> dict:
     """The stage-one classifier as dumped (no re-training)."""
-    W, b = torch.as_tensor(cache.weight), torch.as_tensor(cache.bias)
-    return _result("stage-one", lambda x: x @ W.T + b, cache, device)
+    return _result("stage-one", cache.head_fn(device), cache, device)
 
 
 def _fresh_linear(cache: FeatureCache, split: str, balanced: bool, *, epochs, batch_size, lr, weight_decay, seed,
@@ -47,10 +46,10 @@ def crt(cache: FeatureCache, *, epochs=10, batch_size=512, lr=0.1, weight_decay=
 def lws(cache: FeatureCache, *, epochs=10, batch_size=512, lr=0.1, seed=0, device=torch.device("cpu")) -> dict:
     """Learnable weight scaling: per-class scales of the stage-one logits, trained class-balanced."""
     torch.manual_seed(seed)
-    W, b = torch.as_tensor(cache.weight, device=device), torch.as_tensor(cache.bias, device=device)
+    head = cache.head_fn(device)
     scale = torch.nn.Parameter(torch.ones(cache.num_classes, device=device))
     train = cache.split("train")
-    fn = lambda x: (x @ W.T + b) * scale  # noqa: E731
+    fn = lambda x: head(x) * scale  # noqa: E731
     train_linear([scale], fn, train.features, train.labels, epochs=epochs, batch_size=batch_size, lr=lr,
                  weight_decay=0.0, momentum=0.9, seed=seed, device=device, balanced=True,
                  num_classes=cache.num_classes)
@@ -65,7 +64,7 @@ def _pick_on_val(cache: FeatureCache, make_fn, grid, device):
 
 
 def tau_norm(cache: FeatureCache, device=torch.device("cpu")) -> dict:
-    """``w_c / ||w_c||^tau`` without bias, tau picked on val."""
+    """``w_c / ||w_c||^tau`` without bias, tau picked on val (a no-op on a cosine head, whose weights are unit norm)."""
     W = torch.as_tensor(cache.weight, device=device)
     norms = W.norm(dim=1, keepdim=True).clamp_min(1e-12)
     make = lambda tau: (lambda x: x @ (W / norms ** tau).T)  # noqa: E731
@@ -75,10 +74,10 @@ def tau_norm(cache: FeatureCache, device=torch.device("cpu")) -> dict:
 
 def logit_adjust(cache: FeatureCache, device=torch.device("cpu")) -> dict:
     """Post-hoc logit adjustment ``z - tau log(pi)``, tau picked on val."""
-    W, b = torch.as_tensor(cache.weight, device=device), torch.as_tensor(cache.bias, device=device)
+    head = cache.head_fn(device)
     counts = cache.train_counts.astype(np.float64)
     log_prior = torch.as_tensor(np.log(np.maximum(counts, 1) / counts.sum()), dtype=torch.float32, device=device)
-    make = lambda tau: (lambda x: x @ W.T + b - tau * log_prior)  # noqa: E731
+    make = lambda tau: (lambda x: head(x) - tau * log_prior)  # noqa: E731
     tau, scores = _pick_on_val(cache, make, TAU_GRID, device)
     return _result("logit-adjust", make(tau), cache, device, tau=tau, val_scores=scores)
 

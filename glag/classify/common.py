@@ -7,7 +7,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from glag.classify.metrics import evaluate
+from glag.metrics import evaluate
 
 
 def cosine_lr(lr: float, t: float, total: float) -> float:

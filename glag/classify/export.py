@@ -20,7 +20,7 @@ class ExportedModel(torch.nn.Module):
 
     def __init__(self, bundle: dict):
         super().__init__()
-        net = Classifier(bundle["backbone"], bundle["num_classes"], bundle["in_channels"])
+        net = Classifier(bundle["backbone"], bundle["num_classes"], bundle["in_channels"], bundle.get("head", "linear"))
         net.load_state_dict(bundle["backbone_state"])
         self.backbone = net.backbone.eval()
         self.lt = float(bundle["lt"])
@@ -49,7 +49,7 @@ def export(out: Path, cache: FeatureCache, weight, bias, lt: float, checkpoint: 
     state = load_checkpoint(checkpoint)
     if cache.config["weights"] != weights_hash(state["model"]):
         raise GlagError(f"checkpoint '{checkpoint}' is not the backbone that made cache '{cache.path}'")
-    bundle = {"backbone": state["backbone"], "num_classes": cache.num_classes, "in_channels": state["in_channels"],
+    bundle = {"backbone": state["backbone"], "head": state.get("head", "linear"), "num_classes": cache.num_classes, "in_channels": state["in_channels"],
               "input_size": state.get("input_size", [224, 224]), "norm": state["norm"], "lt": lt,
               "backbone_state": state["model"], "weight": np.asarray(weight), "bias": np.asarray(bias),
               "class_names": cache.class_names, "cache_key": cache.key}

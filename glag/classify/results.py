@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 
 from glag.cache.format import FeatureCache
-from glag.classify.metrics import summary_row
+from glag.metrics import summary_row
 from glag.errors import GlagError
-from glag.extract.profile import group_of
+from glag.metrics import group_of
 
 
 def _clean(obj):

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from glag.classify.common import as_tensor, cosine_lr, predict, torch_device
-from glag.classify.metrics import evaluate, per_class_accuracy
+from glag.metrics import evaluate, per_class_accuracy
 from glag.errors import GlagError
 from glag.extract.losses import gradual_lambda
 from glag.generate.afg import AFG, SamplingConfig
@@ -76,8 +76,7 @@ def train_glag(afg: AFG, cfg: StageTwoConfig, sampling: SamplingConfig = Samplin
     tail = counts < afg.cfg.tail_below
     train = cache.split("train")
     val = cache.split("val")
-    W1 = torch.as_tensor(cache.weight, device=device)
-    b1 = torch.as_tensor(cache.bias, device=device)
+    teacher = cache.head_fn(device)
     g = torch.nn.Linear(d, C).to(device)
     opt = torch.optim.SGD(g.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     stream = FeatureStream(afg, sampling, cfg.batch_size, seed=cfg.seed)
@@ -103,7 +102,7 @@ def train_glag(afg: AFG, cfg: StageTwoConfig, sampling: SamplingConfig = Samplin
                 keep = np.flatnonzero(~batch.synthetic & ~tail[batch.y])  # real head-class rows
                 if len(keep):
                     f = torch.as_tensor(np.asarray(train.features[batch.rows[keep]]), device=device)
-                    kd = kd_loss(logits[torch.as_tensor(keep, device=device)], f @ W1.T + b1, cfg.kd_temperature)
+                    kd = kd_loss(logits[torch.as_tensor(keep, device=device)], teacher(f), cfg.kd_temperature)
                     loss = loss + lam2 * kd
                     kd_sum += float(kd.detach())
             opt.zero_grad(set_to_none=True)

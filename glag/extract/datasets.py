@@ -8,14 +8,14 @@ list-file datasets) plus index *splits* into them: ``train`` (the LT subset),
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from glag.errors import GlagError
 from glag.extract import sources
-from glag.extract.profile import check_imbalance, class_counts, exponential_counts
+from glag.extract.profile import PROFILES, check_imbalance, class_counts, profile_counts
 
 ARRAY_DATASETS = {"digits", "cifar10-lt", "cifar100-lt", "fashion-mnist-lt"}
 LIST_DATASETS = {
@@ -39,18 +39,30 @@ class DatasetSpec:
     val_per_class: int = 20
     full_split: bool = False
     data_root: str | None = field(default=None, compare=False)
+    profile: str = "exp"   # exp: n_max * IM^(-c/(C-1)); step: first C/2 classes n_max, the rest n_max/IM
+    n_max: int = 0         # 0 = the dataset's default (N_MAX)
+    subset_seed: int = 0   # seeds LDAM-DRW's per-class shuffle that picks the LT subset
+    # Names the rule that picks the subset, so caches made by the old "first n_c in file order" rule
+    # (which had no such field) can never share a key with caches made by this one.
+    subset_rule: str = "ldam-shuffle"
 
     def resolved(self) -> "DatasetSpec":
         if self.name not in DATASETS:
             raise GlagError(f"unknown dataset '{self.name}'; choose one of: {', '.join(DATASETS)}")
         if self.val_per_class < 0:
-            raise GlagError(f"val_per_class={self.val_per_class} is invalid; it must be >= 0")
-        im = self.imbalance or DEFAULT_IMBALANCE.get(self.name, 100.0)
-        if self.name in LIST_DATASETS:
-            im = 0.0  # fixed by the published lists
-        else:
-            im = check_imbalance(im)
-        return DatasetSpec(self.name, im, self.val_per_class, self.full_split, self.data_root)
+            raise GlagError(f"--val-per-class {self.val_per_class} is invalid; it must be >= 0")
+        if self.name in LIST_DATASETS:  # subset fixed by the published lists
+            return replace(self, imbalance=0.0, profile="list", n_max=0, subset_seed=0, subset_rule="list-file")
+        if self.profile not in PROFILES:
+            raise GlagError(f"--profile '{self.profile}' is unknown; choose one of: {', '.join(PROFILES)}")
+        if isinstance(self.subset_seed, bool) or not isinstance(self.subset_seed, (int, np.integer)) \
+                or not 0 <= self.subset_seed < 2**32:
+            raise GlagError(f"--subset-seed {self.subset_seed} is invalid; it must be an integer in [0, 2^32)")
+        n_max = self.n_max or N_MAX[self.name]
+        if n_max < 1:
+            raise GlagError(f"--n-max {self.n_max} is invalid; it must be >= 1 (0 = the dataset's default {N_MAX[self.name]})")
+        im = check_imbalance(self.imbalance or DEFAULT_IMBALANCE.get(self.name, 100.0))
+        return replace(self, imbalance=im, n_max=int(n_max), subset_seed=int(self.subset_seed))
 
     def identity(self) -> dict:
         d = asdict(self.resolved())
@@ -59,7 +71,12 @@ class DatasetSpec:
 
     def label(self) -> str:
         r = self.resolved()
-        return r.name if r.name in LIST_DATASETS else f"{r.name}-im{r.imbalance:g}"
+        if r.name in LIST_DATASETS:
+            return r.name
+        extra = "" if r.profile == "exp" else f"-{r.profile}"
+        extra += "" if r.n_max == N_MAX[r.name] else f"-n{r.n_max}"
+        extra += "" if r.subset_seed == 0 else f"-s{r.subset_seed}"
+        return f"{r.name}-im{r.imbalance:g}{extra}"
 
 
 @dataclass
@@ -104,18 +121,31 @@ class LTData:
                 **{f"{k}_rows": len(v) for k, v in self.splits.items()}}
 
 
-def lt_indices(labels: np.ndarray, counts: np.ndarray, val_per_class: int):
-    """First ``counts[c]`` images of class c in file order, and up to ``val_per_class``
-    of the remaining ones (the last ones of the class) for validation."""
+def lt_indices(labels: np.ndarray, counts: np.ndarray, val_per_class: int, seed: int = 0):
+    """LDAM-DRW's subset rule: one legacy MT19937 stream seeded with ``seed``; for each class c in
+    order, shuffle its indices and keep the first ``counts[c]`` for train and up to ``val_per_class``
+    of the rest for validation. Returns (train, val) index arrays, class by class in shuffled order."""
+    # RandomState(seed) is the stream np.random.seed(seed) gives the legacy global functions, without
+    # touching the caller's global state.
+    rng = np.random.RandomState(seed)
     train, val = [], []
     for c, n in enumerate(counts):
         idx = np.flatnonzero(labels == c)
+        rng.shuffle(idx)
         if len(idx) < n:
             raise GlagError(f"class {c} has {len(idx)} training images but the profile asks for {n}")
         train.append(idx[:n])
-        rest = idx[n:]
-        val.append(rest[len(rest) - min(val_per_class, len(rest)):])
+        val.append(idx[n:n + val_per_class])
     return np.concatenate(train), np.concatenate(val)
+
+
+def check_n_max(n_max: int, labels: np.ndarray, num_classes: int) -> None:
+    """Refuse an ``n_max`` larger than the smallest class's pool of training images."""
+    avail = class_counts(labels, num_classes)
+    c = int(np.argmin(avail))
+    if n_max > avail[c]:
+        raise GlagError(f"--n-max {n_max} is larger than the {avail[c]} training images of class {c}; "
+                        f"use --n-max <= {avail[c]}")
 
 
 def _split(source: str, index: np.ndarray, labels: np.ndarray) -> Split:
@@ -146,9 +176,10 @@ def _array_dataset(spec: DatasetSpec, root: Path | None) -> LTData:
         train_pool = np.arange(len(train_labels))
         test = np.arange(len(test_labels))
     num_classes = len(names)
-    counts = exponential_counts(N_MAX[name], num_classes, spec.imbalance)
     pool_labels = train_labels[train_pool]
-    tr, va = lt_indices(pool_labels, counts, spec.val_per_class)
+    check_n_max(spec.n_max, pool_labels, num_classes)
+    counts = profile_counts(spec.profile, spec.n_max, num_classes, spec.imbalance)
+    tr, va = lt_indices(pool_labels, counts, spec.val_per_class, spec.subset_seed)
     splits = {
         "train": _split("train", train_pool[tr], train_labels),
         "val": _split("train", train_pool[va], train_labels),

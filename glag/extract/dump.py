@@ -10,7 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from glag.cache.format import cache_filename, content_key, key_payload, write_cache, FeatureCache
-from glag.classify.metrics import evaluate, summary_row
+from glag.metrics import evaluate, summary_row
 from glag.errors import GlagError
 from glag.extract.batches import ArrayBatches, Augment
 from glag.extract.datasets import LTData
@@ -83,7 +83,7 @@ def dump(state: dict, data: LTData, cache_dir: Path, *, views: int = 0, batch_si
         FeatureCache(path, key=key)  # refuse a damaged file instead of silently reusing it
         return path, True
     device, _, _ = device_and_dist()
-    model = Classifier(state["backbone"], state["num_classes"], state["in_channels"])
+    model = Classifier(state["backbone"], state["num_classes"], state["in_channels"], state.get("head", "linear"))
     model.load_state_dict(state["model"])
     model.to(device)
     if device.type == "cuda":
@@ -104,9 +104,9 @@ def dump(state: dict, data: LTData, cache_dir: Path, *, views: int = 0, batch_si
                              augment=Augment(cfg_d["pad"], cfg_d["flip"]), seed=1_000_003 + v)
             chunks.append(features_of(model, b, device, f"dump view {v + 1}/{views}", progress)[0])
         splits["train_views"] = (np.concatenate(chunks), np.tile(tr.labels, views), np.tile(tr.index, views))
+    weight, bias, head = model.head_arrays()
     write_cache(path, key_parts=parts, dataset=data.spec.label(), num_classes=data.num_classes,
-                class_names=data.class_names, splits=splits, provenance=cfg_d,
-                classifier=(model.head.weight.detach().cpu().numpy(), model.head.bias.detach().cpu().numpy()))
+                class_names=data.class_names, splits=splits, provenance=cfg_d, classifier=(weight, bias), head=head)
     return path, False
 
 
@@ -114,7 +114,7 @@ def stage_one_report(path: Path, checkpoint: Path | None = None) -> dict:
     """Stage-one test accuracy from cached features and the cached head; written as JSON beside the cache."""
     cache = FeatureCache(path)
     test = cache.split("test")
-    logits = np.asarray(test.features) @ cache.weight.T + cache.bias
+    logits = cache.stage_one_logits(test.features)
     m = evaluate(logits.argmax(1), test.labels, cache.train_counts)
     report = {"cache": str(path), "key": cache.key, **summary_row(m), "per_class": m["per_class"],
               "train_counts": cache.train_counts.tolist(),

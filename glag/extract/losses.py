@@ -65,8 +65,9 @@ class Focal(CrossEntropy):
 
 
 class LDAM(CrossEntropy):
-    """LDAM (Cao et al.): margins ``m_c ∝ n_c^(-1/4)`` (largest = max_m), scale s; DRW re-weights
-    classes by effective number (beta 0.9999) from epoch ``drw_at`` on, when given."""
+    """LDAM (Cao et al.) on a cosine head whose logits are already ``s * cos``: the true class's
+    cosine loses its margin ``m_c ∝ n_c^(-1/4)`` (largest = max_m), i.e. its logit loses ``s * m_c``.
+    DRW re-weights classes by effective number (beta 0.9999) from epoch ``drw_at`` on, when given."""
 
     def __init__(self, counts, max_m: float = 0.5, s: float = 30.0, drw_at: float | None = None, beta: float = 0.9999):
         super().__init__()
@@ -79,12 +80,19 @@ class LDAM(CrossEntropy):
         self.s, self.drw_at = s, drw_at
 
     def forward(self, logits, target, t: float = 0.0):
-        adjusted = logits - F.one_hot(target, logits.shape[1]).to(logits.dtype) * self.margins[target][:, None].to(logits.dtype)
+        margin = self.s * self.margins[target][:, None].to(logits.dtype)
+        adjusted = logits - F.one_hot(target, logits.shape[1]).to(logits.dtype) * margin
         weight = self.drw_weights if (self.drw_at is not None and t >= self.drw_at) else None
-        return F.cross_entropy(self.s * adjusted, target, weight=weight)
+        return F.cross_entropy(adjusted, target, weight=weight)
 
 
 LOSSES = ("ce", "focal", "ldam", "ldam-drw", "balanced-softmax", "la", "graloss")
+COSINE_LOSSES = ("ldam", "ldam-drw")  # trained, as in their reference, on a cosine classifier
+
+
+def head_for(loss: str) -> str:
+    """The stage-one head a loss trains: cosine for LDAM(-DRW), linear otherwise."""
+    return "cosine" if loss in COSINE_LOSSES else "linear"
 
 
 def make_loss(name: str, counts, total_epochs: float, *, tau: float = 1.0, a: float = 1.0, g: float = 3.0,

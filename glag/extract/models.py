@@ -1,6 +1,7 @@
 """Backbones returning pooled, post-ReLU features (so features are >= 0), plus a linear head."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -95,15 +96,47 @@ BACKBONES = {
 }
 
 
-class Classifier(nn.Module):
-    """Backbone + linear head; ``forward`` returns logits, ``features`` the pooled features."""
+class CosineHead(nn.Module):
+    """``s * cos(f, w_c)``: features and class weights L2-normalised, no bias (LDAM's NormedLinear, scaled)."""
 
-    def __init__(self, backbone: str, num_classes: int, in_channels: int):
+    def __init__(self, in_features: int, num_classes: int, scale: float = 30.0):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_classes, in_features).uniform_(-1, 1))
+        self.scale = scale
+
+    def forward(self, x):
+        return self.scale * F.normalize(x, dim=1) @ F.normalize(self.weight, dim=1).T
+
+
+HEADS = ("linear", "cosine")
+COSINE_SCALE = 30.0
+
+
+def make_head(head: str, in_features: int, num_classes: int) -> nn.Module:
+    if head == "linear":
+        return nn.Linear(in_features, num_classes)
+    if head == "cosine":
+        return CosineHead(in_features, num_classes, COSINE_SCALE)
+    raise GlagError(f"unknown head '{head}'; choose one of: {', '.join(HEADS)}")
+
+
+class Classifier(nn.Module):
+    """Backbone + head (linear, or cosine for LDAM); ``forward`` returns logits, ``features`` the pooled features."""
+
+    def __init__(self, backbone: str, num_classes: int, in_channels: int, head: str = "linear"):
         super().__init__()
         if backbone not in BACKBONES:
             raise GlagError(f"unknown backbone '{backbone}'; choose one of: {', '.join(BACKBONES)}")
         self.backbone = BACKBONES[backbone](in_channels)
-        self.head = nn.Linear(self.backbone.feature_dim, num_classes)
+        self.head_type = head
+        self.head = make_head(head, self.backbone.feature_dim, num_classes)
+
+    def head_arrays(self) -> tuple:
+        """(weight, bias, head attributes) as the cache stores them; a cosine head has a zero bias."""
+        w = self.head.weight.detach().float().cpu().numpy()
+        if self.head_type == "cosine":
+            return w, np.zeros(len(w), np.float32), {"head": "cosine", "scale": float(self.head.scale)}
+        return w, self.head.bias.detach().float().cpu().numpy(), {"head": "linear", "scale": 1.0}
 
     def features(self, x):
         return self.backbone(x)

@@ -1,4 +1,4 @@
-"""Long-tail class profiles and the Many / Medium / Few grouping (SPEC section 5)."""
+"""Long-tail class profiles (SPEC section 5): how many training images each class keeps."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ import numpy as np
 
 from glag.errors import GlagError
 
-GROUPS = ("many", "medium", "few")
+PROFILES = ("exp", "step")
 
 
 def check_imbalance(imbalance: float) -> float:
@@ -34,18 +34,23 @@ def exponential_counts(n_max: int, num_classes: int, imbalance: float) -> np.nda
     return np.maximum(np.array(counts, dtype=np.int64), 1)
 
 
+def step_counts(n_max: int, num_classes: int, imbalance: float) -> np.ndarray:
+    """First ``C // 2`` classes ``n_max``, the rest ``int(n_max / IM)`` (LDAM-DRW's step profile)."""
+    imbalance = check_imbalance(imbalance)
+    small = max(int(n_max * (1.0 / imbalance)), 1)
+    half = num_classes // 2
+    return np.array([n_max] * half + [small] * (num_classes - half), dtype=np.int64)
+
+
+def profile_counts(profile: str, n_max: int, num_classes: int, imbalance: float) -> np.ndarray:
+    """Per-class training counts of the named profile (``exp`` or ``step``)."""
+    if profile == "exp":
+        return exponential_counts(n_max, num_classes, imbalance)
+    if profile == "step":
+        return step_counts(n_max, num_classes, imbalance)
+    raise GlagError(f"profile '{profile}' is unknown; choose one of: {', '.join(PROFILES)}")
+
+
 def class_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
     """Number of rows of each class in ``labels``."""
     return np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes).astype(np.int64)
-
-
-def group_of(counts: np.ndarray) -> np.ndarray:
-    """Group name per class: many (n > 100), medium (20 <= n <= 100), few (n < 20)."""
-    counts = np.asarray(counts)
-    return np.where(counts > 100, "many", np.where(counts >= 20, "medium", "few"))
-
-
-def group_masks(counts: np.ndarray) -> dict[str, np.ndarray]:
-    """Boolean class mask for each of the three groups."""
-    g = group_of(counts)
-    return {name: g == name for name in GROUPS}

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from glag.errors import GlagError
 from glag.extract.batches import ArrayBatches, Augment, channel_stats, file_batches
 from glag.extract.datasets import LIST_DATASETS, DatasetSpec, LTData
-from glag.extract.losses import make_loss
+from glag.extract.losses import head_for, make_loss
 from glag.extract.models import Classifier
 
 # Per-dataset recipe defaults; CIFAR follows SPEC section 1 (ResNet-32, 200 epochs, batch 128, lr 0.1, 5 warm-up).
@@ -157,7 +157,7 @@ def train(cfg: TrainConfig, data: LTData, workdir: Path, *, resume: bool = True,
     amp = device.type == "cuda"
     _set_seed(cfg.seed)
     counts = data.train_counts
-    model = Classifier(cfg.backbone, data.num_classes, in_channels(data)).to(device)
+    model = Classifier(cfg.backbone, data.num_classes, in_channels(data), head_for(cfg.loss)).to(device)
     if amp:
         model = model.to(memory_format=torch.channels_last)
     loss_fn = make_loss(cfg.loss, counts, cfg.epochs, tau=cfg.tau, a=cfg.a, g=cfg.g, gamma=cfg.gamma).to(device)
@@ -219,7 +219,7 @@ def train(cfg: TrainConfig, data: LTData, workdir: Path, *, resume: bool = True,
             on_epoch_end(epoch + 1, rec)
     if rank == 0:
         state = {"model": model.state_dict(), "epoch": cfg.epochs, "history": history, "config": cfg.identity(),
-                 "norm": norm, "backbone": cfg.backbone, "num_classes": data.num_classes,
+                 "norm": norm, "backbone": cfg.backbone, "head": head_for(cfg.loss), "num_classes": data.num_classes,
                  "in_channels": in_channels(data), "input_size": input_size(data)}
         tmp = final.with_suffix(".tmp")
         torch.save(state, tmp)

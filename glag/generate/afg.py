@@ -140,7 +140,7 @@ class AFG:
 
     def summary(self, n_target: int = 0) -> list[dict]:
         """Per group: classes, real rows, synthetic rows per epoch."""
-        from glag.extract.profile import group_of
+        from glag.metrics import group_of
 
         counts = self.stats.counts
         target = n_target or int(counts.max())

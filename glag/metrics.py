@@ -1,9 +1,11 @@
-"""Top-1 accuracy overall, per Many/Medium/Few group (by training count) and per class."""
+"""Top-1 accuracy overall, per Many/Medium/Few group (by training count) and per class.
+
+Below extract, generate and classify: it imports nothing from them."""
 from __future__ import annotations
 
 import numpy as np
 
-from glag.extract.profile import GROUPS, group_masks
+GROUPS = ("many", "medium", "few")
 
 
 def per_class_accuracy(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -30,3 +32,15 @@ def evaluate(pred: np.ndarray, labels: np.ndarray, train_counts: np.ndarray) -> 
 def summary_row(metrics: dict, scale: float = 100.0) -> dict:
     """The headline numbers (in percent) for a results table."""
     return {k: round(metrics[k] * scale, 2) for k in ("top1", *GROUPS)}
+
+
+def group_of(counts: np.ndarray) -> np.ndarray:
+    """Group name per class: many (n > 100), medium (20 <= n <= 100), few (n < 20)."""
+    counts = np.asarray(counts)
+    return np.where(counts > 100, "many", np.where(counts >= 20, "medium", "few"))
+
+
+def group_masks(counts: np.ndarray) -> dict[str, np.ndarray]:
+    """Boolean class mask for each of the three groups."""
+    g = group_of(counts)
+    return {name: g == name for name in GROUPS}

@@ -1,0 +1,46 @@
+"""What a long-tailed dataset holds before any training: per-class counts and groups, and the
+source position of every image in each split (to check a subset against another codebase)."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from glag.cache.format import atomic_path
+from glag.extract.datasets import LTData
+from glag.extract.profile import class_counts
+from glag.metrics import group_of
+
+INDEX_SPLITS = ("train", "val", "test")
+
+
+def class_table(data: LTData) -> list[dict]:
+    """One row per class: its name, train/val/test counts and Many/Medium/Few group (by train count)."""
+    counts = {s: class_counts(data.splits[s].labels, data.num_classes) for s in INDEX_SPLITS}
+    groups = group_of(counts["train"])
+    return [{"class": c, "name": data.class_names[c], **{s: int(counts[s][c]) for s in INDEX_SPLITS},
+             "group": str(groups[c])} for c in range(data.num_classes)]
+
+
+def totals(rows: list[dict]) -> dict:
+    """Rows per split and classes per group."""
+    out = {s: sum(r[s] for r in rows) for s in INDEX_SPLITS}
+    for g in ("many", "medium", "few"):
+        out[f"{g}_classes"] = sum(r["group"] == g for r in rows)
+    return out
+
+
+def write_indices(data: LTData, path: Path) -> int:
+    """Write ``split,index,label`` for every train, val and test image; ``index`` is the image's
+    position in its source file order. Written atomically; returns the number of rows."""
+    n = 0
+    with atomic_path(Path(path)) as tmp:
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["split", "index", "label"])
+            for s in INDEX_SPLITS:
+                split = data.splits[s]
+                w.writerows(zip([s] * len(split), split.index.tolist(), np.asarray(split.labels).tolist()))
+                n += len(split)
+    return n
