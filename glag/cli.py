@@ -71,7 +71,7 @@ def cache_info(target: str, cache_dir: Path):
     from glag.cache.format import FeatureCache
     from glag.cache.store import resolve
 
-    c = FeatureCache(resolve(target, cache_dir))
+    c = FeatureCache(resolve(target, cache_dir), check_data=False)
     info = c.info()
     info["config"] = c.config
     info["train_counts"] = c.train_counts.tolist()
@@ -82,20 +82,22 @@ def cache_info(target: str, cache_dir: Path):
 @click.argument("targets", nargs=-1, required=True)
 @cache_dir_option
 def cache_verify(targets: tuple[str, ...], cache_dir: Path):
-    """Check shapes, label range, class offsets and finiteness; exit 1 on any problem."""
+    """Check every stored array's checksum (naming each damaged one), shapes, label range, class
+    offsets and finiteness, for each cache and the generator statistics beside it; exit 1 on any problem."""
     from glag.cache.format import verify
-    from glag.cache.store import resolve
+    from glag.cache.format import STATS_MARK
+    from glag.cache.store import related_files, resolve
+    from glag.generate.afg import stats_problems
 
     bad = 0
     for t in targets:
         path = resolve(t, cache_dir)
-        problems = verify(path)
-        if problems:
-            bad += 1
-            for p in problems:
-                click.echo(f"{path}: {p}")
-        else:
-            click.echo(f"{path}: OK")
+        checks = [(path, verify(path))]
+        checks += [(q, stats_problems(q)) for q in related_files(path) if STATS_MARK in q.name]
+        for p, problems in checks:
+            bad += bool(problems)
+            for msg in problems or ["OK"]:
+                click.echo(f"{p}: {msg}")
     if bad:
         raise click.exceptions.Exit(1)
 

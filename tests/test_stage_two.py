@@ -60,10 +60,16 @@ def test_fixed_beta_never_moves(cache):
 
 
 def _shuffle_test_labels(src, dst):
-    shutil.copy(src, dst)
-    with h5py.File(dst, "r+") as f:
-        labels = f["test/labels"][()]
-        f["test/labels"][...] = np.random.default_rng(0).permutation(labels)
+    """The same cache (same key) re-written with its test labels permuted: a sound file, since an
+    edit in place would (rightly) be refused as damaged."""
+    from glag.cache.format import write_cache
+
+    c = FeatureCache(src)
+    splits = {n: (np.asarray(c.split(n).features), c.split(n).labels, c.split(n).index) for n in c.split_names}
+    feats, labels, index = splits["test"]
+    splits["test"] = (feats, np.random.default_rng(0).permutation(labels), index)
+    write_cache(dst, key_parts=c.config, dataset=c.dataset, num_classes=c.num_classes, class_names=c.class_names,
+                splits=splits, classifier=(c.weight, c.bias), head={"head": c.head, "scale": c.head_scale})
     return FeatureCache(dst)
 
 

@@ -12,11 +12,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from glag.cache.integrity import Verifier, damaged, seal, write_array
 from glag.errors import GlagError
 
-FORMAT_VERSION = 1
+# 2: per-array sha256 checksums, attribute digest, head type in the root attributes.
+FORMAT_VERSION = 2
 SUFFIX = ".h5"
 HEADS = ("linear", "cosine")
+STATS_MARK = ".afg-"  # in every generator statistics file's name, between its cache's name and its own key
 
 
 def canonical_json(obj) -> str:
@@ -87,7 +90,10 @@ def write_cache(path: Path, *, key_parts: dict, dataset: str, num_classes: int, 
         raise GlagError(f"feature dimensions disagree across splits and classifier: {sorted(dims)}")
     if weight.shape[0] != num_classes or bias.shape != (num_classes,):
         raise GlagError(f"classifier shapes {weight.shape}, {bias.shape} do not match {num_classes} classes")
+    if not (np.isfinite(weight).all() and np.isfinite(bias).all()):
+        raise GlagError("the stage-one classifier has non-finite weights (training diverged?); nothing was written")
     key = json_hash(key_parts)
+    sums: dict = {}
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.attrs.update({
@@ -95,22 +101,24 @@ def write_cache(path: Path, *, key_parts: dict, dataset: str, num_classes: int, 
                 "num_classes": num_classes, "feature_dim": dims.pop(),
                 "class_names": canonical_json(list(class_names)), "config": canonical_json(key_parts),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "complete": False,
-                "provenance": canonical_json(provenance or {}),
+                "provenance": canonical_json(provenance or {}), "head": head["head"],
+                "head_scale": float(head["scale"]),
             })
             for name, (feats, labels, index) in splits.items():
                 feats, labels, index, offsets = group_by_class(np.asarray(feats), labels, index, num_classes)
+                if not np.isfinite(feats).all():
+                    raise GlagError(f"split '{name}' has non-finite features (backbone diverged?); nothing was written")
                 g = f.create_group(name)
-                g.create_dataset("features", data=feats)
-                g.create_dataset("labels", data=labels)
-                g.create_dataset("index", data=index)
-                g.create_dataset("class_offsets", data=offsets)
+                for arr_name, arr in (("features", feats), ("labels", labels), ("index", index),
+                                      ("class_offsets", offsets)):
+                    write_array(g, arr_name, arr, sums)
                 if name == _fail_after_split:  # test hook: simulate a crash mid-write
                     raise RuntimeError(f"simulated failure after writing split '{name}'")
             g = f.create_group("classifier")
-            g.create_dataset("weight", data=weight)
-            g.create_dataset("bias", data=bias)
-            g.attrs.update({"head": head["head"], "scale": float(head["scale"])})
-            f.attrs["complete"] = True  # last: a file without it was never finished
+            write_array(g, "weight", weight, sums)
+            write_array(g, "bias", bias, sums)
+            f.attrs["complete"] = True  # last but the seal: a file without it was never finished
+            seal(f, sums)
     return Path(path)
 
 
@@ -143,46 +151,86 @@ def _memmap(path: Path, dset: h5py.Dataset) -> np.ndarray:
 
 
 class FeatureCache:
-    """A validated, read-only feature cache."""
+    """A validated, read-only feature cache.
 
-    def __init__(self, path, key: str | None = None):
+    Opening checks the header (complete, format version, key) and the structure (shapes, label
+    range, class offsets against labels, head shapes), and unless ``check_data=False`` starts
+    checking every stored array's checksum in the background; ``ensure_sound()`` waits for that
+    and raises GlagError naming what is damaged. Everything that writes a result or a derived
+    file from a cache calls it first. ``check_data=False`` is for listing and lookup only.
+    """
+
+    def __init__(self, path, key: str | None = None, check_data: bool = True):
         self.path = Path(path)
         if not self.path.is_file():
             raise GlagError(f"cache file '{self.path}' does not exist")
         try:
             f = h5py.File(self.path, "r")
         except OSError:
-            raise GlagError(f"'{self.path}' is not a readable HDF5 cache (incomplete or corrupt file)")
-        with f:
-            a = dict(f.attrs)
-            if not a.get("complete", False):
-                raise GlagError(f"cache '{self.path}' is incomplete (its writer did not finish); delete it and re-extract")
-            version = int(a.get("format_version", -1))
-            if version != FORMAT_VERSION:
-                raise GlagError(f"cache '{self.path}' has format version {version}; this glag reads version {FORMAT_VERSION}")
-            stored = str(a["key"])
-            if hashlib.sha256(str(a["config"]).encode()).hexdigest() != stored:
-                raise GlagError(f"cache '{self.path}' key does not match its stored config (file altered?)")
-            if key is not None and key != stored:
-                raise GlagError(f"cache '{self.path}' has key {stored[:16]}…, expected {key[:16]}…")
-            self.key = stored
-            self.dataset = str(a["dataset"])
-            self.num_classes = int(a["num_classes"])
-            self.feature_dim = int(a["feature_dim"])
-            self.class_names = json.loads(str(a["class_names"]))
-            self.config = json.loads(str(a["config"]))
-            self.created = str(a.get("created", ""))
-            self.provenance = json.loads(str(a.get("provenance", "{}")))
-            self.split_names = [k for k in f.keys() if k != "classifier"]
-            self.weight = f["classifier/weight"][()]
-            self.bias = f["classifier/bias"][()]
-            self.head = str(f["classifier"].attrs.get("head", "linear"))
-            self.head_scale = float(f["classifier"].attrs.get("scale", 1.0))
-            self._splits = {}
-            for name in self.split_names:
-                g = f[name]
-                self._splits[name] = SplitView(_memmap(self.path, g["features"]), g["labels"][()],
-                                               g["index"][()], g["class_offsets"][()])
+            raise GlagError(f"'{self.path}' is not a readable HDF5 cache (incomplete, truncated or corrupt file); "
+                            f"delete it and re-extract")
+        try:
+            with f:
+                attrs = self._read_header(f, key)
+                self._verifier = Verifier(f, self.path, attrs) if check_data else None
+                self._read_arrays(f)
+                problems = structure_problems(self)
+                if problems:
+                    if self._verifier is not None:
+                        self.ensure_sound()  # names the damaged arrays, if checksums tell
+                    raise GlagError(f"cache '{self.path}' is damaged: {problems[0]}; delete it and re-extract")
+                if self._verifier is not None:
+                    # Hashed in the background while the caller reads; ensure_sound() joins.
+                    self._verifier.start()
+        except (OSError, KeyError, ValueError, TypeError) as exc:  # h5py's ways of saying the file is broken
+            raise GlagError(f"cache '{self.path}' is damaged or truncated ({type(exc).__name__}: {exc}); "
+                            f"delete it and re-extract") from exc
+
+    def _read_header(self, f: h5py.File, key: str | None) -> dict:
+        a = dict(f.attrs)
+        if not a.get("complete", False):
+            raise GlagError(f"cache '{self.path}' is incomplete (its writer did not finish); delete it and re-extract")
+        version = int(a.get("format_version", -1))
+        if version != FORMAT_VERSION:
+            raise GlagError(f"cache '{self.path}' has format version {version}; this glag reads version "
+                            f"{FORMAT_VERSION}: delete it and re-make it with the 'glag extract' command that made it")
+        stored = str(a["key"])
+        if hashlib.sha256(str(a["config"]).encode()).hexdigest() != stored:
+            raise GlagError(f"cache '{self.path}' key does not match its stored config (file altered?)")
+        if key is not None and key != stored:
+            raise GlagError(f"cache '{self.path}' has key {stored[:16]}…, expected {key[:16]}…")
+        self.key = stored
+        self.dataset = str(a["dataset"])
+        self.num_classes = int(a["num_classes"])
+        self.feature_dim = int(a["feature_dim"])
+        self.class_names = json.loads(str(a["class_names"]))
+        self.config = json.loads(str(a["config"]))
+        self.created = str(a.get("created", ""))
+        self.provenance = json.loads(str(a.get("provenance", "{}")))
+        self.head = str(a["head"])
+        self.head_scale = float(a["head_scale"])
+        return a
+
+    def _read_arrays(self, f: h5py.File) -> None:
+        self.split_names = [k for k in f.keys() if k != "classifier"]
+        self.weight = f["classifier/weight"][()]
+        self.bias = f["classifier/bias"][()]
+        self._splits = {}
+        for name in self.split_names:
+            g = f[name]
+            self._splits[name] = SplitView(_memmap(self.path, g["features"]), g["labels"][()],
+                                           g["index"][()], g["class_offsets"][()])
+
+    def ensure_sound(self) -> "FeatureCache":
+        """Wait for the checksum check started at open; raise GlagError if any array is damaged."""
+        if self._verifier is None:
+            raise GlagError(f"cache '{self.path}' was opened without checking its data; reopen it to use it")
+        bad = self._verifier.wait()
+        if bad:
+            raise GlagError(f"cache '{self.path}' is damaged: {', '.join(bad)} "
+                            f"{'fails its' if len(bad) == 1 else 'fail their'} checksum; "
+                            f"delete it ('glag cache rm') and re-extract")
+        return self
 
     def head_fn(self, device=None):
         """A torch function: features -> stage-one logits, exactly as the stage-one model computes them."""
@@ -232,18 +280,14 @@ def recipe(provenance: dict) -> str:
             f"{provenance.get('epochs', '?')}ep seed{provenance.get('seed', '?')}")
 
 
-def verify(path) -> list[str]:
-    """Problems found in a cache file (empty when it is sound)."""
-    try:
-        cache = FeatureCache(path)
-    except GlagError as exc:
-        return [str(exc)]
+def structure_problems(cache: "FeatureCache") -> list[str]:
+    """Shape and consistency problems of an opened cache (cheap: no feature is read)."""
     problems = []
     C, d = cache.num_classes, cache.feature_dim
+    if cache.head not in HEADS or not cache.head_scale > 0:
+        problems.append(f"classifier head '{cache.head}' (scale {cache.head_scale}) is not one of {', '.join(HEADS)}")
     if cache.weight.shape != (C, d) or cache.bias.shape != (C,):
         problems.append(f"classifier has shapes {cache.weight.shape}/{cache.bias.shape}, expected ({C}, {d})/({C},)")
-    elif not (np.isfinite(cache.weight).all() and np.isfinite(cache.bias).all()):
-        problems.append("classifier has non-finite values")
     for name in cache.split_names:
         s = cache.split(name)
         n = len(s.labels)
@@ -252,14 +296,33 @@ def verify(path) -> list[str]:
             continue
         if n and (s.labels.min() < 0 or s.labels.max() >= C):
             problems.append(f"{name}: labels outside [0, {C})")
+            continue
         off = s.offsets
         if off.shape != (C + 1,) or off[0] != 0 or off[-1] != n or np.any(np.diff(off) < 0):
             problems.append(f"{name}: class_offsets are not a non-decreasing [0..{n}] array of length {C + 1}")
-        else:
+        elif not np.array_equal(s.labels, np.repeat(np.arange(C), np.diff(off))):
             bad = [c for c in range(C) if np.any(s.labels[off[c]:off[c + 1]] != c)]
-            if bad:
-                problems.append(f"{name}: class_offsets disagree with labels for classes {bad[:10]}")
-        for start in range(0, n, 65536):
+            problems.append(f"{name}: class_offsets disagree with labels for classes {bad[:10]}")
+    return problems
+
+
+def verify(path) -> list[str]:
+    """Problems found in a cache file (empty when it is sound): header, the checksum of every stored
+    array (each damaged one named), structure, and finite features."""
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as f:
+            problems = [f"{name}: checksum mismatch (its stored bytes changed since the cache was written)"
+                        for name in damaged(f, path)]
+    except OSError:
+        problems = []  # FeatureCache below says what is wrong with the file itself
+    try:
+        cache = FeatureCache(path, check_data=False)
+    except GlagError as exc:
+        return problems + [str(exc)]
+    for name in cache.split_names:
+        s = cache.split(name)
+        for start in range(0, len(s), 65536):
             block = np.asarray(s.features[start:start + 65536])
             rows = np.flatnonzero(~np.isfinite(block).all(axis=1))
             if rows.size:

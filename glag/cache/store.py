@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from glag.cache.format import SUFFIX, FeatureCache
+from glag.cache.format import STATS_MARK, SUFFIX, FeatureCache
 from glag.errors import GlagError
 
 
@@ -16,10 +16,10 @@ def list_caches(cache_dir: Path) -> list[dict]:
     """Info for every cache file in ``cache_dir``; unreadable files are listed with their error."""
     rows = []
     for path in sorted(Path(cache_dir).glob(f"*{SUFFIX}")):
-        if path.name.startswith(".") or ".afg-" in path.name:  # temporary files, generator statistics
+        if path.name.startswith(".") or STATS_MARK in path.name:  # temporary files, generator statistics
             continue
         try:
-            info = FeatureCache(path).info()
+            info = FeatureCache(path, check_data=False).info()
             rows.append({"file": path.name, "dataset": info["dataset"], "recipe": info["recipe"], "key": info["key"][:16],
                          "classes": info["num_classes"], "dim": info["feature_dim"],
                          "rows": " ".join(f"{k}={v}" for k, v in info["rows"].items()),
@@ -45,15 +45,18 @@ def resolve(target: str, cache_dir: Path) -> Path:
 
 def _key_of(path: Path, prefix: str) -> bool:
     try:
-        return FeatureCache(path).key.startswith(prefix.lower())
+        return FeatureCache(path, check_data=False).key.startswith(prefix.lower())
     except GlagError:
         return False
 
 
 def related_files(path: Path) -> list[Path]:
-    """Files derived from a cache (generator statistics, reports) that carry its key in their name."""
+    """Files derived from a cache: generator statistics and reports named after it or carrying its key."""
+    path = Path(path)
+    found = set(path.parent.glob(f"{path.stem}{STATS_MARK}*")) | set(path.parent.glob(f"{path.stem}.stage1.json"))
     try:
-        key = FeatureCache(path).key[:16]
+        key = FeatureCache(path, check_data=False).key[:16]
+        found |= set(path.parent.glob(f"*{key}*"))
     except GlagError:
-        return []
-    return [q for q in path.parent.glob(f"*{key}*") if q != path and q.is_file()]
+        pass
+    return sorted(q for q in found if q != path and q.is_file())

@@ -41,6 +41,7 @@ def run_methods(cache_path: Path, methods, out_base: Path, *, gen: GeneratorConf
             kw = {"seed": stage_two.seed} if method in ("crt", "lws", "probe") else {}
             res = baselines.BASELINES[method](cache, device=torch_device(get_xp(device)), **kw)
         extra["seconds"] = round(time.perf_counter() - t0, 3)
+        cache.ensure_sound()  # checked while the method ran; a damaged cache writes no run folder
         write_run(out, cache, method, res, extra)
         if method == "glag" and (checkpoint or checkpoint_of(cache)):
             export(out, cache, res["weight"], res["bias"], gen.lt, checkpoint)

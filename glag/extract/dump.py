@@ -80,7 +80,7 @@ def dump(state: dict, data: LTData, cache_dir: Path, *, views: int = 0, batch_si
     key = content_key(*parts.values())
     path = Path(cache_dir) / cache_filename(data.spec.label(), key)
     if path.is_file():
-        FeatureCache(path, key=key)  # refuse a damaged file instead of silently reusing it
+        FeatureCache(path, key=key).ensure_sound()  # refuse a damaged file instead of silently reusing it
         return path, True
     device, _, _ = device_and_dist()
     model = Classifier(state["backbone"], state["num_classes"], state["in_channels"], state.get("head", "linear"))
@@ -119,5 +119,6 @@ def stage_one_report(path: Path, checkpoint: Path | None = None) -> dict:
     report = {"cache": str(path), "key": cache.key, **summary_row(m), "per_class": m["per_class"],
               "train_counts": cache.train_counts.tolist(),
               "checkpoint": str(Path(checkpoint).resolve()) if checkpoint else None}
+    cache.ensure_sound()
     Path(path).with_suffix(".stage1.json").write_text(json.dumps(report, indent=2).replace("NaN", "null"))
     return report

@@ -8,14 +8,15 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from glag.cache.format import FeatureCache, atomic_path, canonical_json, json_hash
+from glag.cache.format import STATS_MARK, FeatureCache, atomic_path, canonical_json, json_hash
+from glag.cache.integrity import damaged, seal, write_array
 from glag.errors import GlagError
 from glag.generate.backend import get_xp, to_numpy
 from glag.generate.sampler import DISPERSIONS, Factors, choose_mode, draw
 from glag.generate.stats import ClassStats, check_lt, class_stats, tukey
 from glag.generate.support import SupportSets, faiss_gpu_available, support_sets
 
-STATS_VERSION = 1
+STATS_VERSION = 2  # 2: per-array sha256 checksums
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ class SamplingConfig:
 
 def stats_path(cache: FeatureCache, cfg: GeneratorConfig) -> Path:
     # The name starts with the cache's own name, so 'glag cache rm' removes it with the cache.
-    return cache.path.with_name(f"{cache.path.stem}.afg-{cfg.key(cache.key)[:12]}.h5")
+    return cache.path.with_name(f"{cache.path.stem}{STATS_MARK}{cfg.key(cache.key)[:12]}.h5")
 
 
 class AFG:
@@ -74,7 +75,7 @@ class AFG:
         path = stats_path(cache, cfg)
         mode = choose_mode(cfg.mode, cache.num_classes, cache.feature_dim, cfg.max_dense_gb * 2**30)
         if path.is_file():
-            counts, means, covs, sup = _read_stats(path, cfg.key(cache.key))
+            counts, means, covs, sup = _read_stats(path, cfg.key(cache.key), cache)
             stats = ClassStats(counts, xp.asarray(means), None if covs is None else xp.asarray(covs))
         else:
             stats = class_stats(train, cfg.lt, xp, dense=(mode == "dense"))
@@ -82,6 +83,7 @@ class AFG:
                                tail_below=cfg.tail_below, weighting=cfg.weighting,
                                use_gpu=(xp is not np and faiss_gpu_available()))
             if save:
+                cache.ensure_sound()  # statistics of a damaged cache must never be stored
                 _write_stats(path, cfg.key(cache.key), cfg, stats, sup)
         if mode == "dense":
             if stats.covs is None:
@@ -91,6 +93,7 @@ class AFG:
             rows = tukey(xp.asarray(np.asarray(train.features), dtype=xp.float32), cfg.lt, xp)
             factors = Factors.factor(rows, train.offsets, stats.means, xp)
         tail_u = tukey(xp.asarray(np.asarray(train.features[sup.rows]), dtype=xp.float32), cfg.lt, xp)
+        cache.ensure_sound()  # the checksums were checked while the statistics were computed
         return cls(cache, cfg, stats, sup, factors, tail_u, xp)
 
     # -- the calibrated distribution (Eq. 8-9), exactly ------------------------------------------
@@ -171,25 +174,52 @@ def _write_stats(path: Path, key: str, cfg: GeneratorConfig, stats: ClassStats, 
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.attrs.update({"version": STATS_VERSION, "key": key, "config": canonical_json(asdict(cfg)), "complete": False})
-            f["counts"] = stats.counts
-            f["means"] = to_numpy(stats.means)
+            sums: dict = {}
+            write_array(f, "counts", stats.counts, sums)
+            write_array(f, "means", to_numpy(stats.means), sums)
             if stats.covs is not None:
-                f["covs"] = to_numpy(stats.covs)
+                write_array(f, "covs", to_numpy(stats.covs), sums)
+            g = f.create_group("support")
             for name in ("rows", "classes", "support", "weights"):
-                f[f"support/{name}"] = getattr(sup, name)
+                write_array(g, name, getattr(sup, name), sums)
             f.attrs["complete"] = True
+            seal(f, sums)
 
 
-def _read_stats(path: Path, key: str):
+def stats_problems(path: Path, key: str | None = None) -> list[str]:
+    """Why a statistics file cannot be used (empty when it is sound): header, key, and checksums."""
     try:
         with h5py.File(path, "r") as f:
-            if not f.attrs.get("complete", False) or f.attrs.get("key") != key or f.attrs.get("version") != STATS_VERSION:
-                raise GlagError(f"statistics file '{path}' is incomplete or for another cache/config; delete it")
-            covs = f["covs"][()] if "covs" in f else None
-            sup = SupportSets(*(f[f"support/{n}"][()] for n in ("rows", "classes", "support", "weights")))
-            return f["counts"][()], f["means"][()], covs, sup
-    except OSError:
-        raise GlagError(f"statistics file '{path}' cannot be read; delete it")
+            if not f.attrs.get("complete", False):
+                return ["incomplete (its writer did not finish)"]
+            if f.attrs.get("version") != STATS_VERSION:
+                return [f"version {f.attrs.get('version')}, this glag reads {STATS_VERSION}"]
+            if key is not None and f.attrs.get("key") != key:
+                return ["made for another cache or generator config"]
+            return [f"{name} fails its checksum" for name in damaged(f, Path(path))]
+    except OSError as exc:
+        return [f"not a readable HDF5 file ({exc})"]
+
+
+def _read_stats(path: Path, key: str, cache: FeatureCache):
+    problems = stats_problems(path, key)
+    if problems:
+        raise GlagError(f"statistics file '{path}' is unusable: {'; '.join(problems)}; delete it (rm '{path}') and "
+                        f"rerun to recompute it from its cache")
+    with h5py.File(path, "r") as f:
+        covs = f["covs"][()] if "covs" in f else None
+        sup = SupportSets(*(f[f"support/{n}"][()] for n in ("rows", "classes", "support", "weights")))
+        counts, means = f["counts"][()], f["means"][()]
+    C, d = cache.num_classes, cache.feature_dim
+    shapes_ok = (counts.shape == (C,) and np.array_equal(counts, cache.train_counts) and means.shape == (C, d)
+                 and (covs is None or covs.shape == (C, d, d)) and len(sup.classes) == len(sup.rows)
+                 and sup.support.shape[0] == len(sup.rows) and sup.weights.shape == sup.support.shape
+                 and (len(sup.rows) == 0 or (sup.rows.min() >= 0 and sup.rows.max() < len(cache.split("train"))))
+                 and (sup.support.size == 0 or sup.support.max() < C))
+    if not shapes_ok:
+        raise GlagError(f"statistics file '{path}' does not fit its cache (shapes or counts differ); delete it "
+                        f"(rm '{path}') and rerun to recompute it")
+    return counts, means, covs, sup
 
 
 def describe(afg: AFG) -> dict:
