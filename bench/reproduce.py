@@ -3,6 +3,7 @@
     .venv/bin/python bench/reproduce.py short [--data-root ../shared/data/fashion-mnist]
     .venv/bin/python bench/reproduce.py cifar100-lt-full --data-root DIR_WITH_cifar-100-python
     .venv/bin/python bench/reproduce.py cifar100-lt-probe --data-root DIR_WITH_cifar-100-python
+    .venv/bin/python bench/reproduce.py evidence [--epochs 30]   # multi-seed, paired: bench/evidence.py
 
 Writes results/<protocol>.csv and results/<protocol>.md (every number with the command that made it).
 Every step is a `glag` command; caches and trained weights are reused across runs.
@@ -105,6 +106,10 @@ def check_data(protocol: str, dataset: str, root: Path) -> None:
 
 
 def main():
+    if sys.argv[1:2] == ["evidence"]:  # the multi-seed protocol has its own options: bench/evidence.py
+        import evidence
+
+        return evidence.main(sys.argv[2:])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("protocol", choices=sorted(PROTOCOLS))
     ap.add_argument("--data-root", type=Path, default=None)

@@ -301,6 +301,8 @@ def stage_two_options(f):
         click.option("--gen-lr", type=float, default=0.1, show_default=True, help="Stage-two peak learning rate (cosine)."),
         click.option("--kd/--no-kd", default=True, show_default=True, help="Knowledge distillation on real head-class rows."),
         click.option("--adaptive/--fixed-beta", default=True, show_default=True, help="Adapt beta_c on validation accuracy."),
+        click.option("--generate/--no-generate", "gen_features", default=True, show_default=True,
+                     help="Mix generated features into stage two (--no-generate: real rows only, an ablation)."),
         click.option("--beta-init", type=float, default=0.4, show_default=True, help="Initial confidence beta_c of tail classes."),
         click.option("--beta-delta", type=float, default=0.05, show_default=True, help="Step of the beta_c update."),
         click.option("--alpha", type=float, default=0.0, show_default=True, help="Dispersion added to calibrated covariances."),
@@ -321,7 +323,7 @@ def _stage_two_run(cache_path, methods, kw, checkpoint=None, quiet=False):
     gen = GeneratorConfig(lt=kw["lt"], k=kw["k"], tail_below=kw["tail_below"], weighting=kw["weighting"],
                           mode=kw["mode"], max_dense_gb=kw["max_dense_gb"])
     st = StageTwoConfig(epochs=kw["gen_epochs"], batch_size=kw["gen_batch_size"], lr=kw["gen_lr"], kd=kw["kd"],
-                        adaptive=kw["adaptive"], beta_init=kw["beta_init"], beta_delta=kw["beta_delta"], seed=kw["seed"])
+                        adaptive=kw["adaptive"], generate=kw["gen_features"], beta_init=kw["beta_init"], beta_delta=kw["beta_delta"], seed=kw["seed"])
     sampling = SamplingConfig(alpha=kw["alpha"], dispersion=kw["dispersion"], n_target=kw["n_target"])
     return run_methods(cache_path, methods, kw["out_base"], gen=gen, stage_two=st, sampling=sampling,
                        device=kw["device"], checkpoint=checkpoint, progress=not quiet)
@@ -390,7 +392,10 @@ def run(cache_dir, methods, quiet, **kw):
 @click.option("--format", "fmt", type=click.Choice(["markdown", "csv"]), default="markdown", show_default=True)
 @click.option("--plots", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write per_class.png (accuracy vs training count) and beta.png (beta_c over epochs) here.")
-def report(runs, fmt, plots):
+@click.option("--tsne", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write a t-SNE plot of real and generated features of a few tail classes and their support "
+                   "classes, from the first GLAG run given.")
+def report(runs, fmt, plots, tsne):
     """Compare run folders in one table (markdown or CSV), optionally with plots."""
     from glag.classify.report import plot_beta, plot_per_class
     from glag.classify.results import load_run, summary_table
@@ -403,6 +408,13 @@ def report(runs, fmt, plots):
         for p in (plot_per_class(recs, plots / "per_class.png"), plot_beta(recs, plots / "beta.png")):
             if p:
                 _log(f"wrote {p}")
+    if tsne:
+        from glag.classify.tsne import plot_tsne
+
+        glag_runs = [r for r in recs if r["method"] == "glag"]
+        if not glag_runs:
+            raise GlagError("--tsne needs a GLAG run folder among RUNS (method 'glag')")
+        _log(f"wrote {plot_tsne(glag_runs[0], tsne)}")
 
 
 @cli.command()

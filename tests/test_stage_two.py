@@ -1,7 +1,5 @@
 import json
-import shutil
 
-import h5py
 import numpy as np
 import pytest
 import torch
@@ -158,3 +156,38 @@ def test_probe_on_full_split(cache_dir, glag_cli, tmp_path):
     res = baselines.probe(cache)
     assert res["method"] == "probe" and 0.0 <= res["test"]["top1"] <= 1.0
     assert res["test"]["top1"] > 0.3  # trained on the full balanced digits: far above chance (0.1)
+
+
+def test_no_generate_trains_on_real_rows_only(cache):
+    from dataclasses import replace
+
+    afg = AFG.build(cache, GeneratorConfig(), device="cpu", save=False)
+    real = replace(FAST, generate=False)
+    a = train_glag(afg, real, SamplingConfig(alpha=0.0), progress=False)
+    b = train_glag(afg, real, SamplingConfig(alpha=0.5), progress=False)
+    np.testing.assert_array_equal(a["weight"], b["weight"])  # no synthetic row, so alpha cannot matter
+    c = train_glag(afg, FAST, SamplingConfig(alpha=0.0), progress=False)
+    d = train_glag(afg, FAST, SamplingConfig(alpha=0.5), progress=False)
+    assert not np.array_equal(c["weight"], d["weight"])
+
+
+def test_report_tsne_shows_tail_generated_and_support(cache_dir, glag_cli, tmp_path):
+    from glag.classify.results import load_run
+    from glag.classify.tsne import tsne_data
+
+    path = mixture_cache(tmp_path / "mix.h5", counts=(300, 150, 80, 30, 10, 3))
+    out = tmp_path / "runs"
+    code, _, err = glag_cli("classify", "--cache", path, "--method", "glag", "--method", "crt", "--gen-epochs", "2",
+                            "-q", "--out", out)
+    assert code == 0, err
+    rec = load_run(next(out.glob("*-glag")))
+    x, cls, kind, _ = tsne_data(rec, tail_classes=2, per_class=20)
+    assert set(kind) == {"real", "generated", "support"}
+    assert set(cls[kind == "generated"]) == set(cls[kind == "real"]) == {5, 4}  # the two smallest classes
+    assert not set(cls[kind == "support"]) & {4, 5} and len(x) == len(cls)
+    assert (kind == "generated").sum() == 40
+    code, _, err = glag_cli("report", *sorted(out.iterdir()), "--tsne", tmp_path / "t.png")
+    assert code == 0, err
+    assert (tmp_path / "t.png").stat().st_size > 1000
+    code, _, err = glag_cli("report", next(out.glob("*-crt")), "--tsne", tmp_path / "u.png")
+    assert code == 1 and "--tsne needs a GLAG run folder" in err and not (tmp_path / "u.png").exists()

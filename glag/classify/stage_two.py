@@ -30,6 +30,7 @@ class StageTwoConfig:
     kd_a: float = 1.0      # lam2(e) = kd_a * (e / E) ** kd_g
     kd_g: float = 3.0
     adaptive: bool = True
+    generate: bool = True  # False: real rows only (the 'GLAG without generated features' ablation)
     beta_init: float = 0.4  # measured: docs/ablations.md (SPEC said 0.6, to be confirmed)
     beta_delta: float = 0.05
     beta_min: float = 0.0
@@ -79,7 +80,7 @@ def train_glag(afg: AFG, cfg: StageTwoConfig, sampling: SamplingConfig = Samplin
     teacher = cache.head_fn(device)
     g = torch.nn.Linear(d, C).to(device)
     opt = torch.optim.SGD(g.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    stream = FeatureStream(afg, sampling, cfg.batch_size, seed=cfg.seed)
+    stream = FeatureStream(afg, sampling, cfg.batch_size, seed=cfg.seed, synthetic=cfg.generate)
     steps = -(-stream.rows_per_epoch() // cfg.batch_size)
     beta = np.where(tail, cfg.beta_init, 0.0).astype(np.float64)
     val_tukey = tukey(np.asarray(val.features, dtype=np.float32), afg.cfg.lt)

@@ -1,0 +1,257 @@
+"""The multi-seed evidence protocol: Fashion-MNIST-LT with CIFAR-100-LT's class sizes (--n-max 500),
+several stage-one losses and seeds, every decoupled baseline and GLAG ablation on each cache, and
+paired comparisons (same seed, same cache) with 95 % t-intervals.
+
+    .venv/bin/python bench/reproduce.py evidence [--data-root ../shared/data/fashion-mnist] [--epochs 30]
+    .venv/bin/python bench/reproduce.py evidence --report-only     # tables and plot from finished cells
+
+Every step is a `glag` command; it resumes: caches, trained weights and finished run folders are
+reused, so a re-run does only the missing cells. Writes results/evidence.csv, results/evidence.md
+and results/evidence.png.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from reproduce import ROOT, glag, rel
+
+DATASET = "fashion-mnist-lt"
+N_MAX = 500
+BACKBONE = "resnet32"
+CELLS = {  # imbalance -> (stage-one losses, seeds)
+    100: (["ce", "la1", "ldam-drw", "graloss"], [0, 1, 2, 3, 4]),
+    10: (["ce", "graloss"], [0, 1, 2]),
+    200: (["ce", "graloss"], [0, 1, 2]),
+}
+LOSS_ARGS = {"ce": ["--loss", "ce"], "la1": ["--loss", "la", "--tau", "1.0"], "ldam-drw": ["--loss", "ldam-drw"],
+             "graloss": ["--loss", "graloss"]}
+BASELINES = ["stage-one", "crt", "lws", "tau-norm", "logit-adjust"]
+GLAG_VARIANTS = {"glag": [], "glag-fixed-beta": ["--fixed-beta"], "glag-no-kd": ["--no-kd"],
+                 "glag-no-gen": ["--no-generate"]}
+METHODS = BASELINES + list(GLAG_VARIANTS)
+COLUMNS = ["dataset", "imbalance", "stage_one", "method", "seed", "top1", "many", "medium", "few"]
+
+
+def run_cells(args, log) -> None:
+    runs = args.results / "runs" / "evidence"
+    for im, (losses, seeds) in CELLS.items():
+        for seed in seeds:
+            for loss in losses:
+                cell = runs / f"im{im}-{loss}-s{seed}"
+                if all(_result_file(cell, m) for m in METHODS):
+                    continue
+                base = ["extract", "--dataset", DATASET, "--n-max", str(N_MAX), "--imbalance", str(im),
+                        "--data-root", rel(args.data_root), "--backbone", BACKBONE, "--epochs", str(args.epochs),
+                        "--seed", str(seed), "--cache-dir", rel(args.cache_dir), "-q", *LOSS_ARGS[loss]]
+                out, extract_cmd = glag(base, log)
+                cache = json.loads(out)["cache"]
+                cell.mkdir(parents=True, exist_ok=True)
+                (cell / "extract.txt").write_text(extract_cmd + "\n")
+                common = ["--cache", rel(cache), "--seed", str(seed), "--gen-epochs", str(args.gen_epochs), "-q"]
+                if not all(_result_file(cell, m) for m in BASELINES):
+                    glag(["classify", *common, *[a for m in BASELINES for a in ("--method", m)],
+                          "--out", rel(cell / "baselines")], log)
+                for variant, flags in GLAG_VARIANTS.items():
+                    if not _result_file(cell, variant):
+                        glag(["classify", *common, "--method", "glag", *flags, "--out", rel(cell / variant)], log)
+
+
+def _result_file(cell: Path, method: str) -> Path | None:
+    folder = cell / ("baselines" if method in BASELINES else method)
+    suffix = method if method in BASELINES else "glag"
+    hits = sorted(folder.glob(f"*-{suffix}/result.json"))
+    return hits[0] if hits else None
+
+
+def collect(results: Path) -> list[dict]:
+    rows = []
+    runs = results / "runs" / "evidence"
+    for im, (losses, seeds) in CELLS.items():
+        for loss in losses:
+            for seed in seeds:
+                for m in METHODS:
+                    f = _result_file(runs / f"im{im}-{loss}-s{seed}", m)
+                    if f is None:
+                        continue
+                    s = json.loads(f.read_text())["summary"]
+                    rows.append({"dataset": DATASET, "imbalance": im, "stage_one": loss, "method": m, "seed": seed,
+                                 **{k: _num(s.get(k)) for k in ("top1", "many", "medium", "few")}})
+    return rows
+
+
+def _num(v):
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
+def t_interval(values: list[float]) -> tuple[float, float, float]:
+    """Mean and 95 % t-interval of paired differences."""
+    from scipy.stats import t
+
+    n = len(values)
+    m = statistics.fmean(values)
+    if n < 2:
+        return m, float("nan"), float("nan")
+    half = t.ppf(0.975, n - 1) * statistics.stdev(values) / math.sqrt(n)
+    return m, m - half, m + half
+
+
+def _mean_std(vals):
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return "—"
+    return f"{statistics.fmean(vals):.2f} ± {statistics.stdev(vals):.2f}" if len(vals) > 1 else f"{vals[0]:.2f}"
+
+
+def paired(rows, im, loss, a, b, metric):
+    """Differences a - b over the seeds where both have the metric (same seed = same stage-one cache)."""
+    by = {(r["method"], r["seed"]): r[metric] for r in rows if r["imbalance"] == im and r["stage_one"] == loss}
+    seeds = sorted({s for (_, s) in by})
+    return [by[(a, s)] - by[(b, s)] for s in seeds
+            if by.get((a, s)) is not None and by.get((b, s)) is not None]
+
+
+def verdict(lo, hi) -> str:
+    if lo != lo:
+        return "n < 2"
+    return "GLAG better" if lo > 0 else ("GLAG worse" if hi < 0 else "tie")
+
+
+def markdown(rows, epochs, gen_epochs) -> str:
+    import numpy
+    import torch
+
+    import glag as glag_pkg
+
+    lines = ["# Protocol `evidence`", "",
+             f"Fashion-MNIST-LT with `--n-max {N_MAX}` (CIFAR-100-LT's class sizes: at IM 100 the counts are "
+             "500, 299, 179, 107, 64, 38, 23, 13, 8, 5, so Many, Medium and Few classes are all present), "
+             f"{BACKBONE}, stage one {epochs} epochs, stage two {gen_epochs} generation epochs; the seed drives stage "
+             f"one and stage two. CPU only; glag {glag_pkg.__version__}, torch {torch.__version__}, "
+             f"numpy {numpy.__version__}. Test top-1 and Many / Medium / Few (%), mean ± std over seeds.", "",
+             "Made by `python bench/reproduce.py evidence`; the commands are listed at the end and in each "
+             "cell's folder under results/runs/evidence.", ""]
+    for im, (losses, seeds) in CELLS.items():
+        cell_rows = [r for r in rows if r["imbalance"] == im]
+        if not cell_rows:
+            continue
+        if im == 100:
+            lines.append("<!-- readme:start -->")
+        lines += [f"## IM {im} ({len(seeds)} seeds)", "",
+                  "| stage one | method | n | top-1 | many | medium | few |", "|---|---|---|---|---|---|---|"]
+        for loss in losses:
+            for m in METHODS:
+                rs = [r for r in cell_rows if r["stage_one"] == loss and r["method"] == m]
+                if rs:
+                    lines.append(f"| {loss} | {m} | {len(rs)} | " + " | ".join(
+                        _mean_std([r[k] for r in rs]) for k in ("top1", "many", "medium", "few")) + " |")
+        lines += ["", f"Paired differences at IM {im}: GLAG minus each other method on the same stage-one cache "
+                  "(same seed), mean [95 % t-interval], in points.", "",
+                  "| stage one | GLAG minus | top-1 | verdict | few | verdict |", "|---|---|---|---|---|---|"]
+        for loss in losses:
+            for b in METHODS:
+                if b == "glag":
+                    continue
+                cells = []
+                for metric in ("top1", "few"):
+                    d = paired(rows, im, loss, "glag", b, metric)
+                    if not d:
+                        cells += ["—", "—"]
+                        continue
+                    m, lo, hi = t_interval(d)
+                    cells += [f"{m:+.2f} [{lo:+.2f}, {hi:+.2f}] (n={len(d)})", verdict(lo, hi)]
+                if any(c != "—" for c in cells):
+                    lines.append(f"| {loss} | {b} | " + " | ".join(cells) + " |")
+        if im == 100:
+            lines += ["", "![Many / Medium / Few per method, GraLoss stage one, IM 100](results/evidence.png)",
+                      "<!-- readme:end -->"]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(rows, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rs = [r for r in rows if r["imbalance"] == 100 and r["stage_one"] == "graloss"]
+    if not rs:
+        return
+    groups = ("many", "medium", "few")
+    fig, ax = plt.subplots(figsize=(10, 4))
+    width = 0.8 / len(METHODS)
+    for i, m in enumerate(METHODS):
+        vals = [[r[g] for r in rs if r["method"] == m and r[g] is not None] for g in groups]
+        means = [np.mean(v) if v else np.nan for v in vals]
+        stds = [np.std(v, ddof=1) if len(v) > 1 else 0 for v in vals]
+        ax.bar(np.arange(3) + (i - len(METHODS) / 2 + 0.5) * width, means, width, yerr=stds, capsize=2, label=m)
+    ax.set_xticks(range(3), ["Many", "Medium", "Few"])
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Fashion-MNIST-LT (n_max 500) IM 100, GraLoss stage one: mean ± std over seeds")
+    ax.legend(ncol=3, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write(results: Path, rows: list[dict], epochs: int, gen_epochs: int) -> None:
+    with open(results / "evidence.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        w.writerows({k: ("" if r[k] is None else r[k]) for k in COLUMNS} for r in rows)
+    md = markdown(rows, epochs, gen_epochs)
+    cmds = sorted({p.read_text().strip() for p in (results / "runs" / "evidence").glob("*/extract.txt")})
+    example = "im100-graloss-s0"
+    md += ("\n## Commands\n\nStage one, one command per cache:\n\n" + "\n".join(f"    {c}" for c in cmds) +
+           f"\n\nStage two on each cache (shown for `{example}`; the others differ in --cache and --seed):\n\n" +
+           "\n".join(f"    {c}" for c in _classify_commands(results, example)) + "\n")
+    (results / "evidence.md").write_text(md)
+    plot(rows, results / "evidence.png")
+
+
+def _classify_commands(results: Path, cell: str) -> list[str]:
+    f = results / "runs" / "evidence" / cell / "commands.txt"
+    return f.read_text().splitlines() if f.is_file() else []
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="reproduce.py evidence", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-root", type=Path, default=ROOT.parent / "shared" / "data" / "fashion-mnist")
+    ap.add_argument("--cache-dir", type=Path, default=ROOT / "glag-cache")
+    ap.add_argument("--results", type=Path, default=ROOT / "results")
+    ap.add_argument("--epochs", type=int, default=30, help="stage-one epochs (docs/ablations.md: the val curve)")
+    ap.add_argument("--gen-epochs", type=int, default=40)
+    ap.add_argument("--report-only", action="store_true", help="only write the tables and plot from finished cells")
+    args = ap.parse_args(argv)
+    from reproduce import check_data
+
+    check_data("evidence", DATASET, args.data_root)
+    t0 = time.time()
+
+    def log(msg):
+        print(f"[{time.time() - t0:7.0f}s] {msg}", file=sys.stderr, flush=True)
+        if msg.startswith("$ glag classify") and "--out " in msg:
+            cell = Path(msg.split("--out ")[1].split()[0]).parent
+            cmds = ROOT / cell / "commands.txt"
+            old = cmds.read_text().splitlines() if cmds.is_file() else []
+            if msg[2:] not in old:
+                cmds.write_text("\n".join(old + [msg[2:]]) + "\n")
+
+    if not args.report_only:
+        run_cells(args, log)
+    rows = collect(args.results)
+    if rows:
+        write(args.results, rows, args.epochs, args.gen_epochs)
+        print(f"wrote results/evidence.csv ({len(rows)} rows), results/evidence.md, results/evidence.png")
+
+
+
