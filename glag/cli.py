@@ -102,6 +102,29 @@ def cache_verify(targets: tuple[str, ...], cache_dir: Path):
         raise click.exceptions.Exit(1)
 
 
+@cache.command("import")
+@click.option("--train", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="npz with 'features' [N, d] and 'labels' [N] (and optionally 'index' [N]).")
+@click.option("--val", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Validation split, same form.")
+@click.option("--test", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Test split, same form.")
+@click.option("--head", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="npz with the stage-one head: 'weight' [C, d] and optionally 'bias' [C]; fitted (CE) when absent.")
+@click.option("--class-names", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="JSON list of class names (default: 0..C-1, C = largest label + 1).")
+@click.option("--name", required=True, help="Dataset name for the cache file (letters, digits, '.', '_', '-').")
+@cache_dir_option
+def cache_import(train, val, test, head, class_names, name, cache_dir):
+    """Make a cache from features computed elsewhere; prints its path as JSON.
+
+    The content key covers every array, so importing the same arrays again finds the same cache.
+    'glag generate', 'glag classify', 'glag report' and 'glag cache' then work on it as on any cache.
+    """
+    from glag.cache.importer import import_cache
+
+    path, existed = import_cache(cache_dir, name, train, val, test, head, class_names)
+    click.echo(json.dumps({"cache": str(path), "reused": existed}))
+
+
 @cache.command("rm")
 @click.argument("targets", nargs=-1, required=True)
 @cache_dir_option

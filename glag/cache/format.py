@@ -273,6 +273,8 @@ def recipe(provenance: dict) -> str:
     """A short human label of a training recipe, e.g. 'resnet32 graloss(a=1,g=3) 200ep seed0'."""
     if not provenance:
         return "?"
+    if provenance.get("source") == "import":
+        return "imported" + (" (head given)" if provenance.get("head") == "given" else " (head fitted)")
     loss = provenance.get("loss", "?")
     params = {"graloss": ("a", "g"), "la": ("tau",), "focal": ("gamma",)}.get(loss, ())
     args = ",".join(f"{p}={provenance[p]:g}" for p in params if p in provenance)

@@ -1,0 +1,104 @@
+"""Make a cache from feature arrays computed elsewhere (``glag cache import``)."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from glag.cache.format import FeatureCache, cache_filename, json_hash, key_payload, write_cache
+from glag.cache.head import HEAD_FIT, fit_linear_head
+from glag.cache.integrity import digest
+from glag.errors import GlagError
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def _load_npz(path: Path, role: str, keys: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise GlagError(f"--{role} file '{path}' does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as exc:
+        raise GlagError(f"--{role} file '{path}' is not a readable .npz file ({exc})") from exc
+    missing = [k for k in keys if k not in arrays]
+    if missing:
+        raise GlagError(f"--{role} file '{path}' lacks {', '.join(missing)}; it has: {', '.join(sorted(arrays)) or 'nothing'}")
+    return {k: arrays[k] for k in keys + optional if k in arrays}
+
+
+def load_split(path: Path, role: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(features float32 [N, d], labels int64 [N], index int64 [N]) of one npz, checked."""
+    a = _load_npz(path, role, ("features", "labels"), ("index",))
+    f, y = a["features"], a["labels"]
+    if f.ndim != 2 or not np.issubdtype(f.dtype, np.number):
+        raise GlagError(f"--{role} '{path}': features must be a numeric [N, d] array, got {f.dtype} {f.shape}")
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise GlagError(f"--{role} '{path}': labels must be an integer [N] array, got {y.dtype} {y.shape}")
+    index = a.get("index", np.arange(len(y)))
+    if len(f) != len(y) or len(index) != len(y):
+        raise GlagError(f"--{role} '{path}': lengths differ: features {len(f)}, labels {len(y)}, index {len(index)}")
+    f = f.astype(np.float32)
+    bad = int((~np.isfinite(f)).any(axis=1).sum())
+    if bad:
+        raise GlagError(f"--{role} '{path}': {bad} rows of features are not finite (NaN or inf)")
+    return f, y.astype(np.int64), np.asarray(index, dtype=np.int64)
+
+
+def import_cache(cache_dir: Path, name: str, train: Path, val: Path, test: Path, head: Path | None = None,
+                 class_names: Path | None = None) -> tuple[Path, bool]:
+    """Write (or find) the cache for these arrays; returns its path and whether it already existed."""
+    if not NAME_RE.match(name or ""):
+        raise GlagError(f"--name '{name}' is invalid; use letters, digits, '.', '_' or '-' (not first)")
+    splits = {role: load_split(p, role) for role, p in (("train", train), ("val", val), ("test", test))}
+    dims = {role: s[0].shape[1] for role, s in splits.items()}
+    if len(set(dims.values())) != 1:
+        raise GlagError(f"feature dimensions differ: {', '.join(f'{r} {d}' for r, d in dims.items())}")
+    d = dims["train"]
+    names = None
+    if class_names is not None:
+        try:
+            names = json.loads(Path(class_names).read_text())
+        except (OSError, ValueError) as exc:
+            raise GlagError(f"--class-names '{class_names}' is not a readable JSON list ({exc})") from exc
+        if not isinstance(names, list) or not names:
+            raise GlagError(f"--class-names '{class_names}' must hold a non-empty JSON list of names")
+    W = b = None
+    if head is not None:
+        h = _load_npz(head, "head", ("weight",), ("bias",))
+        W = np.asarray(h["weight"], dtype=np.float32)
+        b = np.asarray(h.get("bias", np.zeros(len(W))), dtype=np.float32)
+        if W.ndim != 2 or W.shape[1] != d or b.shape != (W.shape[0],):
+            raise GlagError(f"--head '{head}': weight {W.shape} / bias {b.shape} do not fit features of dim {d}")
+        if not (np.isfinite(W).all() and np.isfinite(b).all()):
+            raise GlagError(f"--head '{head}': weight or bias is not finite")
+    C = len(names) if names else (len(W) if W is not None else int(max(s[1].max() for s in splits.values())) + 1)
+    if W is not None and len(W) != C:
+        raise GlagError(f"--head '{head}' has {len(W)} classes but --class-names lists {C}")
+    for role, (_, y, _) in splits.items():
+        if len(y) and (y.min() < 0 or y.max() >= C):
+            raise GlagError(f"--{role}: labels must lie in [0, {C}), got range [{y.min()}, {y.max()}]")
+    empty = np.flatnonzero(np.bincount(splits["train"][1], minlength=C) == 0)
+    if len(empty):
+        raise GlagError(f"--train has no row of class(es) {empty[:10].tolist()}; every class needs a train row")
+    # The key covers every array (and the head when given), so other features can never share it.
+    arrays = {f"{role}/{k}": a for role, s in splits.items() for k, a in zip(("features", "labels", "index"), s)}
+    if W is not None:
+        arrays.update({"head/weight": W, "head/bias": b})
+    weights_hash = digest(np.frombuffer("".join(f"{k}:{digest(v)}" for k, v in sorted(arrays.items())).encode(), np.uint8))
+    names = names or [str(c) for c in range(C)]
+    parts = key_payload({"imported": name, "num_classes": C, "class_names": names}, weights_hash,
+                        {"source": "import", "head": "given" if W is not None else HEAD_FIT})
+    path = Path(cache_dir) / cache_filename(name, json_hash(parts))
+    if path.is_file():
+        FeatureCache(path, key=json_hash(parts)).ensure_sound()
+        return path, True
+    if W is None:
+        W, b = fit_linear_head(splits["train"][0], splits["train"][1], C)
+    write_cache(path, key_parts=parts, dataset=name, num_classes=C, class_names=names, splits=splits,
+                classifier=(W, b), provenance={"source": "import", "head": parts["extraction"]["head"],
+                                               "files": {r: str(p) for r, p in (("train", train), ("val", val), ("test", test))}})
+    return path, False
