@@ -174,8 +174,15 @@ def train_options(f):
         click.option("--a", "a", type=float, default=1.0, show_default=True, help="GraLoss scale a in lam(t) = a (t/T)^g."),
         click.option("--g", "g", type=float, default=3.0, show_default=True, help="GraLoss exponent g (<1 concave, 1 linear, >1 convex)."),
         click.option("--tau", type=float, default=1.0, show_default=True, help="Fixed strength for --loss la."),
-        click.option("--backbone", type=click.Choice(sorted(BACKBONES)), default=None, help="Backbone (default: the dataset's preset)."),
-        click.option("--epochs", type=click.IntRange(min=1), default=None, help="Stage-one epochs (default: preset; 200 for CIFAR)."),
+        click.option("--backbone", default=None,
+                     help=f"Backbone: {', '.join(sorted(BACKBONES))}, or torchvision:NAME (e.g. torchvision:resnet18; "
+                          "penultimate features, the weights' own preprocessing). Default: the dataset's preset."),
+        click.option("--weights", default="",
+                     help="Initial backbone weights: a state-dict or checkpoint file, or torchvision:DEFAULT "
+                          "(torchvision's pretrained weights; downloaded once, needs a network)."),
+        click.option("--epochs", type=click.IntRange(min=0), default=None,
+                     help="Stage-one epochs (default: preset; 200 for CIFAR). 0: no training; dump the initial "
+                          "weights' features and fit a linear CE head on them."),
         click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Batch size (default: preset)."),
         click.option("--lr", type=float, default=None, help="Peak learning rate (default: preset)."),
         click.option("--seed", type=int, default=0, show_default=True, help="Random seed."),
@@ -192,11 +199,12 @@ def build_spec(kw: dict):
                        subset_seed=kw["subset_seed"]).resolved()
 
 
-def build_train_config(spec, loss, a, g, tau, backbone, epochs, batch_size, lr, seed):
+def build_train_config(spec, loss, a, g, tau, backbone, weights, epochs, batch_size, lr, seed):
     from glag.extract.train import TrainConfig
 
-    return TrainConfig(dataset=spec, backbone=backbone or "", loss=loss, a=a, g=g, tau=tau, epochs=epochs or 0,
-                       batch_size=batch_size or 0, lr=lr or 0.0, seed=seed).resolved()
+    return TrainConfig(dataset=spec, backbone=backbone or "", loss=loss, a=a, g=g, tau=tau,
+                       epochs=-1 if epochs is None else epochs, batch_size=batch_size or 0, lr=lr or 0.0, seed=seed,
+                       weights=weights or "").resolved()
 
 
 def run_stage_one(kw: dict, cache_dir: Path, checkpoint=None, views=0, quiet=False, resume=True):
@@ -204,7 +212,9 @@ def run_stage_one(kw: dict, cache_dir: Path, checkpoint=None, views=0, quiet=Fal
     from glag.extract.stage_one import stage_one
 
     spec = build_spec(kw)
-    cfg = build_train_config(spec, *(kw[k] for k in ("loss", "a", "g", "tau", "backbone", "epochs", "batch_size", "lr", "seed")))
+    cfg = build_train_config(spec, *(kw[k] for k in ("loss", "a", "g", "tau", "backbone", "weights", "epochs",
+                                                     "batch_size", "lr", "seed")))
+    cfg.identity()  # a missing --weights file fails here, before any data is read
     data = load_dataset(spec, download=kw["download"])
     log = (lambda m: None) if quiet else _log
     return stage_one(cfg, data, cache_dir, checkpoint=checkpoint, views=views, resume=resume, progress=not quiet, log=log)

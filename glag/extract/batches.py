@@ -12,6 +12,9 @@ import numpy as np
 import torch
 
 
+IMAGENET_PREPROCESS = {"resize": 256, "crop": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
+
 @dataclass(frozen=True)
 class Augment:
     pad: int = 4
@@ -51,13 +54,25 @@ def random_crop_flip(x: torch.Tensor, aug: Augment, gen: torch.Generator) -> tor
     return x
 
 
+def resize_crop(x: torch.Tensor, resize: int, crop: int) -> torch.Tensor:
+    """Shorter side to ``resize`` (bilinear, antialiased), then the centre ``crop`` x ``crop``; 3 channels."""
+    h, w = x.shape[-2:]
+    s = resize / min(h, w)
+    x = torch.nn.functional.interpolate(x, size=(max(crop, round(h * s)), max(crop, round(w * s))), mode="bilinear",
+                                        antialias=True, align_corners=False)
+    top, left = (x.shape[-2] - crop) // 2, (x.shape[-1] - crop) // 2
+    x = x[..., top:top + crop, left:left + crop]
+    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+
 class ArrayBatches:
     """Batches ``(x float [B, C, H, W], y int64 [B])`` over an in-memory uint8 image array."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, mean, std, *,
                  shuffle: bool = False, augment: Augment | None = None, seed: int = 0,
-                 rank: int = 0, world: int = 1, drop_last: bool = False):
+                 rank: int = 0, world: int = 1, drop_last: bool = False, preprocess: dict | None = None):
         self.x = to_tensor(images)
+        self.preprocess = preprocess  # resize + centre crop (and 3 channels) for torchvision weights
         self.y = torch.as_tensor(np.asarray(labels, dtype=np.int64))
         self.batch_size, self.shuffle, self.augment, self.seed = batch_size, shuffle, augment, seed
         self.rank, self.world, self.drop_last = rank, world, drop_last
@@ -86,6 +101,8 @@ class ArrayBatches:
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             x = self.x[idx].float()
+            if self.preprocess:
+                x = resize_crop(x, self.preprocess["resize"], self.preprocess["crop"])
             if self.augment is not None and self.augment.active:
                 x = random_crop_flip(x, self.augment, gen)
             yield (x - self.mean) / self.std, self.y[idx]
@@ -106,13 +123,14 @@ class _Files(torch.utils.data.Dataset):
 
 
 def file_batches(paths, labels, batch_size: int, *, train: bool, seed: int = 0, rank: int = 0, world: int = 1,
-                 workers: int = 4, size: int = 224):
-    """DataLoader over image files with the standard ImageNet transforms."""
+                 workers: int = 4, preprocess: dict | None = None):
+    """DataLoader over image files with the standard ImageNet transforms (or those of ``preprocess``)."""
     import torchvision.transforms as T
 
-    norm = T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
-    tf = (T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(), norm]) if train
-          else T.Compose([T.Resize(int(size * 256 / 224)), T.CenterCrop(size), T.ToTensor(), norm]))
+    p = preprocess or IMAGENET_PREPROCESS
+    norm = T.Normalize(p["mean"], p["std"])
+    tf = (T.Compose([T.RandomResizedCrop(p["crop"]), T.RandomHorizontalFlip(), T.ToTensor(), norm]) if train
+          else T.Compose([T.Resize(p["resize"]), T.CenterCrop(p["crop"]), T.ToTensor(), norm]))
     ds = _Files(paths, labels, tf)
     sampler = torch.utils.data.DistributedSampler(ds, world, rank, shuffle=train, seed=seed) if world > 1 else None
     gen = torch.Generator().manual_seed(seed)

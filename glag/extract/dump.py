@@ -10,11 +10,13 @@ import torch
 from tqdm.auto import tqdm
 
 from glag.cache.format import cache_filename, content_key, key_payload, write_cache, FeatureCache
+from glag.cache.head import HEAD_FIT, fit_linear_head
 from glag.metrics import evaluate, summary_row
 from glag.errors import GlagError
 from glag.extract.batches import ArrayBatches, Augment
 from glag.extract.datasets import LTData
 from glag.extract.models import Classifier
+from glag.extract.pretrained import preprocess_of
 from glag.extract.train import TrainConfig, device_and_dist, epoch_batches
 
 
@@ -65,6 +67,7 @@ def features_of(model: Classifier, batches, device, desc: str, progress: bool = 
 def extraction_config(state: dict, views: int, splits) -> dict:
     # The batch size is left out: features do not depend on it beyond float rounding.
     return {"backbone": state["backbone"], "norm": state["norm"], "views": views,
+            "preprocess": preprocess_of(state["backbone"]),
             "pad": state["config"]["pad"], "flip": state["config"]["flip"], "splits": sorted(splits)}
 
 
@@ -104,7 +107,11 @@ def dump(state: dict, data: LTData, cache_dir: Path, *, views: int = 0, batch_si
                              augment=Augment(cfg_d["pad"], cfg_d["flip"]), seed=1_000_003 + v)
             chunks.append(features_of(model, b, device, f"dump view {v + 1}/{views}", progress)[0])
         splits["train_views"] = (np.concatenate(chunks), np.tile(tr.labels, views), np.tile(tr.index, views))
-    weight, bias, head = model.head_arrays()
+    if cfg_d["epochs"] == 0:  # an untrained head says nothing: fit one on the train features (plain CE)
+        weight, bias = fit_linear_head(splits["train"][0], splits["train"][1], data.num_classes)
+        head, cfg_d = {"head": "linear"}, {**cfg_d, "head_fit": HEAD_FIT}
+    else:
+        weight, bias, head = model.head_arrays()
     write_cache(path, key_parts=parts, dataset=data.spec.label(), num_classes=data.num_classes,
                 class_names=data.class_names, splits=splits, provenance=cfg_d, classifier=(weight, bias), head=head)
     return path, False

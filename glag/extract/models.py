@@ -125,9 +125,14 @@ class Classifier(nn.Module):
 
     def __init__(self, backbone: str, num_classes: int, in_channels: int, head: str = "linear"):
         super().__init__()
-        if backbone not in BACKBONES:
-            raise GlagError(f"unknown backbone '{backbone}'; choose one of: {', '.join(BACKBONES)}")
-        self.backbone = BACKBONES[backbone](in_channels)
+        from glag.extract.pretrained import TorchvisionBackbone, is_torchvision
+
+        if is_torchvision(backbone):
+            self.backbone = TorchvisionBackbone(backbone)
+        elif backbone in BACKBONES:
+            self.backbone = BACKBONES[backbone](in_channels)
+        else:
+            raise GlagError(f"unknown backbone '{backbone}'; choose one of: {', '.join(BACKBONES)} or torchvision:NAME")
         self.head_type = head
         self.head = make_head(head, self.backbone.feature_dim, num_classes)
 

@@ -13,10 +13,11 @@ import torch
 from tqdm.auto import tqdm
 
 from glag.errors import GlagError
-from glag.extract.batches import ArrayBatches, Augment, channel_stats, file_batches
+from glag.extract.batches import IMAGENET_PREPROCESS, ArrayBatches, Augment, channel_stats, file_batches
 from glag.extract.datasets import LIST_DATASETS, DatasetSpec, LTData
 from glag.extract.losses import head_for, make_loss
 from glag.extract.models import Classifier
+from glag.extract.pretrained import is_torchvision, load_initial_weights, model_name, preprocess_of, weights_identity
 
 # Per-dataset recipe defaults; CIFAR follows SPEC section 1 (ResNet-32, 200 epochs, batch 128, lr 0.1, 5 warm-up).
 PRESETS = {
@@ -41,7 +42,7 @@ class TrainConfig:
     g: float = 3.0        # GraLoss exponent: <1 concave, 1 linear, >1 convex
     tau: float = 1.0      # fixed logit-adjustment strength for loss 'la'
     gamma: float = 1.0    # focal loss
-    epochs: int = 0
+    epochs: int = -1      # -1: the preset; 0: no training (dump the initial weights' features, fit a head)
     batch_size: int = 0
     lr: float = 0.0
     warmup: float = -1.0
@@ -50,23 +51,27 @@ class TrainConfig:
     pad: int = -1
     flip: bool | None = None
     seed: int = 0
+    weights: str = ""     # initial backbone weights: '' (random), a state-dict file, or torchvision:DEFAULT
 
     def resolved(self) -> "TrainConfig":
         """Fill unset fields (0 / -1 / None) from the dataset's preset and validate."""
         ds = self.dataset.resolved()
         p = PRESETS[ds.name]
         cfg = replace(
-            self, dataset=ds, backbone=self.backbone or p["backbone"], epochs=self.epochs or p["epochs"],
+            self, dataset=ds, backbone=self.backbone or p["backbone"], epochs=p["epochs"] if self.epochs < 0 else self.epochs,
             batch_size=self.batch_size or p["batch_size"], lr=self.lr or p["lr"],
             warmup=p["warmup"] if self.warmup < 0 else self.warmup, pad=p["pad"] if self.pad < 0 else self.pad,
             flip=p["flip"] if self.flip is None else self.flip)
-        for name, ok in (("epochs", cfg.epochs >= 1), ("batch_size", cfg.batch_size >= 1), ("lr", cfg.lr > 0)):
+        for name, ok in (("batch_size", cfg.batch_size >= 1), ("lr", cfg.lr > 0)):
             if not ok:
                 raise GlagError(f"{name}={getattr(cfg, name)} is invalid; it must be positive")
+        if is_torchvision(cfg.backbone):
+            model_name(cfg.backbone)  # unknown names fail here, before any data is read
         return replace(cfg, warmup=min(cfg.warmup, cfg.epochs))
 
     def identity(self) -> dict:
         d = asdict(self.resolved())
+        d["weights"] = weights_identity(self.weights)  # the file's content, not its path
         # Training never reads the full balanced split, so asking to dump it must not retrain.
         d["dataset"] = {**self.dataset.identity(), "full_split": False}
         return d
@@ -104,8 +109,11 @@ def in_channels(data: LTData) -> int:
     return 1 if src.ndim == 3 else src.shape[-1]
 
 
-def input_size(data: LTData) -> list[int]:
+def input_size(data: LTData, backbone: str = "") -> list[int]:
     """(height, width) the backbone was trained on."""
+    pre = preprocess_of(backbone)
+    if pre:
+        return [pre["crop"], pre["crop"]]
     return list(data.sources["train"].shape[1:3]) if data.is_array else [224, 224]
 
 
@@ -113,11 +121,21 @@ def epoch_batches(data: LTData, cfg: TrainConfig, split: str, *, train: bool, se
                   batch_size: int | None = None):
     s = data.splits[split]
     bs = batch_size or cfg.batch_size
+    pre = preprocess_of(cfg.backbone)
     if data.is_array:
         aug = Augment(cfg.pad, cfg.flip) if train else None
         return ArrayBatches(data.images(split), s.labels, bs, *norm, shuffle=train, augment=aug, seed=seed,
-                            rank=rank, world=world)
-    return file_batches(data.images(split), s.labels, bs, train=train, seed=seed, rank=rank, world=world)
+                            rank=rank, world=world, preprocess=pre)
+    return file_batches(data.images(split), s.labels, bs, train=train, seed=seed, rank=rank, world=world,
+                        preprocess=pre)
+
+
+def normalisation(cfg: TrainConfig, data: LTData):
+    """(mean, std) of the inputs: the weights' own for torchvision backbones, else the train split's."""
+    pre = preprocess_of(cfg.backbone)
+    if pre:
+        return pre["mean"], pre["std"]
+    return channel_stats(data.images("train")) if data.is_array else (IMAGENET_PREPROCESS["mean"], IMAGENET_PREPROCESS["std"])
 
 
 @torch.no_grad()
@@ -157,12 +175,14 @@ def train(cfg: TrainConfig, data: LTData, workdir: Path, *, resume: bool = True,
     amp = device.type == "cuda"
     _set_seed(cfg.seed)
     counts = data.train_counts
-    model = Classifier(cfg.backbone, data.num_classes, in_channels(data), head_for(cfg.loss)).to(device)
+    model = Classifier(cfg.backbone, data.num_classes, in_channels(data), head_for(cfg.loss))
+    load_initial_weights(model.backbone, cfg.backbone, cfg.weights)
+    model = model.to(device)
     if amp:
         model = model.to(memory_format=torch.channels_last)
     loss_fn = make_loss(cfg.loss, counts, cfg.epochs, tau=cfg.tau, a=cfg.a, g=cfg.g, gamma=cfg.gamma).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    norm = channel_stats(data.images("train")) if data.is_array else ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    norm = normalisation(cfg, data)
     start, history = 0, []
     if not resume and rank == 0:
         last.unlink(missing_ok=True)
@@ -220,7 +240,7 @@ def train(cfg: TrainConfig, data: LTData, workdir: Path, *, resume: bool = True,
     if rank == 0:
         state = {"model": model.state_dict(), "epoch": cfg.epochs, "history": history, "config": cfg.identity(),
                  "norm": norm, "backbone": cfg.backbone, "head": head_for(cfg.loss), "num_classes": data.num_classes,
-                 "in_channels": in_channels(data), "input_size": input_size(data)}
+                 "in_channels": in_channels(data), "input_size": input_size(data, cfg.backbone)}
         tmp = final.with_suffix(".tmp")
         torch.save(state, tmp)
         os.replace(tmp, final)
