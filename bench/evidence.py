@@ -34,7 +34,7 @@ LOSS_ARGS = {"ce": ["--loss", "ce"], "la1": ["--loss", "la", "--tau", "1.0"], "l
              "graloss": ["--loss", "graloss"]}
 BASELINES = ["stage-one", "crt", "lws", "tau-norm", "logit-adjust"]
 GLAG_VARIANTS = {"glag": [], "glag-fixed-beta": ["--fixed-beta"], "glag-no-kd": ["--no-kd"],
-                 "glag-no-gen": ["--no-generate"]}
+                 "glag-no-gen": ["--no-generate"], "glag-no-la": ["--no-posthoc-la"]}
 METHODS = BASELINES + list(GLAG_VARIANTS)
 COLUMNS = ["dataset", "imbalance", "stage_one", "method", "seed", "top1", "many", "medium", "few"]
 
@@ -202,6 +202,35 @@ def plot(rows, path: Path) -> None:
     plt.close(fig)
 
 
+def plot_val_curves(cache_dir: Path, path: Path, epochs: int) -> None:
+    """Stage-one validation accuracy per epoch of every IM 100 run of the protocol (from train logs)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    colours = dict(zip(LOSS_ARGS, plt.get_cmap("tab10").colors))
+    seen = set()
+    for log in sorted(Path(cache_dir).glob(f"stage1/{DATASET}-im100-n{N_MAX}-*/train_log.jsonl")):
+        recs = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        if len(recs) != epochs:
+            continue
+        loss = next((k for k in ("ldam-drw", "graloss", "la", "ce") if f"-{k}-" in log.parent.name), "?")
+        loss = "la1" if loss == "la" else loss
+        ax.plot([r["epoch"] for r in recs], [100 * r["val_acc"] for r in recs], color=colours.get(loss), alpha=0.6,
+                lw=1, label=None if loss in seen else loss)
+        seen.add(loss)
+    ax.set_xlabel("stage-one epoch")
+    ax.set_ylabel("val top-1 (%)")
+    ax.set_title(f"Fashion-MNIST-LT n_max {N_MAX} IM 100, {BACKBONE}: stage-one val accuracy, every seed")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def write(results: Path, rows: list[dict], epochs: int, gen_epochs: int) -> None:
     with open(results / "evidence.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
@@ -251,6 +280,7 @@ def main(argv=None):
     rows = collect(args.results)
     if rows:
         write(args.results, rows, args.epochs, args.gen_epochs)
+        plot_val_curves(args.cache_dir, ROOT / "docs" / "evidence_val_curve.png", args.epochs)
         print(f"wrote results/evidence.csv ({len(rows)} rows), results/evidence.md, results/evidence.png")
 
 

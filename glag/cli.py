@@ -336,7 +336,10 @@ def stage_two_options(f):
         click.option("--adaptive/--fixed-beta", default=True, show_default=True, help="Adapt beta_c on validation accuracy."),
         click.option("--generate/--no-generate", "gen_features", default=True, show_default=True,
                      help="Mix generated features into stage two (--no-generate: real rows only, an ablation)."),
-        click.option("--beta-init", type=float, default=0.4, show_default=True, help="Initial confidence beta_c of tail classes."),
+        click.option("--beta-init", type=float, default=0.0, show_default=True,
+                     help="Initial confidence beta_c of tail classes (0: samples centred on the real tail sample)."),
+        click.option("--posthoc-la/--no-posthoc-la", default=True, show_default=True,
+                     help="Logit-adjust the final classifier, z - tau log(pi), with tau picked on val (0..2)."),
         click.option("--beta-delta", type=float, default=0.05, show_default=True, help="Step of the beta_c update."),
         click.option("--alpha", type=float, default=0.0, show_default=True, help="Dispersion added to calibrated covariances."),
         click.option("--dispersion", type=click.Choice(["identity", "all-entries"]), default="identity", show_default=True,
@@ -356,7 +359,7 @@ def _stage_two_run(cache_path, methods, kw, checkpoint=None, quiet=False):
     gen = GeneratorConfig(lt=kw["lt"], k=kw["k"], tail_below=kw["tail_below"], weighting=kw["weighting"],
                           mode=kw["mode"], max_dense_gb=kw["max_dense_gb"])
     st = StageTwoConfig(epochs=kw["gen_epochs"], batch_size=kw["gen_batch_size"], lr=kw["gen_lr"], kd=kw["kd"],
-                        adaptive=kw["adaptive"], generate=kw["gen_features"], beta_init=kw["beta_init"], beta_delta=kw["beta_delta"], seed=kw["seed"])
+                        adaptive=kw["adaptive"], generate=kw["gen_features"], posthoc_la=kw["posthoc_la"], beta_init=kw["beta_init"], beta_delta=kw["beta_delta"], seed=kw["seed"])
     sampling = SamplingConfig(alpha=kw["alpha"], dispersion=kw["dispersion"], n_target=kw["n_target"])
     return run_methods(cache_path, methods, kw["out_base"], gen=gen, stage_two=st, sampling=sampling,
                        device=kw["device"], checkpoint=checkpoint, progress=not quiet)

@@ -79,6 +79,7 @@ def test_no_training_choice_reads_test_labels(cache, tmp_path):
     b = train_glag(AFG.build(shuffled, GeneratorConfig(), device="cpu", save=False), FAST, SamplingConfig(alpha=0.1), progress=False)
     np.testing.assert_array_equal(a["weight"], b["weight"])
     assert a["history"] == b["history"] and a["beta_final"] == b["beta_final"]
+    assert a["posthoc_tau"] == b["posthoc_tau"]  # picked on val, never on test
     assert a["test"]["top1"] != b["test"]["top1"]  # the shuffle did change test metrics
     for name in ("tau_norm", "logit_adjust"):
         ra, rb = getattr(baselines, name)(cache), getattr(baselines, name)(shuffled)
@@ -191,3 +192,17 @@ def test_report_tsne_shows_tail_generated_and_support(cache_dir, glag_cli, tmp_p
     assert (tmp_path / "t.png").stat().st_size > 1000
     code, _, err = glag_cli("report", next(out.glob("*-crt")), "--tsne", tmp_path / "u.png")
     assert code == 1 and "--tsne needs a GLAG run folder" in err and not (tmp_path / "u.png").exists()
+
+
+def test_posthoc_la_shifts_bias_by_val_tuned_prior(cache):
+    from dataclasses import replace
+
+    afg = AFG.build(cache, GeneratorConfig(), device="cpu", save=False)
+    plain = train_glag(afg, replace(FAST, posthoc_la=False), progress=False)
+    la = train_glag(afg, FAST, progress=False)
+    np.testing.assert_array_equal(plain["weight"], la["weight"])  # the same training, only the bias moves
+    counts = cache.train_counts
+    tau = la["posthoc_tau"]
+    assert plain["posthoc_tau"] == 0.0 and 0.0 <= tau <= 2.0
+    np.testing.assert_allclose(la["bias"], plain["bias"] - tau * np.log(counts / counts.sum()), rtol=1e-5, atol=1e-5)
+    assert la["val"]["top1"] >= plain["val"]["top1"]  # tau = 0 is on the grid
