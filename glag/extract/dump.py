@@ -66,9 +66,12 @@ def features_of(model: Classifier, batches, device, desc: str, progress: bool = 
 
 def extraction_config(state: dict, views: int, splits) -> dict:
     # The batch size is left out: features do not depend on it beyond float rounding.
-    return {"backbone": state["backbone"], "norm": state["norm"], "views": views,
-            "preprocess": preprocess_of(state["backbone"]),
-            "pad": state["config"]["pad"], "flip": state["config"]["flip"], "splits": sorted(splits)}
+    cfg = {"backbone": state["backbone"], "norm": state["norm"], "views": views,
+           "pad": state["config"]["pad"], "flip": state["config"]["flip"], "splits": sorted(splits)}
+    pre = preprocess_of(state["backbone"])
+    if pre:  # only torchvision backbones have it; others keep the keys they had before it existed
+        cfg["preprocess"] = pre
+    return cfg
 
 
 def dump(state: dict, data: LTData, cache_dir: Path, *, views: int = 0, batch_size: int = 512,

@@ -72,6 +72,8 @@ class TrainConfig:
     def identity(self) -> dict:
         d = asdict(self.resolved())
         d["weights"] = weights_identity(self.weights)  # the file's content, not its path
+        if not d["weights"]:
+            del d["weights"]  # random init, as before the field existed: trained runs keep their folders
         # Training never reads the full balanced split, so asking to dump it must not retrain.
         d["dataset"] = {**self.dataset.identity(), "full_split": False}
         return d
