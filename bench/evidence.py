@@ -169,7 +169,7 @@ def markdown(rows, epochs, gen_epochs) -> str:
                 if any(c != "—" for c in cells):
                     lines.append(f"| {loss} | {b} | " + " | ".join(cells) + " |")
         if im == 100:
-            lines += ["", "![Many / Medium / Few per method, GraLoss stage one, IM 100](results/evidence.png)",
+            lines += ["", "![Many / Medium / Few per method, GraLoss stage one, IM 100](evidence.png)",
                       "<!-- readme:end -->"]
         lines.append("")
     return "\n".join(lines)
