@@ -16,10 +16,8 @@ from glag.cache.format import key_payload, write_cache  # noqa: E402
 from glag.extract.profile import exponential_counts  # noqa: E402
 
 
-def synthetic_cache(path: Path, counts, dim: int, seed: int = 0, val_per_class: int = 20, test_per_class: int = 100) -> Path:
-    """A cache of non-negative class-clustered features with the given train counts."""
-    if path.is_file():
-        return path
+def synthetic_splits(counts, dim: int, seed: int = 0, val_per_class: int = 20, test_per_class: int = 100):
+    """Non-negative class-clustered features with the given train counts: (splits, (weight, bias))."""
     rng = np.random.default_rng(seed)
     C = len(counts)
     centers = rng.gamma(2.0, 0.5, (C, dim)).astype(np.float32)
@@ -28,8 +26,15 @@ def synthetic_cache(path: Path, counts, dim: int, seed: int = 0, val_per_class: 
         labels = np.repeat(np.arange(C), cnt)
         f = np.maximum(centers[labels] + 0.6 * rng.standard_normal((len(labels), dim), dtype=np.float32), 0)
         splits[split] = (f, labels, np.arange(len(labels)))
-    w = centers
-    b = -0.5 * (centers ** 2).sum(1)
+    return splits, (centers, -0.5 * (centers ** 2).sum(1))
+
+
+def synthetic_cache(path: Path, counts, dim: int, seed: int = 0, val_per_class: int = 20, test_per_class: int = 100) -> Path:
+    """A cache of ``synthetic_splits``."""
+    if path.is_file():
+        return path
+    C = len(counts)
+    splits, (w, b) = synthetic_splits(counts, dim, seed, val_per_class, test_per_class)
     return write_cache(path, key_parts=key_payload({"synthetic": list(map(int, counts)), "dim": dim, "seed": seed}, "0" * 64, {}),
                        dataset=f"synthetic-C{C}-d{dim}", num_classes=C, class_names=[str(i) for i in range(C)],
                        splits=splits, classifier=(w, b))

@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 import torch
 
-from common import cifar100_lt_counts, emit, timed
+from common import cifar100_lt_counts, emit, synthetic_splits, timed
 
 from glag.cache.format import FeatureCache, key_payload, write_cache
 from glag.extract.profile import exponential_counts
@@ -28,18 +28,6 @@ SHAPES = {
     "cifar100-lt": dict(counts=lambda: cifar100_lt_counts(), dim=64, val=20, test=100),
     "imagenet-lt": dict(counts=lambda: exponential_counts(1280, 1000, 256), dim=512, val=20, test=50),
 }
-
-
-def make_splits(counts, dim, val, test, seed=0):
-    rng = np.random.default_rng(seed)
-    C = len(counts)
-    centers = rng.gamma(2.0, 0.5, (C, dim)).astype(np.float32)
-    splits = {}
-    for name, cnt in (("train", counts), ("val", [val] * C), ("test", [test] * C)):
-        labels = np.repeat(np.arange(C), cnt)
-        f = np.maximum(centers[labels] + 0.6 * rng.standard_normal((len(labels), dim), dtype=np.float32), 0)
-        splits[name] = (f, labels, np.arange(len(labels)))
-    return splits, (centers, -0.5 * (centers ** 2).sum(1))
 
 
 def write_checked(path, splits, head):
@@ -133,7 +121,7 @@ def stage_two_total(path, check, epochs):
 
 def bench_shape(name, spec, repeats, tmp, rate, stage_two_epochs):
     counts = spec["counts"]()
-    splits, head = make_splits(counts, spec["dim"], spec["val"], spec["test"])
+    splits, head = synthetic_splits(counts, spec["dim"], val_per_class=spec["val"], test_per_class=spec["test"])
     rows_total = sum(len(s[1]) for s in splits.values())
     mb = sum(s[0].nbytes for s in splits.values()) / 2**20
     p = {v: Path(tmp) / f"{name}-{v}.h5" for v in ("sha256", "none", "fletcher32")}
