@@ -186,7 +186,7 @@ def plot(rows, path: Path) -> None:
     if not rs:
         return
     groups = ("many", "medium", "few")
-    fig, ax = plt.subplots(figsize=(10, 4))
+    fig, ax = plt.subplots(figsize=(10, 4.8))
     width = 0.8 / len(METHODS)
     for i, m in enumerate(METHODS):
         vals = [[r[g] for r in rs if r["method"] == m and r[g] is not None] for g in groups]
@@ -196,7 +196,8 @@ def plot(rows, path: Path) -> None:
     ax.set_xticks(range(3), ["Many", "Medium", "Few"])
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("Fashion-MNIST-LT (n_max 500) IM 100, GraLoss stage one: mean ± std over seeds")
-    ax.legend(ncol=3, fontsize=7)
+    ax.legend(ncol=5, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.07))
+    ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
