@@ -79,3 +79,15 @@ def test_bad_backbone_and_weights_one_line(tmp_path, cache_dir, glag_cli, resnet
                             "--weights", "torchvision:DEFAULT")
     assert code == 1 and "could not download torchvision's ResNet18_Weights.IMAGENET1K_V1" in err
     assert not list(cache_dir.glob("*.h5"))
+
+
+def test_torchvision_backbone_fine_tunes_with_epochs(cache_dir, glag_cli):
+    """--epochs N > 0 trains the torchvision backbone and head with the chosen loss (a small model, 1 epoch)."""
+    code, out, err = glag_cli("extract", "--backbone", "torchvision:mobilenet_v3_small", "--epochs", "1",
+                              "--loss", "graloss", "-q")
+    assert code == 0, err
+    cache = FeatureCache(json.loads(out)["cache"])
+    assert cache.feature_dim == 1024 and cache.provenance["epochs"] == 1 and "head_fit" not in cache.provenance
+    ckpt = torch.load(next((cache_dir / "stage1").iterdir()) / "final.pt", weights_only=False)
+    assert ckpt["backbone"] == "torchvision:mobilenet_v3_small" and len(ckpt["history"]) == 1
+    assert ckpt["input_size"] == [224, 224] and ckpt["norm"][0] == [0.485, 0.456, 0.406]
