@@ -18,11 +18,10 @@ def main():
     for md in sorted((ROOT / "results").glob("*.md"), key=lambda m: (m.stem != "evidence", m.name)):
         body = md.read_text().strip()
         if "<!-- readme:start -->" in body:  # a long result file names the part the README shows
-            head = body.split("\n", 1)[0]
-            intro = body.split("<!-- readme:start -->")[0].split("\n\n")[1]
+            head, intro = body.split("<!-- readme:start -->")[0].split("\n", 1)
             part = body.split("<!-- readme:start -->", 1)[1].split("<!-- readme:end -->", 1)[0].strip()
-            part = part.replace("](evidence.png)", "](results/evidence.png)")  # links relative to the README
-            body = f"{head}\n\n{intro}\n\n{part}\n\nEvery cell, IM 10 and 200, and the commands: [`results/{md.name}`](results/{md.name})."
+            part = re.sub(r"\]\((evidence[\w.]*\.png)\)", r"](results/\1)", part)  # links relative to the README
+            body = f"{head}\n\n{intro.strip()}\n\n{part}\n\nEvery cell, IM 10 and 200, and the commands: [`results/{md.name}`](results/{md.name})."
         body = re.sub(r"^# ", "### ", body, count=1)  # nest under the README's heading
         body = body.replace("\n## Commands", "\n#### Commands")
         parts.append(body + ("" if "Every cell" in body else f"\n\n(from [`results/{md.name}`](results/{md.name}))"))
