@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from glag.errors import GlagError
 from glag.extract.batches import IMAGENET_PREPROCESS, ArrayBatches, Augment, channel_stats, file_batches
-from glag.extract.datasets import LIST_DATASETS, DatasetSpec, LTData
+from glag.extract.datasets import DatasetSpec, LTData
 from glag.extract.losses import head_for, make_loss
 from glag.extract.models import Classifier
 from glag.extract.pretrained import is_torchvision, load_initial_weights, model_name, preprocess_of, weights_identity
