@@ -231,7 +231,7 @@ def data_cmd(indices, as_json, **kw):
     Takes the same dataset options as 'glag extract', so what it prints is what extract trains on.
     """
     from glag.extract.datasets import load_dataset
-    from glag.extract.inspect import class_table, totals, write_indices
+    from glag.extract.dataset_report import class_table, totals, write_indices
 
     spec = build_spec(kw)
     data = load_dataset(spec, download=kw["download"])
