@@ -105,10 +105,11 @@ def glag_val(args):
     import numpy as np
     import torch
 
-    from glag.classify.common import predict
+    from glag.classify.common import log_prior, pick_on_val, predict
     from glag.generate.stats import tukey
     from glag.metrics import evaluate
 
+    cpu = torch.device("cpu")
     caches = [FeatureCache(p) for p in args.cache]
     names = args.probes or list(GLAG_PROBES)
     scores = {}
@@ -129,19 +130,20 @@ def glag_val(args):
             if sam_kw.get("n_target") == -2:
                 sam_kw["n_target"] = int(counts.max()) // 2
             afg = AFG.build(cache, GeneratorConfig(**gen_kw), device="cpu", save=False)
-            res = train_glag(afg, StageTwoConfig(**{"seed": seed, "epochs": args.gen_epochs, **st_kw}),
-                             SamplingConfig(**sam_kw), progress=False)
+            # without stage two's own adjustment, so the '+LA' row below is the one adjustment
+            res = train_glag(afg, StageTwoConfig(**{"seed": seed, "epochs": args.gen_epochs, "posthoc_la": False,
+                                                    **st_kw}), SamplingConfig(**sam_kw), progress=False)
             add(name, res["val"]["top1"], res["val"]["few"])
             W, bias = torch.as_tensor(res["weight"]), torch.as_tensor(res["bias"])
-            log_prior = torch.as_tensor(np.log(counts / counts.sum()), dtype=torch.float32)
+            lp = log_prior(counts, cpu)
             x = tukey(np.asarray(val.features, dtype=np.float32), afg.cfg.lt)
-            best = max(((evaluate(predict(lambda z: z @ W.T + bias - tau * log_prior, x, torch.device("cpu")),
-                                  val.labels, counts), tau) for tau in baselines.TAU_GRID),
-                       key=lambda mt: mt[0]["top1"])
-            add(name + " +LA", best[0]["top1"], best[0]["few"])
+            make = lambda tau: (lambda z: z @ W.T + bias - tau * lp)  # noqa: E731
+            tau, _ = pick_on_val(make, x, val.labels, cpu)
+            best = evaluate(predict(make(tau), x, cpu), val.labels, counts)
+            add(name + " +LA", best["top1"], best["few"])
             print(json.dumps({"cache": cache.path.name, "probe": name, "val_top1": round(100 * res["val"]["top1"], 2),
                               "val_few": round(100 * res["val"]["few"], 2),
-                              "val_top1_plus_la": round(100 * best[0]["top1"], 2), "la_tau": float(best[1])}),
+                              "val_top1_plus_la": round(100 * best["top1"], 2), "la_tau": tau}),
                   file=sys.stderr, flush=True)
     rows = [{"probe": k, "caches": len(v), "val_top1_mean": round(statistics.fmean(t for t, _ in v), 2),
              "val_few_mean": round(statistics.fmean(f for _, f in v), 2)} for k, v in scores.items()]

@@ -92,9 +92,10 @@ def import_cache(cache_dir: Path, name: str, train: Path, val: Path, test: Path,
     names = names or [str(c) for c in range(C)]
     parts = key_payload({"imported": name, "num_classes": C, "class_names": names}, weights_hash,
                         {"source": "import", "head": "given" if W is not None else HEAD_FIT})
-    path = Path(cache_dir) / cache_filename(name, json_hash(parts))
+    key = json_hash(parts)
+    path = Path(cache_dir) / cache_filename(name, key)
     if path.is_file():
-        FeatureCache(path, key=json_hash(parts)).ensure_sound()
+        FeatureCache(path, key=key).ensure_sound()
         return path, True
     if W is None:
         W, b = fit_linear_head(splits["train"][0], splits["train"][1], C)

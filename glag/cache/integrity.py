@@ -19,19 +19,12 @@ import numpy as np
 
 CHECKSUMS_ATTR = "checksums"
 META_ATTR = "meta_sha256"
-BLOCK_BYTES = 1 << 24
 SYNC_BYTES = 32 << 20  # arrays up to this size in all are hashed at open, larger ones in the background
 
 
 def digest(data) -> str:
-    """sha256 of an array's bytes in C order, read in blocks (memory-mapped arrays are not loaded whole)."""
-    flat = np.asarray(data)
-    if flat.dtype != np.uint8 or flat.ndim != 1:
-        flat = np.ascontiguousarray(flat).reshape(-1).view(np.uint8)
-    h = hashlib.sha256()
-    for s in range(0, len(flat), BLOCK_BYTES):
-        h.update(memoryview(np.ascontiguousarray(flat[s:s + BLOCK_BYTES])))
-    return h.hexdigest()
+    """sha256 of an array's bytes in C order."""
+    return hashlib.sha256(memoryview(np.ascontiguousarray(data)).cast("B")).hexdigest()
 
 
 def meta_digest(attrs: dict) -> str:

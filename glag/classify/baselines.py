@@ -2,14 +2,12 @@
 adjustment, and the probe protocol. Hyper-parameters are picked on val only; test is read once."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 
-from glag.classify.common import split_metrics, train_linear
+from glag.classify.common import log_prior, pick_on_val, split_metrics, train_linear
 from glag.cache.format import FeatureCache
 from glag.errors import GlagError
 
-TAU_GRID = np.round(np.arange(0.0, 2.01, 0.1), 2)
 
 
 def _result(method: str, logits_fn, cache: FeatureCache, device, **extra) -> dict:
@@ -56,11 +54,9 @@ def lws(cache: FeatureCache, *, epochs=10, batch_size=512, lr=0.1, seed=0, devic
     return _result("lws", fn, cache, device, scales=scale.detach().cpu().tolist())
 
 
-def _pick_on_val(cache: FeatureCache, make_fn, grid, device):
-    val, counts = cache.split("val"), cache.train_counts
-    scores = [split_metrics(make_fn(v), val, counts, device)["top1"] for v in grid]
-    best = float(grid[int(np.argmax(scores))])
-    return best, dict(zip(map(float, grid), scores))
+def _pick_on_val(cache: FeatureCache, make_fn, device):
+    val = cache.split("val")
+    return pick_on_val(make_fn, val.features, val.labels, device)
 
 
 def tau_norm(cache: FeatureCache, device=torch.device("cpu")) -> dict:
@@ -68,17 +64,16 @@ def tau_norm(cache: FeatureCache, device=torch.device("cpu")) -> dict:
     W = torch.as_tensor(cache.weight, device=device)
     norms = W.norm(dim=1, keepdim=True).clamp_min(1e-12)
     make = lambda tau: (lambda x: x @ (W / norms ** tau).T)  # noqa: E731
-    tau, scores = _pick_on_val(cache, make, TAU_GRID, device)
+    tau, scores = _pick_on_val(cache, make, device)
     return _result("tau-norm", make(tau), cache, device, tau=tau, val_scores=scores)
 
 
 def logit_adjust(cache: FeatureCache, device=torch.device("cpu")) -> dict:
     """Post-hoc logit adjustment ``z - tau log(pi)``, tau picked on val."""
     head = cache.head_fn(device)
-    counts = cache.train_counts.astype(np.float64)
-    log_prior = torch.as_tensor(np.log(np.maximum(counts, 1) / counts.sum()), dtype=torch.float32, device=device)
-    make = lambda tau: (lambda x: head(x) - tau * log_prior)  # noqa: E731
-    tau, scores = _pick_on_val(cache, make, TAU_GRID, device)
+    lp = log_prior(cache.train_counts, device)
+    make = lambda tau: (lambda x: head(x) - tau * lp)  # noqa: E731
+    tau, scores = _pick_on_val(cache, make, device)
     return _result("logit-adjust", make(tau), cache, device, tau=tau, val_scores=scores)
 
 

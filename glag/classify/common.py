@@ -35,6 +35,22 @@ def predict(logits_fn, features: np.ndarray, device, batch: int = 8192) -> np.nd
     return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
+TAU_GRID = np.round(np.arange(0.0, 2.01, 0.1), 2)  # tau of post-hoc adjustments, picked on val
+
+
+def log_prior(counts, device) -> torch.Tensor:
+    """``log(pi_c)`` of the train counts, as a float32 tensor on ``device``."""
+    counts = np.asarray(counts, dtype=np.float64)
+    return torch.as_tensor(np.log(np.maximum(counts, 1) / counts.sum()), dtype=torch.float32, device=device)
+
+
+def pick_on_val(make_fn, features, labels, device, grid=TAU_GRID) -> tuple[float, dict]:
+    """The value of ``grid`` whose ``make_fn(value)`` scores the best top-1 on these (val) rows, the
+    first (smallest) among ties, and every value's score."""
+    scores = [float(np.mean(predict(make_fn(v), features, device) == labels)) for v in grid]
+    return float(grid[int(np.argmax(scores))]), dict(zip(map(float, grid), scores))
+
+
 def split_metrics(logits_fn, split, train_counts, device) -> dict:
     return evaluate(predict(logits_fn, split.features, device), split.labels, train_counts)
 

@@ -9,16 +9,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from glag.classify.common import as_tensor, cosine_lr, predict, torch_device
+from glag.classify.common import as_tensor, cosine_lr, log_prior, pick_on_val, predict, torch_device
 from glag.metrics import evaluate, per_class_accuracy
 from glag.errors import GlagError
 from glag.extract.losses import gradual_lambda
 from glag.generate.afg import AFG, SamplingConfig
 from glag.generate.stats import tukey
 from glag.generate.stream import FeatureStream
-
-
-LA_GRID = np.round(np.arange(0.0, 2.01, 0.1), 2)  # the same grid as the post-hoc logit-adjust baseline
 
 
 @dataclass(frozen=True)
@@ -127,11 +124,9 @@ def train_glag(afg: AFG, cfg: StageTwoConfig, sampling: SamplingConfig = Samplin
     weight, bias = g.weight.detach(), g.bias.detach()
     tau = 0.0
     if cfg.posthoc_la:  # a prior bias left in the classifier, removed with tau picked on val only
-        log_prior = torch.as_tensor(np.log(counts / counts.sum()), dtype=torch.float32, device=device)
-        scores = [float(np.mean(predict(lambda x: g(x) - t * log_prior, val_tukey, device) == val.labels))
-                  for t in LA_GRID]
-        tau = float(LA_GRID[int(np.argmax(scores))])  # the first best: the smallest tau among ties
-        bias = bias - tau * log_prior  # folded into the classifier, so the export predicts the same
+        lp = log_prior(counts, device)
+        tau, _ = pick_on_val(lambda t: (lambda x: g(x) - t * lp), val_tukey, val.labels, device)
+        bias = bias - tau * lp  # folded into the classifier, so the export predicts the same
     head = lambda x: x @ weight.T + bias  # noqa: E731
     val_pred = predict(head, val_tukey, device)
     test = cache.split("test")
