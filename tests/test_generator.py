@@ -19,8 +19,7 @@ def cache(tmp_path):
 
 
 def _draw_many(afg, j, beta, sampling, seed=0):
-    rng = np.random.default_rng(seed)
-    return afg.sample_tail(np.full(N_DRAWS, j), beta, sampling, rng).astype(np.float64)
+    return afg.sample_tail(np.full(N_DRAWS, j), beta, sampling, seed=seed).astype(np.float64)
 
 
 @pytest.mark.parametrize("mode", ["dense", "factor"])
@@ -89,7 +88,9 @@ def test_stream_epoch_tops_every_class_up(cache, n_target, block_mb):
     assert stream.block_rows == (97 if block_mb < 1 else 97 * (64 * 2**20 // (16 * 97)))
     target = n_target or 400
     ys, syn, real_rows = [], [], 0
-    for x, y, s, rows in stream.epoch(0, np.full(6, 0.6)):
+    batches = [b for block in stream.epoch(0, np.full(6, 0.6)) for b in block.batches(97)]
+    assert all(len(b.y) == 97 for b in batches[:-1])
+    for x, y, s, rows in batches:
         assert np.all((rows >= 0) == ~s)
         np.testing.assert_array_equal(cache.split("train").labels[rows[~s]], y[~s])
         assert x.shape == (len(y), 4) and np.isfinite(x).all()
@@ -104,13 +105,43 @@ def test_stream_epoch_tops_every_class_up(cache, n_target, block_mb):
 
 def test_fresh_synthetic_set_each_epoch(cache):
     afg = AFG.build(cache, GeneratorConfig(), device="cpu", save=False)
-    stream = FeatureStream(afg, batch_size=10_000, prefetch=0)
+    stream = FeatureStream(afg, batch_size=10_000)
     beta = np.full(6, 0.6)
-    (x0, y0, s0, _), = list(stream.epoch(0, beta))
-    (x1, y1, s1, _), = list(stream.epoch(1, beta))
-    (x0b, _, _, _), = list(stream.epoch(0, beta))
-    assert not np.allclose(np.sort(x0[s0], 0), np.sort(x1[s1], 0))
-    np.testing.assert_array_equal(x0, x0b)  # epochs are reproducible from (seed, epoch)
+    (b0,), (b1,), (b0b,) = (list(stream.epoch(e, beta)) for e in (0, 1, 0))
+    s0, s1 = b0.rows < 0, b1.rows < 0
+    assert sorted(b0.mix) == list(range(len(b0.y))) and not np.array_equal(b0.mix, b1.mix)
+    assert not np.allclose(np.sort(b0.x[s0], 0), np.sort(b1.x[s1], 0))
+    np.testing.assert_array_equal(b0.x, b0b.x)  # epochs are reproducible from (seed, epoch)
+    # real rows are the Tukey-space cache rows, synthetic rows carry their epoch's beta
+    np.testing.assert_allclose(b0.x[~s0], tukey(np.asarray(cache.split("train").features)[b0.rows[~s0]], 0.5), rtol=1e-6)
+    (b0_beta0,) = stream.epoch(0, np.zeros(6))
+    moved = np.abs(b0.x - b0_beta0.x).max(1) > 0
+    assert moved[s0].sum() > 0 and not moved[~s0].any()
+
+
+def test_pipeline_gives_the_same_blocks_as_the_plain_stream(cache):
+    afg = AFG.build(cache, GeneratorConfig(), device="cpu", save=False)
+    stream = FeatureStream(afg, SamplingConfig(alpha=0.1), batch_size=50, seed=5, block_mb=2e-3)
+    betas = [np.full(6, 0.1 * e) for e in range(3)]
+    want = [np.concatenate([b.x for b in stream.epoch(e, betas[e])]) for e in range(3)]
+    with stream.pipeline(3, prepare=lambda block: len(block.y)) as pipe:
+        for e in range(3):
+            blocks = list(pipe.epoch(e, betas[e]))
+            assert all(b.extra == len(b.y) for b in blocks) and len(blocks) > 1
+            np.testing.assert_array_equal(np.concatenate([b.x for b in blocks]), want[e])
+
+
+def test_pipeline_reraises_and_stops(cache):
+    afg = AFG.build(cache, GeneratorConfig(), device="cpu", save=False)
+    stream = FeatureStream(afg, batch_size=50, block_mb=2e-3)
+
+    def boom(block):
+        raise ValueError("prepare failed")
+
+    with stream.pipeline(2, prepare=boom) as pipe, pytest.raises(ValueError, match="prepare failed"):
+        list(pipe.epoch(0, np.zeros(6)))
+    with stream.pipeline(5) as pipe:  # left after one block: close() must not hang
+        next(iter(pipe.epoch(0, np.zeros(6))))
 
 
 def test_tail_draws_spread_evenly(cache):
@@ -144,7 +175,8 @@ def test_support_set_rules():
 
 
 def test_class_stats_single_sample_and_unbiased(cache):
-    s = class_stats(cache.split("train"), 1.0)
+    train = cache.split("train")
+    s = class_stats(np.asarray(train.features), train.offsets)
     assert np.all(s.covs[5] == 0)
     x = np.asarray(cache.split("train").of_class(3), dtype=np.float64)
     np.testing.assert_allclose(s.covs[3], np.cov(x.T, ddof=1), atol=1e-5)
@@ -159,7 +191,7 @@ def test_stats_file_round_trip(cache):
     b = AFG.build(cache, cfg, device="cpu")
     np.testing.assert_array_equal(a.supports.support, b.supports.support)
     np.testing.assert_array_equal(a.stats.means, b.stats.means)
-    np.testing.assert_allclose(a.factors.chol, b.factors.chol)
+    np.testing.assert_allclose(a.factors.chol_t, b.factors.chol_t)
 
 
 def test_bad_generator_inputs(cache):
@@ -184,7 +216,7 @@ def test_numpy_and_cupy_statistics_agree(cache):
     np.testing.assert_allclose(a.stats.covs, cp.asnumpy(b.stats.covs), atol=1e-5)
     np.testing.assert_array_equal(a.supports.support, b.supports.support)
     j = int(np.flatnonzero(a.supports.classes == 4)[0])
-    x = cp.asnumpy(b.sample_tail(cp.full(N_DRAWS, j), np.full(6, 0.6), SamplingConfig(), cp.random.default_rng(0)))
+    x = cp.asnumpy(b.sample_tail(np.full(N_DRAWS, j), np.full(6, 0.6), SamplingConfig(), seed=0))
     assert np.abs(np.cov(x.T) - a.calibrated(j, 0.6)[1]).max() < 0.01
 
 

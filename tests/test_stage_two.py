@@ -206,3 +206,71 @@ def test_posthoc_la_shifts_bias_by_val_tuned_prior(cache):
     assert plain["posthoc_tau"] == 0.0 and 0.0 <= tau <= 2.0
     np.testing.assert_allclose(la["bias"], plain["bias"] - tau * np.log(counts / counts.sum()), rtol=1e-5, atol=1e-5)
     assert la["val"]["top1"] >= plain["val"]["top1"]  # tau = 0 is on the grid
+
+
+@pytest.mark.parametrize("momentum,wd,kd_coef", [(0.9, 5e-4, 0.7), (0.0, 0.0, 0.0)])
+def test_linear_sgd_matches_autograd_and_torch_sgd(momentum, wd, kd_coef):
+    from glag.classify.linear_sgd import LinearSGD
+
+    d, C, T = 6, 5, 2.0
+    g = LinearSGD(d, C, momentum=momentum, weight_decay=wd, device="cpu", seed=1)
+    ref = torch.nn.Linear(d, C)
+    with torch.no_grad():
+        ref.weight.copy_(g.weight)
+        ref.bias.copy_(g.bias)
+    opt = torch.optim.SGD(ref.parameters(), lr=0.3, momentum=momentum, weight_decay=wd)
+    gen = torch.Generator().manual_seed(0)
+    ce_ref = kd_ref = 0.0
+    for step in range(4):
+        x, y = torch.randn(9, d, generator=gen), torch.randint(0, C, (9,), generator=gen)
+        rows = torch.tensor([0, 3, 4, 8])
+        teacher = torch.randn(len(rows), C, generator=gen)
+        p = torch.softmax(teacher / T, 1)
+        lr = 0.3 / (step + 1)
+        g.step(x, y, lr, kd_rows=rows, kd_target=p, kd_coef=kd_coef, temperature=T,
+               kd_neg_entropy=(p * torch.log(p)).sum())
+        for grp in opt.param_groups:
+            grp["lr"] = lr
+        logits = ref(x)
+        ce, kd = torch.nn.functional.cross_entropy(logits, y), kd_loss(logits[rows], teacher, T)
+        loss = ce + kd_coef * kd if kd_coef else ce
+        ce_ref += float(ce.detach())
+        kd_ref += float(kd.detach()) if kd_coef else 0.0
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        torch.testing.assert_close(g.weight, ref.weight.detach(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(g.bias, ref.bias.detach(), rtol=1e-5, atol=1e-6)
+    ce_sum, kd_sum = g.take_sums()
+    assert ce_sum == pytest.approx(ce_ref, rel=1e-5) and kd_sum == pytest.approx(kd_ref, rel=1e-4, abs=1e-7)
+
+
+@pytest.mark.parametrize("mode", ["dense", "factor"])
+def test_fixed_seed_gives_the_same_run(cache, mode):
+    afg = AFG.build(cache, GeneratorConfig(mode=mode), device="cpu", save=False)
+    a, b = (train_glag(afg, FAST, SamplingConfig(alpha=0.1), progress=False) for _ in range(2))
+    np.testing.assert_array_equal(a["weight"], b["weight"])
+    assert a["history"] == b["history"]
+    c = train_glag(afg, StageTwoConfig(epochs=4, batch_size=128, seed=1), SamplingConfig(alpha=0.1), progress=False)
+    assert not np.array_equal(a["weight"], c["weight"])
+
+
+@pytest.mark.parametrize("table_bytes", [0, 1 << 30])  # per block, and from the table of every row
+def test_kd_targets_are_the_stage_one_teacher_on_cached_rows(cache, monkeypatch, table_bytes):
+    from glag.classify import stage_two
+    from glag.classify.stage_two import kd_targets
+    from glag.generate.stream import FeatureStream
+
+    monkeypatch.setattr(stage_two, "TEACHER_TABLE_BYTES", table_bytes)
+    afg = AFG.build(cache, GeneratorConfig(), device="cpu", save=False)
+    tail = cache.train_counts < afg.cfg.tail_below
+    block = next(iter(FeatureStream(afg, batch_size=64).epoch(0, np.zeros(6))))
+    rows, bounds, p, neg_ent = kd_targets(afg, cache.head_fn(), 64, 2.0, "cpu")(block)
+    in_batch_order = block.rows[block.mix]
+    pos = np.flatnonzero((in_batch_order >= 0) & ~tail[block.y[block.mix]])
+    assert len(pos) == int((~tail[cache.split("train").labels]).sum()) and bounds[-1] == len(pos)
+    np.testing.assert_array_equal(rows.numpy(), pos % 64)
+    np.testing.assert_array_equal(np.diff(bounds), np.bincount(pos // 64, minlength=len(bounds) - 1))
+    want = torch.softmax(torch.as_tensor(cache.stage_one_logits(cache.split("train").features[in_batch_order[pos]])) / 2, 1)
+    torch.testing.assert_close(p, want, rtol=1e-4, atol=1e-6)
+    assert float(neg_ent.sum()) == pytest.approx(float((want * want.log()).sum()), rel=1e-4)

@@ -143,6 +143,25 @@ class SplitView:
         return np.diff(self.offsets)
 
 
+def read_rows(features: np.ndarray, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Rows ``start:stop`` of a split's features as an in-memory copy. A memory-mapped array is read
+    with plain file reads, so the pages never count in this process's resident memory."""
+    if not isinstance(features, np.memmap) or features.filename is None:
+        rows = np.asarray(features[start:stop])
+        if out is None:
+            return rows.copy()
+        out[...] = rows
+        return out
+    row_bytes = features.dtype.itemsize * int(np.prod(features.shape[1:], dtype=np.int64))
+    if out is None:
+        out = np.empty((stop - start,) + features.shape[1:], dtype=features.dtype)
+    with open(features.filename, "rb") as fh:
+        fh.seek(features.offset + start * row_bytes)
+        if fh.readinto(memoryview(out).cast("B")) != (stop - start) * row_bytes:
+            raise GlagError(f"cache '{features.filename}' is truncated (rows {start}:{stop} are missing); re-extract it")
+    return out
+
+
 def _memmap(path: Path, dset: h5py.Dataset) -> np.ndarray:
     offset = dset.id.get_offset() if dset.chunks is None and dset.compression is None else None
     if offset is None or dset.size == 0:

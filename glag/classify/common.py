@@ -30,7 +30,8 @@ def predict(logits_fn, features: np.ndarray, device, batch: int = 8192) -> np.nd
     """argmax of ``logits_fn`` over ``features`` in chunks."""
     out = []
     for s in range(0, len(features), batch):
-        x = torch.as_tensor(np.array(features[s:s + batch], dtype=np.float32), device=device)
+        x = features[s:s + batch]
+        x = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.array(x, dtype=np.float32), device=device)
         out.append(logits_fn(x).argmax(1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0, np.int64)
 

@@ -2,19 +2,23 @@
 features, CE + lam2(e) * KD on real head-class rows, adaptive per-class confidence beta_c."""
 from __future__ import annotations
 
+import os
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from glag.classify.common import as_tensor, cosine_lr, log_prior, pick_on_val, predict, torch_device
+from glag.classify.linear_sgd import LinearSGD
 from glag.metrics import evaluate, per_class_accuracy
 from glag.errors import GlagError
 from glag.extract.losses import gradual_lambda
 from glag.generate.afg import AFG, SamplingConfig
-from glag.generate.stats import tukey
+from glag.generate.stats import tukey, untukey
 from glag.generate.stream import FeatureStream
 
 
@@ -63,72 +67,124 @@ def update_beta(beta, acc_now, acc_prev, tail_mask, cfg: StageTwoConfig):
     return np.clip(new, cfg.beta_min, cfg.beta_max)
 
 
+@contextmanager
+def cpu_threads_beside_generator(xp):
+    """On CPU, leave one core to the generator thread: torch, BLAS and OpenMP pools get one fewer.
+    Their idle workers spin, so a pool as wide as the machine starves the generator (measured on
+    2 cores: 108 ms per CIFAR-shaped epoch with full pools, 51 ms with one thread each)."""
+    if xp is not np:
+        yield
+        return
+    n = max(1, len(os.sched_getaffinity(0)) - 1) if hasattr(os, "sched_getaffinity") else max(1, (os.cpu_count() or 2) - 1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(min(n, before))
+    try:
+        with threadpool_limits(min(n, before)):
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
+TEACHER_TABLE_BYTES = 256 << 20  # teacher outputs for every train row are kept when they fit this
+
+
+def kd_targets(afg: AFG, teacher, batch_size: int, temperature: float, device):
+    """``prepare`` for the stream (runs in its thread): the stage-one teacher's probabilities at
+    temperature T for a block's real head-class rows, in batch order, with their batch-local
+    positions, per-batch bounds and per-batch sums of ``p log p``. When a table of every train
+    row's outputs fits ``TEACHER_TABLE_BYTES`` it is computed once, else per block."""
+    def outputs(tukey_rows):
+        f = untukey(tukey_rows, afg.cfg.lt, afg.xp)  # the cached features, back from Tukey space
+        logp = torch.log_softmax(teacher(as_tensor(f, device)) / temperature, 1)
+        p = logp.exp()
+        return p, (p * logp).sum(1)
+
+    n, C = afg.rows.shape[0], afg.cache.num_classes
+    table = None
+    if n * C * 4 <= TEACHER_TABLE_BYTES:
+        with torch.no_grad():
+            table = outputs(afg.rows)
+
+    def prepare(block):
+        pos = np.flatnonzero(block.mix < block.n_head)  # batch positions holding a real head row
+        bounds = np.searchsorted(pos, np.arange(0, len(block.y) + batch_size, batch_size))
+        with torch.no_grad():
+            if table is not None:
+                at = torch.as_tensor(block.rows[block.mix[pos]], device=device)
+                p, row_ne = table[0][at], table[1][at]
+            else:
+                p, row_ne = outputs(block.x[:block.n_head])
+                at = torch.as_tensor(block.mix[pos], device=device)
+                p, row_ne = p[at], row_ne[at]
+            neg_ent = torch.zeros(len(bounds) - 1, dtype=torch.float32, device=device)
+            neg_ent.index_add_(0, torch.as_tensor(pos // batch_size, device=device), row_ne)
+        return torch.as_tensor(pos % batch_size, device=device), bounds, p, neg_ent
+    return prepare
+
+
 def train_glag(afg: AFG, cfg: StageTwoConfig, sampling: SamplingConfig = SamplingConfig(),
                progress: bool = True, log=None) -> dict:
     """Train the stage-two classifier; returns its weights, the beta history and val/test metrics.
 
     Only train and val rows inform training and the beta updates; test is read once, at the end.
+    Blocks of real + synthetic rows are made in a background thread while the classifier trains.
     """
     cfg = cfg.check()
     cache, xp = afg.cache, afg.xp
     device = torch_device(xp)
-    torch.manual_seed(cfg.seed)
     C, d = cache.num_classes, cache.feature_dim
     counts = cache.train_counts
     tail = counts < afg.cfg.tail_below
-    train = cache.split("train")
     val = cache.split("val")
-    teacher = cache.head_fn(device)
-    g = torch.nn.Linear(d, C).to(device)
-    opt = torch.optim.SGD(g.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    stream = FeatureStream(afg, sampling, cfg.batch_size, seed=cfg.seed, synthetic=cfg.generate)
+    g = LinearSGD(d, C, momentum=cfg.momentum, weight_decay=cfg.weight_decay, device=device, seed=cfg.seed)
+    stream = FeatureStream(afg, sampling, cfg.batch_size, seed=cfg.seed, synthetic=cfg.generate, normals_ahead=0)
     steps = -(-stream.rows_per_epoch() // cfg.batch_size)
     beta = np.where(tail, cfg.beta_init, 0.0).astype(np.float64)
     val_tukey = tukey(np.asarray(val.features, dtype=np.float32), afg.cfg.lt)
+    val_x = torch.as_tensor(val_tukey, device=device)
     has_val = np.bincount(val.labels, minlength=C) > 0
     history, prev_acc = [], None
+    prepare = kd_targets(afg, cache.head_fn(device), cfg.batch_size, cfg.kd_temperature, device) if cfg.kd else None
     bar = tqdm(range(cfg.epochs), desc="stage two", leave=False, disable=None if progress else True)  # None: off when not a terminal
-    for e in bar:
-        kd_sum = ce_sum = 0.0
-        for s, batch in enumerate(stream.epoch(e, beta)):
-            t = e + s / steps
-            for grp in opt.param_groups:
-                grp["lr"] = cosine_lr(cfg.lr, t, cfg.epochs)
-            x = as_tensor(batch.x, device)
-            y = torch.as_tensor(batch.y, device=device)
-            logits = g(x)
-            loss = F.cross_entropy(logits, y)
-            ce_sum += float(loss.detach())
-            lam2 = gradual_lambda(t, cfg.epochs, cfg.kd_a, cfg.kd_g) if cfg.kd else 0.0
-            if lam2 > 0:
-                keep = np.flatnonzero(~batch.synthetic & ~tail[batch.y])  # real head-class rows
-                if len(keep):
-                    f = torch.as_tensor(np.asarray(train.features[batch.rows[keep]]), device=device)
-                    kd = kd_loss(logits[torch.as_tensor(keep, device=device)], teacher(f), cfg.kd_temperature)
-                    loss = loss + lam2 * kd
-                    kd_sum += float(kd.detach())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        val_pred = predict(g, val_tukey, device)
-        acc = per_class_accuracy(val_pred, val.labels, C)
-        rec = {"epoch": e + 1, "ce": ce_sum / steps, "kd": kd_sum / steps, "val_top1": float(np.mean(val_pred == val.labels)),
-               "beta": beta[tail].round(4).tolist()}
-        if cfg.adaptive and prev_acc is not None:
-            beta = update_beta(beta, acc, prev_acc, tail & has_val, cfg)
-        prev_acc = acc
-        history.append(rec)
-        bar.set_postfix(val=f"{rec['val_top1']:.3f}")
-        if log:
-            log(f"epoch {e + 1:>3}/{cfg.epochs}  ce {rec['ce']:.4f}  kd {rec['kd']:.4f}  val_top1 {rec['val_top1']:.4f}")
-    weight, bias = g.weight.detach(), g.bias.detach()
+    with stream.pipeline(cfg.epochs, prepare) as pipe, cpu_threads_beside_generator(xp):
+        for e in bar:
+            s = 0
+            for block in pipe.epoch(e, beta):
+                x_block = as_tensor(block.x, device)
+                mix = torch.as_tensor(block.mix, device=device)
+                y_block = torch.as_tensor(block.y[block.mix], device=device)
+                kd_rows, bounds, kd_p, kd_ne = block.extra if cfg.kd else (None, None, None, None)
+                for i, b in enumerate(range(0, len(block.y), cfg.batch_size)):
+                    t = e + s / steps
+                    lam2 = gradual_lambda(t, cfg.epochs, cfg.kd_a, cfg.kd_g) if cfg.kd else 0.0
+                    kw = {}
+                    if lam2 > 0 and bounds[i + 1] > bounds[i]:
+                        r = slice(bounds[i], bounds[i + 1])
+                        kw = dict(kd_rows=kd_rows[r], kd_target=kd_p[r], kd_coef=lam2, temperature=cfg.kd_temperature,
+                                  kd_neg_entropy=kd_ne[i])
+                    x = x_block.index_select(0, mix[b:b + cfg.batch_size])  # the shuffle, as the floor's own gather
+                    g.step(x, y_block[b:b + cfg.batch_size], cosine_lr(cfg.lr, t, cfg.epochs), **kw)
+                    s += 1
+            ce_sum, kd_sum = g.take_sums()
+            val_pred = predict(g.logits, val_x, device)
+            acc = per_class_accuracy(val_pred, val.labels, C)
+            rec = {"epoch": e + 1, "ce": ce_sum / steps, "kd": kd_sum / steps,
+                   "val_top1": float(np.mean(val_pred == val.labels)), "beta": beta[tail].round(4).tolist()}
+            if cfg.adaptive and prev_acc is not None:
+                beta = update_beta(beta, acc, prev_acc, tail & has_val, cfg)
+            prev_acc = acc
+            history.append(rec)
+            bar.set_postfix(val=f"{rec['val_top1']:.3f}")
+            if log:
+                log(f"epoch {e + 1:>3}/{cfg.epochs}  ce {rec['ce']:.4f}  kd {rec['kd']:.4f}  val_top1 {rec['val_top1']:.4f}")
+    weight, bias = g.weight, g.bias
     tau = 0.0
     if cfg.posthoc_la:  # a prior bias left in the classifier, removed with tau picked on val only
         lp = log_prior(counts, device)
-        tau, _ = pick_on_val(lambda t: (lambda x: g(x) - t * lp), val_tukey, val.labels, device)
+        tau, _ = pick_on_val(lambda t: (lambda x: g.logits(x) - t * lp), val_x, val.labels, device)
         bias = bias - tau * lp  # folded into the classifier, so the export predicts the same
     head = lambda x: x @ weight.T + bias  # noqa: E731
-    val_pred = predict(head, val_tukey, device)
+    val_pred = predict(head, val_x, device)
     test = cache.split("test")
     test_pred = predict(head, tukey(np.asarray(test.features, dtype=np.float32), afg.cfg.lt), device)
     return {"weight": weight.cpu().numpy(), "bias": bias.cpu().numpy(), "posthoc_tau": tau,

@@ -46,7 +46,7 @@ def tsne_data(rec: dict, tail_classes: int = 3, per_class: int = 200, seed: int 
         add(tukey(rows[np.sort(take)], afg.cfg.lt), c, "real" if c in tails else "support")
     for c in map(int, tails):
         j = np.flatnonzero(sup.classes == c)
-        draw = afg.sample_tail(np.resize(j, per_class), beta, sampling, np.random.default_rng([seed, c]))
+        draw = afg.sample_tail(np.resize(j, per_class), beta, sampling, seed=seed * 100_003 + c)
         add(np.asarray(draw), c, "generated")
     return np.concatenate(feats), np.asarray(cls), np.asarray(kind), cache.class_names
 

@@ -12,8 +12,8 @@ from glag.cache.format import STATS_MARK, FeatureCache, atomic_path, canonical_j
 from glag.cache.integrity import damaged, seal, write_array
 from glag.errors import GlagError
 from glag.generate.backend import get_xp, to_numpy
-from glag.generate.sampler import DISPERSIONS, Factors, choose_mode, draw
-from glag.generate.stats import ClassStats, check_lt, class_stats, tukey
+from glag.generate.sampler import DISPERSIONS, Factors, Normals, choose_mode, dispersion_noise, dispersion_normals
+from glag.generate.stats import ClassStats, check_lt, class_stats, tukey_rows
 from glag.generate.support import SupportSets, faiss_gpu_available, support_sets
 
 STATS_VERSION = 2  # 2: per-array sha256 checksums
@@ -57,12 +57,16 @@ def stats_path(cache: FeatureCache, cfg: GeneratorConfig) -> Path:
 
 
 class AFG:
-    """Statistics, support sets and factors for one (cache, generator config), on one array backend."""
+    """Statistics, support sets and factors for one (cache, generator config), on one array backend.
+
+    ``rows`` is the Tukey-space copy of the train split (float32, on ``xp``): the statistics, the
+    support sets, the factor-mode factors, the tail samples' own features and the stream's real
+    rows all read it, so the cache's pages are read once and never mapped."""
 
     def __init__(self, cache: FeatureCache, cfg: GeneratorConfig, stats: ClassStats, supports: SupportSets,
-                 factors: Factors, tail_u, xp):
-        self.cache, self.cfg, self.stats, self.supports, self.factors, self.tail_u, self.xp = \
-            cache, cfg, stats, supports, factors, tail_u, xp
+                 factors: Factors, rows, xp):
+        self.cache, self.cfg, self.stats, self.supports, self.factors, self.rows, self.xp = \
+            cache, cfg, stats, supports, factors, rows, xp
 
     # -- construction -----------------------------------------------------------------------------
     @classmethod
@@ -74,12 +78,13 @@ class AFG:
         train = cache.split("train")
         path = stats_path(cache, cfg)
         mode = choose_mode(cfg.mode, cache.num_classes, cache.feature_dim, cfg.max_dense_gb * 2**30)
+        rows = tukey_rows(train.features, cfg.lt, xp)
         if path.is_file():
             counts, means, covs, sup = _read_stats(path, cfg.key(cache.key), cache)
             stats = ClassStats(counts, xp.asarray(means), None if covs is None else xp.asarray(covs))
         else:
-            stats = class_stats(train, cfg.lt, xp, dense=(mode == "dense"))
-            sup = support_sets(_TukeyRows(train.features, cfg.lt), train.labels, stats.counts, to_numpy(stats.means), k=cfg.k,
+            stats = class_stats(rows, train.offsets, xp, dense=(mode == "dense"))
+            sup = support_sets(_HostRows(rows), train.labels, stats.counts, to_numpy(stats.means), k=cfg.k,
                                tail_below=cfg.tail_below, weighting=cfg.weighting,
                                use_gpu=(xp is not np and faiss_gpu_available()))
             if save:
@@ -87,59 +92,79 @@ class AFG:
                 _write_stats(path, cfg.key(cache.key), cfg, stats, sup)
         if mode == "dense":
             if stats.covs is None:
-                stats = class_stats(train, cfg.lt, xp, dense=True)
+                stats = class_stats(rows, train.offsets, xp, dense=True)
             factors = Factors.dense(stats.covs, xp, cfg.eps)
         else:
-            rows = tukey(xp.asarray(np.asarray(train.features), dtype=xp.float32), cfg.lt, xp)
             factors = Factors.factor(rows, train.offsets, stats.means, xp)
-        tail_u = tukey(xp.asarray(np.asarray(train.features[sup.rows]), dtype=xp.float32), cfg.lt, xp)
         cache.ensure_sound()  # the checksums were checked while the statistics were computed
-        return cls(cache, cfg, stats, sup, factors, tail_u, xp)
+        return cls(cache, cfg, stats, sup, factors, rows, xp)
 
     # -- the calibrated distribution (Eq. 8-9), exactly ------------------------------------------
     def calibrated(self, j: int, beta: float, alpha: float = 0.0, dispersion: str = "identity"):
         """Mean and covariance of the calibrated distribution of tail sample ``j`` (float64, NumPy)."""
         means = to_numpy(self.stats.means).astype(np.float64)
-        u = to_numpy(self.tail_u[j]).astype(np.float64)
+        u = to_numpy(self.rows[int(self.supports.rows[j])]).astype(np.float64)
         s, w = self.supports.support[j], self.supports.weights[j]
         keep = s >= 0
         mu = (1 - beta) * u + beta * (w[keep] @ means[s[keep]])
         d = means.shape[1]
         sigma = np.zeros((d, d))
         for c, wc in zip(s[keep], w[keep]):
-            sigma += wc * self.class_cov(int(c))
+            sigma += wc * self.factors.cov(int(c))
         sigma += alpha * (np.eye(d) if dispersion == "identity" else np.ones((d, d)))
         return mu, sigma
 
-    def class_cov(self, c: int) -> np.ndarray:
-        if self.factors.mode == "dense":
-            L = to_numpy(self.factors.chol[c]).astype(np.float64)
-            return L @ L.T
-        a, b = int(self.factors.offsets[c]), int(self.factors.offsets[c + 1])
-        A = to_numpy(self.factors.centred[a:b]).astype(np.float64)
-        return A.T @ A
-
     # -- sampling ----------------------------------------------------------------------------------
-    def sample_tail(self, j, beta_per_class, sampling: SamplingConfig, rng):
-        """One draw per entry of ``j`` (indices of tail samples) from their calibrated distributions."""
-        xp = self.xp
-        j = xp.asarray(j)
-        sup = xp.asarray(self.supports.support)[j]
-        w = xp.asarray(self.supports.weights, dtype=xp.float32)[j]
-        beta = xp.asarray(beta_per_class, dtype=xp.float32)[xp.asarray(self.supports.classes)[j]][:, None]
-        mix = (w[:, :, None] * self.stats.means[xp.maximum(sup, 0)]).sum(axis=1)
-        centers = (1 - beta) * self.tail_u[j] + beta * mix
-        return draw(self.factors, centers, sup, w, xp.ones(len(j), dtype=bool), sampling.alpha, sampling.dispersion, rng)
+    def draws(self, codes: np.ndarray, sampling: SamplingConfig, normals: Normals, out=None) -> Draws:
+        """One draw per plan code (``>= 0``: that tail sample's calibrated distribution, ``< 0``:
+        class ``-code - 1``'s own), written to ``out`` [m, d] in ``Draws.order`` (sorted by first
+        support class, so each class's noise is one GEMM straight into ``out``).
 
-    def sample_class(self, classes, rng):
+        Everything but the confidence term is made here: tail draws are centred at beta = 0 and
+        ``Draws.finish(beta)`` adds ``beta_c (mix - u)``. Noise does not depend on beta, so draws can
+        be made before beta is known."""
+        xp, sup = self.xp, self.supports
+        codes = np.asarray(codes, dtype=np.int64)
+        m, k = len(codes), sup.support.shape[1]
+        first = -codes - 1
+        if len(sup):
+            first = np.where(codes >= 0, sup.support[np.maximum(codes, 0), 0], first)
+        order = np.argsort(first.astype(np.int32), kind="stable")
+        codes = codes[order]
+        tail = codes >= 0
+        tpos, hpos = np.flatnonzero(tail), np.flatnonzero(~tail)
+        j, hc = codes[tpos], -codes[hpos] - 1
+        support = np.full((m, k), -1, dtype=np.int64)
+        coef = np.zeros((m, k), dtype=np.float32)
+        support[tpos], coef[tpos] = sup.support[j], np.sqrt(sup.weights[j])
+        support[hpos, 0], coef[hpos, 0] = hc, 1.0
+        extra = dispersion_normals(len(tpos), self.factors.dim(), sampling.alpha, sampling.dispersion)
+        x = self.factors.noise(support, coef, normals, out=out, reserve_extra=extra)
+        labels = np.empty(m, dtype=np.int64)
+        labels[tpos], labels[hpos] = sup.classes[j], hc
+        delta = None
+        if len(tpos):
+            tx = xp.asarray(tpos)
+            u = self.rows[xp.asarray(sup.rows[j])]
+            delta = -u
+            for s in range(k):  # + sum_s w_s mu_{support_s}: the support mean mixture
+                w = xp.asarray(sup.weights[j, s].astype(np.float32))
+                delta += w[:, None] * self.stats.means[xp.asarray(np.maximum(sup.support[j, s], 0))]
+            if sampling.alpha > 0:
+                u += dispersion_noise(len(tpos), u.shape[1], sampling.alpha, sampling.dispersion, normals)
+            x[tx] += u
+        if len(hpos):
+            x[xp.asarray(hpos)] += self.stats.means[xp.asarray(hc)]
+        return Draws(x, labels, tpos, delta, order, xp)
+
+    def sample_tail(self, j, beta_per_class, sampling: SamplingConfig = SamplingConfig(), seed: int = 0):
+        """One draw per entry of ``j`` (indices of tail samples) from their calibrated distributions."""
+        return self.draws(to_numpy(j), sampling.check(), Normals(self.xp, seed)).finish(beta_per_class).in_input_order()
+
+    def sample_class(self, classes, seed: int = 0):
         """One draw per entry of ``classes`` from that class's own ``N(mu_c, Sigma_c)``."""
-        xp = self.xp
-        classes = xp.asarray(classes)
-        m = len(classes)
-        sup = xp.full((m, 1), -1, dtype=xp.int64)
-        sup[:, 0] = classes
-        w = xp.ones((m, 1), dtype=xp.float32)
-        return draw(self.factors, self.stats.means[classes], sup, w, xp.zeros(m, dtype=bool), 0.0, "identity", rng)
+        codes = -np.asarray(to_numpy(classes), dtype=np.int64) - 1
+        return self.draws(codes, SamplingConfig(), Normals(self.xp, seed)).in_input_order()
 
     def summary(self, n_target: int = 0) -> list[dict]:
         """Per group: classes, real rows, synthetic rows per epoch."""
@@ -159,15 +184,36 @@ class AFG:
         return rows
 
 
-class _TukeyRows:
-    """Rows of a (memory-mapped) feature array, Tukey-transformed only when indexed: support sets
-    need the tail rows alone, so the whole train split is never transformed for them."""
+class Draws:
+    """Synthetic rows made before beta is known, in ``order`` (the caller's codes, sorted);
+    ``finish(beta)`` adds the confidence term in place."""
 
-    def __init__(self, features, lt: float):
-        self.features, self.lt = features, lt
+    def __init__(self, x, labels, tail_pos, delta, order, xp):
+        self.x, self.labels, self.tail_pos, self.delta, self.order, self.xp = x, labels, tail_pos, delta, order, xp
+
+    def finish(self, beta_per_class) -> "Draws":
+        """``x[tail] += beta_c (mix - u)``, once."""
+        if self.delta is not None:
+            xp = self.xp
+            b = xp.asarray(np.asarray(beta_per_class, dtype=np.float32)[self.labels[self.tail_pos]])
+            self.x[xp.asarray(self.tail_pos)] += b[:, None] * self.delta
+            self.delta = None
+        return self
+
+    def in_input_order(self):
+        out = self.xp.empty_like(self.x)
+        out[self.xp.asarray(self.order)] = self.x
+        return out
+
+
+class _HostRows:
+    """Indexing returns NumPy rows (FAISS searches on the host) of an array on any backend."""
+
+    def __init__(self, rows):
+        self.rows = rows
 
     def __getitem__(self, idx):
-        return tukey(np.asarray(self.features[idx], dtype=np.float32), self.lt)
+        return to_numpy(self.rows[idx])
 
 
 def _write_stats(path: Path, key: str, cfg: GeneratorConfig, stats: ClassStats, sup: SupportSets) -> None:
@@ -224,5 +270,6 @@ def _read_stats(path: Path, key: str, cache: FeatureCache):
 
 def describe(afg: AFG) -> dict:
     return {"stats_file": str(stats_path(afg.cache, afg.cfg)), "mode": afg.factors.mode,
-            "factor_MB": round(afg.factors.nbytes() / 2**20, 2), "tail_samples": len(afg.supports),
+            "factor_MB": round(afg.factors.nbytes() / 2**20, 2),
+            "tukey_rows_MB": round(int(afg.rows.nbytes) / 2**20, 2), "tail_samples": len(afg.supports),
             "backend": afg.xp.__name__, "config": json.loads(canonical_json(asdict(afg.cfg)))}

@@ -1,11 +1,14 @@
-"""Per-class statistics in Tukey space (Eq. 5-6), computed in one pass over the cache's class slices."""
+"""Per-class statistics in Tukey space (Eq. 5-6), from one in-memory Tukey copy of the train rows."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
 
+from glag.cache.format import read_rows
 from glag.errors import GlagError
+
+CHUNK_BYTES = 64 << 20  # rows read and transformed at a time when the Tukey copy is built
 
 
 def tukey(x, lt: float, xp=np):
@@ -15,10 +18,36 @@ def tukey(x, lt: float, xp=np):
     return xp.sign(x) * xp.abs(x) ** lt
 
 
+def untukey(x, lt: float, xp=np):
+    """The inverse of ``tukey``: ``sign(x) |x|^(1/lt)``."""
+    if lt == 1.0:
+        return x
+    if lt == 0.5:
+        return x * xp.abs(x)
+    return xp.sign(x) * xp.abs(x) ** (1.0 / lt)
+
+
 def check_lt(lt: float) -> float:
     if not (0.0 < lt <= 1.0):
         raise GlagError(f"Tukey power lt={lt} is invalid; it must lie in (0, 1]")
     return float(lt)
+
+
+def tukey_rows(features, lt: float, xp=np):
+    """``tukey(features)`` as one float32 array on ``xp``, built a chunk at a time: the peak is the
+    copy itself plus one chunk, and a memory-mapped cache is read without mapping its pages."""
+    n, d = features.shape
+    out = xp.empty((n, d), dtype=xp.float32)
+    step = max(1, CHUNK_BYTES // max(1, 4 * d))
+    buf = np.empty((min(step, n), d), dtype=np.float32) if features.dtype == np.float32 else None
+    for a in range(0, n, step):
+        b = min(n, a + step)
+        rows = read_rows(features, a, b, None if buf is None else buf[:b - a]).astype(np.float32, copy=False)
+        chunk = xp.asarray(rows)
+        if lt != 1.0:
+            chunk = tukey(chunk, lt, xp)
+        out[a:b] = chunk
+    return out
 
 
 @dataclass
@@ -30,18 +59,19 @@ class ClassStats:
     covs: object | None
 
 
-def class_stats(split, lt: float, xp=np, dense: bool = True) -> ClassStats:
-    """Mean and unbiased covariance of each class's Tukey-transformed rows (zero covariance when n_c = 1)."""
-    counts = np.asarray(split.counts, dtype=np.int64)
-    C = len(counts)
-    d = split.features.shape[1]
+def class_stats(rows, offsets, xp=np, dense: bool = True) -> ClassStats:
+    """Mean and unbiased covariance of each class's Tukey-space ``rows`` (grouped by class with
+    ``offsets`` [C+1]); zero covariance when n_c = 1. Accumulated in float64 one class at a time."""
+    offsets = np.asarray(offsets, dtype=np.int64)
+    counts = np.diff(offsets)
+    C, d = len(counts), rows.shape[1]
     means = xp.zeros((C, d), dtype=xp.float32)
     covs = xp.zeros((C, d, d), dtype=xp.float32) if dense else None
     for c in range(C):
         n = int(counts[c])
         if n == 0:
             continue
-        x = tukey(xp.asarray(np.asarray(split.of_class(c)), dtype=xp.float64), lt, xp)
+        x = rows[offsets[c]:offsets[c + 1]].astype(xp.float64)
         mu = x.mean(axis=0)
         means[c] = mu
         if dense and n > 1:

@@ -1,7 +1,11 @@
-"""Per-epoch streams of shuffled (features, labels, is_synthetic) batches mixing real and synthetic rows.
+"""Per-epoch blocks of shuffled rows mixing real Tukey-space train rows and fresh synthetic draws.
 
-Only a plan of int codes is held per epoch (``>= 0``: a tail sample's index, ``< 0``: a class to
-sample from its own distribution); features are made batch by batch, so memory stays bounded.
+An epoch is a plan of int codes (``>= 0``: a tail sample's index, ``< 0``: a class to sample from
+its own distribution) and one permutation of real rows + planned draws. The permutation is cut
+into blocks of whole batches, at most ``block_mb`` of features each, so memory stays bounded at
+any scale. A block's draws are made before the epoch's confidences (beta) are known (noise does
+not depend on them); ``finish`` adds the beta term. ``Pipeline`` makes blocks in a background
+thread, one block ahead, across epoch boundaries, so generation overlaps training.
 """
 from __future__ import annotations
 
@@ -11,8 +15,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from glag.generate.afg import AFG, SamplingConfig
-from glag.generate.stats import tukey
+from glag.generate.afg import AFG, Draws, SamplingConfig
+from glag.generate.sampler import Normals
 
 
 class Batch(NamedTuple):
@@ -22,114 +26,183 @@ class Batch(NamedTuple):
     rows: np.ndarray     # [B] int64 row of the cache's train split (-1 for synthetic rows)
 
 
+class Block:
+    """Rows ``start:start+R`` of one epoch's permutation, stored grouped: real head-class rows
+    (``x[:n_head]``), other real rows, then synthetic rows (class-sorted, as the generator made
+    them). ``mix`` [R] is the shuffled order: batch i is ``x[mix[i*B:(i+1)*B]]``. ``y``, ``rows``
+    (cache row, -1: synthetic) follow ``x``; ``extra`` is what ``prepare`` attached."""
+
+    def __init__(self, epoch: int, start: int, x, y, rows, n_head: int, mix, draws: Draws | None, xp):
+        self.epoch, self.start, self.x, self.y, self.rows, self.n_head, self.mix = epoch, start, x, y, rows, n_head, mix
+        self._draws, self.xp, self.extra = draws, xp, None
+
+    def finish(self, beta) -> "Block":
+        if self._draws is not None:
+            self._draws.finish(beta)
+            self._draws = None
+        return self
+
+    def batches(self, batch_size: int):
+        for b in range(0, len(self.y), batch_size):
+            sel = self.mix[b:b + batch_size]
+            yield Batch(self.x[self.xp.asarray(sel)], self.y[sel], self.rows[sel] < 0, self.rows[sel])
+
+
 def epoch_plan(afg: AFG, n_target: int, rng: np.random.Generator) -> np.ndarray:
     """Synthetic draws of one epoch: every class topped up to ``n_target`` rows.
 
     A tail class's draws are spread evenly over its real samples (the remainder to a random
     subset); head classes, and tail classes without larger classes, draw from their own distribution.
     """
-    counts = afg.stats.counts
+    counts = np.asarray(afg.stats.counts, dtype=np.int64)
     sup = afg.supports
-    has_support = (sup.support >= 0).any(axis=1)
-    codes = []
-    for c in range(len(counts)):
-        q = int(n_target - counts[c])
-        if q <= 0:
-            continue
-        rows = np.flatnonzero((sup.classes == c) & has_support)
-        if len(rows):
-            per = np.full(len(rows), q // len(rows))
-            per[rng.permutation(len(rows))[: q % len(rows)]] += 1
-            codes.append(np.repeat(rows, per))
-        else:
-            codes.append(np.full(q, -(c + 1), dtype=np.int64))
-    return np.concatenate(codes).astype(np.int64) if codes else np.zeros(0, np.int64)
+    C = len(counts)
+    q = np.maximum(n_target - counts, 0)
+    has = (sup.support >= 0).any(axis=1)
+    j = np.flatnonzero(has)
+    cls = sup.classes[j]
+    per_class = np.bincount(cls, minlength=C)
+    # each supported tail sample: q // n draws, plus one for a random (q % n) of its class's samples
+    rank = np.empty(len(j), dtype=np.int64)
+    order = np.lexsort((rng.random(len(j)), cls))
+    first = np.concatenate([[0], np.cumsum(per_class)])[cls[order]]
+    rank[order] = np.arange(len(j)) - first
+    n = np.maximum(per_class, 1)
+    per = q[cls] // n[cls] + (rank < q[cls] % n[cls])
+    own = np.flatnonzero((per_class == 0) & (q > 0))
+    codes = np.concatenate([np.repeat(j, per), np.repeat(-(own + 1), q[own])]) if C else np.zeros(0)
+    return codes.astype(np.int64)
 
 
 class FeatureStream:
-    """Batches for stage two: Tukey-space real train rows plus a fresh synthetic set each epoch."""
+    """Blocks for stage two: Tukey-space real train rows plus a fresh synthetic set each epoch."""
 
     def __init__(self, afg: AFG, sampling: SamplingConfig = SamplingConfig(), batch_size: int = 512,
-                 seed: int = 0, prefetch: int = 2, synthetic: bool = True, block_mb: float = 64.0):
+                 seed: int = 0, synthetic: bool = True, block_mb: float = 64.0, normals_ahead: int = 0):
         self.afg, self.sampling, self.batch_size, self.seed = afg, sampling.check(), batch_size, seed
-        # Features are made a block of whole batches at a time (one GEMM per class per block), a
-        # block holding at most block_mb of features, so memory stays bounded at any scale.
         d = afg.cache.feature_dim
         self.block_rows = batch_size * max(1, int(block_mb * 2**20 / (4 * d * batch_size)))
-        self.prefetch, self.synthetic = prefetch, synthetic
-        train = afg.cache.split("train")
-        self.real, self.labels = train.features, train.labels
+        self.synthetic, self.normals_ahead = synthetic, normals_ahead  # chunks of normals made ahead by a thread
+        self.labels = afg.cache.split("train").labels
         self.n_target = sampling.n_target or int(afg.stats.counts.max())
 
     def rows_per_epoch(self) -> int:
         syn = np.maximum(self.n_target - self.afg.stats.counts, 0).sum() if self.synthetic else 0
         return len(self.labels) + int(syn)
 
-    def epoch(self, e: int, beta: np.ndarray):
-        """Iterator over epoch ``e``'s batches; ``beta`` [C] is each class's confidence."""
-        gen = self._batches(e, np.asarray(beta, dtype=np.float32))
-        return _prefetched(gen, self.prefetch) if self.prefetch > 0 else gen
-
-    def _batches(self, e: int, beta: np.ndarray):
+    def _blocks(self, e: int):
+        """Epoch ``e``'s unfinished blocks, in order; the randomness is fixed by (seed, e)."""
         afg, xp = self.afg, self.afg.xp
         rng = np.random.default_rng([self.seed, e])
-        xrng = xp.random.default_rng(int(rng.integers(2**63)))
+        normals = Normals(xp, int(rng.integers(2**63)), ahead=self.normals_ahead)
+        try:
+            yield from self._epoch_blocks(e, rng, normals)
+        finally:
+            normals.close()
+
+    def _epoch_blocks(self, e: int, rng, normals):
+        afg, xp = self.afg, self.afg.xp
         plan = epoch_plan(afg, self.n_target, rng) if self.synthetic else np.zeros(0, np.int64)
         n_real = len(self.labels)
         order = rng.permutation(n_real + len(plan))
+        head = afg.stats.counts >= afg.cfg.tail_below
         for start in range(0, len(order), self.block_rows):
             idx = order[start:start + self.block_rows]
-            real_idx = np.sort(idx[idx < n_real])  # sorted: sequential reads from the memory-mapped cache
+            real = idx[idx < n_real]
+            is_head = head[self.labels[real]]
+            real = np.concatenate([real[is_head], real[~is_head]])  # head rows first: the KD rows
             codes = plan[idx[idx >= n_real] - n_real]
-            tail_j, head_c = codes[codes >= 0], -codes[codes < 0] - 1
-            parts = [tukey(xp.asarray(np.asarray(self.real[real_idx]), dtype=xp.float32), afg.cfg.lt, xp)]
-            labels, rows = [self.labels[real_idx]], [real_idx]
-            if len(tail_j):
-                parts.append(afg.sample_tail(tail_j, beta, self.sampling, xrng))
-                labels.append(afg.supports.classes[tail_j])
-            if len(head_c):
-                parts.append(afg.sample_class(head_c, xrng))
-                labels.append(head_c)
-            x = xp.concatenate(parts)
-            y = np.concatenate(labels).astype(np.int64)
-            row = np.concatenate(rows + [np.full(len(y) - len(real_idx), -1, np.int64)])
-            mix = rng.permutation(len(y))  # parts are grouped; mix them before cutting batches
-            mix_x = xp.asarray(mix)
-            for b in range(0, len(y), self.batch_size):
-                sel = mix[b:b + self.batch_size]
-                yield Batch(x[mix_x[b:b + self.batch_size]], y[sel], row[sel] < 0, row[sel])
+            nr = len(real)
+            x = xp.empty((len(idx), afg.rows.shape[1]), dtype=xp.float32)
+            x[:nr] = afg.rows[xp.asarray(real)]
+            y = np.empty(len(idx), dtype=np.int64)
+            y[:nr] = self.labels[real]
+            draws = None
+            if len(codes):
+                draws = afg.draws(codes, self.sampling, normals, out=x[nr:])
+                y[nr:] = draws.labels
+            rows = np.concatenate([real, np.full(len(codes), -1, dtype=np.int64)])
+            yield Block(e, start, x, y, rows, int(is_head.sum()), rng.permutation(len(idx)), draws, xp)
+
+    def epoch(self, e: int, beta):
+        """Epoch ``e``'s finished blocks, made here (no thread); ``beta`` [C] is each class's confidence."""
+        beta = np.asarray(beta, dtype=np.float32)
+        for block in self._blocks(e):
+            yield block.finish(beta)
+
+    def pipeline(self, epochs: int, prepare=None) -> "Pipeline":
+        """Blocks of epochs ``0..epochs-1`` made in a background thread; ``prepare(block)`` runs
+        there too and its result is attached as ``block.extra``."""
+        return Pipeline(self, epochs, prepare)
 
 
-def _prefetched(gen, depth: int):
-    """Run ``gen`` in a background thread, ``depth`` batches ahead (NumPy/CuPy release the GIL)."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
-    stop = threading.Event()
+class Pipeline:
+    """A producer thread making blocks one ahead of the consumer; a block of epoch e waits only for
+    beta_e (its draws are made before). Use as ``for block in pipe.epoch(e, beta)``, then ``close()``."""
 
-    def work():
+    _END = object()
+
+    def __init__(self, stream: FeatureStream, epochs: int, prepare=None, depth: int = 1):
+        self.stream, self.epochs, self.prepare = stream, epochs, prepare
+        self._q: queue.Queue = queue.Queue(maxsize=depth)
+        self._beta: dict[int, np.ndarray] = {}
+        self._beta_set = threading.Condition()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._work, daemon=True)
+        self._thread.start()
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _beta_of(self, e: int):
+        with self._beta_set:
+            while e not in self._beta and not self._stop.is_set():
+                self._beta_set.wait(0.05)
+            return self._beta.pop(e, None)
+
+    def _work(self) -> None:
         try:
-            for item in gen:
-                if stop.is_set():
+            for e in range(self.epochs):
+                beta = None
+                for block in self.stream._blocks(e):
+                    if self.prepare is not None:
+                        block.extra = self.prepare(block)
+                    if beta is None:
+                        beta = self._beta_of(e)
+                        if beta is None:
+                            return
+                    if not self._put(block.finish(beta)):
+                        return
+                if not self._put(self._END):
                     return
-                q.put(item)
         except BaseException as exc:  # re-raised in the consumer
-            q.put(exc)
-        q.put(done)
+            self._put(exc)
 
-    t = threading.Thread(target=work, daemon=True)
-    t.start()
-    try:
+    def epoch(self, e: int, beta):
+        """Epoch ``e``'s finished blocks; epochs must be asked for in order."""
+        with self._beta_set:
+            self._beta[e] = np.asarray(beta, dtype=np.float32).copy()
+            self._beta_set.notify_all()
         while True:
-            item = q.get()
-            if item is done:
+            item = self._q.get()
+            if item is self._END:
                 return
             if isinstance(item, BaseException):
                 raise item
             yield item
-    finally:
-        stop.set()
-        while t.is_alive():
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                t.join(0.01)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def __enter__(self) -> "Pipeline":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
