@@ -119,29 +119,38 @@ def test_fresh_synthetic_set_each_epoch(cache):
     assert moved[s0].sum() > 0 and not moved[~s0].any()
 
 
-def test_pipeline_gives_the_same_blocks_as_the_plain_stream(cache):
+@pytest.mark.parametrize("ahead", [0, 1, 3])
+def test_feed_gives_the_same_blocks_however_far_ahead(cache, ahead):
+    import torch
+
+    from glag.generate.feed import feed, finish
+
     afg = AFG.build(cache, GeneratorConfig(), device="cpu", save=False)
     stream = FeatureStream(afg, SamplingConfig(alpha=0.1), batch_size=50, seed=5, block_mb=2e-3)
-    betas = [np.full(6, 0.1 * e) for e in range(3)]
-    want = [np.concatenate([b.x for b in stream.epoch(e, betas[e])]) for e in range(3)]
-    with stream.pipeline(3, prepare=lambda block: len(block.y)) as pipe:
-        for e in range(3):
-            blocks = list(pipe.epoch(e, betas[e]))
-            assert all(b.extra == len(b.y) for b in blocks) and len(blocks) > 1
-            np.testing.assert_array_equal(np.concatenate([b.x for b in blocks]), want[e])
+    assert stream.blocks_per_epoch() > 2
+    betas = [np.full(6, 0.1 * e, dtype=np.float32) for e in range(3)]
+    want = [[b for b in stream.epoch(e, betas[e])] for e in range(3)]
+    fed = feed(stream, 3, lambda block: len(block.y), "cpu", ahead)
+    for e in range(3):
+        for w in want[e]:
+            got = finish(next(fed), torch.as_tensor(betas[e]))
+            assert got.epoch == e and got.extra == len(w.y)
+            np.testing.assert_array_equal(got.x.numpy(), w.x)
+            np.testing.assert_array_equal(got.y.numpy(), w.y[w.mix])
+    assert next(fed, None) is None
 
 
-def test_pipeline_reraises_and_stops(cache):
-    afg = AFG.build(cache, GeneratorConfig(), device="cpu", save=False)
-    stream = FeatureStream(afg, batch_size=50, block_mb=2e-3)
+def test_thread_feed_reraises(cache):
+    from glag.generate import feed as feed_mod
 
-    def boom(block):
-        raise ValueError("prepare failed")
+    def boom():
+        yield 1
+        raise ValueError("generator failed")
 
-    with stream.pipeline(2, prepare=boom) as pipe, pytest.raises(ValueError, match="prepare failed"):
-        list(pipe.epoch(0, np.zeros(6)))
-    with stream.pipeline(5) as pipe:  # left after one block: close() must not hang
-        next(iter(pipe.epoch(0, np.zeros(6))))
+    it = feed_mod._threaded(boom())
+    assert next(it) == 1
+    with pytest.raises(ValueError, match="generator failed"):
+        next(it)
 
 
 def test_tail_draws_spread_evenly(cache):

@@ -19,6 +19,7 @@ from glag.errors import GlagError
 from glag.extract.losses import gradual_lambda
 from glag.generate.afg import AFG, SamplingConfig
 from glag.generate.stats import tukey, untukey
+from glag.generate.feed import feed, finish
 from glag.generate.stream import FeatureStream
 
 
@@ -69,17 +70,19 @@ def update_beta(beta, acc_now, acc_prev, tail_mask, cfg: StageTwoConfig):
 
 @contextmanager
 def cpu_threads_beside_generator(xp):
-    """On CPU, leave one core to the generator thread: torch, BLAS and OpenMP pools get one fewer.
-    Their idle workers spin, so a pool as wide as the machine starves the generator (measured on
-    2 cores: 108 ms per CIFAR-shaped epoch with full pools, 51 ms with one thread each)."""
+    """On CPU, leave one core to the generator thread: torch, BLAS and OpenMP pools get one thread
+    fewer (at least one). Idle pool workers spin, so a pool as wide as the machine starves the
+    generator (measured on 2 cores: 108 ms per CIFAR-shaped epoch with full pools, 51 ms with one
+    thread each)."""
     if xp is not np:
         yield
         return
-    n = max(1, len(os.sched_getaffinity(0)) - 1) if hasattr(os, "sched_getaffinity") else max(1, (os.cpu_count() or 2) - 1)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     before = torch.get_num_threads()
-    torch.set_num_threads(min(n, before))
+    n = max(1, min(before, cores - 1))
+    torch.set_num_threads(n)
     try:
-        with threadpool_limits(min(n, before)):
+        with threadpool_limits(n):
             yield
     finally:
         torch.set_num_threads(before)
@@ -127,7 +130,7 @@ def train_glag(afg: AFG, cfg: StageTwoConfig, sampling: SamplingConfig = Samplin
     """Train the stage-two classifier; returns its weights, the beta history and val/test metrics.
 
     Only train and val rows inform training and the beta updates; test is read once, at the end.
-    Blocks of real + synthetic rows are made in a background thread while the classifier trains.
+    Blocks of real + synthetic rows are made ahead by a background thread while the classifier trains.
     """
     cfg = cfg.check()
     cache, xp = afg.cache, afg.xp
@@ -137,7 +140,7 @@ def train_glag(afg: AFG, cfg: StageTwoConfig, sampling: SamplingConfig = Samplin
     tail = counts < afg.cfg.tail_below
     val = cache.split("val")
     g = LinearSGD(d, C, momentum=cfg.momentum, weight_decay=cfg.weight_decay, device=device, seed=cfg.seed)
-    stream = FeatureStream(afg, sampling, cfg.batch_size, seed=cfg.seed, synthetic=cfg.generate, normals_ahead=0)
+    stream = FeatureStream(afg, sampling, cfg.batch_size, seed=cfg.seed, synthetic=cfg.generate)
     steps = -(-stream.rows_per_epoch() // cfg.batch_size)
     beta = np.where(tail, cfg.beta_init, 0.0).astype(np.float64)
     val_tukey = tukey(np.asarray(val.features, dtype=np.float32), afg.cfg.lt)
@@ -145,26 +148,26 @@ def train_glag(afg: AFG, cfg: StageTwoConfig, sampling: SamplingConfig = Samplin
     has_val = np.bincount(val.labels, minlength=C) > 0
     history, prev_acc = [], None
     prepare = kd_targets(afg, cache.head_fn(device), cfg.batch_size, cfg.kd_temperature, device) if cfg.kd else None
+    per_epoch = stream.blocks_per_epoch()
     bar = tqdm(range(cfg.epochs), desc="stage two", leave=False, disable=None if progress else True)  # None: off when not a terminal
-    with stream.pipeline(cfg.epochs, prepare) as pipe, cpu_threads_beside_generator(xp):
+    blocks = feed(stream, cfg.epochs, prepare, device)
+    B = cfg.batch_size
+    with cpu_threads_beside_generator(xp):
         for e in bar:
             s = 0
-            for block in pipe.epoch(e, beta):
-                x_block = as_tensor(block.x, device)
-                mix = torch.as_tensor(block.mix, device=device)
-                y_block = torch.as_tensor(block.y[block.mix], device=device)
-                kd_rows, bounds, kd_p, kd_ne = block.extra if cfg.kd else (None, None, None, None)
-                for i, b in enumerate(range(0, len(block.y), cfg.batch_size)):
-                    t = e + s / steps
-                    lam2 = gradual_lambda(t, cfg.epochs, cfg.kd_a, cfg.kd_g) if cfg.kd else 0.0
-                    kw = {}
-                    if lam2 > 0 and bounds[i + 1] > bounds[i]:
-                        r = slice(bounds[i], bounds[i + 1])
-                        kw = dict(kd_rows=kd_rows[r], kd_target=kd_p[r], kd_coef=lam2, temperature=cfg.kd_temperature,
-                                  kd_neg_entropy=kd_ne[i])
-                    x = x_block.index_select(0, mix[b:b + cfg.batch_size])  # the shuffle, as the floor's own gather
-                    g.step(x, y_block[b:b + cfg.batch_size], cosine_lr(cfg.lr, t, cfg.epochs), **kw)
-                    s += 1
+            beta_t = torch.as_tensor(beta, dtype=torch.float32, device=device)
+            for _ in range(per_epoch):
+                block = finish(next(blocks), beta_t)
+                ts = [e + (s + i) / steps for i in range(-(-len(block.y) // B))]
+                s += len(ts)
+                lrs = [cosine_lr(cfg.lr, t, cfg.epochs) for t in ts]
+                if cfg.kd:
+                    kd_rows, bounds, kd_p, kd_ne = block.extra
+                    lam2s = [gradual_lambda(t, cfg.epochs, cfg.kd_a, cfg.kd_g) for t in ts]
+                    g.steps(block.x, block.mix, block.y, lrs, lam2s, kd_rows, bounds.tolist(), kd_p, kd_ne,
+                            batch_size=B, temperature=cfg.kd_temperature)
+                else:
+                    g.steps(block.x, block.mix, block.y, lrs, batch_size=B)
             ce_sum, kd_sum = g.take_sums()
             val_pred = predict(g.logits, val_x, device)
             acc = per_class_accuracy(val_pred, val.labels, C)
@@ -177,6 +180,8 @@ def train_glag(afg: AFG, cfg: StageTwoConfig, sampling: SamplingConfig = Samplin
             bar.set_postfix(val=f"{rec['val_top1']:.3f}")
             if log:
                 log(f"epoch {e + 1:>3}/{cfg.epochs}  ce {rec['ce']:.4f}  kd {rec['kd']:.4f}  val_top1 {rec['val_top1']:.4f}")
+        for _ in blocks:  # exhausts the feed, which lets its workers go
+            raise RuntimeError("the block feed made more blocks than the epochs hold")
     weight, bias = g.weight, g.bias
     tau = 0.0
     if cfg.posthoc_la:  # a prior bias left in the classifier, removed with tau picked on val only

@@ -12,7 +12,8 @@ from glag.cache.format import STATS_MARK, FeatureCache, atomic_path, canonical_j
 from glag.cache.integrity import damaged, seal, write_array
 from glag.errors import GlagError
 from glag.generate.backend import get_xp, to_numpy
-from glag.generate.sampler import DISPERSIONS, Factors, Normals, choose_mode, dispersion_noise, dispersion_normals
+from glag.generate.sampler import (DISPERSIONS, Factors, Normals, add_rows, choose_mode, dispersion_noise, sort_key,
+                                   take_rows)
 from glag.generate.stats import ClassStats, check_lt, class_stats, tukey_rows
 from glag.generate.support import SupportSets, faiss_gpu_available, support_sets
 
@@ -129,7 +130,7 @@ class AFG:
         first = -codes - 1
         if len(sup):
             first = np.where(codes >= 0, sup.support[np.maximum(codes, 0), 0], first)
-        order = np.argsort(first.astype(np.int32), kind="stable")
+        order = np.argsort(sort_key(first, self.cache.num_classes), kind="stable")
         codes = codes[order]
         tail = codes >= 0
         tpos, hpos = np.flatnonzero(tail), np.flatnonzero(~tail)
@@ -138,23 +139,28 @@ class AFG:
         coef = np.zeros((m, k), dtype=np.float32)
         support[tpos], coef[tpos] = sup.support[j], np.sqrt(sup.weights[j])
         support[hpos, 0], coef[hpos, 0] = hc, 1.0
-        extra = dispersion_normals(len(tpos), self.factors.dim(), sampling.alpha, sampling.dispersion)
-        x = self.factors.noise(support, coef, normals, out=out, reserve_extra=extra)
+        x = self.factors.noise(support, coef, normals, out=out)
         labels = np.empty(m, dtype=np.int64)
         labels[tpos], labels[hpos] = sup.classes[j], hc
         delta = None
         if len(tpos):
-            tx = xp.asarray(tpos)
-            u = self.rows[xp.asarray(sup.rows[j])]
-            delta = -u
-            for s in range(k):  # + sum_s w_s mu_{support_s}: the support mean mixture
-                w = xp.asarray(sup.weights[j, s].astype(np.float32))
-                delta += w[:, None] * self.stats.means[xp.asarray(np.maximum(sup.support[j, s], 0))]
+            # centres per distinct tail sample (each is drawn many times), then one gather per draw
+            uniq = np.flatnonzero(np.bincount(j, minlength=len(sup)))
+            inv = np.zeros(len(sup), dtype=np.int64)
+            inv[uniq] = np.arange(len(uniq))
+            inv = xp.asarray(inv[j])
+            u = take_rows(xp, self.rows, xp.asarray(sup.rows[uniq]))
+            mix = xp.zeros_like(u)
+            for s in range(k):  # sum_s w_s mu_{support_s}: the support mean mixture
+                w = xp.asarray(sup.weights[uniq, s].astype(np.float32))
+                mix += w[:, None] * take_rows(xp, self.stats.means, xp.asarray(np.maximum(sup.support[uniq, s], 0)))
+            centre = take_rows(xp, u, inv)
             if sampling.alpha > 0:
-                u += dispersion_noise(len(tpos), u.shape[1], sampling.alpha, sampling.dispersion, normals)
-            x[tx] += u
+                centre += dispersion_noise(len(tpos), u.shape[1], sampling.alpha, sampling.dispersion, normals)
+            add_rows(xp, x, xp.asarray(tpos), centre)
+            delta = take_rows(xp, mix - u, inv)
         if len(hpos):
-            x[xp.asarray(hpos)] += self.stats.means[xp.asarray(hc)]
+            add_rows(xp, x, xp.asarray(hpos), take_rows(xp, self.stats.means, xp.asarray(hc)))
         return Draws(x, labels, tpos, delta, order, xp)
 
     def sample_tail(self, j, beta_per_class, sampling: SamplingConfig = SamplingConfig(), seed: int = 0):
@@ -196,7 +202,7 @@ class Draws:
         if self.delta is not None:
             xp = self.xp
             b = xp.asarray(np.asarray(beta_per_class, dtype=np.float32)[self.labels[self.tail_pos]])
-            self.x[xp.asarray(self.tail_pos)] += b[:, None] * self.delta
+            add_rows(xp, self.x, xp.asarray(self.tail_pos), b[:, None] * self.delta)
             self.delta = None
         return self
 

@@ -12,9 +12,6 @@ back to their draws slot by slot (no scatter with repeated indices).
 """
 from __future__ import annotations
 
-import queue
-import threading
-
 import numpy as np
 import torch
 
@@ -24,99 +21,43 @@ MODES = ("auto", "dense", "factor")
 DISPERSIONS = ("identity", "all-entries")
 
 
+def sort_key(classes: np.ndarray, num_classes: int) -> np.ndarray:
+    """Class indices as the narrowest signed int: NumPy's stable sort of 16-bit keys is a radix sort."""
+    return classes.astype(np.int16 if num_classes < 2**15 else np.int32)
+
+
+def take_rows(xp, a, idx):
+    """``a[idx]`` along rows (``np.take`` is about 2x NumPy's fancy indexing, measured)."""
+    return np.take(a, idx, axis=0) if xp is np else a[idx]
+
+
+def add_rows(xp, out, idx, vals) -> None:
+    """``out[idx] += vals`` for distinct ``idx`` (NumPy arrays through torch's ``index_add_``,
+    about 2x NumPy's fancy-indexed add at random rows, measured)."""
+    if xp is np:
+        torch.from_numpy(out).index_add_(0, torch.from_numpy(np.asarray(idx, dtype=np.int64)), torch.from_numpy(vals))
+    else:
+        out[idx] += vals
+
+
 class Normals:
-    """Standard normal float32 arrays from one seeded stream; callers ``reserve(n)`` before taking.
+    """Standard normal float32 arrays from one seeded stream: on NumPy filled by torch's vectorised
+    sampler (about 3x faster than NumPy's ziggurat, measured), on CuPy by its own generator."""
 
-    On NumPy the values are made by torch's vectorised sampler (about 3x faster than NumPy's
-    ziggurat, measured) in chunks of ``min(CHUNK, reserved - made)``, optionally by a thread of
-    its own up to ``ahead`` chunks in advance, so sampling overlaps the generator's GEMMs. Chunks
-    depend only on the reservations, so the values are the same with or without the thread, and
-    nothing is made that is not reserved. CuPy draws from its own generator on the device."""
-
-    CHUNK = 1 << 20
-
-    def __init__(self, xp, seed: int, ahead: int = 0):
+    def __init__(self, xp, seed: int):
         self.xp = xp
-        self._thread = None
-        if xp is not np:
+        if xp is np:
+            self._gen = torch.Generator().manual_seed(int(seed) % 2**63)
+        else:
             self._gen = xp.random.default_rng(int(seed) % 2**63)
-            return
-        self._gen = torch.Generator().manual_seed(int(seed) % 2**63)
-        self._chunk, self._at = np.empty(0, dtype=np.float32), 0
-        self._reserved = self._made = 0
-        self._cv = threading.Condition()
-        if ahead > 0:
-            self._q: queue.Queue = queue.Queue(maxsize=ahead)
-            self._stop = False
-            self._thread = threading.Thread(target=self._fill, daemon=True)
-            self._thread.start()
-
-    def reserve(self, n: int) -> None:
-        """Announce that ``n`` more values will be taken."""
-        if self.xp is np and n > 0:
-            with self._cv:
-                self._reserved += int(n)
-                self._cv.notify_all()
-
-    def _make_chunk(self):
-        """The next chunk (under the lock's bookkeeping); None when nothing more is reserved."""
-        with self._cv:
-            size = min(self.CHUNK, self._reserved - self._made)
-            self._made += max(size, 0)
-        if size <= 0:
-            return None
-        chunk = np.empty(size, dtype=np.float32)
-        torch.from_numpy(chunk).normal_(generator=self._gen)
-        return chunk
-
-    def _fill(self) -> None:
-        while True:
-            with self._cv:
-                while not self._stop and self._made >= self._reserved:
-                    self._cv.wait()
-                if self._stop:
-                    return
-            chunk = self._make_chunk()
-            while True:
-                try:
-                    self._q.put(chunk, timeout=0.05)
-                    break
-                except queue.Full:
-                    if self._stop:
-                        return
-
-    def _next_chunk(self) -> np.ndarray:
-        chunk = self._q.get() if self._thread is not None else self._make_chunk()
-        if chunk is None:
-            raise RuntimeError("Normals: more values taken than reserved")
-        return chunk
 
     def __call__(self, shape):
         if self.xp is not np:
             return self._gen.standard_normal(shape, dtype=self.xp.float32)
-        n = int(np.prod(shape, dtype=np.int64))
-        if self._at + n <= len(self._chunk):  # a fresh view of unused values: no copy
-            out = self._chunk[self._at:self._at + n]
-            self._at += n
-            return out.reshape(shape)
-        out = np.empty(n, dtype=np.float32)
-        done = 0
-        while done < n:
-            if self._at == len(self._chunk):
-                self._chunk, self._at = self._next_chunk(), 0
-            take = min(n - done, len(self._chunk) - self._at)
-            out[done:done + take] = self._chunk[self._at:self._at + take]
-            done += take
-            self._at += take
-        return out.reshape(shape)
-
-    def close(self) -> None:
-        if self._thread is not None:
-            with self._cv:
-                self._stop = True
-                self._cv.notify_all()
-            self._thread.join()
-            self._thread = None
+        out = np.empty(shape, dtype=np.float32)
+        if out.size:
+            torch.from_numpy(out).normal_(generator=self._gen)
+        return out
 
 
 class Factors:
@@ -165,19 +106,12 @@ class Factors:
     def dim(self) -> int:
         return int(self.chol_t.shape[1] if self.mode == "dense" else self.rows.shape[1])
 
-    def normals_per_pair(self, cls: np.ndarray) -> np.ndarray:
-        """How many normals one draw's pair with class ``cls`` takes: d (dense) or n_cls (factor)."""
-        if self.mode == "dense":
-            return np.full(len(cls), self.dim(), dtype=np.int64)
-        return self.offsets[cls + 1] - self.offsets[cls]
-
-    def noise(self, support, coef, normals: Normals, out=None, reserve_extra: int = 0):
+    def noise(self, support, coef, normals: Normals, out=None):
         """``sum_s coef[m, s] * A_{support[m, s]} z_{m, s}`` for every row m, written to ``out`` [m, d].
 
         ``support`` [m, k] int (-1: no class) and ``coef`` [m, k] are NumPy arrays (index bookkeeping
         stays on the host), with rows sorted by ``support[:, 0]``: slot 0's products are then
-        written straight into ``out``, and only later slots are added back by index. All normals
-        this takes (plus ``reserve_extra``, for the caller's next use) are reserved first."""
+        written straight into ``out``, and only later slots are added back by index."""
         xp = self.xp
         m, k = support.shape
         out = xp.empty((m, self.dim()), dtype=xp.float32) if out is None else out
@@ -190,19 +124,18 @@ class Factors:
             ok[ok] = self.usable[cls[ok]]
             rows = np.flatnonzero(ok)
             if sl > 0:
-                rows = rows[np.argsort(cls[rows].astype(np.int32), kind="stable")]
+                rows = rows[np.argsort(sort_key(cls[rows], len(self.usable)), kind="stable")]
             else:
                 if len(rows) < m:
                     out[xp.asarray(np.flatnonzero(~ok))] = 0.0
             slots.append((rows, cls[rows], c[rows]))
-        normals.reserve(int(sum(self.normals_per_pair(cls).sum() for _, cls, _ in slots)) + reserve_extra)
         rows, cls, c = slots[0]
         self._products(cls, c, rows, normals, out, direct=True)
         for rows, cls, c in slots[1:]:
             if len(rows):
                 res = xp.empty((len(rows), out.shape[1]), dtype=xp.float32)
                 self._products(cls, c, None, normals, res, direct=False)
-                out[xp.asarray(rows)] += res  # each row once per slot: a plain indexed add
+                add_rows(xp, out, xp.asarray(rows), res)  # each row once per slot
         return out
 
     def _products(self, cls, coef, rows, normals: Normals, out, direct: bool) -> None:
@@ -250,11 +183,6 @@ def choose_mode(mode: str, num_classes: int, dim: int, max_dense_bytes: float) -
     if mode != "auto":
         return mode
     return "dense" if num_classes * dim * dim * 4 <= max_dense_bytes else "factor"
-
-
-def dispersion_normals(m: int, d: int, alpha: float, dispersion: str) -> int:
-    """How many normals ``dispersion_noise`` takes."""
-    return 0 if alpha <= 0 else m * (d if dispersion == "identity" else 1)
 
 
 def dispersion_noise(m: int, d: int, alpha: float, dispersion: str, normals: Normals):
