@@ -287,8 +287,10 @@ def generator_options(f):
         click.option("--weighting", type=click.Choice(WEIGHTINGS), default="count-distance", show_default=True,
                      help="Support weights: n_i/d_i (GLAG) or uniform (Free Lunch)."),
         click.option("--mode", type=click.Choice(MODES), default="auto", show_default=True,
-                     help="Covariance factors: dense Cholesky (C d^2 memory) or centred class data."),
-        click.option("--max-dense-gb", type=float, default=1.0, show_default=True, help="Largest dense factor size for --mode auto."),
+                     help="Covariance factors. auto: per class the cheaper exact one (Cholesky, d^2 memory, "
+                          "when the class has more rows than dimensions; else its centred rows); "
+                          "dense: Cholesky for every class; factor: centred rows for every class."),
+        click.option("--max-dense-gb", type=float, default=1.0, show_default=True, help="Cap on the Cholesky factors' memory for --mode auto."),
         click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, help="NumPy (cpu) or CuPy (gpu)."),
     ]
     return _apply(opts, f)

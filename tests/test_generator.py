@@ -22,10 +22,14 @@ def _draw_many(afg, j, beta, sampling, seed=0):
     return afg.sample_tail(np.full(N_DRAWS, j), beta, sampling, seed=seed).astype(np.float64)
 
 
-@pytest.mark.parametrize("mode", ["dense", "factor"])
+HYBRID = dict(mode="auto", max_dense_gb=2 * 4 * 16 / 2**30)  # room for two 4 x 4 Cholesky factors
+
+
+@pytest.mark.parametrize("mode", ["dense", "factor", "hybrid"])
 @pytest.mark.parametrize("alpha", [0.0, 0.1])
 def test_draws_converge_to_calibrated_distribution(cache, mode, alpha):
-    afg = AFG.build(cache, GeneratorConfig(mode=mode, k=2), device="cpu", save=False)
+    afg = AFG.build(cache, GeneratorConfig(k=2, **(HYBRID if mode == "hybrid" else {"mode": mode})), device="cpu", save=False)
+    assert afg.factors.mode == mode
     beta = np.full(cache.num_classes, 0.6)
     j = int(np.flatnonzero(afg.supports.classes == 4)[3])  # a tail sample with a full support set
     assert (afg.supports.support[j] >= 0).all()
@@ -34,6 +38,27 @@ def test_draws_converge_to_calibrated_distribution(cache, mode, alpha):
     # Monte-Carlo error of the mean is sd/sqrt(n) ~ 1e-3 here; of the covariance ~ 2e-3: 5x margins
     se = np.sqrt(np.diag(sigma) / N_DRAWS)
     assert np.all(np.abs(x.mean(0) - mu) < 5 * se + 1e-6)
+    assert np.abs(np.cov(x.T) - sigma).max() < 0.01
+
+
+def test_auto_mode_picks_the_cheaper_factor_per_class():
+    from glag.generate.sampler import dense_classes
+
+    counts = np.array([900, 40, 600, 64, 65, 3])
+    assert dense_classes("auto", counts, 64, 1e9).tolist() == [True, False, True, False, True, False]
+    # a cap with room for two factors keeps the two largest classes
+    assert dense_classes("auto", counts, 64, 2 * 4 * 64 * 64).tolist() == [True, False, True, False, False, False]
+    assert dense_classes("factor", counts, 64, 1e9).sum() == 0 and dense_classes("dense", counts, 64, 0).all()
+
+
+def test_hybrid_support_draw_mixes_both_factor_kinds(cache):
+    afg = AFG.build(cache, GeneratorConfig(**HYBRID), device="cpu", save=False)
+    dense = afg.factors.dense_of >= 0
+    j = next(i for i in range(len(afg.supports)) if (afg.supports.support[i] >= 0).all()
+             and len(set(dense[afg.supports.support[i]])) == 2)  # one Cholesky, one row factor
+    mu, sigma = afg.calibrated(j, 0.3)
+    x = _draw_many(afg, j, np.full(6, 0.3), SamplingConfig())
+    assert np.abs(x.mean(0) - mu).max() < 5 * np.sqrt(np.diag(sigma).max() / N_DRAWS)
     assert np.abs(np.cov(x.T) - sigma).max() < 0.01
 
 

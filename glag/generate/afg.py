@@ -12,7 +12,7 @@ from glag.cache.format import STATS_MARK, FeatureCache, atomic_path, canonical_j
 from glag.cache.integrity import damaged, seal, write_array
 from glag.errors import GlagError
 from glag.generate.backend import get_xp, to_numpy
-from glag.generate.sampler import (DISPERSIONS, Factors, Normals, add_rows, choose_mode, dispersion_noise, sort_key,
+from glag.generate.sampler import (DISPERSIONS, Factors, Normals, add_rows, dense_classes, dispersion_noise, sort_key,
                                    take_rows)
 from glag.generate.stats import ClassStats, check_lt, class_stats, tukey_rows
 from glag.generate.support import SupportSets, faiss_gpu_available, support_sets
@@ -28,7 +28,7 @@ class GeneratorConfig:
     k: int = 2
     tail_below: int = 100
     weighting: str = "count-distance"
-    mode: str = "auto"
+    mode: str = "auto"  # per class the cheaper exact factor (sampler.dense_classes)
     eps: float = 1e-6
     max_dense_gb: float = 1.0
 
@@ -78,25 +78,20 @@ class AFG:
         xp = get_xp(device)
         train = cache.split("train")
         path = stats_path(cache, cfg)
-        mode = choose_mode(cfg.mode, cache.num_classes, cache.feature_dim, cfg.max_dense_gb * 2**30)
+        dense = dense_classes(cfg.mode, train.counts, cache.feature_dim, cfg.max_dense_gb * 2**30)
         rows = tukey_rows(train.features, cfg.lt, xp)
         if path.is_file():
             counts, means, covs, sup = _read_stats(path, cfg.key(cache.key), cache)
             stats = ClassStats(counts, xp.asarray(means), None if covs is None else xp.asarray(covs))
         else:
-            stats = class_stats(rows, train.offsets, xp, dense=(mode == "dense"))
+            stats = class_stats(rows, train.offsets, xp, dense=(cfg.mode == "dense"))
             sup = support_sets(_HostRows(rows), train.labels, stats.counts, to_numpy(stats.means), k=cfg.k,
                                tail_below=cfg.tail_below, weighting=cfg.weighting,
                                use_gpu=(xp is not np and faiss_gpu_available()))
             if save:
                 cache.ensure_sound()  # statistics of a damaged cache must never be stored
                 _write_stats(path, cfg.key(cache.key), cfg, stats, sup)
-        if mode == "dense":
-            if stats.covs is None:
-                stats = class_stats(rows, train.offsets, xp, dense=True)
-            factors = Factors.dense(stats.covs, xp, cfg.eps)
-        else:
-            factors = Factors.factor(rows, train.offsets, stats.means, xp)
+        factors = Factors.build(rows, train.offsets, stats.means, xp, dense, cfg.eps, covs=stats.covs)
         cache.ensure_sound()  # the checksums were checked while the statistics were computed
         return cls(cache, cfg, stats, sup, factors, rows, xp)
 
@@ -276,6 +271,7 @@ def _read_stats(path: Path, key: str, cache: FeatureCache):
 
 def describe(afg: AFG) -> dict:
     return {"stats_file": str(stats_path(afg.cache, afg.cfg)), "mode": afg.factors.mode,
+            "dense_classes": int(len(afg.factors.chol_t)),
             "factor_MB": round(afg.factors.nbytes() / 2**20, 2),
             "tukey_rows_MB": round(int(afg.rows.nbytes) / 2**20, 2), "tail_samples": len(afg.supports),
             "backend": afg.xp.__name__, "config": json.loads(canonical_json(asdict(afg.cfg)))}

@@ -61,40 +61,54 @@ class Normals:
 
 
 class Factors:
-    """Square-root factors ``A_i`` of every class covariance, in dense or factor mode."""
+    """Square-root factors ``A_i`` of every class covariance, per class the cheaper exact one: a
+    draw costs d normals and d^2 multiply-adds with the Cholesky factor (d x d, own memory), n_i
+    and n_i d with the class's own centred rows (shared with the Tukey copy, no memory)."""
 
-    def __init__(self, mode: str, xp, *, chol_t=None, rows=None, offsets=None, means=None):
-        self.mode, self.xp, self.chol_t, self.rows, self.means = mode, xp, chol_t, rows, means
-        self.offsets = None if offsets is None else np.asarray(offsets, dtype=np.int64)
-        if mode == "dense":
-            self.usable = np.ones(len(chol_t), dtype=bool)
-        else:
-            n = np.diff(self.offsets)
-            self.usable = n > 1  # one sample: zero covariance, no noise
-            self.inv_scale = np.where(self.usable, 1.0 / np.sqrt(np.maximum(n - 1, 1)), 0.0).astype(np.float32)
+    def __init__(self, xp, rows, offsets, means, chol_t, dense_of: np.ndarray):
+        self.xp, self.rows, self.means, self.chol_t = xp, rows, means, chol_t
+        self.offsets = np.asarray(offsets, dtype=np.int64)
+        self.dense_of = dense_of  # [C] index into chol_t, -1: factor form
+        n = np.diff(self.offsets)
+        self.usable = (dense_of >= 0) | (n > 1)  # one sample: zero covariance, no noise
+        self.inv_scale = np.where(n > 1, 1.0 / np.sqrt(np.maximum(n - 1, 1)), 0.0).astype(np.float32)
 
     @classmethod
-    def dense(cls, covs, xp, eps: float) -> "Factors":
-        d = covs.shape[-1]
+    def build(cls, rows, offsets, means, xp, dense: np.ndarray, eps: float, covs=None) -> "Factors":
+        """Cholesky factors of ``Sigma_c + eps I`` for the classes in ``dense`` [C] bool (from
+        ``covs`` when given, else from the class's rows, in float64); the others use their rows."""
+        offsets = np.asarray(offsets, dtype=np.int64)
+        d = rows.shape[1]
+        idx = np.flatnonzero(dense)
+        dense_of = np.full(len(dense), -1, dtype=np.int64)
+        dense_of[idx] = np.arange(len(idx))
+        chol_t = xp.empty((len(idx), d, d), dtype=xp.float32)
         jitter = eps * xp.eye(d, dtype=xp.float64)
-        chol = xp.linalg.cholesky(covs.astype(xp.float64) + jitter).astype(xp.float32)
-        return cls("dense", xp, chol_t=xp.ascontiguousarray(chol.transpose(0, 2, 1)))
+        for i, c in enumerate(idx.tolist()):
+            if covs is not None:
+                cov = covs[c].astype(xp.float64)
+            else:
+                x = rows[offsets[c]:offsets[c + 1]].astype(xp.float64)
+                x = x - x.mean(axis=0)
+                cov = x.T @ x / max(len(x) - 1, 1)
+            chol_t[i] = xp.linalg.cholesky(cov + jitter).T
+        return cls(xp, rows, offsets, means, chol_t, dense_of)
 
-    @classmethod
-    def factor(cls, tukey_rows, offsets, means, xp) -> "Factors":
-        """``tukey_rows`` [N, d] grouped by class with ``offsets`` [C+1]; held, not copied."""
-        return cls("factor", xp, rows=tukey_rows, offsets=offsets, means=means)
+    @property
+    def mode(self) -> str:
+        n_dense = len(self.chol_t)
+        return "dense" if n_dense == len(self.dense_of) else "factor" if n_dense == 0 else "hybrid"
 
     def nbytes(self) -> int:
-        """Memory held for the factors alone (factor mode shares the Tukey rows: none)."""
-        return int(self.chol_t.nbytes) if self.mode == "dense" else 0
+        """Memory held for the factors alone (the factor form shares the Tukey rows)."""
+        return int(self.chol_t.nbytes)
 
     def cov(self, c: int) -> np.ndarray:
         """``Sigma_c`` (float64, NumPy), from the factor."""
         from glag.generate.backend import to_numpy
 
-        if self.mode == "dense":
-            Lt = to_numpy(self.chol_t[c]).astype(np.float64)
+        if self.dense_of[c] >= 0:
+            Lt = to_numpy(self.chol_t[self.dense_of[c]]).astype(np.float64)
             return Lt.T @ Lt
         a, b = self.offsets[c], self.offsets[c + 1]
         if b - a < 2:
@@ -104,7 +118,7 @@ class Factors:
         return Xc.T @ Xc / (b - a - 1)
 
     def dim(self) -> int:
-        return int(self.chol_t.shape[1] if self.mode == "dense" else self.rows.shape[1])
+        return int(self.rows.shape[1])
 
     def noise(self, support, coef, normals: Normals, out=None):
         """``sum_s coef[m, s] * A_{support[m, s]} z_{m, s}`` for every row m, written to ``out`` [m, d].
@@ -155,34 +169,42 @@ class Factors:
                 out[xp.asarray(rows)] = tmp
                 return
             out = out[int(rows[0]):int(rows[0]) + len(rows)]
-        coef = coef.astype(np.float32)
-        if self.mode == "dense":
-            z = normals((len(cls), out.shape[1]))
-            z *= xp.asarray(coef)[:, None]
-            for s, e in zip(starts, ends):
-                xp.matmul(z[s:e], self.chol_t[cls[s]], out=out[s:e])
-            return
-        sizes = (self.offsets[cls[starts] + 1] - self.offsets[cls[starts]]).tolist()
-        zs = normals((sum((e - s) * n for s, e, n in zip(starts, ends, sizes)),))
-        scale = xp.asarray(coef * self.inv_scale[cls])
+        d = out.shape[1]
+        seg_cls = cls[starts]
+        dense_at = self.dense_of[seg_cls]
+        n = self.offsets[seg_cls + 1] - self.offsets[seg_cls]
+        cols = np.where(dense_at >= 0, d, n)  # normals per draw of each segment
+        zs = normals((int(((np.asarray(ends) - np.asarray(starts)) * cols).sum()),))
+        scale = coef.astype(np.float32) * np.where(self.dense_of[cls] >= 0, 1.0, self.inv_scale[cls]).astype(np.float32)
+        scale = xp.asarray(scale)
         at = 0
-        for s, e, n in zip(starts, ends, sizes):
-            c = int(cls[s])
-            z = zs[at:at + (e - s) * n].reshape(e - s, n)
-            at += (e - s) * n
+        for s, e, c, k, di in zip(starts, ends, seg_cls.tolist(), cols.tolist(), dense_at.tolist()):
+            z = zs[at:at + (e - s) * k].reshape(e - s, k)
+            at += (e - s) * k
             z *= scale[s:e, None]
-            a = int(self.offsets[c])
-            xp.matmul(z, self.rows[a:a + n], out=out[s:e])
-            out[s:e] -= z.sum(axis=1)[:, None] * self.means[c]  # centring, folded in
+            if di >= 0:
+                xp.matmul(z, self.chol_t[di], out=out[s:e])
+            else:
+                a = int(self.offsets[c])
+                xp.matmul(z, self.rows[a:a + k], out=out[s:e])
+                out[s:e] -= z.sum(axis=1)[:, None] * self.means[c]  # centring, folded in
 
 
-def choose_mode(mode: str, num_classes: int, dim: int, max_dense_bytes: float) -> str:
-    """'dense' when ``C d^2`` float32 fits in ``max_dense_bytes``, else 'factor'; explicit modes pass through."""
+def dense_classes(mode: str, counts: np.ndarray, dim: int, max_dense_bytes: float) -> np.ndarray:
+    """Which classes get a Cholesky factor: all ('dense'), none ('factor'), or ('auto') those whose
+    own rows would cost more per draw (n_c > d), the largest first while ``C_dense d^2`` float32
+    fits in ``max_dense_bytes``."""
     if mode not in MODES:
         raise GlagError(f"factor mode '{mode}' is invalid; choose one of: {', '.join(MODES)}")
+    counts = np.asarray(counts, dtype=np.int64)
     if mode != "auto":
-        return mode
-    return "dense" if num_classes * dim * dim * 4 <= max_dense_bytes else "factor"
+        return np.full(len(counts), mode == "dense")
+    fit = int(max_dense_bytes // (4 * dim * dim))
+    order = np.argsort(-counts, kind="stable")
+    pick = order[:fit][counts[order[:fit]] > dim]
+    dense = np.zeros(len(counts), dtype=bool)
+    dense[pick] = True
+    return dense
 
 
 def dispersion_noise(m: int, d: int, alpha: float, dispersion: str, normals: Normals):
