@@ -30,7 +30,7 @@ def reference(afg: AFG, js, per_sample: int, beta: float, rng) -> int:
     for j in js:
         s, w = afg.supports.support[j], afg.supports.weights[j]
         keep = s >= 0
-        mu = (1 - beta) * np.asarray(afg.tail_u[j], np.float64) + beta * (w[keep] @ means[s[keep]])
+        mu = (1 - beta) * np.asarray(afg.rows[afg.supports.rows[j]], np.float64) + beta * (w[keep] @ means[s[keep]])
         sigma = np.tensordot(w[keep], covs[s[keep]], axes=1) + 0.1 * eye
         rng.multivariate_normal(mu, sigma, size=per_sample)
         n += per_sample
@@ -49,11 +49,10 @@ def one_dim(dim: int, C: int, n_ref_samples: int, per_sample: int, tmp: Path) ->
     # batched: the same number of features, the same tail samples, repeated to time a larger run
     reps = max(1, int(20000 // n_ref))
     jj = np.repeat(js, per_sample * reps)
-    xrng = np.random.default_rng(1)
     beta = np.full(C, 0.6)
     t = time.perf_counter()
     for s in range(0, len(jj), 8192):
-        afg.sample_tail(jj[s:s + 8192], beta, SamplingConfig(alpha=0.1), xrng)
+        afg.sample_tail(jj[s:s + 8192], beta, SamplingConfig(alpha=0.1), seed=s)
     bat_s = time.perf_counter() - t
     ref_fps, bat_fps = n_ref / ref_s, len(jj) / bat_s
     return {"d": dim, "classes": C, "tail_samples_timed": n_ref_samples, "features_reference": n_ref,
@@ -62,16 +61,18 @@ def one_dim(dim: int, C: int, n_ref_samples: int, per_sample: int, tmp: Path) ->
 
 
 MEM_SNIPPET = """
-import resource, sys, numpy as np
+import sys, numpy as np
 sys.path.insert(0, {root!r}); sys.path.insert(0, {bench!r})
 from common import synthetic_cache
 from glag.cache.format import FeatureCache
 from glag.generate.afg import AFG, GeneratorConfig
 from pathlib import Path
+def hwm():  # peak resident KB; getrusage's ru_maxrss lags (updated on unmap and exit), /proc does not
+    return int([l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0].split()[1])
 cache = FeatureCache(Path({path!r}))
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+base = hwm()
 afg = AFG.build(cache, GeneratorConfig(mode={mode!r}), device="cpu", save=False)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base, afg.factors.nbytes())
+print(hwm() - base, afg.factors.nbytes())
 """
 
 

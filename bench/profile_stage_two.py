@@ -12,8 +12,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 from common import cifar100_lt_counts, synthetic_cache
 
 from glag.cache.format import FeatureCache
@@ -31,16 +29,15 @@ def main():
         cache = FeatureCache(synthetic_cache(Path(tmp) / "c100.h5", cifar100_lt_counts(), 64))
         afg = AFG.build(cache, GeneratorConfig(), device="cpu", save=False)
         train_glag(afg, StageTwoConfig(epochs=1), progress=False)  # warm-up
-        stream = FeatureStream(afg, SamplingConfig(), 512, seed=0, prefetch=0)
-        beta = np.zeros(cache.num_classes, np.float32)
+        stream = FeatureStream(afg, SamplingConfig(), 512, seed=0)
 
-        def batches_only():
+        def blocks_only():
             for e in range(args.epochs):
-                for _ in stream.epoch(e, beta):
+                for _ in stream.blocks(e):
                     pass
 
         for name, fn in (("stage two", lambda: train_glag(afg, StageTwoConfig(epochs=args.epochs), progress=False)),
-                         ("generator batches alone", batches_only)):
+                         ("generator blocks alone", blocks_only)):
             prof = cProfile.Profile()
             t = time.perf_counter()
             prof.runcall(fn)

@@ -153,7 +153,7 @@ def inat_shape(path, blocks: int = 3):
     g = LinearSGD(d, C, momentum=0.9, weight_decay=5e-4, device="cpu", seed=0)
     beta = torch.zeros(C)
     times = []
-    with cpu_threads_beside_generator(np):
+    with cpu_threads_beside_generator(np, 512 * d * C):
         fed = feed(stream, 1, prepare, "cpu")
         for i in range(blocks):
             block = finish(next(fed), beta)

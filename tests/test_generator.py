@@ -165,6 +165,21 @@ def test_feed_gives_the_same_blocks_however_far_ahead(cache, ahead):
     assert next(fed, None) is None
 
 
+@pytest.mark.parametrize("mode", ["dense", "factor"])
+def test_streamed_draws_have_the_calibrated_moments(cache, mode):
+    """End to end through blocks and the beta term: class 5 has one sample, so all its synthetic
+    rows come from that sample's calibrated distribution."""
+    afg = AFG.build(cache, GeneratorConfig(mode=mode), device="cpu", save=False)
+    sampling = SamplingConfig(alpha=0.1)
+    stream = FeatureStream(afg, sampling, batch_size=256, block_mb=0.01)
+    beta = np.full(6, 0.7, dtype=np.float32)
+    x = np.concatenate([b.x[(b.rows < 0) & (b.y == 5)] for e in range(60) for b in stream.epoch(e, beta)]).astype(np.float64)
+    assert len(x) == 60 * 399
+    mu, sigma = afg.calibrated(int(np.flatnonzero(afg.supports.classes == 5)[0]), 0.7, 0.1)
+    assert np.all(np.abs(x.mean(0) - mu) < 5 * np.sqrt(np.diag(sigma) / len(x)))
+    assert np.abs(np.cov(x.T) - sigma).max() < 0.05 * np.abs(sigma).max()
+
+
 def test_thread_feed_reraises(cache):
     from glag.generate import feed as feed_mod
 

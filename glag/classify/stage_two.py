@@ -68,21 +68,25 @@ def update_beta(beta, acc_now, acc_prev, tail_mask, cfg: StageTwoConfig):
     return np.clip(new, cfg.beta_min, cfg.beta_max)
 
 
+WIDE_GEMM = 1 << 26  # batch x d x C multiply-adds from which the classifier's GEMMs use every core
+
+
 @contextmanager
-def cpu_threads_beside_generator(xp):
-    """On CPU, leave one core to the generator thread: torch, BLAS and OpenMP pools get one thread
-    fewer (at least one). Idle pool workers spin, so a pool as wide as the machine starves the
-    generator (measured on 2 cores: 108 ms per CIFAR-shaped epoch with full pools, 51 ms with one
-    thread each)."""
+def cpu_threads_beside_generator(xp, gemm_size: int):
+    """On CPU, the generator thread's BLAS runs single-threaded (NumPy's pool spins between calls
+    and starved the training loop: 108 ms per CIFAR-shaped epoch with 2 threads, 51 ms with 1),
+    and a classifier whose GEMMs are too small to gain from threads leaves a core to the
+    generator (torch at 2 threads: 2.2x the floor at the CIFAR shape, 1 thread: 1.25x; at the
+    ImageNet-LT and iNat shapes 2 threads are 1.7x faster on the classifier alone)."""
     if xp is not np:
         yield
         return
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     before = torch.get_num_threads()
-    n = max(1, min(before, cores - 1))
-    torch.set_num_threads(n)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if gemm_size < WIDE_GEMM:
+        torch.set_num_threads(max(1, min(before, cores - 1)))
     try:
-        with threadpool_limits(n):
+        with threadpool_limits(1, user_api="blas"):
             yield
     finally:
         torch.set_num_threads(before)
@@ -152,7 +156,7 @@ def train_glag(afg: AFG, cfg: StageTwoConfig, sampling: SamplingConfig = Samplin
     bar = tqdm(range(cfg.epochs), desc="stage two", leave=False, disable=None if progress else True)  # None: off when not a terminal
     blocks = feed(stream, cfg.epochs, prepare, device)
     B = cfg.batch_size
-    with cpu_threads_beside_generator(xp):
+    with cpu_threads_beside_generator(xp, cfg.batch_size * d * C):
         for e in bar:
             s = 0
             beta_t = torch.as_tensor(beta, dtype=torch.float32, device=device)
