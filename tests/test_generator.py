@@ -259,8 +259,8 @@ def test_numpy_and_cupy_statistics_agree(cache):
             pytest.skip("no CUDA device")
     except Exception:
         pytest.skip("no CUDA device")
-    a = AFG.build(cache, GeneratorConfig(), device="cpu", save=False)
-    b = AFG.build(cache, GeneratorConfig(), device="gpu", save=False)
+    a = AFG.build(cache, GeneratorConfig(mode="dense"), device="cpu", save=False)
+    b = AFG.build(cache, GeneratorConfig(mode="dense"), device="gpu", save=False)
     np.testing.assert_allclose(a.stats.means, cp.asnumpy(b.stats.means), atol=1e-5)
     np.testing.assert_allclose(a.stats.covs, cp.asnumpy(b.stats.covs), atol=1e-5)
     np.testing.assert_array_equal(a.supports.support, b.supports.support)

@@ -279,3 +279,16 @@ def test_kd_targets_are_the_stage_one_teacher_on_cached_rows(cache, monkeypatch,
     want = torch.softmax(torch.as_tensor(cache.stage_one_logits(cache.split("train").features[in_batch_order[pos]])) / 2, 1)
     torch.testing.assert_close(p, want, rtol=1e-4, atol=1e-6)
     assert float(neg_ent.sum()) == pytest.approx(float((want * want.log()).sum()), rel=1e-4)
+
+
+def test_stage_two_on_gpu(cache):
+    """CuPy generator, GPU classifier, thread feed: runs wherever a CUDA device is."""
+    cp = pytest.importorskip("cupy")
+    try:
+        if cp.cuda.runtime.getDeviceCount() == 0 or not torch.cuda.is_available():
+            pytest.skip("no CUDA device")
+    except Exception:
+        pytest.skip("no CUDA device")
+    afg = AFG.build(cache, GeneratorConfig(mode="factor"), device="gpu", save=False)
+    res = train_glag(afg, StageTwoConfig(epochs=8, batch_size=128), SamplingConfig(alpha=0.1), progress=False)
+    assert res["test"]["top1"] > 0.5 and res["history"][-1]["kd"] > 0
