@@ -2,7 +2,6 @@
 features, CE + lam2(e) * KD on real head-class rows, adaptive per-class confidence beta_c."""
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
@@ -75,16 +74,15 @@ WIDE_GEMM = 1 << 26  # batch x d x C multiply-adds from which the classifier's G
 def cpu_threads_beside_generator(xp, gemm_size: int):
     """On CPU, the generator thread's BLAS runs single-threaded (NumPy's pool spins between calls
     and starved the training loop: 108 ms per CIFAR-shaped epoch with 2 threads, 51 ms with 1),
-    and a classifier whose GEMMs are too small to gain from threads leaves a core to the
-    generator (torch at 2 threads: 2.2x the floor at the CIFAR shape, 1 thread: 1.25x; at the
-    ImageNet-LT and iNat shapes 2 threads are 1.7x faster on the classifier alone)."""
+    and a classifier whose GEMMs are too small to gain from threads runs on one (torch at 2
+    threads: 2.2x the floor at the CIFAR shape, at 1 thread: 1.25x; the floor itself is as fast
+    on 1 thread there); at the ImageNet-LT and iNat shapes 2 threads are 1.7x faster."""
     if xp is not np:
         yield
         return
     before = torch.get_num_threads()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if gemm_size < WIDE_GEMM:
-        torch.set_num_threads(max(1, min(before, cores - 1)))
+        torch.set_num_threads(1)
     try:
         with threadpool_limits(1, user_api="blas"):
             yield
