@@ -135,7 +135,8 @@ def inat_shape(path, blocks: int = 3):
 
     from glag.classify.linear_sgd import LinearSGD
     from glag.classify.stage_two import cpu_threads_beside_generator, kd_targets
-    from glag.generate.feed import feed, finish
+    from glag.classify.common import as_tensor
+    from glag.generate.feed import feed
 
     rss0 = current_rss_mb()
     cache = FeatureCache(path)
@@ -151,16 +152,17 @@ def inat_shape(path, blocks: int = 3):
     del made, gen
     prepare = kd_targets(afg, cache.head_fn(), 512, 2.0, "cpu")
     g = LinearSGD(d, C, momentum=0.9, weight_decay=5e-4, device="cpu", seed=0)
-    beta = torch.zeros(C)
+    beta = np.zeros(C, dtype=np.float32)
     times = []
     with cpu_threads_beside_generator(np, 512 * d * C):
-        fed = feed(stream, 1, prepare, "cpu")
+        fed = feed(stream, 1, prepare)
         for i in range(blocks):
-            block = finish(next(fed), beta)
+            block = next(fed).finish(beta)
             kd_rows, bounds, kd_p, kd_ne = block.extra
             nb = -(-len(block.y) // 512)
             t = time.perf_counter()
-            g.steps(block.x, block.mix, block.y, [0.1] * nb, [0.5] * nb, kd_rows, bounds.tolist(), kd_p, kd_ne)
+            g.steps(as_tensor(block.x, "cpu"), torch.as_tensor(block.mix), torch.as_tensor(block.y[block.mix]),
+                    [0.1] * nb, [0.5] * nb, kd_rows, bounds.tolist(), kd_p, kd_ne)
             if i:  # the first block also waited for the generator's first block
                 times.append(time.perf_counter() - t)
         del fed

@@ -18,7 +18,7 @@ from glag.errors import GlagError
 from glag.extract.losses import gradual_lambda
 from glag.generate.afg import AFG, SamplingConfig
 from glag.generate.stats import tukey, untukey
-from glag.generate.feed import feed, finish
+from glag.generate.feed import feed
 from glag.generate.stream import FeatureStream
 
 
@@ -152,24 +152,25 @@ def train_glag(afg: AFG, cfg: StageTwoConfig, sampling: SamplingConfig = Samplin
     prepare = kd_targets(afg, cache.head_fn(device), cfg.batch_size, cfg.kd_temperature, device) if cfg.kd else None
     per_epoch = stream.blocks_per_epoch()
     bar = tqdm(range(cfg.epochs), desc="stage two", leave=False, disable=None if progress else True)  # None: off when not a terminal
-    blocks = feed(stream, cfg.epochs, prepare, device)
+    blocks = feed(stream, cfg.epochs, prepare)
     B = cfg.batch_size
     with cpu_threads_beside_generator(xp, cfg.batch_size * d * C):
         for e in bar:
             s = 0
-            beta_t = torch.as_tensor(beta, dtype=torch.float32, device=device)
             for _ in range(per_epoch):
-                block = finish(next(blocks), beta_t)
+                block = next(blocks).finish(beta)
+                x, mix = as_tensor(block.x, device), torch.as_tensor(block.mix, device=device)
+                y = torch.as_tensor(block.y[block.mix], device=device)  # labels in batch order
                 ts = [e + (s + i) / steps for i in range(-(-len(block.y) // B))]
                 s += len(ts)
                 lrs = [cosine_lr(cfg.lr, t, cfg.epochs) for t in ts]
                 if cfg.kd:
                     kd_rows, bounds, kd_p, kd_ne = block.extra
                     lam2s = [gradual_lambda(t, cfg.epochs, cfg.kd_a, cfg.kd_g) for t in ts]
-                    g.steps(block.x, block.mix, block.y, lrs, lam2s, kd_rows, bounds.tolist(), kd_p, kd_ne,
+                    g.steps(x, mix, y, lrs, lam2s, kd_rows, bounds.tolist(), kd_p, kd_ne,
                             batch_size=B, temperature=cfg.kd_temperature)
                 else:
-                    g.steps(block.x, block.mix, block.y, lrs, batch_size=B)
+                    g.steps(x, mix, y, lrs, batch_size=B)
             ce_sum, kd_sum = g.take_sums()
             val_pred = predict(g.logits, val_x, device)
             acc = per_class_accuracy(val_pred, val.labels, C)
@@ -182,7 +183,7 @@ def train_glag(afg: AFG, cfg: StageTwoConfig, sampling: SamplingConfig = Samplin
             bar.set_postfix(val=f"{rec['val_top1']:.3f}")
             if log:
                 log(f"epoch {e + 1:>3}/{cfg.epochs}  ce {rec['ce']:.4f}  kd {rec['kd']:.4f}  val_top1 {rec['val_top1']:.4f}")
-        for _ in blocks:  # exhausts the feed, which lets its workers go
+        for _ in blocks:  # exhausts the feed, which lets its thread finish
             raise RuntimeError("the block feed made more blocks than the epochs hold")
     weight, bias = g.weight, g.bias
     tau = 0.0

@@ -35,10 +35,6 @@ class Block:
         self.epoch, self.start, self.x, self.y, self.rows, self.n_head, self.mix = epoch, start, x, y, rows, n_head, mix
         self.draws, self.xp, self.extra = draws, xp, None
 
-    @property
-    def n_real(self) -> int:
-        return int((self.rows >= 0).sum())
-
     def finish(self, beta) -> "Block":
         if self.draws is not None:
             self.draws.finish(beta)
