@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import queue
 import threading
+
 from glag.generate.stream import FeatureStream
 
 
