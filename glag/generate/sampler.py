@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from glag.errors import GlagError
+from glag.generate.stats import class_cov
 
 MODES = ("auto", "dense", "factor")
 DISPERSIONS = ("identity", "all-entries")
@@ -85,12 +86,7 @@ class Factors:
         chol_t = xp.empty((len(idx), d, d), dtype=xp.float32)
         jitter = eps * xp.eye(d, dtype=xp.float64)
         for i, c in enumerate(idx.tolist()):
-            if covs is not None:
-                cov = covs[c].astype(xp.float64)
-            else:
-                x = rows[offsets[c]:offsets[c + 1]].astype(xp.float64)
-                x = x - x.mean(axis=0)
-                cov = x.T @ x / max(len(x) - 1, 1)
+            cov = covs[c].astype(xp.float64) if covs is not None else class_cov(rows[offsets[c]:offsets[c + 1]].astype(xp.float64), xp)
             chol_t[i] = xp.linalg.cholesky(cov + jitter).T
         return cls(xp, rows, offsets, means, chol_t, dense_of)
 
@@ -110,12 +106,7 @@ class Factors:
         if self.dense_of[c] >= 0:
             Lt = to_numpy(self.chol_t[self.dense_of[c]]).astype(np.float64)
             return Lt.T @ Lt
-        a, b = self.offsets[c], self.offsets[c + 1]
-        if b - a < 2:
-            return np.zeros((self.rows.shape[1],) * 2)
-        X = to_numpy(self.rows[a:b]).astype(np.float64)
-        Xc = X - X.mean(0)
-        return Xc.T @ Xc / (b - a - 1)
+        return class_cov(to_numpy(self.rows[self.offsets[c]:self.offsets[c + 1]]).astype(np.float64))
 
     def dim(self) -> int:
         return int(self.rows.shape[1])
@@ -125,50 +116,37 @@ class Factors:
 
         ``support`` [m, k] int (-1: no class) and ``coef`` [m, k] are NumPy arrays (index bookkeeping
         stays on the host), with rows sorted by ``support[:, 0]``: slot 0's products are then
-        written straight into ``out``, and only later slots are added back by index."""
+        written straight into ``out`` (when every row has one), and later slots are added back by index."""
         xp = self.xp
         m, k = support.shape
         out = xp.empty((m, self.dim()), dtype=xp.float32) if out is None else out
         if m and np.any(np.diff(support[:, 0]) < 0):
             raise ValueError("noise(): rows must be sorted by their first support class")
-        slots = []
         for sl in range(k):
             cls, c = support[:, sl], coef[:, sl]
             ok = (cls >= 0) & (c > 0)
             ok[ok] = self.usable[cls[ok]]
             rows = np.flatnonzero(ok)
-            if sl > 0:
-                rows = rows[np.argsort(sort_key(cls[rows], len(self.usable)), kind="stable")]
-            else:
-                if len(rows) < m:
-                    out[xp.asarray(np.flatnonzero(~ok))] = 0.0
-            slots.append((rows, cls[rows], c[rows]))
-        rows, cls, c = slots[0]
-        self._products(cls, c, rows, normals, out, direct=True)
-        for rows, cls, c in slots[1:]:
+            if sl == 0 and len(rows) == m:  # sorted and complete: products go straight into out
+                self._products(cls, c, normals, out)
+                continue
+            if sl == 0:
+                out[...] = 0.0
             if len(rows):
+                rows = rows[np.argsort(sort_key(cls[rows], len(self.usable)), kind="stable")]
                 res = xp.empty((len(rows), out.shape[1]), dtype=xp.float32)
-                self._products(cls, c, None, normals, res, direct=False)
+                self._products(cls[rows], c[rows], normals, res)
                 add_rows(xp, out, xp.asarray(rows), res)  # each row once per slot
         return out
 
-    def _products(self, cls, coef, rows, normals: Normals, out, direct: bool) -> None:
-        """``coef_p A_{cls_p} z_p`` for class-sorted pairs p, one GEMM per class segment, into
-        ``out[rows[p]]`` (``direct``: ``rows`` is a run of sorted segments of out) or ``out[p]``."""
+    def _products(self, cls, coef, normals: Normals, out) -> None:
+        """``out[p] = coef_p A_{cls_p} z_p`` for class-sorted pairs p, one GEMM per class segment."""
         xp = self.xp
         if len(cls) == 0:
             return
         bounds = np.flatnonzero(np.diff(cls)) + 1
         starts = np.concatenate([[0], bounds]).tolist()
         ends = np.concatenate([bounds, [len(cls)]]).tolist()
-        if direct:  # rows of one segment are contiguous unless earlier rows were skipped (zeroed)
-            contiguous = bool(np.all(np.diff(rows) == 1))
-            if not contiguous:
-                tmp = xp.empty((len(cls), out.shape[1]), dtype=xp.float32)
-                self._products(cls, coef, None, normals, tmp, direct=False)
-                out[xp.asarray(rows)] = tmp
-                return
-            out = out[int(rows[0]):int(rows[0]) + len(rows)]
         d = out.shape[1]
         seg_cls = cls[starts]
         dense_at = self.dense_of[seg_cls]

@@ -50,6 +50,14 @@ def tukey_rows(features, lt: float, xp=np):
     return out
 
 
+def class_cov(x, xp=np):
+    """Unbiased covariance of the float64 rows ``x`` [n, d] (a zero matrix when n < 2)."""
+    if len(x) < 2:
+        return xp.zeros((x.shape[1], x.shape[1]))
+    xc = x - x.mean(axis=0)
+    return xc.T @ xc / (len(x) - 1)
+
+
 @dataclass
 class ClassStats:
     """Counts ``[C]``, means ``[C, d]`` and, in dense mode, covariances ``[C, d, d]`` (all float32 except counts)."""
@@ -72,9 +80,7 @@ def class_stats(rows, offsets, xp=np, dense: bool = True) -> ClassStats:
         if n == 0:
             continue
         x = rows[offsets[c]:offsets[c + 1]].astype(xp.float64)
-        mu = x.mean(axis=0)
-        means[c] = mu
-        if dense and n > 1:
-            xc = x - mu
-            covs[c] = (xc.T @ xc) / (n - 1)
+        means[c] = x.mean(axis=0)
+        if dense:
+            covs[c] = class_cov(x, xp)
     return ClassStats(counts, means, covs)

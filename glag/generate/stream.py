@@ -25,14 +25,14 @@ class Batch(NamedTuple):
 
 
 class Block:
-    """Rows ``start:start+R`` of one epoch's permutation, stored grouped: real head-class rows
+    """``R`` consecutive rows of one epoch's permutation, stored grouped: real head-class rows
     (``x[:n_head]``), other real rows, then synthetic rows (class-sorted, as the generator made
     them). ``mix`` [R] is the shuffled order: batch i is ``x[mix[i*B:(i+1)*B]]``. ``y``, ``rows``
     (cache row, -1: synthetic) follow ``x``; ``extra`` is what a feed's ``prepare`` attached.
     Synthetic tail rows lack their beta term until ``finish(beta)``."""
 
-    def __init__(self, epoch: int, start: int, x, y, rows, n_head: int, mix, draws: Draws | None, xp):
-        self.epoch, self.start, self.x, self.y, self.rows, self.n_head, self.mix = epoch, start, x, y, rows, n_head, mix
+    def __init__(self, epoch: int, x, y, rows, n_head: int, mix, draws: Draws | None, xp):
+        self.epoch, self.x, self.y, self.rows, self.n_head, self.mix = epoch, x, y, rows, n_head, mix
         self.draws, self.xp, self.extra = draws, xp, None
 
     def finish(self, beta) -> "Block":
@@ -118,7 +118,7 @@ class FeatureStream:
                 draws = afg.draws(codes, self.sampling, Normals(xp, int(block_rng.integers(2**63))), out=x[nr:])
                 y[nr:] = draws.labels
             rows = np.concatenate([real, np.full(len(codes), -1, dtype=np.int64)])
-            yield Block(e, start, x, y, rows, int(is_head.sum()), block_rng.permutation(len(idx)), draws, xp)
+            yield Block(e, x, y, rows, int(is_head.sum()), block_rng.permutation(len(idx)), draws, xp)
 
     def epoch(self, e: int, beta):
         """Epoch ``e``'s finished blocks, made here; ``beta`` [C] is each class's confidence."""
