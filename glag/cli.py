@@ -146,19 +146,22 @@ def dataset_options(f):
 
     opts = [
         click.option("--dataset", type=click.Choice(DATASETS), default="digits", show_default=True,
-                     help="Long-tailed dataset; 'digits' is bundled and needs no download."),
+                     help="Long-tailed dataset; 'digits' is bundled and needs no download; 'folder' reads an "
+                          "image folder (--data-root)."),
         click.option("--imbalance", "-im", type=float, default=0.0,
                      help="Imbalance ratio n_max/n_min (>= 1); 0 = 100 (20 for digits)."),
         click.option("--profile", type=click.Choice(PROFILES), default="exp", show_default=True,
                      help="Class-size profile: exp (n_max * IM^(-c/(C-1))) or step (first C/2 classes n_max, the rest n_max/IM)."),
         click.option("--n-max", type=int, default=0,
-                     help="Images of the largest class (0 = dataset default: 5000 CIFAR-10, 500 CIFAR-100, 6000 Fashion-MNIST, 110 digits)."),
+                     help="Images of the largest class (0 = dataset default: 5000 CIFAR-10, 500 CIFAR-100, 6000 Fashion-MNIST, "
+                          "110 digits; an image folder's smallest class)."),
         click.option("--subset-seed", type=int, default=0, show_default=True,
                      help="Seed of the per-class shuffle that picks the LT subset (LDAM-DRW's rule; 0 = the literature's subset)."),
         click.option("--val-per-class", type=int, default=20, show_default=True,
                      help="Validation images per class, from the shuffled training images left outside the LT subset."),
         click.option("--data-root", type=click.Path(path_type=Path), default=None,
-                     help="Folder holding the dataset files (cifar-*-python, Fashion-MNIST IDX files, list files)."),
+                     help="Folder holding the dataset files (cifar-*-python, Fashion-MNIST IDX files, list files), "
+                          "or for --dataset folder the image folder: train/<class>/*, test/<class>/* (val/<class>/*)."),
         click.option("--download", is_flag=True, help="Download the dataset into --data-root first (needs a network)."),
         click.option("--full-split", is_flag=True, help="Also dump the full balanced training set (probe protocol)."),
     ]
@@ -212,10 +215,10 @@ def run_stage_one(kw: dict, cache_dir: Path, checkpoint=None, views=0, quiet=Fal
     from glag.extract.stage_one import stage_one
 
     spec = build_spec(kw)
-    cfg = build_train_config(spec, *(kw[k] for k in ("loss", "a", "g", "tau", "backbone", "weights", "epochs",
-                                                     "batch_size", "lr", "seed")))
-    cfg.identity()  # a missing --weights file fails here, before any data is read
-    data = load_dataset(spec, download=kw["download"])
+    train_args = [kw[k] for k in ("loss", "a", "g", "tau", "backbone", "weights", "epochs", "batch_size", "lr", "seed")]
+    build_train_config(spec, *train_args).identity()  # a missing --weights file fails here, before any data is read
+    data = load_dataset(spec, download=kw["download"], progress=not quiet)
+    cfg = build_train_config(data.spec, *train_args)  # an image folder's spec is complete only once it is read
     log = (lambda m: None) if quiet else _log
     return stage_one(cfg, data, cache_dir, checkpoint=checkpoint, views=views, resume=resume, progress=not quiet, log=log)
 
@@ -223,7 +226,8 @@ def run_stage_one(kw: dict, cache_dir: Path, checkpoint=None, views=0, quiet=Fal
 @cli.command("data")
 @dataset_options
 @click.option("--indices", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write split,index,label for every train/val/test image to this CSV (index: position in the source files).")
+              help="Write split,index,label for every train/val/test image to this CSV (index: position in the source "
+                   "files), plus path (relative to --data-root) for image folders.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def data_cmd(indices, as_json, **kw):
     """Show a dataset's per-class train/val/test counts and Many/Medium/Few groups, without training.
@@ -233,10 +237,12 @@ def data_cmd(indices, as_json, **kw):
     from glag.extract.datasets import load_dataset
     from glag.extract.dataset_report import class_table, totals, write_indices
 
-    spec = build_spec(kw)
-    data = load_dataset(spec, download=kw["download"])
+    data = load_dataset(build_spec(kw), download=kw["download"], progress=not as_json)
+    spec = data.spec
     rows = class_table(data)
     summary = {"dataset": spec.label(), "spec": spec.identity(), "totals": totals(rows)}
+    if spec.content:
+        summary["digest"] = spec.content
     if indices:
         summary["indices"] = {"file": str(indices), "rows": write_indices(data, indices)}
     if as_json:
@@ -246,6 +252,8 @@ def data_cmd(indices, as_json, **kw):
     t = summary["totals"]
     click.echo(f"{summary['dataset']}: train {t['train']}, val {t['val']}, test {t['test']} images; "
                f"{t['many_classes']} many / {t['medium_classes']} medium / {t['few_classes']} few classes")
+    if spec.content:
+        click.echo(f"content digest (sha256): {spec.content}")
     if indices:
         click.echo(f"wrote {summary['indices']['rows']} rows to {indices}")
 

@@ -33,14 +33,18 @@ def totals(rows: list[dict]) -> dict:
 
 def write_indices(data: LTData, path: Path) -> int:
     """Write ``split,index,label`` for every train, val and test image; ``index`` is the image's
-    position in its source file order. Written atomically; returns the number of rows."""
+    position in its source file order, and image folders add ``path`` (relative to the data root).
+    Written atomically; returns the number of rows."""
     n = 0
     with atomic_path(Path(path)) as tmp:
         with open(tmp, "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["split", "index", "label"])
+            w.writerow(["split", "index", "label"] + (["path"] if data.paths else []))
             for s in INDEX_SPLITS:
                 split = data.splits[s]
-                w.writerows(zip([s] * len(split), split.index.tolist(), np.asarray(split.labels).tolist()))
+                cols = [[s] * len(split), split.index.tolist(), np.asarray(split.labels).tolist()]
+                if data.paths:
+                    cols.append([data.paths[split.source][i] for i in split.index])
+                w.writerows(zip(*cols))
                 n += len(split)
     return n

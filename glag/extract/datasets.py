@@ -1,4 +1,4 @@
-"""Long-tailed datasets: CIFAR-10/100-LT, Fashion-MNIST-LT, digits-LT and list-file datasets.
+"""Long-tailed datasets: CIFAR-10/100-LT, Fashion-MNIST-LT, digits-LT, image folders and list-file datasets.
 
 A dataset is held as image *sources* (uint8 arrays in memory, or file paths for
 list-file datasets) plus index *splits* into them: ``train`` (the LT subset),
@@ -24,7 +24,8 @@ LIST_DATASETS = {
     "places-lt": ("Places_LT_train.txt", "Places_LT_val.txt", "Places_LT_test.txt"),
     "inat2018": ("iNaturalist18_train.txt", "iNaturalist18_val_split.txt", "iNaturalist18_val.txt"),
 }
-DATASETS = sorted(ARRAY_DATASETS | set(LIST_DATASETS))
+FOLDER = "folder"  # <root>/{train,test[,val]}/<class>/<image>: glag.extract.folder
+DATASETS = sorted(ARRAY_DATASETS | set(LIST_DATASETS) | {FOLDER})
 N_MAX = {"cifar10-lt": 5000, "cifar100-lt": 500, "fashion-mnist-lt": 6000, "digits": 110}
 DEFAULT_IMBALANCE = {"digits": 20.0}
 DIGITS_TEST_PER_CLASS = 40
@@ -45,6 +46,10 @@ class DatasetSpec:
     # Names the rule that picks the subset, so caches made by the old "first n_c in file order" rule
     # (which had no such field) can never share a key with caches made by this one.
     subset_rule: str = "ldam-shuffle"
+    # Image folders only, filled in when the folder is read: the sha256 digest of its content (part of
+    # the identity, so a changed, added or removed image gives new keys) and its largest image side.
+    content: str = ""
+    image_size: int = 0
 
     def resolved(self) -> "DatasetSpec":
         if self.name not in DATASETS:
@@ -58,15 +63,22 @@ class DatasetSpec:
         if isinstance(self.subset_seed, bool) or not isinstance(self.subset_seed, (int, np.integer)) \
                 or not 0 <= self.subset_seed < 2**32:
             raise GlagError(f"--subset-seed {self.subset_seed} is invalid; it must be an integer in [0, 2^32)")
+        if self.name == FOLDER and not self.n_max:  # the default needs the folder's class sizes: set by load_dataset
+            im = check_imbalance(self.imbalance or 100.0)
+            return replace(self, imbalance=im, subset_seed=int(self.subset_seed))
         n_max = self.n_max or N_MAX[self.name]
         if n_max < 1:
-            raise GlagError(f"--n-max {self.n_max} is invalid; it must be >= 1 (0 = the dataset's default {N_MAX[self.name]})")
+            default = "the smallest class" if self.name == FOLDER else N_MAX[self.name]
+            raise GlagError(f"--n-max {self.n_max} is invalid; it must be >= 1 (0 = the dataset's default, {default})")
         im = check_imbalance(self.imbalance or DEFAULT_IMBALANCE.get(self.name, 100.0))
         return replace(self, imbalance=im, n_max=int(n_max), subset_seed=int(self.subset_seed))
 
     def identity(self) -> dict:
         d = asdict(self.resolved())
         d.pop("data_root")
+        if self.name != FOLDER:  # datasets from before the folder fields keep their keys
+            d.pop("content")
+            d.pop("image_size")
         return d
 
     def label(self) -> str:
@@ -74,6 +86,9 @@ class DatasetSpec:
         if r.name in LIST_DATASETS:
             return r.name
         extra = "" if r.profile == "exp" else f"-{r.profile}"
+        if r.name == FOLDER:
+            return f"folder-{r.content[:8] or 'unread'}-im{r.imbalance:g}{extra}-n{r.n_max}" + \
+                ("" if r.subset_seed == 0 else f"-s{r.subset_seed}")
         extra += "" if r.n_max == N_MAX[r.name] else f"-n{r.n_max}"
         extra += "" if r.subset_seed == 0 else f"-s{r.subset_seed}"
         return f"{r.name}-im{r.imbalance:g}{extra}"
@@ -99,6 +114,7 @@ class LTData:
     sources: dict  # source name -> uint8 image array, or list of file paths
     splits: dict[str, Split]
     root: Path | None = None
+    paths: dict | None = None  # source name -> image paths relative to ``root`` (image folders)
 
     @property
     def train_counts(self) -> np.ndarray:
@@ -121,7 +137,7 @@ class LTData:
                 **{f"{k}_rows": len(v) for k, v in self.splits.items()}}
 
 
-def lt_indices(labels: np.ndarray, counts: np.ndarray, val_per_class: int, seed: int = 0):
+def lt_indices(labels: np.ndarray, counts: np.ndarray, val_per_class: int, seed: int = 0, class_names=None):
     """LDAM-DRW's subset rule: one legacy MT19937 stream seeded with ``seed``; for each class c in
     order, shuffle its indices and keep the first ``counts[c]`` for train and up to ``val_per_class``
     of the rest for validation. Returns (train, val) index arrays, class by class in shuffled order."""
@@ -133,7 +149,9 @@ def lt_indices(labels: np.ndarray, counts: np.ndarray, val_per_class: int, seed:
         idx = np.flatnonzero(labels == c)
         rng.shuffle(idx)
         if len(idx) < n:
-            raise GlagError(f"class {c} has {len(idx)} training images but the profile asks for {n}")
+            name = f"class {c}" if class_names is None else f"class {c} ('{class_names[c]}')"
+            raise GlagError(f"{name} has {len(idx)} training images but the profile asks for {n}; "
+                            "lower --n-max or raise --imbalance")
         train.append(idx[:n])
         val.append(idx[n:n + val_per_class])
     return np.concatenate(train), np.concatenate(val)
@@ -224,10 +242,46 @@ def _list_dataset(spec: DatasetSpec, root: Path | None) -> LTData:
     return LTData(spec, num_classes, class_names, srcs, splits, root)
 
 
-def load_dataset(spec: DatasetSpec, download: bool = False) -> LTData:
-    """Build the long-tailed dataset that ``spec`` names, reading from ``spec.data_root``."""
+def _folder_dataset(spec: DatasetSpec, root: Path | None, progress: bool) -> LTData:
+    from glag.extract.folder import load_folder
+
+    if root is None:
+        raise GlagError("--dataset folder needs --data-root PATH (a folder holding train/<class>/* and test/<class>/*)")
+    fd = load_folder(root, progress=progress)
+    num_classes = len(fd.classes)
+    train_labels = fd.splits["train"].labels
+    avail = class_counts(train_labels, num_classes)
+    n_max = spec.n_max or int(avail.min())
+    if n_max > avail.max():
+        c = int(np.argmax(avail))
+        raise GlagError(f"--n-max {n_max} is larger than the largest class ('{fd.classes[c]}', {avail[c]} training "
+                        f"images); use --n-max <= {avail[c]}")
+    spec = replace(spec, n_max=int(n_max), content=fd.digest, image_size=int(fd.image_size)).resolved()
+    counts = profile_counts(spec.profile, spec.n_max, num_classes, spec.imbalance)
+    tr, va = lt_indices(train_labels, counts, spec.val_per_class, spec.subset_seed, fd.classes)
+    splits = {"train": _split("train", tr, train_labels), "test": _split("test", np.arange(len(fd.splits["test"].labels)),
+                                                                         fd.splits["test"].labels)}
+    if "val" in fd.splits:  # a val folder is used whole; without one, validation comes from the leftovers
+        splits["val"] = _split("val", np.arange(len(fd.splits["val"].labels)), fd.splits["val"].labels)
+    else:
+        splits["val"] = _split("train", va, train_labels)
+    if spec.full_split:
+        splits["full"] = _split("train", np.arange(len(train_labels)), train_labels)
+    paths = {s: sp.paths for s, sp in fd.splits.items()}
+    srcs = fd.images if fd.images is not None else {s: [str(root / p) for p in ps] for s, ps in paths.items()}
+    return LTData(spec, num_classes, list(fd.classes), srcs, splits, root, paths=paths)
+
+
+def load_dataset(spec: DatasetSpec, download: bool = False, progress: bool = True) -> LTData:
+    """Build the long-tailed dataset that ``spec`` names, reading from ``spec.data_root``.
+
+    The returned data's ``spec`` is complete (an image folder's digest and default ``n_max`` filled in)."""
     spec = spec.resolved()
     root = Path(spec.data_root).expanduser() if spec.data_root else None
+    if spec.name == FOLDER:
+        if download:
+            raise GlagError("--download does not apply to --dataset folder (its images are already on disk)")
+        return _folder_dataset(spec, root, progress)
     if download and spec.name != "digits":  # digits ship with scikit-learn
         if root is None:
             raise GlagError("--download needs --data-root (where to put the files)")

@@ -29,6 +29,18 @@ PRESETS = {
     "places-lt": dict(backbone="resnet10", epochs=200, batch_size=256, lr=0.1, warmup=5, pad=0, flip=True),
     "inat2018": dict(backbone="resnet50", epochs=90, batch_size=256, lr=0.1, warmup=5, pad=0, flip=True),
 }
+# Image folders: images up to folder.SMALL_MAX px get the CIFAR recipe, larger ones ImageNet-LT's.
+PRESETS["folder"] = PRESETS["cifar10-lt"]
+PRESETS["folder-large"] = PRESETS["imagenet-lt"]
+
+
+def preset_for(ds: DatasetSpec) -> dict:
+    """The recipe defaults for a resolved dataset spec."""
+    from glag.extract.folder import SMALL_MAX
+
+    if ds.name == "folder" and ds.image_size > SMALL_MAX:
+        return PRESETS["folder-large"]
+    return PRESETS[ds.name]
 
 
 @dataclass(frozen=True)
@@ -56,7 +68,7 @@ class TrainConfig:
     def resolved(self) -> "TrainConfig":
         """Fill unset fields (0 / -1 / None) from the dataset's preset and validate."""
         ds = self.dataset.resolved()
-        p = PRESETS[ds.name]
+        p = preset_for(ds)
         cfg = replace(
             self, dataset=ds, backbone=self.backbone or p["backbone"], epochs=p["epochs"] if self.epochs < 0 else self.epochs,
             batch_size=self.batch_size or p["batch_size"], lr=self.lr or p["lr"],
