@@ -4,6 +4,7 @@
     .venv/bin/python bench/reproduce.py cifar100-lt-full --data-root DIR_WITH_cifar-100-python
     .venv/bin/python bench/reproduce.py cifar100-lt-probe --data-root DIR_WITH_cifar-100-python
     .venv/bin/python bench/reproduce.py evidence [--epochs 30]   # multi-seed, paired: bench/evidence.py
+    .venv/bin/python bench/reproduce.py cifar10-lt [--full]      # real CIFAR-10-LT images: bench/cifar10_lt.py
 
 Writes results/<protocol>.csv and results/<protocol>.md (every number with the command that made it).
 Every step is a `glag` command; caches and trained weights are reused across runs.
@@ -110,6 +111,10 @@ def main():
         import evidence
 
         return evidence.main(sys.argv[2:])
+    if sys.argv[1:2] == ["cifar10-lt"]:  # real CIFAR-10-LT images, two budgets: bench/cifar10_lt.py
+        import cifar10_lt
+
+        return cifar10_lt.main(sys.argv[2:])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("protocol", choices=sorted(PROTOCOLS))
     ap.add_argument("--data-root", type=Path, default=None)

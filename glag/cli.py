@@ -188,6 +188,8 @@ def train_options(f):
                           "weights' features and fit a linear CE head on them."),
         click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Batch size (default: preset)."),
         click.option("--lr", type=float, default=None, help="Peak learning rate (default: preset)."),
+        click.option("--warmup", type=click.FloatRange(min=0), default=None,
+                     help="Linear lr warm-up epochs before the cosine decay (default: preset; 5 for CIFAR)."),
         click.option("--seed", type=int, default=0, show_default=True, help="Random seed."),
     ]
     return _apply(opts, f)
@@ -202,12 +204,12 @@ def build_spec(kw: dict):
                        subset_seed=kw["subset_seed"]).resolved()
 
 
-def build_train_config(spec, loss, a, g, tau, backbone, weights, epochs, batch_size, lr, seed):
+def build_train_config(spec, loss, a, g, tau, backbone, weights, epochs, batch_size, lr, warmup, seed):
     from glag.extract.train import TrainConfig
 
     return TrainConfig(dataset=spec, backbone=backbone or "", loss=loss, a=a, g=g, tau=tau,
-                       epochs=-1 if epochs is None else epochs, batch_size=batch_size or 0, lr=lr or 0.0, seed=seed,
-                       weights=weights or "").resolved()
+                       epochs=-1 if epochs is None else epochs, batch_size=batch_size or 0, lr=lr or 0.0,
+                       warmup=-1.0 if warmup is None else warmup, seed=seed, weights=weights or "").resolved()
 
 
 def run_stage_one(kw: dict, cache_dir: Path, checkpoint=None, views=0, quiet=False, resume=True):
@@ -215,7 +217,8 @@ def run_stage_one(kw: dict, cache_dir: Path, checkpoint=None, views=0, quiet=Fal
     from glag.extract.stage_one import stage_one
 
     spec = build_spec(kw)
-    train_args = [kw[k] for k in ("loss", "a", "g", "tau", "backbone", "weights", "epochs", "batch_size", "lr", "seed")]
+    train_args = [kw[k] for k in ("loss", "a", "g", "tau", "backbone", "weights", "epochs", "batch_size", "lr",
+                                 "warmup", "seed")]
     build_train_config(spec, *train_args).identity()  # a missing --weights file fails here, before any data is read
     data = load_dataset(spec, download=kw["download"], progress=not quiet)
     cfg = build_train_config(data.spec, *train_args)  # an image folder's spec is complete only once it is read

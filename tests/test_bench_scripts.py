@@ -46,3 +46,26 @@ def test_evidence_tables_pair_by_seed(tmp_path):
     assert "| graloss | glag | 3 | 60.17 ± 0.76 |" in md
     assert "| graloss | crt | +4.83 [" in md and "GLAG better" in md
     assert (tmp_path / "evidence.png").stat().st_size > 1000
+
+
+def test_cifar10_lt_protocol_runs_resumes_and_says_its_budget(tmp_path):
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_folder import make_folder
+
+    root = make_folder(tmp_path / "f", train=(40, 30, 20), test=4, size=16)
+    cmd = [sys.executable, str(ROOT / "bench" / "reproduce.py"), "cifar10-lt", "--data-root", str(root),
+           "--results", str(tmp_path / "res"), "--cache-dir", str(tmp_path / "cache"), "--epochs", "1",
+           "--seeds", "0,1", "--ims", "4", "--losses", "ce", "--gen-epochs", "2"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = (tmp_path / "res" / "cifar10-lt.csv").read_text().splitlines()
+    assert rows[0] == "dataset,imbalance,stage_one,method,seed,top1,many,medium,few,budget,val_top1,epochs"
+    assert len(rows) == 1 + 2 * 9 and all(",cpu," in r for r in rows[1:])
+    md = (tmp_path / "res" / "cifar10-lt.md").read_text()
+    assert "**Budget `cpu`**: stage one 1 epochs" in md and "reduced from the literature's 200" in md
+    assert "| ce | glag | 2 |" in md and "GLAG minus" in md
+    cmds = (tmp_path / "res" / "runs" / "cifar10-lt" / "cpu" / "im4-ce-s1" / "commands.txt").read_text().splitlines()
+    assert cmds[0].startswith("glag extract --dataset folder") and "--beta-init 0.6 --no-posthoc-la" in cmds[3]
+    again = subprocess.run(cmd, capture_output=True, text=True)  # every cell done: nothing is re-run
+    assert again.returncode == 0 and "$ glag" not in again.stderr
+    assert (tmp_path / "res" / "cifar10-lt.csv").read_text().splitlines() == rows

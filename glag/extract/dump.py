@@ -52,9 +52,7 @@ def features_of(model: Classifier, batches, device, desc: str, progress: bool = 
     amp = device.type == "cuda"
     feats, labels = [], []
     for x, y in tqdm(batches, desc=desc, leave=False, disable=None if progress else True):  # None: off when not a terminal
-        x = x.to(device, non_blocking=True)
-        if amp:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             f = model.features(x)
         feats.append(f.float().cpu())
@@ -91,9 +89,7 @@ def dump(state: dict, data: LTData, cache_dir: Path, *, views: int = 0, batch_si
     device, _, _ = device_and_dist()
     model = Classifier(state["backbone"], state["num_classes"], state["in_channels"], state.get("head", "linear"))
     model.load_state_dict(state["model"])
-    model.to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = model.to(device, memory_format=torch.channels_last)
     cfg = TrainConfig(**{**cfg_d, "dataset": data.spec})
     splits = {}
     for name, split in data.splits.items():
