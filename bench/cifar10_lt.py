@@ -107,6 +107,8 @@ def paired(rows, im, loss, a, b, metric):
 
 def interval_text(d) -> str:
     m, lo, hi = t_interval(d)
+    if len(d) < 2:
+        return f"{m:+.2f} (n=1, no interval yet)"
     return f"{m:+.2f} [{lo:+.2f}, {hi:+.2f}] (n={len(d)}, {verdict(lo, hi)})"
 
 

@@ -11,6 +11,7 @@ from tabulate import tabulate
 from glag import __version__
 from glag.cache.store import default_cache_dir
 from glag.errors import GlagError
+from glag.options import Number, check_writable
 
 
 def _log(msg: str) -> None:
@@ -130,10 +131,13 @@ def cache_import(train, val, test, head, class_names, name, cache_dir):
 @cache_dir_option
 @click.option("--keep-derived", is_flag=True, help="Keep generator statistics derived from the cache.")
 def cache_rm(targets: tuple[str, ...], cache_dir: Path, keep_derived: bool):
-    """Remove caches (TARGETS: files or key prefixes) and the statistics derived from them."""
-    from glag.cache.store import related_files, resolve
+    """Remove caches (TARGETS: files or key prefixes) and the statistics and stage-one report derived from them.
 
-    paths = [resolve(t, cache_dir) for t in targets]  # resolve all first: no partial removal on a typo
+    Only files that glag wrote are removed, recognised by their content; any other path is refused.
+    """
+    from glag.cache.store import related_files, removable
+
+    paths = [removable(t, cache_dir) for t in targets]  # check all first: no partial removal on a typo
     for p in paths:
         for q in ([] if keep_derived else related_files(p)) + [p]:
             q.unlink()
@@ -148,16 +152,16 @@ def dataset_options(f):
         click.option("--dataset", type=click.Choice(DATASETS), default="digits", show_default=True,
                      help="Long-tailed dataset; 'digits' is bundled and needs no download; 'folder' reads an "
                           "image folder (--data-root)."),
-        click.option("--imbalance", "-im", type=float, default=0.0,
+        click.option("--imbalance", "-im", type=Number(float, 0, extra="0 = the default, else >= 1"), default=0.0,
                      help="Imbalance ratio n_max/n_min (>= 1); 0 = 100 (20 for digits)."),
         click.option("--profile", type=click.Choice(PROFILES), default="exp", show_default=True,
                      help="Class-size profile: exp (n_max * IM^(-c/(C-1))) or step (first C/2 classes n_max, the rest n_max/IM)."),
-        click.option("--n-max", type=int, default=0,
+        click.option("--n-max", type=Number(int, 0), default=0,
                      help="Images of the largest class (0 = dataset default: 5000 CIFAR-10, 500 CIFAR-100, 6000 Fashion-MNIST, "
                           "110 digits; an image folder's smallest class)."),
-        click.option("--subset-seed", type=int, default=0, show_default=True,
+        click.option("--subset-seed", type=Number(int, 0, 2**32, hi_open=True), default=0, show_default=True,
                      help="Seed of the per-class shuffle that picks the LT subset (LDAM-DRW's rule; 0 = the literature's subset)."),
-        click.option("--val-per-class", type=int, default=20, show_default=True,
+        click.option("--val-per-class", type=Number(int, 0), default=20, show_default=True,
                      help="Validation images per class, from the shuffled training images left outside the LT subset."),
         click.option("--data-root", type=click.Path(path_type=Path), default=None,
                      help="Folder holding the dataset files (cifar-*-python, Fashion-MNIST IDX files, list files), "
@@ -174,23 +178,24 @@ def train_options(f):
 
     opts = [
         click.option("--loss", type=click.Choice(LOSSES), default="graloss", show_default=True, help="Stage-one loss."),
-        click.option("--a", "a", type=float, default=1.0, show_default=True, help="GraLoss scale a in lam(t) = a (t/T)^g."),
-        click.option("--g", "g", type=float, default=3.0, show_default=True, help="GraLoss exponent g (<1 concave, 1 linear, >1 convex)."),
-        click.option("--tau", type=float, default=1.0, show_default=True, help="Fixed strength for --loss la."),
+        click.option("--a", "a", type=Number(float), default=1.0, show_default=True, help="GraLoss scale a in lam(t) = a (t/T)^g."),
+        click.option("--g", "g", type=Number(float, 0), default=3.0, show_default=True, help="GraLoss exponent g (<1 concave, 1 linear, >1 convex)."),
+        click.option("--tau", type=Number(float, 0), default=1.0, show_default=True, help="Fixed strength for --loss la."),
         click.option("--backbone", default=None,
                      help=f"Backbone: {', '.join(sorted(BACKBONES))}, or torchvision:NAME (e.g. torchvision:resnet18; "
                           "penultimate features, the weights' own preprocessing). Default: the dataset's preset."),
         click.option("--weights", default="",
                      help="Initial backbone weights: a state-dict or checkpoint file, or torchvision:DEFAULT "
                           "(torchvision's pretrained weights; downloaded once, needs a network)."),
-        click.option("--epochs", type=click.IntRange(min=0), default=None,
+        click.option("--epochs", type=Number(int, 0), default=None,
                      help="Stage-one epochs (default: preset; 200 for CIFAR). 0: no training; dump the initial "
                           "weights' features and fit a linear CE head on them."),
-        click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Batch size (default: preset)."),
-        click.option("--lr", type=float, default=None, help="Peak learning rate (default: preset)."),
-        click.option("--warmup", type=click.FloatRange(min=0), default=None,
+        click.option("--batch-size", type=Number(int, 1), default=None, help="Batch size (default: preset)."),
+        click.option("--lr", type=Number(float, 0, lo_open=True), default=None, help="Peak learning rate (default: preset)."),
+        click.option("--warmup", type=Number(float, 0), default=None,
                      help="Linear lr warm-up epochs before the cosine decay (default: preset; 5 for CIFAR)."),
-        click.option("--seed", type=int, default=0, show_default=True, help="Random seed."),
+        click.option("--seed", type=Number(int, 0, 2**32, hi_open=True), default=0, show_default=True,
+                     help="Random seed."),
     ]
     return _apply(opts, f)
 
@@ -216,6 +221,7 @@ def run_stage_one(kw: dict, cache_dir: Path, checkpoint=None, views=0, quiet=Fal
     from glag.extract.datasets import load_dataset
     from glag.extract.stage_one import stage_one
 
+    check_writable(cache_dir, "--cache-dir", folder=True)
     spec = build_spec(kw)
     train_args = [kw[k] for k in ("loss", "a", "g", "tau", "backbone", "weights", "epochs", "batch_size", "lr",
                                  "warmup", "seed")]
@@ -240,6 +246,7 @@ def data_cmd(indices, as_json, **kw):
     from glag.extract.datasets import load_dataset
     from glag.extract.dataset_report import class_table, totals, write_indices
 
+    check_writable(indices, "--indices", folder=False)
     data = load_dataset(build_spec(kw), download=kw["download"], progress=not as_json)
     spec = data.spec
     rows = class_table(data)
@@ -267,7 +274,7 @@ def data_cmd(indices, as_json, **kw):
 @cache_dir_option
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Dump features of this stage-one checkpoint instead of training.")
-@click.option("--views", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--views", type=Number(int, 0), default=0, show_default=True,
               help="Also dump this many augmented views of the train split.")
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Continue an interrupted training run from its last epoch checkpoint, or start it over.")
@@ -292,34 +299,36 @@ def generator_options(f):
     from glag.generate.support import WEIGHTINGS
 
     opts = [
-        click.option("--lt", type=float, default=0.5, show_default=True, help="Tukey power in (0, 1]; 1 = no transform."),
-        click.option("--k", "k", type=int, default=2, show_default=True, help="Support classes per tail sample."),
-        click.option("--tail-below", type=int, default=100, show_default=True, help="Classes with fewer train rows are tail."),
+        click.option("--lt", type=Number(float, 0, 1, lo_open=True), default=0.5, show_default=True, help="Tukey power in (0, 1]; 1 = no transform."),
+        click.option("--k", "k", type=Number(int, 1), default=2, show_default=True, help="Support classes per tail sample."),
+        click.option("--tail-below", type=Number(int, 1), default=100, show_default=True, help="Classes with fewer train rows are tail."),
         click.option("--weighting", type=click.Choice(WEIGHTINGS), default="count-distance", show_default=True,
                      help="Support weights: n_i/d_i (GLAG) or uniform (Free Lunch)."),
         click.option("--mode", type=click.Choice(MODES), default="auto", show_default=True,
                      help="Covariance factors. auto: per class the cheaper exact one (Cholesky, d^2 memory, "
                           "when the class has more rows than dimensions; else its centred rows); "
                           "dense: Cholesky for every class; factor: centred rows for every class."),
-        click.option("--max-dense-gb", type=float, default=1.0, show_default=True, help="Cap on the Cholesky factors' memory for --mode auto."),
+        click.option("--max-dense-gb", type=Number(float, 0, lo_open=True), default=1.0, show_default=True, help="Cap on the Cholesky factors' memory for --mode auto."),
         click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, help="NumPy (cpu) or CuPy (gpu)."),
     ]
     return _apply(opts, f)
 
 
-def build_generator(cache_path, lt, k, tail_below, weighting, mode, max_dense_gb, device):
+def build_generator(cache_path, lt, k, tail_below, weighting, mode, max_dense_gb, device, n_target=0):
     from glag.cache.format import FeatureCache
-    from glag.generate.afg import AFG, GeneratorConfig
+    from glag.generate.afg import AFG, GeneratorConfig, SamplingConfig, check_for_cache
 
     cfg = GeneratorConfig(lt=lt, k=k, tail_below=tail_below, weighting=weighting, mode=mode, max_dense_gb=max_dense_gb)
-    return AFG.build(FeatureCache(cache_path), cfg, device=device)
+    cache = FeatureCache(cache_path)
+    check_for_cache(cache, cfg, SamplingConfig(n_target=n_target))
+    return AFG.build(cache, cfg, device=device)
 
 
 @cli.command()
 @click.option("--cache", "target", required=True, help="Cache file or key prefix.")
 @cache_dir_option
 @generator_options
-@click.option("--n-target", type=click.IntRange(min=0), default=0, help="Rows per class after top-up (0 = largest class).")
+@click.option("--n-target", type=Number(int, 0), default=0, help="Rows per class after top-up (0 = largest class).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def generate(target, cache_dir, n_target, as_json, **kw):
     """Compute Tukey-space class statistics and tail support sets for a cache.
@@ -330,7 +339,7 @@ def generate(target, cache_dir, n_target, as_json, **kw):
     from glag.cache.store import resolve
     from glag.generate.afg import describe
 
-    afg = build_generator(resolve(target, cache_dir), **kw)
+    afg = build_generator(resolve(target, cache_dir), n_target=n_target, **kw)
     rows = afg.summary(n_target)
     if as_json:
         click.echo(json.dumps({**describe(afg), "groups": rows}, indent=2))
@@ -342,22 +351,22 @@ def generate(target, cache_dir, n_target, as_json, **kw):
 
 def stage_two_options(f):
     opts = [
-        click.option("--gen-epochs", type=click.IntRange(min=1), default=40, show_default=True, help="Stage-two (generation) epochs."),
-        click.option("--gen-batch-size", type=click.IntRange(min=1), default=512, show_default=True, help="Stage-two batch size."),
-        click.option("--gen-lr", type=float, default=0.1, show_default=True, help="Stage-two peak learning rate (cosine)."),
+        click.option("--gen-epochs", type=Number(int, 1), default=40, show_default=True, help="Stage-two (generation) epochs."),
+        click.option("--gen-batch-size", type=Number(int, 1), default=512, show_default=True, help="Stage-two batch size."),
+        click.option("--gen-lr", type=Number(float, 0, 10, lo_open=True), default=0.1, show_default=True, help="Stage-two peak learning rate (cosine)."),
         click.option("--kd/--no-kd", default=True, show_default=True, help="Knowledge distillation on real head-class rows."),
         click.option("--adaptive/--fixed-beta", default=True, show_default=True, help="Adapt beta_c on validation accuracy."),
         click.option("--generate/--no-generate", "gen_features", default=True, show_default=True,
                      help="Mix generated features into stage two (--no-generate: real rows only, an ablation)."),
-        click.option("--beta-init", type=float, default=0.0, show_default=True,
+        click.option("--beta-init", type=Number(float, 0, 0.9, extra="beta_c is clipped to [0, 0.9]"), default=0.0, show_default=True,
                      help="Initial confidence beta_c of tail classes (0: samples centred on the real tail sample)."),
         click.option("--posthoc-la/--no-posthoc-la", default=True, show_default=True,
                      help="Logit-adjust the final classifier, z - tau log(pi), with tau picked on val (0..2)."),
-        click.option("--beta-delta", type=float, default=0.05, show_default=True, help="Step of the beta_c update."),
-        click.option("--alpha", type=float, default=0.0, show_default=True, help="Dispersion added to calibrated covariances."),
+        click.option("--beta-delta", type=Number(float, 0, 0.9), default=0.05, show_default=True, help="Step of the beta_c update."),
+        click.option("--alpha", type=Number(float, 0, 100), default=0.0, show_default=True, help="Dispersion added to calibrated covariances."),
         click.option("--dispersion", type=click.Choice(["identity", "all-entries"]), default="identity", show_default=True,
                      help="alpha * I (GLAG) or alpha on every entry (Free Lunch)."),
-        click.option("--n-target", type=click.IntRange(min=0), default=0, help="Rows per class after top-up (0 = largest class)."),
+        click.option("--n-target", type=Number(int, 0), default=0, help="Rows per class after top-up (0 = largest class)."),
         click.option("--out", "out_base", type=click.Path(file_okay=False, path_type=Path), default=Path("glag-runs"),
                      show_default=True, help="Folder for run folders (result.json, per_class.csv, model.pt)."),
     ]
@@ -378,6 +387,15 @@ def _stage_two_run(cache_path, methods, kw, checkpoint=None, quiet=False):
                        device=kw["device"], checkpoint=checkpoint, progress=not quiet)
 
 
+def _check_stage_two_args(methods, out_base) -> None:
+    from glag.classify.runner import METHODS
+
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise click.BadParameter(f"{', '.join(bad)} (choose from {', '.join(METHODS)})", param_hint="'--method'")
+    check_writable(out_base, "--out", folder=True)
+
+
 def _print_results(records, extra_rows=()):
     from glag.metrics import summary_row
 
@@ -393,7 +411,7 @@ def _print_results(records, extra_rows=()):
               help="glag, stage-one, crt, lws, tau-norm, logit-adjust or probe; repeat for several.")
 @generator_options
 @stage_two_options
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option("--seed", type=Number(int, 0, 2**32, hi_open=True), default=0, show_default=True, help="Random seed.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Stage-one checkpoint for the exported model (default: the one recorded beside the cache).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
@@ -405,11 +423,8 @@ def classify(target, cache_dir, methods, checkpoint, quiet, **kw):
     Hyper-parameters and beta_c are tuned on the validation split only.
     """
     from glag.cache.store import resolve
-    from glag.classify.runner import METHODS
 
-    bad = [m for m in methods if m not in METHODS]
-    if bad:
-        raise click.BadParameter(f"{', '.join(bad)} (choose from {', '.join(METHODS)})", param_hint="'--method'")
+    _check_stage_two_args(methods, kw["out_base"])
     _print_results(_stage_two_run(resolve(target, cache_dir), methods, kw, checkpoint, quiet))
 
 
@@ -427,6 +442,7 @@ def run(cache_dir, methods, quiet, **kw):
 
     With no arguments: the bundled long-tailed digits, offline, in about a minute on 2 CPU cores.
     """
+    _check_stage_two_args(methods, kw["out_base"])  # before training, so no work is lost to a bad --out
     done = run_stage_one(kw, cache_dir, quiet=quiet)
     if done is None:
         return
@@ -449,6 +465,8 @@ def report(runs, fmt, plots, tsne):
     from glag.classify.report import plot_beta, plot_per_class
     from glag.classify.results import load_run, summary_table
 
+    check_writable(plots, "--plots", folder=True)
+    check_writable(tsne, "--tsne", folder=False)
     recs = [load_run(r) for r in runs]
     table = summary_table(recs)
     click.echo(table.to_markdown(index=False) if fmt == "markdown" else table.to_csv(index=False).rstrip())
@@ -488,18 +506,19 @@ def main(argv=None) -> int:
         return rv if isinstance(rv, int) else 0
     except click.exceptions.Exit as exc:
         return exc.exit_code
-    except click.exceptions.Abort:
-        click.echo("error: aborted", err=True)
-        return 1
+    except (click.exceptions.Abort, KeyboardInterrupt):  # click turns Ctrl-C into Abort
+        click.echo("interrupted", err=True)
+        return 130
     except click.ClickException as exc:
         click.echo(f"error: {exc.format_message()}", err=True)
         return exc.exit_code
     except GlagError as exc:
         click.echo(f"error: {exc}", err=True)
         return 1
-    except KeyboardInterrupt:
-        click.echo("error: interrupted", err=True)
-        return 130
+    except OSError as exc:  # disk full, permissions, a vanished mount: the partial file is already removed
+        where = f" ('{exc.filename}')" if getattr(exc, "filename", None) else ""
+        click.echo(f"error: {exc.strerror or exc}{where}", err=True)
+        return 1
 
 
 def entry() -> None:

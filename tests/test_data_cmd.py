@@ -57,8 +57,8 @@ def test_data_cifar100_lt_indices_are_source_positions(tmp_path, fake_cifar100, 
 @pytest.mark.filterwarnings("ignore:.*md5 differs")
 @pytest.mark.parametrize("args,msg", [
     (["--n-max", "700"], "--n-max 700 is larger than the 600 training images of class"),
-    (["--imbalance", "0.5"], "imbalance ratio 0.5 is invalid; it must be >= 1"),
-    (["--subset-seed", "-3"], "--subset-seed -3 is invalid"),
+    (["--imbalance", "0.5"], "--imbalance 0.5 is invalid; it must be >= 1"),
+    (["--subset-seed", "-3"], "Invalid value for '--subset-seed': -3 is out of range; allowed: a finite integer >= 0 and < 4294967296"),
     (["--profile", "zigzag"], "'zigzag' is not one of 'exp', 'step'"),
 ])
 def test_data_bad_options_one_line(tmp_path, fake_cifar100, glag_cli, args, msg):

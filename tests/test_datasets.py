@@ -105,7 +105,7 @@ def test_bad_dataset_options_name_the_value(fake_cifar100):
     root = str(fake_cifar100)
     with pytest.raises(GlagError, match=r"--n-max 601 is larger than the 600 training images of class \d+"):
         load_dataset(DatasetSpec("cifar100-lt", 100, data_root=root, n_max=601))
-    with pytest.raises(GlagError, match=r"imbalance ratio 0.5 is invalid; it must be >= 1"):
+    with pytest.raises(GlagError, match=r"--imbalance 0.5 is invalid; it must be >= 1"):
         DatasetSpec("cifar100-lt", 0.5).resolved()
     with pytest.raises(GlagError, match=r"--profile 'zigzag' is unknown; choose one of: exp, step"):
         DatasetSpec("cifar100-lt", profile="zigzag").resolved()

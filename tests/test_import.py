@@ -62,7 +62,7 @@ def test_import_fits_a_head_when_none_is_given(tmp_path, cache_dir, glag_cli):
      "1 rows of features are not finite"),
     (lambda f: np.savez(f["val"], features=np.zeros((2, 3)), labels=np.array([0, 1])), "feature dimensions differ"),
     (lambda f: np.savez(f["test"], features=np.zeros((2, 4)), labels=np.array([0, 9])),
-     r"--test: labels must lie in \[0, 6\), got range \[0, 9\]"),
+     r"--test: labels must lie in \[0, 6\) \(--head has 6 classes\), got range \[0, 9\]"),
     (lambda f: np.savez(f["train"], features=np.zeros((3, 4)), labels=np.array([0, 1, 1])),
      r"--train has no row of class\(es\) \[2, 3, 4, 5\]"),
     (lambda f: np.savez(f["val"], features=np.zeros((3, 4)), labels=np.array([0, 1])),

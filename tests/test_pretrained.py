@@ -88,6 +88,6 @@ def test_torchvision_backbone_fine_tunes_with_epochs(cache_dir, glag_cli):
     assert code == 0, err
     cache = FeatureCache(json.loads(out)["cache"])
     assert cache.feature_dim == 1024 and cache.provenance["epochs"] == 1 and "head_fit" not in cache.provenance
-    ckpt = torch.load(next((cache_dir / "stage1").iterdir()) / "final.pt", weights_only=False)
+    ckpt = torch.load(next((cache_dir / "stage1").iterdir()) / "final.pt", weights_only=True)
     assert ckpt["backbone"] == "torchvision:mobilenet_v3_small" and len(ckpt["history"]) == 1
     assert ckpt["input_size"] == [224, 224] and ckpt["norm"][0] == [0.485, 0.456, 0.406]

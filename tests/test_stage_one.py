@@ -71,7 +71,7 @@ def test_lr_schedule_warmup_then_cosine():
 def test_killed_and_resumed_run_matches_uninterrupted(tmp_path):
     data = load_dataset(DatasetSpec())
     cfg = TrainConfig(epochs=3, loss="graloss", seed=3)
-    ref = torch.load(train(cfg, data, tmp_path / "a", progress=False, log=lambda m: None), weights_only=False)
+    ref = torch.load(train(cfg, data, tmp_path / "a", progress=False, log=lambda m: None), weights_only=True)
 
     class Killed(Exception):
         pass
@@ -84,7 +84,7 @@ def test_killed_and_resumed_run_matches_uninterrupted(tmp_path):
         train(cfg, data, tmp_path / "b", progress=False, on_epoch_end=kill_after_two, log=lambda m: None)
     assert (tmp_path / "b" / "last.pt").is_file() and not (tmp_path / "b" / "final.pt").exists()
     msgs = []
-    resumed = torch.load(train(cfg, data, tmp_path / "b", progress=False, log=msgs.append), weights_only=False)
+    resumed = torch.load(train(cfg, data, tmp_path / "b", progress=False, log=msgs.append), weights_only=True)
     assert any("resuming from epoch 2" in m for m in msgs)
     for k, v in ref["model"].items():
         assert torch.equal(v, resumed["model"][k]), k
@@ -189,7 +189,7 @@ def test_ldam_drw_extract_cache_reproduces_stage_one_model(cache_dir, glag_cli):
     res = json.loads(out)
     cache = FeatureCache(res["cache"])
     assert cache.head == "cosine" and cache.head_scale == 30.0 and verify(res["cache"]) == []
-    ckpt = torch.load(next((cache_dir / "stage1").iterdir()) / "final.pt", weights_only=False)
+    ckpt = torch.load(next((cache_dir / "stage1").iterdir()) / "final.pt", weights_only=True)
     assert ckpt["head"] == "cosine"
     net = Classifier(ckpt["backbone"], 10, ckpt["in_channels"], ckpt["head"]).eval()
     net.load_state_dict(ckpt["model"])

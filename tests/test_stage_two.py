@@ -148,7 +148,7 @@ def test_classify_cli_methods_and_errors(cache, glag_cli, tmp_path):
     code, _, err = glag_cli("classify", "--cache", cache.path, "--method", "magic")
     assert code == 2 and "magic" in err and "choose from" in err
     code, _, err = glag_cli("classify", "--cache", cache.path, "--beta-init", "1.5", "-q", "--out", tmp_path / "r")
-    assert code == 1 and "beta_init" in err
+    assert code == 2 and "Invalid value for '--beta-init': 1.5 is out of range" in err
 
 
 def test_probe_on_full_split(cache_dir, glag_cli, tmp_path):

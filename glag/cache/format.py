@@ -65,6 +65,8 @@ def atomic_path(path: Path):
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as exc:  # disk full, quota, read-only: name the file, never leave the partial one
+        raise GlagError(f"could not write '{path}': {exc.strerror or exc}; the partial file was removed") from exc
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -207,6 +209,13 @@ class FeatureCache:
 
     def _read_header(self, f: h5py.File, key: str | None) -> dict:
         a = dict(f.attrs)
+        if STATS_MARK in self.path.name and "version" in a and "format_version" not in a:
+            cache = self.path.name.split(STATS_MARK)[0] + SUFFIX
+            raise GlagError(f"'{self.path}' is a generator statistics file, not a feature cache; pass the cache it "
+                            f"was made from ('{cache}')")
+        if not {"format_version", "key", "config"} <= set(a):
+            raise GlagError(f"'{self.path}' is an HDF5 file but not a glag feature cache; pass a file made by "
+                            "'glag extract' or 'glag cache import'")
         if not a.get("complete", False):
             raise GlagError(f"cache '{self.path}' is incomplete (its writer did not finish); delete it and re-extract")
         version = int(a.get("format_version", -1))

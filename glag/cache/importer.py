@@ -12,6 +12,7 @@ from glag.cache.head import HEAD_FIT, fit_linear_head
 from glag.cache.integrity import digest
 from glag.errors import GlagError
 
+MAX_ABS = 1e6  # |feature| bound: squares and covariances stay well inside float32's precision
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -41,10 +42,16 @@ def load_split(path: Path, role: str) -> tuple[np.ndarray, np.ndarray, np.ndarra
     index = a.get("index", np.arange(len(y)))
     if len(f) != len(y) or len(index) != len(y):
         raise GlagError(f"--{role} '{path}': lengths differ: features {len(f)}, labels {len(y)}, index {len(index)}")
+    if len(y) == 0:
+        raise GlagError(f"--{role} '{path}' has no rows; every split needs at least one")
     f = f.astype(np.float32)
     bad = int((~np.isfinite(f)).any(axis=1).sum())
     if bad:
         raise GlagError(f"--{role} '{path}': {bad} rows of features are not finite (NaN or inf)")
+    big = float(np.abs(f).max())
+    if big > MAX_ABS:
+        raise GlagError(f"--{role} '{path}': features reach {big:.3g}; allowed: |f| <= {MAX_ABS:g} (float32 statistics "
+                        "and the fitted head lose all precision beyond); rescale them")
     return f, y.astype(np.int64), np.asarray(index, dtype=np.int64)
 
 
@@ -78,9 +85,11 @@ def import_cache(cache_dir: Path, name: str, train: Path, val: Path, test: Path,
     C = len(names) if names else (len(W) if W is not None else int(max(s[1].max() for s in splits.values())) + 1)
     if W is not None and len(W) != C:
         raise GlagError(f"--head '{head}' has {len(W)} classes but --class-names lists {C}")
+    source = (f"--class-names lists {C} classes" if names else f"--head has {C} classes" if W is not None
+              else f"the largest label sets {C} classes")
     for role, (_, y, _) in splits.items():
-        if len(y) and (y.min() < 0 or y.max() >= C):
-            raise GlagError(f"--{role}: labels must lie in [0, {C}), got range [{y.min()}, {y.max()}]")
+        if y.min() < 0 or y.max() >= C:
+            raise GlagError(f"--{role}: labels must lie in [0, {C}) ({source}), got range [{y.min()}, {y.max()}]")
     empty = np.flatnonzero(np.bincount(splits["train"][1], minlength=C) == 0)
     if len(empty):
         raise GlagError(f"--train has no row of class(es) {empty[:10].tolist()}; every class needs a train row")

@@ -24,7 +24,8 @@ HASH_CHUNK = 64 << 20
 
 def digest(data) -> str:
     """sha256 of an array's bytes in C order."""
-    return hashlib.sha256(memoryview(np.ascontiguousarray(data)).cast("B")).hexdigest()
+    # reshape(-1): memoryview cannot cast an empty multi-dimensional view (no tail rows: shape (0, k))
+    return hashlib.sha256(memoryview(np.ascontiguousarray(data).reshape(-1)).cast("B")).hexdigest()
 
 
 def meta_digest(attrs: dict) -> str:

@@ -50,13 +50,59 @@ def _key_of(path: Path, prefix: str) -> bool:
         return False
 
 
-def related_files(path: Path) -> list[Path]:
-    """Files derived from a cache: generator statistics and reports named after it or carrying its key."""
+CACHE_ATTRS = {"format_version", "key", "config", "class_names", "num_classes"}  # every glag cache has these
+STATS_ATTRS = {"version", "key", "config", "complete"}  # every generator statistics file has these
+
+
+def glag_file_kind(path: Path) -> str | None:
+    """'cache' or 'stats' when ``path`` is an HDF5 file that glag wrote (complete or not), else None.
+
+    Recognised by content, never by name, so that nothing else is ever taken for glag's."""
+    import h5py
+
     path = Path(path)
-    found = set(path.parent.glob(f"{path.stem}{STATS_MARK}*")) | set(path.parent.glob(f"{path.stem}.stage1.json"))
+    if not path.is_file() or path.is_symlink():
+        return None
     try:
-        key = FeatureCache(path, check_data=False).key[:16]
-        found |= set(path.parent.glob(f"*{key}*"))
-    except GlagError:
-        pass
-    return sorted(q for q in found if q != path and q.is_file())
+        with h5py.File(path, "r") as f:
+            attrs = set(f.attrs)
+    except (OSError, ValueError):
+        return None
+    if CACHE_ATTRS <= attrs:
+        return "cache"
+    if STATS_ATTRS <= attrs and STATS_MARK in path.name:
+        return "stats"
+    return None
+
+
+def _is_stage_one_report(path: Path, cache: Path) -> bool:
+    """A stage-one report that glag wrote for this cache (its JSON names the cache file)."""
+    import json
+
+    try:
+        rep = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(rep, dict) and Path(str(rep.get("cache", ""))).name == cache.name and "top1" in rep
+
+
+def related_files(path: Path) -> list[Path]:
+    """glag's own files beside a cache: its generator statistics and its stage-one report.
+
+    Only files named after the cache and recognised by their content count."""
+    path = Path(path)
+    stats = [q for q in path.parent.glob(f"{path.stem}{STATS_MARK}*{SUFFIX}") if glag_file_kind(q) == "stats"]
+    report = path.with_suffix(".stage1.json")
+    reports = [report] if report.is_file() and not report.is_symlink() and _is_stage_one_report(report, path) else []
+    return sorted(set(stats + reports) - {path})
+
+
+def removable(target: str, cache_dir: Path) -> Path:
+    """The path of a glag cache or statistics file that ``cache rm`` may delete, or a one-line refusal."""
+    p = Path(target)
+    if p.exists() or p.is_symlink():
+        if glag_file_kind(p) is None:
+            raise GlagError(f"'{target}' is not a glag cache or statistics file; 'glag cache rm' removes only those "
+                            "(nothing was removed)")
+        return p
+    return resolve(target, cache_dir)

@@ -9,9 +9,12 @@ import torch
 
 from glag.cache.format import FeatureCache, atomic_path
 from glag.errors import GlagError
-from glag.extract.dump import load_checkpoint, weights_hash
+from glag.extract.dump import load_checkpoint, safe_load, weights_hash
 from glag.extract.models import Classifier
+from glag.extract.pretrained import preprocess_of
 
+BUNDLE_KEYS = {"backbone", "num_classes", "in_channels", "input_size", "norm", "lt", "backbone_state", "weight", "bias",
+               "class_names"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
@@ -51,7 +54,8 @@ def export(out: Path, cache: FeatureCache, weight, bias, lt: float, checkpoint: 
         raise GlagError(f"checkpoint '{checkpoint}' is not the backbone that made cache '{cache.path}'")
     bundle = {"backbone": state["backbone"], "head": state.get("head", "linear"), "num_classes": cache.num_classes, "in_channels": state["in_channels"],
               "input_size": state.get("input_size", [224, 224]), "norm": state["norm"], "lt": lt,
-              "backbone_state": state["model"], "weight": np.asarray(weight), "bias": np.asarray(bias),
+              "backbone_state": state["model"], "weight": torch.as_tensor(np.asarray(weight, dtype=np.float32)),
+              "bias": torch.as_tensor(np.asarray(bias, dtype=np.float32)),
               "class_names": cache.class_names, "cache_key": cache.key}
     path = Path(out) / "model.pt"
     with atomic_path(path) as tmp:
@@ -59,8 +63,12 @@ def export(out: Path, cache: FeatureCache, weight, bias, lt: float, checkpoint: 
     return path
 
 
-def load_images(folder: Path, size, channels: int, norm) -> tuple[list[Path], torch.Tensor]:
-    from PIL import Image
+def load_images(folder: Path, size, channels: int, norm, preprocess: dict | None = None) -> tuple[list[Path], torch.Tensor]:
+    """Every image under ``folder`` as a normalised batch: resized to ``preprocess['resize']`` (shorter side)
+    and centre-cropped to ``preprocess['crop']`` when the weights say so (as their features were dumped),
+    else resized to the training size ``size``."""
+    import torchvision.transforms as T
+    from PIL import Image, UnidentifiedImageError
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -68,11 +76,17 @@ def load_images(folder: Path, size, channels: int, norm) -> tuple[list[Path], to
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise GlagError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under '{folder}'")
+    shape = (T.Compose([T.Resize(preprocess["resize"]), T.CenterCrop(preprocess["crop"])]) if preprocess
+             else T.Resize((size[0], size[1])))
     arrs = []
     for p in files:
-        with Image.open(p) as im:
-            im = im.convert("L" if channels == 1 else "RGB").resize((size[1], size[0]))
-            a = np.asarray(im, dtype=np.float32) / 255.0
+        try:
+            with Image.open(p) as im:
+                im = shape(im.convert("L" if channels == 1 else "RGB"))
+                a = np.asarray(im, dtype=np.float32) / 255.0
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+            why = "is not an image" if isinstance(exc, UnidentifiedImageError) else f"cannot be decoded ({exc})"
+            raise GlagError(f"'{p}' {why}; remove it or point IMAGES elsewhere") from None
         arrs.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
     x = torch.as_tensor(np.stack(arrs))
     mean = torch.tensor(norm[0])[None, :, None, None]
@@ -82,12 +96,12 @@ def load_images(folder: Path, size, channels: int, norm) -> tuple[list[Path], to
 
 @torch.no_grad()
 def predict_folder(model_path: Path, folder: Path) -> list[dict]:
-    model_path = Path(model_path)
-    if not model_path.is_file():
-        raise GlagError(f"model file '{model_path}' does not exist")
-    bundle = torch.load(model_path, map_location="cpu", weights_only=False)
+    bundle = safe_load(model_path, "exported model (model.pt)")
+    if not isinstance(bundle, dict) or not BUNDLE_KEYS <= set(bundle):
+        raise GlagError(f"'{model_path}' is not a model exported by 'glag classify' (a run folder's model.pt)")
     model = ExportedModel(bundle).eval()
-    files, x = load_images(folder, bundle["input_size"], bundle["in_channels"], bundle["norm"])
+    files, x = load_images(folder, bundle["input_size"], bundle["in_channels"], bundle["norm"],
+                           preprocess_of(bundle["backbone"]))
     probs = torch.cat([model(x[i:i + 256]).softmax(1) for i in range(0, len(x), 256)])
     conf, pred = probs.max(1)
     names = bundle["class_names"]

@@ -5,7 +5,9 @@ import json
 import math
 import os
 import shutil
+import tempfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -31,47 +33,65 @@ def _clean(obj):
     return obj
 
 
-def unique_dir(base: Path) -> Path:
+def claim_dir(base: Path) -> Path:
+    """Create and return ``base``, or ``base-2``, ``base-3``, ... : the first name nobody holds.
+
+    ``mkdir`` is atomic, so concurrent runs to the same --out each get their own folder."""
     path, i = Path(base), 1
-    while path.exists():
-        i += 1
-        path = Path(f"{base}-{i}")
-    return path
+    while True:
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            i += 1
+            path = Path(f"{base}-{i}")
 
 
-def write_run(out: Path, cache: FeatureCache, method: str, result: dict, extra: dict | None = None) -> Path:
-    """Write a run folder; returns ``out``. Weights (if any) go to ``classifier.npz``.
+def write_run(out: Path, cache: FeatureCache, method: str, result: dict, extra: dict | None = None,
+              model_writer: Callable[[Path], object] | None = None) -> Path:
+    """Write a run folder at ``out`` (or ``out-2``, ...) and return it. Weights (if any) go to
+    ``classifier.npz``; ``model_writer(folder)`` adds the exported model.
 
-    The folder is filled under a temporary name and renamed into place, so a killed run leaves no half folder.
+    Everything, the model included, is written under a unique hidden temporary name first, and the
+    folder appears under its final name only when complete; a failure or Ctrl-C removes the temporary one.
     """
     final = Path(out)
     final.parent.mkdir(parents=True, exist_ok=True)
-    out = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir()
-    counts = cache.train_counts
-    record = {"method": method, "cache": str(cache.path), "cache_key": cache.key, "dataset": cache.dataset,
-              "summary": summary_row(result["test"]), "val_summary": summary_row(result["val"]),
-              "train_counts": counts, **{k: v for k, v in result.items() if k not in ("weight", "bias")},
-              **(extra or {})}
-    (out / "result.json").write_text(json.dumps(_clean(record), indent=2))
-    pd.DataFrame({"class": np.arange(cache.num_classes), "name": cache.class_names, "train_count": counts,
-                  "group": group_of(counts), "test_acc": result["test"]["per_class"],
-                  "val_acc": result["val"]["per_class"]}).to_csv(out / "per_class.csv", index=False)
-    if "weight" in result:
-        np.savez(out / "classifier.npz", weight=result["weight"], bias=result["bias"])
-    os.rename(out, final)
-    return final
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        counts = cache.train_counts
+        record = {"method": method, "cache": str(cache.path), "cache_key": cache.key, "dataset": cache.dataset,
+                  "summary": summary_row(result["test"]), "val_summary": summary_row(result["val"]),
+                  "train_counts": counts, **{k: v for k, v in result.items() if k not in ("weight", "bias")},
+                  **(extra or {})}
+        (tmp / "result.json").write_text(json.dumps(_clean(record), indent=2))
+        pd.DataFrame({"class": np.arange(cache.num_classes), "name": cache.class_names, "train_count": counts,
+                      "group": group_of(counts), "test_acc": result["test"]["per_class"],
+                      "val_acc": result["val"]["per_class"]}).to_csv(tmp / "per_class.csv", index=False)
+        if "weight" in result:
+            np.savez(tmp / "classifier.npz", weight=result["weight"], bias=result["bias"])
+        if model_writer is not None:
+            model_writer(tmp)
+        dest = claim_dir(final)
+        os.replace(tmp, dest)  # onto the empty folder just claimed: atomic, and never onto another run
+        return dest
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_run(path: Path) -> dict:
     f = Path(path) / "result.json" if Path(path).is_dir() else Path(path)
+    if ".tmp-" in f.parent.name and f.parent.name.startswith("."):
+        raise GlagError(f"'{path}' is an unfinished run folder (a run still writing, or one that was killed)")
     if not f.is_file():
         raise GlagError(f"'{path}' is not a run folder (no result.json)")
     try:
         rec = json.loads(f.read_text())
-    except json.JSONDecodeError as exc:
-        raise GlagError(f"'{f}' is not valid JSON: {exc}")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise GlagError(f"'{f}' is not valid JSON ({exc}); it is not a glag run's result")
+    if not isinstance(rec, dict) or not isinstance(rec.get("summary"), dict) or "method" not in rec or \
+            not {"top1", "many", "medium", "few"} <= set(rec["summary"]):
+        raise GlagError(f"'{f}' is not a glag run's result.json (it lacks method or summary metrics)")
     rec["_dir"] = str(f.parent)
     return rec
 

@@ -5,15 +5,26 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
+
 from glag.cache.format import FeatureCache
 from glag.classify import baselines
 from glag.classify.common import torch_device
 from glag.classify.export import checkpoint_of, export
-from glag.classify.results import unique_dir, write_run
+from glag.classify.results import write_run
 from glag.classify.stage_two import StageTwoConfig, train_glag
 from glag.errors import GlagError
-from glag.generate.afg import AFG, GeneratorConfig, SamplingConfig
+from glag.generate.afg import AFG, GeneratorConfig, SamplingConfig, check_for_cache
 from glag.generate.backend import get_xp
+
+
+def check_finite(res: dict, method: str) -> None:
+    """Refuse diverged weights: a run folder never holds a NaN or infinite classifier."""
+    for name in ("weight", "bias"):
+        if name in res and not np.isfinite(np.asarray(res[name])).all():
+            raise GlagError(f"stage two '{method}' diverged (non-finite classifier weights); nothing was written; "
+                            "lower --gen-lr or check the cache's features ('glag cache verify')")
+
 
 METHODS = ("glag", "stage-one", "crt", "lws", "tau-norm", "logit-adjust", "probe")
 
@@ -28,10 +39,10 @@ def run_methods(cache_path: Path, methods, out_base: Path, *, gen: GeneratorConf
     cache = FeatureCache(cache_path)
     sampling.check()
     stage_two.check()
+    check_for_cache(cache, gen, sampling)
     records = []
     for method in methods:
         t0 = time.perf_counter()
-        out = unique_dir(Path(out_base) / f"{cache.path.stem}-{method}{'-' + tag if tag else ''}")
         extra = {}
         if method == "glag":
             afg = AFG.build(cache, gen, device=device)
@@ -40,10 +51,13 @@ def run_methods(cache_path: Path, methods, out_base: Path, *, gen: GeneratorConf
         else:
             kw = {"seed": stage_two.seed} if method in ("crt", "lws", "probe") else {}
             res = baselines.BASELINES[method](cache, device=torch_device(get_xp(device)), **kw)
+        check_finite(res, method)
         extra["seconds"] = round(time.perf_counter() - t0, 3)
         cache.ensure_sound()  # checked while the method ran; a damaged cache writes no run folder
-        write_run(out, cache, method, res, extra)
+        writer = None
         if method == "glag" and (checkpoint or checkpoint_of(cache)):
-            export(out, cache, res["weight"], res["bias"], gen.lt, checkpoint)
+            writer = lambda folder, r=res: export(folder, cache, r["weight"], r["bias"], gen.lt, checkpoint)  # noqa: E731
+        out = write_run(Path(out_base) / f"{cache.path.stem}-{method}{'-' + tag if tag else ''}", cache, method, res,
+                        extra, model_writer=writer)
         records.append({"method": method, "dir": str(out), "test": res["test"], "seconds": extra["seconds"]})
     return records

@@ -31,17 +31,25 @@ def weights_hash(state_dict: dict) -> str:
     return h.hexdigest()
 
 
-def load_checkpoint(path: Path) -> dict:
-    """A final checkpoint written by ``glag extract`` (model, config, normalisation)."""
+def safe_load(path: Path, what: str, map_location="cpu"):
+    """``torch.load`` with ``weights_only=True`` (tensors and plain data only: a file can never run code),
+    with one-line errors for a missing, truncated or foreign file."""
     path = Path(path)
     if not path.is_file():
-        raise GlagError(f"checkpoint '{path}' does not exist")
+        raise GlagError(f"{what} '{path}' does not exist")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise GlagError(f"checkpoint '{path}' cannot be read: {exc}") from exc
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # UnpicklingError, RuntimeError (truncated zip), EOFError, ...
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise GlagError(f"'{path}' is not a readable glag {what} ({first}); glag loads only tensors and plain data "
+                        "from the files it wrote") from None
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A final checkpoint written by ``glag extract`` (model, config, normalisation)."""
+    state = safe_load(path, "stage-one checkpoint")
     if not isinstance(state, dict) or not {"model", "config", "norm", "backbone"} <= set(state):
-        raise GlagError(f"checkpoint '{path}' is not a final glag stage-one checkpoint (needs model, config, norm, backbone)")
+        raise GlagError(f"'{path}' is not a final glag stage-one checkpoint (it lacks model, config, norm, backbone)")
     return state
 
 

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from glag.cache.format import json_hash
+from glag.errors import GlagError
 from glag.extract.datasets import LTData
 from glag.extract.dump import dump, load_checkpoint, stage_one_report
 from glag.extract.train import TrainConfig, train
@@ -29,6 +30,11 @@ def stage_one(cfg: TrainConfig, data: LTData, cache_dir: Path, *, checkpoint: Pa
         wd = workdir_for(cfg, cache_dir)
         final = wd / "final.pt"
         if final.is_file():
+            from glag.extract.train import finite_weights
+
+            if not finite_weights(load_checkpoint(final)["model"]):
+                raise GlagError(f"'{final}' holds non-finite weights (a diverged run of an older glag); delete the "
+                                f"folder '{wd}' and retrain")
             log(f"reusing trained weights {final}")
         else:
             log(f"training {cfg.resolved().backbone} with {cfg.loss} in {wd}")

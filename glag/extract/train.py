@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from glag.cache.format import atomic_path
 from glag.errors import GlagError
 from glag.extract.batches import IMAGENET_PREPROCESS, ArrayBatches, Augment, channel_stats, file_batches
 from glag.extract.datasets import DatasetSpec, LTData
@@ -167,6 +168,11 @@ def accuracy(model, batches, device, amp: bool) -> float:
     return correct / max(total, 1)
 
 
+def finite_weights(state_dict: dict) -> bool:
+    """True when every floating tensor of a state dict is finite (a diverged run's are not)."""
+    return all(bool(torch.isfinite(v).all()) for v in state_dict.values() if torch.is_tensor(v) and v.is_floating_point())
+
+
 def _set_seed(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
@@ -200,7 +206,9 @@ def train(cfg: TrainConfig, data: LTData, workdir: Path, *, resume: bool = True,
         last.unlink(missing_ok=True)
         (workdir / "train_log.jsonl").unlink(missing_ok=True)
     if resume and last.is_file():
-        state = torch.load(last, map_location=device, weights_only=False)
+        from glag.extract.dump import safe_load
+
+        state = safe_load(last, "training checkpoint", map_location=device)
         if state["config"] != cfg.identity():
             raise GlagError(f"checkpoint '{last}' was made with another config; remove it or use another --workdir")
         model.load_state_dict(state["model"])
@@ -236,14 +244,16 @@ def train(cfg: TrainConfig, data: LTData, workdir: Path, *, resume: bool = True,
         rec = {"epoch": epoch + 1, "loss": total_loss / max(seen, 1), "lr": lr_at(epoch + 1 - 1e-9, cfg),
                "lam": float(loss_fn.lam(epoch + 1)), "val_acc": val, "seconds": round(time.perf_counter() - t_epoch, 2)}
         history.append(rec)
+        if not math.isfinite(rec["loss"]) or not finite_weights(model.state_dict()):
+            raise GlagError(f"stage one diverged at epoch {epoch + 1} (loss {rec['loss']:.4g}, non-finite weights); "
+                            f"no checkpoint of it was kept; lower --lr or check --a/--g/--tau")
         if rank == 0:
             log(f"epoch {rec['epoch']:>3}/{cfg.epochs}  loss {rec['loss']:.4f}  lr {rec['lr']:.4g}  "
                 f"lam {rec['lam']:.3f}  val_acc {val:.4f}  {rec['seconds']:.0f} s")
             state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
                      "history": history, "config": cfg.identity(), "norm": norm}
-            tmp = last.with_suffix(".tmp")
-            torch.save(state, tmp)
-            os.replace(tmp, last)
+            with atomic_path(last) as tmp:
+                torch.save(state, tmp)
             with open(workdir / "train_log.jsonl", "a") as f:
                 f.write(json.dumps(rec) + "\n")
         if on_epoch_end is not None:
@@ -252,9 +262,8 @@ def train(cfg: TrainConfig, data: LTData, workdir: Path, *, resume: bool = True,
         state = {"model": model.state_dict(), "epoch": cfg.epochs, "history": history, "config": cfg.identity(),
                  "norm": norm, "backbone": cfg.backbone, "head": head_for(cfg.loss), "num_classes": data.num_classes,
                  "in_channels": in_channels(data), "input_size": input_size(data, cfg.backbone)}
-        tmp = final.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, final)
+        with atomic_path(final) as tmp:
+            torch.save(state, tmp)
         last.unlink(missing_ok=True)
     if world > 1:
         torch.distributed.barrier()

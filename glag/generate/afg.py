@@ -44,12 +44,27 @@ class SamplingConfig:
 
     def check(self) -> "SamplingConfig":
         if self.alpha < 0:
-            raise GlagError(f"alpha={self.alpha} is invalid; it must be >= 0 (the paper uses 0.0 or 0.1)")
+            raise GlagError(f"--alpha {self.alpha} is invalid; it must be >= 0 (the paper uses 0.0 or 0.1)")
         if self.dispersion not in DISPERSIONS:
             raise GlagError(f"dispersion '{self.dispersion}' is invalid; choose one of: {', '.join(DISPERSIONS)}")
         if self.n_target < 0:
-            raise GlagError(f"n_target={self.n_target} is invalid; it must be >= 0 (0 = the largest class count)")
+            raise GlagError(f"--n-target {self.n_target} is invalid; it must be >= 0 (0 = the largest class count)")
         return self
+
+
+MAX_TOP_UP = 100  # --n-target at most this many times the largest class: beyond, an epoch is mostly noise and RAM
+
+
+def check_for_cache(cache: FeatureCache, gen: GeneratorConfig, sampling: SamplingConfig | None = None) -> None:
+    """Refuse generator settings that do not fit this cache, naming the flag and what is allowed."""
+    others = cache.num_classes - 1
+    if gen.k > max(others, 1):
+        raise GlagError(f"--k {gen.k} is more than the {others} other classes of cache '{cache.path.name}'; "
+                        f"allowed: 1 to {max(others, 1)}")
+    n_max = int(cache.train_counts.max())
+    if sampling is not None and sampling.n_target > MAX_TOP_UP * n_max:
+        raise GlagError(f"--n-target {sampling.n_target} is over {MAX_TOP_UP} x the largest class ({n_max} rows) of "
+                        f"cache '{cache.path.name}'; allowed: 0 (= {n_max}) to {MAX_TOP_UP * n_max}")
 
 
 def stats_path(cache: FeatureCache, cfg: GeneratorConfig) -> Path:
@@ -78,6 +93,10 @@ class AFG:
         xp = get_xp(device)
         train = cache.split("train")
         path = stats_path(cache, cfg)
+        if save and not path.is_file():
+            from glag.options import check_writable
+
+            check_writable(path, "the statistics file beside the cache", folder=False)
         dense = dense_classes(cfg.mode, train.counts, cache.feature_dim, cfg.max_dense_gb * 2**30)
         rows = tukey_rows(train.features, cfg.lt, xp)
         if path.is_file():
