@@ -226,6 +226,14 @@ def run_stage_one(kw: dict, cache_dir: Path, checkpoint=None, views=0, quiet=Fal
     train_args = [kw[k] for k in ("loss", "a", "g", "tau", "backbone", "weights", "epochs", "batch_size", "lr",
                                  "warmup", "seed")]
     build_train_config(spec, *train_args).identity()  # a missing --weights file fails here, before any data is read
+    from glag.extract.torchfile import safe_load
+
+    if kw["weights"] and Path(kw["weights"]).expanduser().is_file():
+        safe_load(Path(kw["weights"]), "--weights file")  # a foreign or unsafe file fails before the data is read
+    if checkpoint is not None:
+        from glag.extract.dump import load_checkpoint
+
+        load_checkpoint(checkpoint)
     data = load_dataset(spec, download=kw["download"], progress=not quiet)
     cfg = build_train_config(data.spec, *train_args)  # an image folder's spec is complete only once it is read
     log = (lambda m: None) if quiet else _log
@@ -425,6 +433,10 @@ def classify(target, cache_dir, methods, checkpoint, quiet, **kw):
     from glag.cache.store import resolve
 
     _check_stage_two_args(methods, kw["out_base"])
+    if checkpoint is not None:  # a bad --checkpoint fails now, not after training
+        from glag.extract.dump import load_checkpoint
+
+        load_checkpoint(checkpoint)
     _print_results(_stage_two_run(resolve(target, cache_dir), methods, kw, checkpoint, quiet))
 
 

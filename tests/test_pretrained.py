@@ -62,7 +62,7 @@ def test_bad_backbone_and_weights_one_line(tmp_path, cache_dir, glag_cli, resnet
         (["--backbone", "torchvision:nonet"], "torchvision has no classification model 'nonet'"),
         (["--backbone", "torchvision:resnet18", "--weights", tmp_path / "none.pt"], "--weights file"),
         (["--backbone", "torchvision:resnet18", "--weights", bad], "does not fit backbone 'torchvision:resnet18'"),
-        (["--backbone", "torchvision:resnet18", "--weights", not_torch], "cannot be read as a torch file"),
+        (["--backbone", "torchvision:resnet18", "--weights", not_torch], "is not a readable glag --weights file"),
         (["--backbone", "cnn", "--weights", "torchvision:DEFAULT"], "needs a --backbone torchvision:NAME"),
     ]
     for args, msg in cases:

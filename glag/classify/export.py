@@ -9,9 +9,10 @@ import torch
 
 from glag.cache.format import FeatureCache, atomic_path
 from glag.errors import GlagError
-from glag.extract.dump import load_checkpoint, safe_load, weights_hash
+from glag.extract.dump import load_checkpoint, weights_hash
 from glag.extract.models import Classifier
 from glag.extract.pretrained import preprocess_of
+from glag.extract.torchfile import safe_load
 
 BUNDLE_KEYS = {"backbone", "num_classes", "in_channels", "input_size", "norm", "lt", "backbone_state", "weight", "bias",
                "class_names"}

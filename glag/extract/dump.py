@@ -17,6 +17,7 @@ from glag.extract.batches import ArrayBatches, Augment
 from glag.extract.datasets import LTData
 from glag.extract.models import Classifier
 from glag.extract.pretrained import preprocess_of
+from glag.extract.torchfile import safe_load
 from glag.extract.train import TrainConfig, device_and_dist, epoch_batches
 
 
@@ -29,20 +30,6 @@ def weights_hash(state_dict: dict) -> str:
         if torch.is_tensor(v):
             h.update(v.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
-
-
-def safe_load(path: Path, what: str, map_location="cpu"):
-    """``torch.load`` with ``weights_only=True`` (tensors and plain data only: a file can never run code),
-    with one-line errors for a missing, truncated or foreign file."""
-    path = Path(path)
-    if not path.is_file():
-        raise GlagError(f"{what} '{path}' does not exist")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # UnpicklingError, RuntimeError (truncated zip), EOFError, ...
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise GlagError(f"'{path}' is not a readable glag {what} ({first}); glag loads only tensors and plain data "
-                        "from the files it wrote") from None
 
 
 def load_checkpoint(path: Path) -> dict:

@@ -110,12 +110,9 @@ def load_initial_weights(backbone: nn.Module, name: str, spec: str) -> None:
                             f"on a machine with a network they are cached under ~/.cache/torch/hub/checkpoints, "
                             f"or pass --weights FILE") from exc
     else:
-        try:
-            state = _state_dict_of(torch.load(Path(spec).expanduser(), map_location="cpu", weights_only=True), spec)
-        except GlagError:
-            raise
-        except Exception as exc:
-            raise GlagError(f"--weights '{spec}' cannot be read as a torch file ({exc})") from exc
+        from glag.extract.torchfile import safe_load
+
+        state = _state_dict_of(safe_load(Path(spec), "--weights file"), spec)
     head = getattr(backbone, "head_name", None)
     state = {k: v for k, v in state.items() if not (head and k.startswith(head + "."))}  # the dropped classifier
     try:

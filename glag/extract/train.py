@@ -19,6 +19,7 @@ from glag.extract.batches import IMAGENET_PREPROCESS, ArrayBatches, Augment, cha
 from glag.extract.datasets import DatasetSpec, LTData
 from glag.extract.losses import head_for, make_loss
 from glag.extract.models import Classifier
+from glag.extract.torchfile import safe_load
 from glag.extract.pretrained import is_torchvision, load_initial_weights, model_name, preprocess_of, weights_identity
 
 # Per-dataset recipe defaults; CIFAR follows SPEC section 1 (ResNet-32, 200 epochs, batch 128, lr 0.1, 5 warm-up).
@@ -81,6 +82,12 @@ class TrainConfig:
                 raise GlagError(f"{name}={getattr(cfg, name)} is invalid; it must be positive")
         if is_torchvision(cfg.backbone):
             model_name(cfg.backbone)  # unknown names fail here, before any data is read
+        else:
+            from glag.extract.models import BACKBONES
+
+            if cfg.backbone not in BACKBONES:
+                raise GlagError(f"--backbone '{cfg.backbone}' is unknown; choose one of: {', '.join(sorted(BACKBONES))}, "
+                                "or torchvision:NAME")
         return replace(cfg, warmup=min(cfg.warmup, cfg.epochs))
 
     def identity(self) -> dict:
@@ -206,8 +213,6 @@ def train(cfg: TrainConfig, data: LTData, workdir: Path, *, resume: bool = True,
         last.unlink(missing_ok=True)
         (workdir / "train_log.jsonl").unlink(missing_ok=True)
     if resume and last.is_file():
-        from glag.extract.dump import safe_load
-
         state = safe_load(last, "training checkpoint", map_location=device)
         if state["config"] != cfg.identity():
             raise GlagError(f"checkpoint '{last}' was made with another config; remove it or use another --workdir")
