@@ -157,7 +157,12 @@ def markdown(rows, budget_name: str, b: dict, gen_epochs: int, data_root: Path) 
              "", "GLAG = glag's default stage two (beta_init 0, val-tuned post-hoc logit adjustment); `glag-paper` = "
              "`--beta-init 0.6 --no-posthoc-la` (the paper's settings); `glag-no-gen` and `glag-no-la` are ablations. "
              "Tuning (beta_c, post-hoc tau) reads validation rows only; each run reads test once.", "",
-             "## Headline", "", "Paired by seed on the same stage-one cache, 95 % t-interval:", "", *headline(rows), ""]
+             "Validation rows: 20 per class from each class's leftover files, except class 0 (airplane), which "
+             "keeps all 5,000 of its files at n_max 5000 and so has none: everything tuned on validation (post-hoc "
+             "tau, beta_c) is tuned without the largest class. The val top-1 column shows what that tuning saw.", "",
+             "<!-- readme:start -->", "## Headline", "", "Paired by seed on the same stage-one cache, 95 % t-interval:",
+             "", *headline(rows), ""]
+    marked = False
     for im in b["ims"]:
         cell_rows = [r for r in rows if r["imbalance"] == im]
         if not cell_rows:
@@ -185,6 +190,11 @@ def markdown(rows, budget_name: str, b: dict, gen_epochs: int, data_root: Path) 
                     lines.append(f"| {loss} | {m} | {interval_text(d)} | {interval_text(dv) if dv else '—'} |")
         lines += ["", "The literature's CIFAR-10-LT figures at this IM (SPEC §8; ResNet-32, 200 epochs, official "
                   "pickles; papers' own recipes differ): " + ", ".join(f"{k} {v}" for k, v in lit.items() if v) + ".", ""]
+        if not marked:
+            lines += ["<!-- readme:end -->", ""]
+            marked = True
+    if not marked:
+        lines += ["<!-- readme:end -->", ""]
     return "\n".join(lines)
 
 

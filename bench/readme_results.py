@@ -21,7 +21,7 @@ def main():
             head, intro = body.split("<!-- readme:start -->")[0].split("\n", 1)
             part = body.split("<!-- readme:start -->", 1)[1].split("<!-- readme:end -->", 1)[0].strip()
             part = re.sub(r"\]\((evidence[\w.]*\.png)\)", r"](results/\1)", part)  # links relative to the README
-            body = f"{head}\n\n{intro.strip()}\n\n{part}\n\nEvery cell, IM 10 and 200, and the commands: [`results/{md.name}`](results/{md.name})."
+            body = f"{head}\n\n{intro.strip()}\n\n{part}\n\nEvery cell and the commands: [`results/{md.name}`](results/{md.name})."
         body = re.sub(r"^# ", "### ", body, count=1)  # nest under the README's heading
         body = body.replace("\n## Commands", "\n#### Commands")
         parts.append(body + ("" if "Every cell" in body else f"\n\n(from [`results/{md.name}`](results/{md.name}))"))
