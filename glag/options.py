@@ -5,7 +5,7 @@ Errors name the flag, the value and what is allowed, and come before any data is
 from __future__ import annotations
 
 import math
-import os
+import tempfile
 from pathlib import Path
 
 import click
@@ -74,5 +74,9 @@ def check_writable(path: Path | None, flag: str, *, folder: bool) -> None:
             target = target.parent
         if not target.is_dir():
             raise GlagError(f"{flag} '{path}' cannot be created: '{target}' is not a folder")
-    if not os.access(target, os.W_OK | os.X_OK):
-        raise GlagError(f"{flag} '{path}' is not writable ('{target}' is read-only or not ours); choose another place")
+    try:  # a real probe: permission bits say nothing for root, a read-only mount or /proc
+        with tempfile.TemporaryFile(dir=target):
+            pass
+    except OSError as exc:
+        raise GlagError(f"{flag} '{path}' is not writable ('{target}': {exc.strerror or exc}); choose another place") \
+            from None

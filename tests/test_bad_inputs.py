@@ -59,6 +59,8 @@ def world(tmp_path_factory):
         h.attrs["x"] = 1
     torch.save({"model": Payload(str(f["marker"]))}, f["evil"])
     f["trunc_model"].write_bytes(f["model"].read_bytes()[:2000])
+    f["trunc_cache"] = w / "trunc_cache.h5"
+    f["trunc_cache"].write_bytes(cache.read_bytes()[:4096])
     rng = np.random.default_rng(0)
     for d in ("images", "bad_images", "trunc_images"):
         (w / d).mkdir()
@@ -126,7 +128,8 @@ CASES = [
     (["extract", "--cache-dir", "{notes}/c"], "--cache-dir '{notes}/c' cannot be created"),
     (["extract", "--cache-dir", "{notes}"], "'--cache-dir': Directory '{notes}' is a file"),
     # generate: generator options and wrong files
-    (["generate", "--cache", "{notes}"], "is not a readable HDF5 cache"),
+    (["generate", "--cache", "{notes}"], "is not an HDF5 file, so not a glag cache"),
+    (["generate", "--cache", "{trunc_cache}"], "is not a readable HDF5 cache (incomplete, truncated or corrupt"),
     (["generate", "--cache", "{other_h5}"], "is an HDF5 file but not a glag feature cache"),
     (["generate", "--cache", "{stats}"], "is a generator statistics file, not a feature cache"),
     (["generate", "--cache", "deadbeef00"], "neither a cache file nor a key prefix"),
@@ -156,6 +159,7 @@ CASES = [
     (["classify", "--cache", C, "--method", "magic"], "magic (choose from"),
     (["classify", "--cache", C, "--out", "{notes}"], "'--out': Directory '{notes}' is a file"),
     (["classify", "--cache", C, "--out", "{notes}/sub"], "--out '{notes}/sub' cannot be created"),
+    (["classify", "--cache", C, "--out", "/proc/glag-runs"], "--out '/proc/glag-runs' is not writable"),
     (["classify", "--cache", C, "--checkpoint", "{evil}"], "is not a readable glag stage-one checkpoint"),
     (["classify", "--cache", C, "--checkpoint", "{model}"], "is not a final glag stage-one checkpoint"),
     # run: checked before any training
@@ -186,7 +190,7 @@ CASES = [
     (["cache", "rm", "{other_h5}"], "is not a glag cache or statistics file"),
     (["cache", "rm", C, "{notes}"], "is not a glag cache or statistics file"),
     (["cache", "rm", "deadbeef00"], "neither a cache file nor a key prefix"),
-    (["cache", "info", "{notes}"], "is not a readable HDF5 cache"),
+    (["cache", "info", "{notes}"], "is not an HDF5 file, so not a glag cache"),
     (["cache", "import", "--train", "{w}/empty.npz", "--val", "{w}/val.npz", "--test", "{w}/test.npz", "--name", "x"],
      "--train '{w}/empty.npz' has no rows"),
     (["cache", "import", "--train", "{w}/huge.npz", "--val", "{w}/val.npz", "--test", "{w}/test.npz", "--name", "x"],

@@ -18,6 +18,7 @@ from glag.errors import GlagError
 # 2: per-array sha256 checksums, attribute digest, head type in the root attributes.
 FORMAT_VERSION = 2
 SUFFIX = ".h5"
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 HEADS = ("linear", "cosine")
 STATS_MARK = ".afg-"  # in every generator statistics file's name, between its cache's name and its own key
 
@@ -188,8 +189,13 @@ class FeatureCache:
         try:
             f = h5py.File(self.path, "r")
         except OSError:
+            with open(self.path, "rb") as fh:
+                is_hdf5 = fh.read(8) == HDF5_SIGNATURE
+            if not is_hdf5:  # someone else's file: never advise deleting it
+                raise GlagError(f"'{self.path}' is not an HDF5 file, so not a glag cache; pass a cache file or key "
+                                "prefix ('glag cache ls')") from None
             raise GlagError(f"'{self.path}' is not a readable HDF5 cache (incomplete, truncated or corrupt file); "
-                            f"delete it and re-extract")
+                            f"delete it ('glag cache rm') and re-extract") from None
         try:
             with f:
                 attrs = self._read_header(f, key)
