@@ -209,6 +209,9 @@ def build_spec(kw: dict):
                        subset_seed=kw["subset_seed"]).resolved()
 
 
+TRAIN_KEYS = ("loss", "a", "g", "tau", "backbone", "weights", "epochs", "batch_size", "lr", "warmup", "seed")
+
+
 def build_train_config(spec, loss, a, g, tau, backbone, weights, epochs, batch_size, lr, warmup, seed):
     from glag.extract.train import TrainConfig
 
@@ -223,8 +226,7 @@ def run_stage_one(kw: dict, cache_dir: Path, checkpoint=None, views=0, quiet=Fal
 
     check_writable(cache_dir, "--cache-dir", folder=True)
     spec = build_spec(kw)
-    train_args = [kw[k] for k in ("loss", "a", "g", "tau", "backbone", "weights", "epochs", "batch_size", "lr",
-                                 "warmup", "seed")]
+    train_args = [kw[k] for k in TRAIN_KEYS]
     build_train_config(spec, *train_args).identity()  # a missing --weights file fails here, before any data is read
     from glag.extract.torchfile import safe_load
 
@@ -381,7 +383,7 @@ def stage_two_options(f):
     return _apply(opts, f)
 
 
-def _stage_two_run(cache_path, methods, kw, checkpoint=None, quiet=False):
+def _stage_two_run(cache_path, methods, kw, checkpoint=None, quiet=False, record=None):
     from glag.classify.runner import run_methods
     from glag.classify.stage_two import StageTwoConfig
     from glag.generate.afg import GeneratorConfig, SamplingConfig
@@ -392,7 +394,7 @@ def _stage_two_run(cache_path, methods, kw, checkpoint=None, quiet=False):
                         adaptive=kw["adaptive"], generate=kw["gen_features"], posthoc_la=kw["posthoc_la"], beta_init=kw["beta_init"], beta_delta=kw["beta_delta"], seed=kw["seed"])
     sampling = SamplingConfig(alpha=kw["alpha"], dispersion=kw["dispersion"], n_target=kw["n_target"])
     return run_methods(cache_path, methods, kw["out_base"], gen=gen, stage_two=st, sampling=sampling,
-                       device=kw["device"], checkpoint=checkpoint, progress=not quiet)
+                       device=kw["device"], checkpoint=checkpoint, progress=not quiet, record=record)
 
 
 def _check_stage_two_args(methods, out_base) -> None:
@@ -449,11 +451,26 @@ def classify(target, cache_dir, methods, checkpoint, quiet, **kw):
 @click.option("--method", "methods", multiple=True, default=["stage-one", "crt", "glag"], show_default=True,
               help="Stage-two methods to run on the cache; repeat for several.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or log lines.")
-def run(cache_dir, methods, quiet, **kw):
+@click.option("--config", type=click.Path(dir_okay=False, path_type=Path), is_eager=True, expose_value=False,
+              callback=lambda ctx, _, v: _use_config(ctx, v),
+              help="A recipe file (TOML; configs/ has the literature's): its keys set these options' values, "
+                   "and flags given here override them.")
+@click.option("--print-config", is_flag=True, help="Print the effective config (recipe + flags) as TOML and exit.")
+def run(cache_dir, methods, quiet, print_config, **kw):
     """Run the whole pipeline: extract -> generate -> classify, and print a result table.
 
     With no arguments: the bundled long-tailed digits, offline, in about a minute on 2 CPU cores.
+    Every run folder's result.json records the effective config.
     """
+    from glag.config import effective_config, to_toml
+
+    spec = build_spec(kw)  # presets resolved, so the recorded config says what runs (batch size, lr, epochs)
+    cfg = build_train_config(spec, *(kw[k] for k in TRAIN_KEYS))
+    run_config = effective_config({**kw, "methods": methods, "imbalance": spec.imbalance, "n_max": spec.n_max,
+                                   **{k: getattr(cfg, k) for k in ("backbone", "epochs", "batch_size", "lr", "warmup")}})
+    if print_config:
+        click.echo(to_toml(run_config), nl=False)
+        return
     _check_stage_two_args(methods, kw["out_base"])  # before training, so no work is lost to a bad --out
     done = run_stage_one(kw, cache_dir, quiet=quiet)
     if done is None:
@@ -461,7 +478,16 @@ def run(cache_dir, methods, quiet, **kw):
     path, _, reused = done
     if not quiet:
         _log(f"cache {path} ({'reused' if reused else 'written'})")
-    _print_results(_stage_two_run(path, methods, kw, quiet=quiet))
+    _print_results(_stage_two_run(path, methods, kw, quiet=quiet, record={"run_config": run_config}))
+
+
+def _use_config(ctx, path):
+    """Make a config file's values the defaults of the command's options (flags still override)."""
+    if path is not None:
+        from glag.config import read_config
+
+        ctx.default_map = {**(ctx.default_map or {}), **read_config(path)}
+    return path
 
 
 @cli.command()

@@ -31,8 +31,9 @@ METHODS = ("glag", "stage-one", "crt", "lws", "tau-norm", "logit-adjust", "probe
 
 def run_methods(cache_path: Path, methods, out_base: Path, *, gen: GeneratorConfig, stage_two: StageTwoConfig,
                 sampling: SamplingConfig, device: str = "auto", checkpoint: Path | None = None,
-                progress: bool = True, tag: str = "", log=None) -> list[dict]:
-    """Run each method, write ``out_base/<cache>-<method>[-tag]``; return their records."""
+                progress: bool = True, tag: str = "", log=None, record: dict | None = None) -> list[dict]:
+    """Run each method, write ``out_base/<cache>-<method>[-tag]``; return their records.
+    ``record`` is stored in every result.json as it is (e.g. the effective run config)."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise GlagError(f"unknown method(s) {', '.join(unknown)}; choose from: {', '.join(METHODS)}")
@@ -43,7 +44,7 @@ def run_methods(cache_path: Path, methods, out_base: Path, *, gen: GeneratorConf
     records = []
     for method in methods:
         t0 = time.perf_counter()
-        extra = {}
+        extra = dict(record or {})
         if method == "glag":
             afg = AFG.build(cache, gen, device=device)
             res = train_glag(afg, stage_two, sampling, progress=progress, log=log)

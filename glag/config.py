@@ -1,0 +1,88 @@
+"""Recipe files for ``glag run --config``: TOML with sections whose keys are ``glag run``'s options.
+
+A config sets the defaults of the command's options (click's default map), so flags given on the
+command line override its keys. Unknown or misspelt keys are refused, naming the key and listing
+the allowed ones.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from glag.errors import GlagError
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+SECTIONS = {
+    "dataset": ["dataset", "imbalance", "profile", "n_max", "subset_seed", "val_per_class", "data_root", "full_split"],
+    "stage_one": ["loss", "a", "g", "tau", "backbone", "weights", "epochs", "batch_size", "lr", "warmup", "seed"],
+    "generator": ["lt", "k", "tail_below", "weighting", "mode", "max_dense_gb", "device"],
+    "stage_two": ["method", "gen_epochs", "gen_batch_size", "gen_lr", "kd", "adaptive", "generate", "beta_init",
+                  "posthoc_la", "beta_delta", "alpha", "dispersion", "n_target"],
+}
+PARAM = {"method": "methods", "generate": "gen_features"}  # config key -> the command's parameter name
+KEY = {v: k for k, v in PARAM.items()}
+
+
+def read_config(path: Path) -> dict:
+    """A config file as ``{parameter name: value}``, checked for unknown sections and keys."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise GlagError(f"--config '{path}' cannot be read ({exc.strerror or exc})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise GlagError(f"--config '{path}' is not valid TOML ({exc})") from None
+    out = {}
+    for section, body in raw.items():
+        if section not in SECTIONS:
+            raise GlagError(f"--config '{path}': unknown section [{section}]; allowed: "
+                            + ", ".join(f"[{s}]" for s in SECTIONS))
+        if not isinstance(body, dict):
+            raise GlagError(f"--config '{path}': '{section}' must be a [section] of keys")
+        for key, value in body.items():
+            if key not in SECTIONS[section]:
+                raise GlagError(f"--config '{path}': unknown key '{key}' in [{section}]; allowed: "
+                                + ", ".join(SECTIONS[section]))
+            if key == "method":
+                value = [value] if isinstance(value, str) else value
+                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                    raise GlagError(f"--config '{path}': 'method' must be a name or a list of names")
+            out[PARAM.get(key, key)] = value
+    return out
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    return json.dumps(str(v))  # a TOML basic string
+
+
+def effective_config(params: dict) -> dict:
+    """``{section: {key: value}}`` of the values a run will use (unset optional values are left out)."""
+    out = {}
+    for section, keys in SECTIONS.items():
+        body = {}
+        for key in keys:
+            v = params.get(PARAM.get(key, key))
+            if v is None or v == "":
+                continue
+            body[key] = list(v) if isinstance(v, tuple) else (str(v) if isinstance(v, Path) else v)
+        out[section] = body
+    return out
+
+
+def to_toml(cfg: dict) -> str:
+    lines = []
+    for section, body in cfg.items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in body.items()]
+        lines.append("")
+    return "\n".join(lines)
