@@ -9,16 +9,11 @@ import click
 from tabulate import tabulate
 
 from glag import __version__
-from glag.cache.store import default_cache_dir
+from glag.cli_options import cache_dir_option, dataset_options, generator_options, stage_two_options, train_options
 from glag.errors import GlagError
 from glag.options import Number, check_writable
-
-
-def _log(msg: str) -> None:
-    """Log to stderr without breaking tqdm's progress bars."""
-    from tqdm.auto import tqdm
-
-    tqdm.write(msg, file=sys.stderr)
+from glag.pipeline import TRAIN_KEYS, build_generator, build_spec, build_train_config, run_stage_one, stage_two_run
+from glag.pipeline import log as _log
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -28,19 +23,6 @@ def cli():
     the adaptive feature generator (generate), classifier-only stage two (classify),
     the whole pipeline (run), cache management (cache), run comparison (report) and
     prediction with an exported model (predict)."""
-
-
-def _apply(options, f):
-    """Decorate ``f`` with click options so they list in the order given."""
-    for o in reversed(options):
-        f = o(f)
-    return f
-
-
-def cache_dir_option(f):
-    return click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), envvar="GLAG_CACHE_DIR",
-                        default=lambda: str(default_cache_dir()),
-                        show_default="$GLAG_CACHE_DIR or ~/.cache/glag", help="Folder of feature caches.")(f)
 
 
 @cli.group()
@@ -144,104 +126,6 @@ def cache_rm(targets: tuple[str, ...], cache_dir: Path, keep_derived: bool):
             click.echo(f"removed {q}")
 
 
-def dataset_options(f):
-    from glag.extract.datasets import DATASETS
-    from glag.extract.profile import PROFILES
-
-    opts = [
-        click.option("--dataset", type=click.Choice(DATASETS), default="digits", show_default=True,
-                     help="Long-tailed dataset; 'digits' is bundled and needs no download; 'folder' reads an "
-                          "image folder (--data-root)."),
-        click.option("--imbalance", "-im", type=Number(float, 0, extra="0 = the default, else >= 1"), default=0.0,
-                     help="Imbalance ratio n_max/n_min (>= 1); 0 = 100 (20 for digits)."),
-        click.option("--profile", type=click.Choice(PROFILES), default="exp", show_default=True,
-                     help="Class-size profile: exp (n_max * IM^(-c/(C-1))) or step (first C/2 classes n_max, the rest n_max/IM)."),
-        click.option("--n-max", type=Number(int, 0), default=0,
-                     help="Images of the largest class (0 = dataset default: 5000 CIFAR-10, 500 CIFAR-100, 6000 Fashion-MNIST, "
-                          "110 digits; an image folder's smallest class)."),
-        click.option("--subset-seed", type=Number(int, 0, 2**32, hi_open=True), default=0, show_default=True,
-                     help="Seed of the per-class shuffle that picks the LT subset (LDAM-DRW's rule; 0 = the literature's subset)."),
-        click.option("--val-per-class", type=Number(int, 0), default=20, show_default=True,
-                     help="Validation images per class, from the shuffled training images left outside the LT subset."),
-        click.option("--data-root", type=click.Path(path_type=Path), default=None,
-                     help="Folder holding the dataset files (cifar-*-python, Fashion-MNIST IDX files, list files), "
-                          "or for --dataset folder the image folder: train/<class>/*, test/<class>/* (val/<class>/*)."),
-        click.option("--download", is_flag=True, help="Download the dataset into --data-root first (needs a network)."),
-        click.option("--full-split", is_flag=True, help="Also dump the full balanced training set (probe protocol)."),
-    ]
-    return _apply(opts, f)
-
-
-def train_options(f):
-    from glag.extract.losses import LOSSES
-    from glag.extract.models import BACKBONES
-
-    opts = [
-        click.option("--loss", type=click.Choice(LOSSES), default="graloss", show_default=True, help="Stage-one loss."),
-        click.option("--a", "a", type=Number(float), default=1.0, show_default=True, help="GraLoss scale a in lam(t) = a (t/T)^g."),
-        click.option("--g", "g", type=Number(float, 0), default=3.0, show_default=True, help="GraLoss exponent g (<1 concave, 1 linear, >1 convex)."),
-        click.option("--tau", type=Number(float, 0), default=1.0, show_default=True, help="Fixed strength for --loss la."),
-        click.option("--backbone", default=None,
-                     help=f"Backbone: {', '.join(sorted(BACKBONES))}, or torchvision:NAME (e.g. torchvision:resnet18; "
-                          "penultimate features, the weights' own preprocessing). Default: the dataset's preset."),
-        click.option("--weights", default="",
-                     help="Initial backbone weights: a state-dict or checkpoint file, or torchvision:DEFAULT "
-                          "(torchvision's pretrained weights; downloaded once, needs a network)."),
-        click.option("--epochs", type=Number(int, 0), default=None,
-                     help="Stage-one epochs (default: preset; 200 for CIFAR). 0: no training; dump the initial "
-                          "weights' features and fit a linear CE head on them."),
-        click.option("--batch-size", type=Number(int, 1), default=None, help="Batch size (default: preset)."),
-        click.option("--lr", type=Number(float, 0, lo_open=True), default=None, help="Peak learning rate (default: preset)."),
-        click.option("--warmup", type=Number(float, 0), default=None,
-                     help="Linear lr warm-up epochs before the cosine decay (default: preset; 5 for CIFAR)."),
-        click.option("--seed", type=Number(int, 0, 2**32, hi_open=True), default=0, show_default=True,
-                     help="Random seed."),
-    ]
-    return _apply(opts, f)
-
-
-def build_spec(kw: dict):
-    """The resolved DatasetSpec of the dataset options in ``kw``."""
-    from glag.extract.datasets import DatasetSpec
-
-    return DatasetSpec(kw["dataset"], kw["imbalance"], kw["val_per_class"], kw["full_split"],
-                       str(kw["data_root"]) if kw["data_root"] else None, profile=kw["profile"], n_max=kw["n_max"],
-                       subset_seed=kw["subset_seed"]).resolved()
-
-
-TRAIN_KEYS = ("loss", "a", "g", "tau", "backbone", "weights", "epochs", "batch_size", "lr", "warmup", "seed")
-
-
-def build_train_config(spec, loss, a, g, tau, backbone, weights, epochs, batch_size, lr, warmup, seed):
-    from glag.extract.train import TrainConfig
-
-    return TrainConfig(dataset=spec, backbone=backbone or "", loss=loss, a=a, g=g, tau=tau,
-                       epochs=-1 if epochs is None else epochs, batch_size=batch_size or 0, lr=lr or 0.0,
-                       warmup=-1.0 if warmup is None else warmup, seed=seed, weights=weights or "").resolved()
-
-
-def run_stage_one(kw: dict, cache_dir: Path, checkpoint=None, views=0, quiet=False, resume=True):
-    from glag.extract.datasets import load_dataset
-    from glag.extract.stage_one import stage_one
-
-    check_writable(cache_dir, "--cache-dir", folder=True)
-    spec = build_spec(kw)
-    train_args = [kw[k] for k in TRAIN_KEYS]
-    build_train_config(spec, *train_args).identity()  # a missing --weights file fails here, before any data is read
-    from glag.extract.torchfile import safe_load
-
-    if kw["weights"] and Path(kw["weights"]).expanduser().is_file():
-        safe_load(Path(kw["weights"]), "--weights file")  # a foreign or unsafe file fails before the data is read
-    if checkpoint is not None:
-        from glag.extract.dump import load_checkpoint
-
-        load_checkpoint(checkpoint)
-    data = load_dataset(spec, download=kw["download"], progress=not quiet)
-    cfg = build_train_config(data.spec, *train_args)  # an image folder's spec is complete only once it is read
-    log = (lambda m: None) if quiet else _log
-    return stage_one(cfg, data, cache_dir, checkpoint=checkpoint, views=views, resume=resume, progress=not quiet, log=log)
-
-
 @cli.command("data")
 @dataset_options
 @click.option("--indices", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -303,37 +187,6 @@ def extract(cache_dir, checkpoint, views, resume, quiet, **kw):
     click.echo(json.dumps(out))
 
 
-def generator_options(f):
-    from glag.generate.backend import DEVICES
-    from glag.generate.sampler import MODES
-    from glag.generate.support import WEIGHTINGS
-
-    opts = [
-        click.option("--lt", type=Number(float, 0, 1, lo_open=True), default=0.5, show_default=True, help="Tukey power in (0, 1]; 1 = no transform."),
-        click.option("--k", "k", type=Number(int, 1), default=2, show_default=True, help="Support classes per tail sample."),
-        click.option("--tail-below", type=Number(int, 1), default=100, show_default=True, help="Classes with fewer train rows are tail."),
-        click.option("--weighting", type=click.Choice(WEIGHTINGS), default="count-distance", show_default=True,
-                     help="Support weights: n_i/d_i (GLAG) or uniform (Free Lunch)."),
-        click.option("--mode", type=click.Choice(MODES), default="auto", show_default=True,
-                     help="Covariance factors. auto: per class the cheaper exact one (Cholesky, d^2 memory, "
-                          "when the class has more rows than dimensions; else its centred rows); "
-                          "dense: Cholesky for every class; factor: centred rows for every class."),
-        click.option("--max-dense-gb", type=Number(float, 0, lo_open=True), default=1.0, show_default=True, help="Cap on the Cholesky factors' memory for --mode auto."),
-        click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, help="NumPy (cpu) or CuPy (gpu)."),
-    ]
-    return _apply(opts, f)
-
-
-def build_generator(cache_path, lt, k, tail_below, weighting, mode, max_dense_gb, device, n_target=0):
-    from glag.cache.format import FeatureCache
-    from glag.generate.afg import AFG, GeneratorConfig, SamplingConfig, check_for_cache
-
-    cfg = GeneratorConfig(lt=lt, k=k, tail_below=tail_below, weighting=weighting, mode=mode, max_dense_gb=max_dense_gb)
-    cache = FeatureCache(cache_path)
-    check_for_cache(cache, cfg, SamplingConfig(n_target=n_target))
-    return AFG.build(cache, cfg, device=device)
-
-
 @cli.command()
 @click.option("--cache", "target", required=True, help="Cache file or key prefix.")
 @cache_dir_option
@@ -357,44 +210,6 @@ def generate(target, cache_dir, n_target, as_json, **kw):
         info = describe(afg)
         click.echo(f"statistics: {info['stats_file']}  ({info['mode']} factors, {info['factor_MB']} MB, {info['backend']})")
         click.echo(tabulate(rows, headers="keys"))
-
-
-def stage_two_options(f):
-    opts = [
-        click.option("--gen-epochs", type=Number(int, 1), default=40, show_default=True, help="Stage-two (generation) epochs."),
-        click.option("--gen-batch-size", type=Number(int, 1), default=512, show_default=True, help="Stage-two batch size."),
-        click.option("--gen-lr", type=Number(float, 0, 10, lo_open=True), default=0.1, show_default=True, help="Stage-two peak learning rate (cosine)."),
-        click.option("--kd/--no-kd", default=True, show_default=True, help="Knowledge distillation on real head-class rows."),
-        click.option("--adaptive/--fixed-beta", default=True, show_default=True, help="Adapt beta_c on validation accuracy."),
-        click.option("--generate/--no-generate", "gen_features", default=True, show_default=True,
-                     help="Mix generated features into stage two (--no-generate: real rows only, an ablation)."),
-        click.option("--beta-init", type=Number(float, 0, 0.9, extra="beta_c is clipped to [0, 0.9]"), default=0.0, show_default=True,
-                     help="Initial confidence beta_c of tail classes (0: samples centred on the real tail sample)."),
-        click.option("--posthoc-la/--no-posthoc-la", default=True, show_default=True,
-                     help="Logit-adjust the final classifier, z - tau log(pi), with tau picked on val (0..2)."),
-        click.option("--beta-delta", type=Number(float, 0, 0.9), default=0.05, show_default=True, help="Step of the beta_c update."),
-        click.option("--alpha", type=Number(float, 0, 100), default=0.0, show_default=True, help="Dispersion added to calibrated covariances."),
-        click.option("--dispersion", type=click.Choice(["identity", "all-entries"]), default="identity", show_default=True,
-                     help="alpha * I (GLAG) or alpha on every entry (Free Lunch)."),
-        click.option("--n-target", type=Number(int, 0), default=0, help="Rows per class after top-up (0 = largest class)."),
-        click.option("--out", "out_base", type=click.Path(file_okay=False, path_type=Path), default=Path("glag-runs"),
-                     show_default=True, help="Folder for run folders (result.json, per_class.csv, model.pt)."),
-    ]
-    return _apply(opts, f)
-
-
-def _stage_two_run(cache_path, methods, kw, checkpoint=None, quiet=False, record=None):
-    from glag.classify.runner import run_methods
-    from glag.classify.stage_two import StageTwoConfig
-    from glag.generate.afg import GeneratorConfig, SamplingConfig
-
-    gen = GeneratorConfig(lt=kw["lt"], k=kw["k"], tail_below=kw["tail_below"], weighting=kw["weighting"],
-                          mode=kw["mode"], max_dense_gb=kw["max_dense_gb"])
-    st = StageTwoConfig(epochs=kw["gen_epochs"], batch_size=kw["gen_batch_size"], lr=kw["gen_lr"], kd=kw["kd"],
-                        adaptive=kw["adaptive"], generate=kw["gen_features"], posthoc_la=kw["posthoc_la"], beta_init=kw["beta_init"], beta_delta=kw["beta_delta"], seed=kw["seed"])
-    sampling = SamplingConfig(alpha=kw["alpha"], dispersion=kw["dispersion"], n_target=kw["n_target"])
-    return run_methods(cache_path, methods, kw["out_base"], gen=gen, stage_two=st, sampling=sampling,
-                       device=kw["device"], checkpoint=checkpoint, progress=not quiet, record=record)
 
 
 def _check_stage_two_args(methods, out_base) -> None:
@@ -439,7 +254,7 @@ def classify(target, cache_dir, methods, checkpoint, quiet, **kw):
         from glag.extract.dump import load_checkpoint
 
         load_checkpoint(checkpoint)
-    _print_results(_stage_two_run(resolve(target, cache_dir), methods, kw, checkpoint, quiet))
+    _print_results(stage_two_run(resolve(target, cache_dir), methods, kw, checkpoint, quiet))
 
 
 @cli.command()
@@ -478,7 +293,7 @@ def run(cache_dir, methods, quiet, print_config, **kw):
     path, _, reused = done
     if not quiet:
         _log(f"cache {path} ({'reused' if reused else 'written'})")
-    _print_results(_stage_two_run(path, methods, kw, quiet=quiet, record={"run_config": run_config}))
+    _print_results(stage_two_run(path, methods, kw, quiet=quiet, record={"run_config": run_config}))
 
 
 def _use_config(ctx, path):
