@@ -21,7 +21,7 @@ from glag.pipeline import log as _log
 def cli():
     """GLAG long-tailed classification: dataset inspection (data), stage-one training and feature dump (extract),
     the adaptive feature generator (generate), classifier-only stage two (classify),
-    the whole pipeline (run), cache management (cache), run comparison (report) and
+    the whole pipeline (run), multi-seed paired grids (sweep), cache management (cache), run comparison (report) and
     prediction with an exported model (predict)."""
 
 
@@ -296,6 +296,29 @@ def run(cache_dir, methods, quiet, print_config, **kw):
     _print_results(stage_two_run(path, methods, kw, quiet=quiet, record={"run_config": run_config}))
 
 
+@cli.command()
+@click.argument("config", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--seeds", default="0-2", show_default=True, help="Seeds of stage one and stage two: 0-4 or 0,1,2.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Sweep folder: cells/<cell>/ (config.toml and run folders), cells.csv, summary.md, groups.png.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=V1,V2",
+              help="Vary a config key over values (one stage-one cache per combination and seed); repeatable.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def sweep(config, seeds, out, sets, quiet):
+    """Run CONFIG's stage-one caches (seeds x --set values) x its stage-two methods, cell by cell.
+
+    Resumable: finished cells are never re-run, and a killed sweep re-runs only what is missing.
+    Writes cells.csv (one row per cell and method) and summary.md (mean ± std, and GLAG minus each
+    method paired on the same cache with 95 % intervals).
+    """
+    from glag.sweep import parse_seeds, parse_sets, run_sweep
+
+    seed_list, set_map = parse_seeds(seeds), parse_sets(sets)
+    check_writable(out, "--out", folder=True)
+    rows = run_sweep(config, seed_list, out, set_map, quiet=quiet)
+    click.echo(f"{len(rows)} rows in {out / 'cells.csv'}; summary in {out / 'summary.md'}")
+
+
 def _use_config(ctx, path):
     """Make a config file's values the defaults of the command's options (flags still override)."""
     if path is not None:
@@ -313,16 +336,24 @@ def _use_config(ctx, path):
 @click.option("--tsne", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write a t-SNE plot of real and generated features of a few tail classes and their support "
                    "classes, from the first GLAG run given.")
-def report(runs, fmt, plots, tsne):
-    """Compare run folders in one table (markdown or CSV), optionally with plots."""
-    from glag.classify.report import plot_beta, plot_per_class
-    from glag.classify.results import load_run, summary_table
+@click.option("--paired", is_flag=True,
+              help="Also print GLAG minus each method, paired on the same cache, with 95 % t-intervals.")
+def report(runs, fmt, plots, tsne, paired):
+    """Compare run folders in one table (markdown or CSV), optionally with plots.
+
+    Each run folder also gets stage_one_curves.png (loss, val accuracy, lambda(t), lr per epoch)
+    when its stage-one training log is known."""
+    from glag.classify.report import plot_beta, plot_per_class, plot_stage_one_curves
+    from glag.classify.results import load_run, paired_table, summary_table
 
     check_writable(plots, "--plots", folder=True)
     check_writable(tsne, "--tsne", folder=False)
     recs = [load_run(r) for r in runs]
-    table = summary_table(recs)
-    click.echo(table.to_markdown(index=False) if fmt == "markdown" else table.to_csv(index=False).rstrip())
+    tables = [summary_table(recs)] + ([paired_table(recs)] if paired else [])
+    for table in tables:
+        click.echo(table.to_markdown(index=False) if fmt == "markdown" else table.to_csv(index=False).rstrip())
+    for r in recs:
+        plot_stage_one_curves(r)
     if plots:
         plots.mkdir(parents=True, exist_ok=True)
         for p in (plot_per_class(recs, plots / "per_class.png"), plot_beta(recs, plots / "beta.png")):

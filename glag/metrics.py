@@ -44,3 +44,25 @@ def group_masks(counts: np.ndarray) -> dict[str, np.ndarray]:
     """Boolean class mask for each of the three groups."""
     g = group_of(counts)
     return {name: g == name for name in GROUPS}
+
+
+def t_interval(values) -> tuple[float, float, float]:
+    """Mean and 95 % t-interval of paired differences (nan bounds for fewer than 2 values)."""
+    import math
+    import statistics
+
+    from scipy.stats import t
+
+    values = list(values)
+    m = statistics.fmean(values)
+    if len(values) < 2:
+        return m, float("nan"), float("nan")
+    half = t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    return m, m - half, m + half
+
+
+def verdict(lo: float, hi: float) -> str:
+    """How a paired interval of GLAG minus another method reads."""
+    if lo != lo:
+        return "n < 2"
+    return "GLAG better" if lo > 0 else ("GLAG worse" if hi < 0 else "tie")

@@ -55,3 +55,36 @@ def plot_beta(runs: list[dict], path: Path) -> Path | None:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_stage_one_curves(run: dict) -> Path | None:
+    """``stage_one_curves.png`` in the run folder: loss, val accuracy, lambda(t) and lr per stage-one
+    epoch, from the training log of the checkpoint that made the run's cache. None without a log."""
+    import json
+
+    from glag.cache.format import atomic_path
+
+    out = Path(run["_dir"]) / "stage_one_curves.png"
+    report = Path(str(run.get("cache", ""))).with_suffix(".stage1.json")
+    try:
+        ckpt = json.loads(report.read_text()).get("checkpoint")
+        log = Path(ckpt).parent / "train_log.jsonl"
+        recs = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+    if out.is_file() or not recs:
+        return out if out.is_file() else None
+    plt = _plt()
+    fig, axes = plt.subplots(1, 4, figsize=(14, 3))
+    ep = [r["epoch"] for r in recs]
+    for ax, key, label in zip(axes, ("loss", "val_acc", "lam", "lr"), ("train loss", "val top-1", "lambda(t)", "lr")):
+        ax.plot(ep, [r.get(key) for r in recs], "o-", ms=2)
+        ax.set_title(label)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"stage one: {Path(ckpt).parent.name}", fontsize=9)
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
+    return out

@@ -104,3 +104,26 @@ def summary_table(runs: list[dict]) -> pd.DataFrame:
                      "top1": s["top1"], "many": s["many"], "medium": s["medium"], "few": s["few"],
                      "cache": r.get("cache_key", "")[:12]})
     return pd.DataFrame(rows)
+
+
+def paired_table(runs: list[dict], metric: str = "top1") -> pd.DataFrame:
+    """GLAG minus every other method, paired on the same cache (its key), with 95 % t-intervals."""
+    from glag.metrics import t_interval, verdict
+
+    by = {}
+    for r in runs:
+        by.setdefault((r["method"], r.get("cache_key", "")), r["summary"][metric])
+    caches = sorted({c for (m, c) in by if m == "glag"})
+    if not caches:
+        raise GlagError("--paired needs GLAG run folders (method 'glag') among RUNS")
+    rows = []
+    for method in sorted({m for (m, _) in by if m != "glag"}):
+        d = [by[("glag", c)] - by[(method, c)] for c in caches
+             if by.get((method, c)) is not None and by.get(("glag", c)) is not None]
+        if d:
+            mean, lo, hi = t_interval(d)
+            rows.append({"GLAG minus": method, "caches": len(d), f"mean {metric}": round(mean, 2),
+                         "95% low": round(lo, 2), "95% high": round(hi, 2), "verdict": verdict(lo, hi)})
+    if not rows:
+        raise GlagError("--paired found no method run on the same cache as a GLAG run; pass both runs of each cache")
+    return pd.DataFrame(rows)

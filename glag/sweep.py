@@ -1,0 +1,246 @@
+"""``glag sweep``: a recipe's grid of stage-one caches (seeds x ``--set`` values) x its stage-two methods,
+run cell by cell and resumable, summarised with paired intervals (GLAG minus each method, same cache).
+
+A cell is one stage-one cache: its folder holds the cell's effective config (``config.toml``) and one run
+folder per stage-two method. A cell whose every method has a finished run folder is never run again; a
+killed sweep re-runs only the missing methods of unfinished cells (stage one resumes from its checkpoint).
+"""
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import math
+import statistics
+from pathlib import Path
+
+from glag.config import SECTIONS, read_config, to_toml, tomllib
+from glag.errors import GlagError
+from glag.metrics import t_interval, verdict
+
+METRICS = ("top1", "many", "medium", "few")
+SECTION_OF = {k: section for section, keys in SECTIONS.items() for k in keys}
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0-4' or '0,2,5' (or a mix: '0-2,7') -> sorted unique seeds."""
+    seeds = set()
+    for part in str(text).split(","):
+        part = part.strip()
+        try:
+            if "-" in part[1:]:
+                lo, hi = part.split("-", 1)
+                lo, hi = int(lo), int(hi)
+                if hi < lo:
+                    raise ValueError
+                seeds.update(range(lo, hi + 1))
+            else:
+                seeds.add(int(part))
+        except ValueError:
+            raise GlagError(f"--seeds '{text}' is invalid; use a range like 0-4 or a list like 0,1,2 of seeds >= 0") \
+                from None
+    if not seeds or min(seeds) < 0:
+        raise GlagError(f"--seeds '{text}' is invalid; use a range like 0-4 or a list like 0,1,2 of seeds >= 0")
+    return sorted(seeds)
+
+
+def _value(text: str):
+    """A --set value: a TOML number, boolean or string; anything else is taken as a plain string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def parse_sets(items) -> dict[str, list]:
+    """``key=v1,v2`` pairs -> {key: [values]}; keys are config keys (any section)."""
+    allowed = [k for keys in SECTIONS.values() for k in keys if k not in ("seed", "method")]
+    out = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        key = key.strip()
+        if not sep or not values.strip():
+            raise GlagError(f"--set '{item}' is invalid; use --set key=value1,value2")
+        if key not in allowed:
+            raise GlagError(f"--set '{key}' is not a config key; allowed: {', '.join(allowed)}")
+        out[key] = [_value(v.strip()) for v in values.split(",")]
+    return out
+
+
+def cell_name(seed: int, setting: dict) -> str:
+    parts = [f"{k}={v}" for k, v in setting.items()] + [f"seed={seed}"]
+    return "_".join(p.replace("/", "-").replace(" ", "") for p in parts)
+
+
+def plan(seeds: list[int], sets: dict[str, list]) -> list[dict]:
+    """Every cell: its name, seed and --set values, seeds innermost."""
+    keys = list(sets)
+    cells = []
+    for combo in itertools.product(*(sets[k] for k in keys)):
+        setting = dict(zip(keys, combo))
+        for seed in seeds:
+            cells.append({"name": cell_name(seed, setting), "seed": seed, "setting": setting})
+    return cells
+
+
+def run_folders(cell_dir: Path) -> dict[str, Path]:
+    """method -> its finished run folder in a cell (hidden temporary folders are never finished)."""
+    found = {}
+    runs = cell_dir / "runs"
+    for res in sorted(runs.glob("*/result.json")) if runs.is_dir() else []:
+        if res.parent.name.startswith("."):  # a run killed while writing: never counted as finished
+            continue
+        try:
+            method = json.loads(res.read_text())["method"]
+        except (ValueError, KeyError, OSError):
+            continue
+        found.setdefault(method, res.parent)
+    return found
+
+
+def cell_config(config: Path, cell: dict) -> str:
+    """The cell's recipe: the sweep's config with the cell's --set values and seed, as TOML."""
+    raw = tomllib.loads(Path(config).read_text())
+    for key, value in {**cell["setting"], "seed": cell["seed"]}.items():
+        raw.setdefault(SECTION_OF[key], {})[key] = value
+    return to_toml(raw)
+
+
+def _glag_run(args: list[str]) -> str:
+    """``glag run ARGS`` in this process; its table goes to the returned string, errors propagate."""
+    import contextlib
+    import io
+
+    from glag.cli import cli
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        cli.main(args=args, prog_name="glag", standalone_mode=False)
+    return buf.getvalue()
+
+
+def run_sweep(config: Path, seeds: list[int], out: Path, sets: dict[str, list], *, quiet: bool = False) -> list[dict]:
+    """Run every unfinished cell; returns the rows of cells.csv. Every cell's config is checked first,
+    so a bad --set value is refused before anything is written."""
+    import tempfile
+
+    from tqdm.auto import tqdm
+
+    base = read_config(config)
+    methods = list(base.get("methods") or ["stage-one", "crt", "glag"])
+    cells = plan(seeds, sets)
+    with tempfile.TemporaryDirectory() as tmp:
+        for cell in cells:
+            probe = Path(tmp) / "cell.toml"
+            probe.write_text(cell_config(config, cell))
+            _glag_run(["run", "--config", str(probe), "--print-config"])
+    out.mkdir(parents=True, exist_ok=True)
+    for cell in tqdm(cells, desc="sweep cells", unit="cell", disable=True if quiet else None):
+        cell_dir = out / "cells" / cell["name"]
+        missing = [m for m in methods if m not in run_folders(cell_dir)]
+        if not missing:
+            continue
+        cell_dir.mkdir(parents=True, exist_ok=True)
+        cfg_file = cell_dir / "config.toml"
+        if not cfg_file.is_file():
+            cfg_file.write_text(cell_config(config, cell))
+        _glag_run(["run", "--config", str(cfg_file), "--out", str(cell_dir / "runs"), "-q",
+                   *[a for m in missing for a in ("--method", m)]])
+        write_outputs(out, methods, seeds, sets)
+    return write_outputs(out, methods, seeds, sets)
+
+
+def collect(out: Path, methods, seeds, sets) -> list[dict]:
+    rows = []
+    for cell in plan(seeds, sets):
+        found = run_folders(out / "cells" / cell["name"])
+        for m in methods:
+            if m not in found:
+                continue
+            rec = json.loads((found[m] / "result.json").read_text())
+            s, v = rec["summary"], rec.get("val_summary", {})
+            rows.append({"cell": cell["name"], "seed": cell["seed"], **{k: cell["setting"][k] for k in sets},
+                         "method": m, **{k: s.get(k) for k in METRICS}, "val_top1": v.get("top1"),
+                         "run": str(found[m].relative_to(out))})
+    return rows
+
+
+def _num(v):
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
+def summary(rows: list[dict], methods, sets) -> str:
+    keys = list(sets)
+    groups = sorted({tuple(r[k] for k in keys) for r in rows}, key=str)
+    lines = ["# Sweep summary", "", "Mean ± std over seeds; paired differences are GLAG minus each method on the same "
+             "stage-one cache (same seed), mean [95 % t-interval]; 'tie' when the interval holds 0.", ""]
+    for g in groups:
+        rs = [r for r in rows if tuple(r[k] for k in keys) == g]
+        title = ", ".join(f"{k}={v}" for k, v in zip(keys, g)) or "all cells"
+        lines += [f"## {title}", "", "| method | n | " + " | ".join(METRICS) + " | val top1 |",
+                  "|---|---|" + "---|" * (len(METRICS) + 1)]
+        for m in methods:
+            mr = [r for r in rs if r["method"] == m]
+            if mr:
+                cells = []
+                for k in (*METRICS, "val_top1"):
+                    vals = [_num(r[k]) for r in mr if _num(r[k]) is not None]
+                    cells.append("—" if not vals else f"{statistics.fmean(vals):.2f}" +
+                                 (f" ± {statistics.stdev(vals):.2f}" if len(vals) > 1 else ""))
+                lines.append(f"| {m} | {len(mr)} | " + " | ".join(cells) + " |")
+        if "glag" in methods:
+            lines += ["", "| GLAG minus | top-1 | verdict |", "|---|---|---|"]
+            by = {(r["method"], r["seed"]): _num(r["top1"]) for r in rs}
+            for m in methods:
+                if m == "glag":
+                    continue
+                d = [by[("glag", s)] - by[(m, s)] for s in sorted({r["seed"] for r in rs})
+                     if by.get(("glag", s)) is not None and by.get((m, s)) is not None]
+                if d:
+                    mean, lo, hi = t_interval(d)
+                    lines.append(f"| {m} | {mean:+.2f} [{lo:+.2f}, {hi:+.2f}] (n={len(d)}) | {verdict(lo, hi)} |")
+        lines.append("")
+    lines += ["![Many / Medium / Few per method](groups.png)", ""]
+    return "\n".join(lines)
+
+
+def plot_groups(rows: list[dict], methods, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / max(len(methods), 1)
+    for i, m in enumerate(methods):
+        vals = [[_num(r[g]) for r in rows if r["method"] == m and _num(r[g]) is not None] for g in METRICS[1:]]
+        ax.bar(np.arange(3) + (i - len(methods) / 2 + 0.5) * width, [np.mean(v) if v else np.nan for v in vals],
+               width, yerr=[np.std(v, ddof=1) if len(v) > 1 else 0 for v in vals], capsize=2, label=m)
+    ax.set_xticks(range(3), ["Many", "Medium", "Few"])
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend(fontsize=8, ncol=4)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_outputs(out: Path, methods, seeds, sets) -> list[dict]:
+    """cells.csv, summary.md and groups.png from the finished run folders (each written whole, then renamed)."""
+    from glag.cache.format import atomic_path
+
+    rows = collect(out, methods, seeds, sets)
+    cols = ["cell", "seed", *sets, "method", *METRICS, "val_top1", "run"]
+    with atomic_path(out / "cells.csv") as tmp:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=cols)
+            w.writeheader()
+            w.writerows(rows)
+    with atomic_path(out / "summary.md") as tmp:
+        tmp.write_text(summary(rows, methods, sets))
+    if rows:
+        with atomic_path(out / "groups.png") as tmp:
+            plot_groups(rows, methods, Path(str(tmp) + ".png"))
+            Path(str(tmp) + ".png").rename(tmp)
+    return rows

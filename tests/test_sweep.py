@@ -1,0 +1,101 @@
+"""glag sweep: the grid, resume after a kill (every cell exactly once), summaries, one-line errors."""
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from glag.errors import GlagError
+from glag.sweep import parse_seeds, parse_sets
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS = ROOT / "configs" / "digits.toml"
+FAST = ["--set", "epochs=2", "--set", "gen_epochs=2"]
+
+
+def test_parse_seeds_and_sets():
+    assert parse_seeds("0-4") == [0, 1, 2, 3, 4] and parse_seeds("3,1,1") == [1, 3] and parse_seeds("0-1,5") == [0, 1, 5]
+    for bad in ("4-1", "a", "", "-1"):
+        with pytest.raises(GlagError, match="--seeds"):
+            parse_seeds(bad)
+    assert parse_sets(["imbalance=10,100", "loss=ce,graloss", "kd=false"]) == {
+        "imbalance": [10, 100], "loss": ["ce", "graloss"], "kd": [False]}
+    with pytest.raises(GlagError, match="'imbalence' is not a config key; allowed: dataset, imbalance"):
+        parse_sets(["imbalence=10"])
+    with pytest.raises(GlagError, match="use --set key=value1,value2"):
+        parse_sets(["imbalance"])
+
+
+def _rows(out):
+    with open(out / "cells.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_sweep_grid_summary_and_no_rerun(tmp_path, glag_cli, cache_dir):
+    out = tmp_path / "sw"
+    code, text, err = glag_cli("sweep", DIGITS, "--seeds", "0-1", "--out", out, "--set", "loss=ce,graloss", *FAST, "-q")
+    assert code == 0, err
+    rows = _rows(out)
+    assert len(rows) == 2 * 2 * 3 and {r["loss"] for r in rows} == {"ce", "graloss"}
+    assert sorted({(r["cell"], r["method"]) for r in rows}) == sorted((r["cell"], r["method"]) for r in rows)
+    md = (out / "summary.md").read_text()
+    assert "## loss=ce, epochs=2, gen_epochs=2" in md and "| GLAG minus | top-1 | verdict |" in md
+    assert (out / "groups.png").stat().st_size > 1000
+    cfg = (out / "cells" / "loss=graloss_epochs=2_gen_epochs=2_seed=1" / "config.toml").read_text()
+    assert 'loss = "graloss"' in cfg and "seed = 1" in cfg
+    runs = sorted(out.glob("cells/loss=graloss*/runs/*"))
+    code, text, err = glag_cli("report", *runs, "--paired")
+    assert code == 0, err
+    assert "| GLAG minus" in text and "| crt " in text and "|        2 |" in text  # 2 caches paired
+    assert all((r / "stage_one_curves.png").stat().st_size > 1000 for r in runs)
+    code, _, err = glag_cli("report", *[r for r in runs if not r.name.endswith("glag")], "--paired")
+    assert code == 1 and "--paired needs GLAG run folders" in err
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("result.json")}
+    code, _, err = glag_cli("sweep", DIGITS, "--seeds", "0-1", "--out", out, "--set", "loss=ce,graloss", *FAST, "-q")
+    assert code == 0 and {p: p.stat().st_mtime_ns for p in out.rglob("result.json")} == stamps
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["--set", "gen_lr=-1"], "'--gen-lr': -1 is out of range"),
+    (["--set", "colour=red"], "--set 'colour' is not a config key"),
+    (["--seeds", "x"], "--seeds 'x' is invalid"),
+])
+def test_bad_sweeps_write_nothing(tmp_path, glag_cli, args, msg):
+    code, out, err = glag_cli("sweep", DIGITS, "--out", tmp_path / "sw", *args)
+    lines = err.strip().splitlines()
+    assert code != 0 and len(lines) == 1 and msg in lines[0], err
+    assert not (tmp_path / "sw").exists()
+
+
+def test_killed_sweep_resumes_and_every_cell_appears_once(tmp_path):
+    out = tmp_path / "sw"
+    env = {**os.environ, "GLAG_CACHE_DIR": str(tmp_path / "cache")}
+    cmd = [sys.executable, "-m", "glag.cli", "sweep", str(DIGITS), "--seeds", "0-2", "--out", str(out), *FAST, "-q"]
+    p = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while time.time() < deadline and not (out / "cells.csv").is_file():
+        time.sleep(0.2)  # the first cell is finished: kill during the second
+    time.sleep(1.0)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    first = {q: q.stat().st_mtime_ns for q in out.rglob("result.json")}
+    assert 0 < len(first) < 9
+    r = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = _rows(out)
+    keys = [(row["cell"], row["method"]) for row in rows]
+    assert len(keys) == 9 and len(set(keys)) == 9  # 3 seeds x 3 methods, each exactly once
+    assert all(q.stat().st_mtime_ns == t for q, t in first.items())  # finished cells were not re-run
+
+
+def test_half_written_run_folder_is_not_finished(tmp_path):
+    from glag.sweep import run_folders
+
+    hidden = tmp_path / "runs" / ".x-glag.tmp-abc"
+    hidden.mkdir(parents=True)
+    (hidden / "result.json").write_text('{"method": "glag"}')
+    assert run_folders(tmp_path) == {}
