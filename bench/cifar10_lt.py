@@ -19,8 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-from evidence import _mean_std, _num, t_interval, verdict
-from reproduce import ROOT, glag, rel, shown
+from evidence import _mean_std, _num
+from glag.metrics import t_interval, verdict
+from protocol import ROOT, glag, rel, shown
 
 BUDGETS = {
     # The CPU budget: 12 caches (4 losses x 3 seeds) at IM 100 in about 3 h of a 2-core machine

@@ -20,7 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-from reproduce import ROOT, glag, rel
+from glag.metrics import t_interval, verdict  # noqa: F401 (tests read them here)
+from protocol import ROOT, check_data, glag, rel
 
 DATASET = "fashion-mnist-lt"
 N_MAX = 500
@@ -90,18 +91,6 @@ def _num(v):
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 
 
-def t_interval(values: list[float]) -> tuple[float, float, float]:
-    """Mean and 95 % t-interval of paired differences."""
-    from scipy.stats import t
-
-    n = len(values)
-    m = statistics.fmean(values)
-    if n < 2:
-        return m, float("nan"), float("nan")
-    half = t.ppf(0.975, n - 1) * statistics.stdev(values) / math.sqrt(n)
-    return m, m - half, m + half
-
-
 def _mean_std(vals):
     vals = [v for v in vals if v is not None]
     if not vals:
@@ -115,12 +104,6 @@ def paired(rows, im, loss, a, b, metric):
     seeds = sorted({s for (_, s) in by})
     return [by[(a, s)] - by[(b, s)] for s in seeds
             if by.get((a, s)) is not None and by.get((b, s)) is not None]
-
-
-def verdict(lo, hi) -> str:
-    if lo != lo:
-        return "n < 2"
-    return "GLAG better" if lo > 0 else ("GLAG worse" if hi < 0 else "tie")
 
 
 DECOUPLED = ["crt", "lws", "tau-norm", "logit-adjust"]
@@ -304,8 +287,6 @@ def main(argv=None):
     ap.add_argument("--gen-epochs", type=int, default=40)
     ap.add_argument("--report-only", action="store_true", help="only write the tables and plot from finished cells")
     args = ap.parse_args(argv)
-    from reproduce import check_data
-
     check_data("evidence", DATASET, args.data_root)
     t0 = time.time()
 

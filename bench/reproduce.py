@@ -14,16 +14,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import platform
-import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from protocol import ROOT, check_data, glag, rel, shown
 
 # SPEC section 7 (CIFAR-100-LT, ResNet-32): (stage-one loss, stage-two method) -> {IM: top-1}
 PAPER = {
@@ -71,39 +67,6 @@ PROTOCOLS = {
     "cifar100-lt-probe": dict(dataset="cifar100-lt", ims=[100], epochs=200, losses=list(PAPER_PROBE), rows={},
                               probe=list(PAPER_PROBE), default_root=ROOT.parent / "shared" / "data"),
 }
-
-
-def rel(path) -> str:
-    """A path as shown in recorded commands: relative to the project root when near it, else absolute."""
-    r = os.path.relpath(Path(path).absolute(), ROOT)
-    return str(Path(path).absolute()) if r.startswith("../..") else r  # ../shared stays relative
-
-
-def shown(args: list[str]) -> str:
-    return "glag " + " ".join(shlex.quote(a) for a in args)
-
-
-def glag(args: list[str], log) -> tuple[str, str]:
-    cmd = [sys.executable, "-m", "glag.cli", *args]
-    shown_cmd = shown(args)
-    log(f"$ {shown_cmd}")
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    if r.returncode != 0:
-        sys.exit(f"command failed ({r.returncode}): {shown_cmd}\n{r.stderr.strip()[-2000:]}")
-    return r.stdout, shown_cmd
-
-
-def check_data(protocol: str, dataset: str, root: Path) -> None:
-    from glag.errors import GlagError
-    from glag.extract.sources import find_cifar_dir, find_fashion_dir
-
-    try:
-        if dataset == "fashion-mnist-lt":
-            find_fashion_dir(root)
-        else:
-            find_cifar_dir(root, 100)
-    except GlagError as exc:
-        sys.exit(f"protocol '{protocol}' needs its data: {exc}")
 
 
 def main():

@@ -1,0 +1,44 @@
+"""What the reproduction protocols share: the project root, running `glag` commands and recording them."""
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def rel(path) -> str:
+    """A path as shown in recorded commands: relative to the project root when near it, else absolute."""
+    r = os.path.relpath(Path(path).absolute(), ROOT)
+    return str(Path(path).absolute()) if r.startswith("../..") else r  # ../shared stays relative
+
+
+def shown(args: list[str]) -> str:
+    return "glag " + " ".join(shlex.quote(a) for a in args)
+
+
+def glag(args: list[str], log) -> tuple[str, str]:
+    cmd = [sys.executable, "-m", "glag.cli", *args]
+    shown_cmd = shown(args)
+    log(f"$ {shown_cmd}")
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if r.returncode != 0:
+        sys.exit(f"command failed ({r.returncode}): {shown_cmd}\n{r.stderr.strip()[-2000:]}")
+    return r.stdout, shown_cmd
+
+
+def check_data(protocol: str, dataset: str, root: Path) -> None:
+    from glag.errors import GlagError
+    from glag.extract.sources import find_cifar_dir, find_fashion_dir
+
+    try:
+        if dataset == "fashion-mnist-lt":
+            find_fashion_dir(root)
+        else:
+            find_cifar_dir(root, 100)
+    except GlagError as exc:
+        sys.exit(f"protocol '{protocol}' needs its data: {exc}")
