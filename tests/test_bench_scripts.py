@@ -69,3 +69,21 @@ def test_cifar10_lt_protocol_runs_resumes_and_says_its_budget(tmp_path):
     again = subprocess.run(cmd, capture_output=True, text=True)  # every cell done: nothing is re-run
     assert again.returncode == 0 and "$ glag" not in again.stderr
     assert (tmp_path / "res" / "cifar10-lt.csv").read_text().splitlines() == rows
+
+
+def test_device_check_dry_run(tmp_path):
+    """The GPU session's one-call script, rehearsed at toy size on CPU: every step runs and reports."""
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "device_check.py"), "--dry-run", "--out", str(tmp_path)],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    import json
+
+    report = json.loads((tmp_path / "device_check.json").read_text())
+    assert [s["step"] for s in report["steps"]] == ["install", "install glag", "gpu tests", "stage-one bench",
+                                                    "cifar10-lt cells"]
+    assert all(s["rc"] in (0, 5) for s in report["steps"])
+    bench = json.loads((tmp_path / "stage_one_speed.json").read_text())
+    row = bench["results"][0]
+    assert row["shape"] == "cifar10-lt" and row["ratio"] > 0 and row["median_floor_s"] == min(
+        row["median_floor_nchw_s"], row["median_floor_channels_last_s"])
+    assert (tmp_path / "results" / "cifar10-lt.csv").is_file()

@@ -1,0 +1,135 @@
+"""Stage one's time per epoch as the default run spends it, against the floor the hardware allows.
+
+    .venv/bin/python bench/stage_one_speed.py [--shapes cifar10-lt,imagenet-lt] [--repeats 3] [--steps N]
+        [--out bench/results/stage_one_speed.json]
+
+For each shape, interleaved in one process and repeated (median reported):
+* default: ``glag.extract.train.train`` for one epoch on in-memory images of the shape (augmentation,
+  loss, optimizer, lr schedule, validation and the epoch checkpoint, exactly as ``glag extract`` runs them);
+* floor: the same model's forward + backward + SGD step on pre-made batches on the same device, the
+  faster of NCHW and channels-last.
+The ratio default / floor is what a user pays over the arithmetic. ``--steps`` caps an epoch (CPU runs of
+the ImageNet-LT shape); ImageNet-LT here is in-memory arrays, not the JPEG loader of a real list dataset.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import common  # noqa: F401  (puts the project on sys.path)
+from glag.extract.datasets import DatasetSpec, LTData, Split
+from glag.extract.losses import make_loss
+from glag.extract.models import Classifier
+from glag.extract.profile import exponential_counts
+from glag.extract.train import TrainConfig, train
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAPES = {
+    # CIFAR-10-LT IM 100: 12,406 train images, 180 val rows (20 per class but class 0), ResNet-32, batch 128
+    "cifar10-lt": dict(backbone="resnet32", classes=10, n_max=5000, hw=32, batch=128, val_per_class=20, pad=4),
+    # ImageNet-LT: 1000 classes, n_max 1280, IM 256 (115.8k images), ResNet-10 at 224 px, batch 256
+    "imagenet-lt": dict(backbone="resnet10", classes=1000, n_max=1280, hw=224, batch=256, val_per_class=20, pad=0,
+                        imbalance=256),
+}
+
+
+def synthetic(shape: dict, steps: int | None, seed: int = 0) -> LTData:
+    counts = exponential_counts(shape["n_max"], shape["classes"], shape.get("imbalance", 100))
+    val = np.repeat(np.arange(shape["classes"]), shape["val_per_class"])
+    if steps:  # keep the class profile, cap the epoch at `steps` batches; validation shrinks alike
+        factor = min(1.0, steps * shape["batch"] / counts.sum())
+        counts = np.maximum(np.floor(counts * factor), 1).astype(np.int64)
+        val = np.random.default_rng(seed).permutation(val)[:max(1, int(np.ceil(len(val) * factor)))]
+    labels = np.repeat(np.arange(shape["classes"]), counts)
+    rng = np.random.default_rng(seed)
+    hw = shape["hw"]
+    train_x = rng.integers(0, 256, (len(labels), hw, hw, 3), dtype=np.uint8)
+    val_x = rng.integers(0, 256, (len(val), hw, hw, 3), dtype=np.uint8)
+    spec = DatasetSpec("digits")  # identity unused: the bench trains in a temporary folder
+    splits = {"train": Split("train", np.arange(len(labels)), labels), "val": Split("val", np.arange(len(val)), val),
+              "test": Split("val", np.arange(0), np.zeros(0, np.int64))}
+    return LTData(spec, shape["classes"], [str(c) for c in range(shape["classes"])],
+                  {"train": train_x, "val": val_x}, splits)
+
+
+def time_default(shape: dict, data: LTData) -> float:
+    cfg = TrainConfig(dataset=DatasetSpec("digits"), backbone=shape["backbone"], loss="graloss", epochs=1,
+                      batch_size=shape["batch"], lr=0.1, warmup=0.0, pad=shape["pad"], flip=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        train(cfg, data, Path(tmp), progress=False, log=lambda m: None)
+        return time.perf_counter() - t0
+
+
+def time_floor(shape: dict, steps: int, device: torch.device) -> dict:
+    """Forward + backward + SGD step on pre-made batches, per memory format: seconds for ``steps`` steps."""
+    out = {}
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        model = Classifier(shape["backbone"], shape["classes"], 3, "linear").to(device, memory_format=fmt)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+        loss_fn = make_loss("ce", np.ones(shape["classes"], np.int64), 1).to(device)
+        x = torch.randn(shape["batch"], 3, shape["hw"], shape["hw"], device=device).contiguous(memory_format=fmt)
+        y = torch.randint(0, shape["classes"], (shape["batch"],), device=device)
+        amp = device.type == "cuda"
+        for i in range(steps + 2):  # 2 warm-up steps
+            if i == 2:
+                if amp:
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                logits = model(x)
+            loss = loss_fn(logits.float(), y, 0.0)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if amp:
+            torch.cuda.synchronize()
+        out["nchw" if fmt is torch.contiguous_format else "channels_last"] = time.perf_counter() - t0
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", default="cifar10-lt,imagenet-lt")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=None, help="cap each epoch at this many batches")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "stage_one_speed.json")
+    args = ap.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    results = []
+    for name in args.shapes.split(","):
+        shape = SHAPES[name]
+        data = synthetic(shape, args.steps)
+        steps = -(-len(data.splits["train"]) // shape["batch"])
+        runs = []
+        for _ in range(args.repeats):  # interleaved: default then floor, so drift hits both
+            d = time_default(shape, data)
+            f = time_floor(shape, steps, device)
+            runs.append({"default_s": d, **{f"floor_{k}_s": v for k, v in f.items()}, "floor_s": min(f.values())})
+        med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        results.append({"shape": name, "backbone": shape["backbone"], "images": len(data.splits["train"]),
+                        "steps_per_epoch": steps, "batch": shape["batch"], "repeats": runs,
+                        **{f"median_{k}": round(v, 3) for k, v in med.items()},
+                        "ratio": round(med["default_s"] / med["floor_s"], 3)})
+    import platform
+
+    report = {"bench": "stage_one_speed", "command": "python bench/stage_one_speed.py " + " ".join(argv or []),
+              "device": torch.cuda.get_device_name(0) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+              "torch": torch.__version__, "python": platform.python_version(), "results": results}
+    text = json.dumps(report, indent=2)
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])
