@@ -286,3 +286,19 @@ def test_diverged_stage_one_keeps_nothing_and_is_not_reused(tmp_path, glag_cli, 
         code, _, err = glag_cli("extract", "--epochs", "2", "--lr", "1e30", "-q")
         assert code == 1 and "stage one diverged" in err and len(err.strip().splitlines()) == 1
         assert not list(tmp_path.rglob("final.pt")) and not list(tmp_path.rglob("*.h5"))
+
+
+def test_predict_resizes_then_centre_crops(tmp_path):
+    """As the weights' preprocessing says (and as their features were dumped): shorter side to `resize`,
+    then the centre `crop` x `crop`; never a squashing resize straight to the crop size."""
+    import torchvision.transforms as T
+
+    from glag.classify.export import load_images
+
+    img = Image.fromarray(np.random.default_rng(1).integers(0, 256, (30, 60, 3), dtype=np.uint8))
+    img.save(tmp_path / "wide.png")
+    files, x = load_images(tmp_path, [8, 8], 3, ([0.0] * 3, [1.0] * 3), {"resize": 12, "crop": 8})
+    want = np.asarray(T.CenterCrop(8)(T.Resize(12)(img)), dtype=np.float32).transpose(2, 0, 1) / 255.0
+    assert x.shape == (1, 3, 8, 8) and np.allclose(x[0].numpy(), want)
+    squashed = np.asarray(img.resize((8, 8)), dtype=np.float32).transpose(2, 0, 1) / 255.0
+    assert not np.allclose(x[0].numpy(), squashed, atol=0.05)
