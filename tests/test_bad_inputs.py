@@ -302,3 +302,30 @@ def test_predict_resizes_then_centre_crops(tmp_path):
     assert x.shape == (1, 3, 8, 8) and np.allclose(x[0].numpy(), want)
     squashed = np.asarray(img.resize((8, 8)), dtype=np.float32).transpose(2, 0, 1) / 255.0
     assert not np.allclose(x[0].numpy(), squashed, atol=0.05)
+
+
+def test_disk_full_one_line_and_no_partial_file(world, glag_cli, monkeypatch, tmp_path):
+    """A full disk while a cache or a run folder is written: one line naming the path, nothing left behind."""
+    import errno
+
+    import glag.cache.format as fmt
+    import pandas as pd
+
+    w, f = world
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setenv("GLAG_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(fmt, "write_array", full)
+    code, _, err = glag_cli("extract", "--checkpoint", f["final"], "-q")
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and "could not write" in lines[0] and "No space left on device" in lines[0]
+    assert str(tmp_path / "cache") in lines[0] and not list(tmp_path.rglob("*.h5")) and not list(tmp_path.rglob("*tmp*"))
+    monkeypatch.undo()
+    monkeypatch.setattr(pd.DataFrame, "to_csv", full)
+    code, _, err = glag_cli("classify", "--cache", f["cache"], "--method", "crt", "-q", "--out", tmp_path / "runs")
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and "No space left on device" in lines[0] and "Traceback" not in err
+    assert f"could not write run folder '{tmp_path / 'runs'}/" in lines[0]
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())

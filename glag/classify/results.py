@@ -75,6 +75,9 @@ def write_run(out: Path, cache: FeatureCache, method: str, result: dict, extra: 
         dest = claim_dir(final)
         os.replace(tmp, dest)  # onto the empty folder just claimed: atomic, and never onto another run
         return dest
+    except OSError as exc:  # disk full, quota: name the folder; the temporary one goes in `finally`
+        raise GlagError(f"could not write run folder '{final}': {exc.strerror or exc}; nothing was left of it") \
+            from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
