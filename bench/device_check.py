@@ -33,10 +33,10 @@ def steps(dry: bool, out: Path, folder: Path | None) -> list[tuple[str, list[str
     gpu_tests = [py, "-m", "pytest", "-q", "-x", "tests/test_stage_two.py::test_stage_two_on_gpu",
                  "tests/test_generator.py", "-k", "gpu"]
     s1 = [py, "bench/stage_one_speed.py", "--shapes", "cifar10-lt", "--out", str(out / "stage_one_speed.json")]
-    s1 += ["--steps", "2", "--repeats", "1"] if dry else ["--repeats", "3"]
+    s1 += ["--steps", "1", "--repeats", "1"] if dry else ["--repeats", "3"]
     cells = [py, "bench/reproduce.py", "cifar10-lt", "--results", str(out / "results"),
              "--cache-dir", str(out / "cache"), "--ims", "100" if not dry else "4"]
-    cells += (["--data-root", str(folder), "--epochs", "1", "--seeds", "0", "--losses", "ce", "--gen-epochs", "2"]
+    cells += (["--data-root", str(folder), "--epochs", "1", "--seeds", "0", "--losses", "ce", "--gen-epochs", "1"]
               if dry else ["--full", "--seeds", "0"])
     return [("install", install, 180),
             ("install glag", [py, "-m", "pip", "install", "--no-deps", "-q", "-e", str(ROOT)] if not dry
