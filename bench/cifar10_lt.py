@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from evidence import _mean_std, _num
+from evidence import _mean_std, _num, paired
 from glag.metrics import t_interval, verdict
 from protocol import ROOT, glag, rel, shown
 
@@ -100,12 +100,6 @@ def collect(results: Path, budget_name: str, b: dict) -> list[dict]:
     return rows
 
 
-def paired(rows, im, loss, a, b, metric):
-    by = {(r["method"], r["seed"]): r[metric] for r in rows if r["imbalance"] == im and r["stage_one"] == loss}
-    return [by[(a, s)] - by[(b, s)] for s in sorted({s for (_, s) in by})
-            if by.get((a, s)) is not None and by.get((b, s)) is not None]
-
-
 def interval_text(d) -> str:
     m, lo, hi = t_interval(d)
     if len(d) < 2:
@@ -152,7 +146,7 @@ def unseen_class_lines(results: Path, budget_name: str, rows) -> list[str]:
             for seed in sorted({r["seed"] for r in rows if r["imbalance"] == im and r["stage_one"] == loss}):
                 cell = cell_dir(results, budget_name, im, loss, seed)
                 for m in accs:
-                    f = result_file(cell, m) if m else None
+                    f = result_file(cell, m)
                     if f is None:
                         continue
                     res = json.loads(f.read_text())
