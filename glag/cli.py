@@ -213,12 +213,17 @@ def generate(target, cache_dir, n_target, as_json, **kw):
 
 
 def _check_stage_two_args(methods, out_base) -> None:
+    _check_methods(methods)
+    check_writable(out_base, "--out", folder=True)
+
+
+def _check_methods(methods, variants=()) -> None:
     from glag.classify.runner import METHODS
 
-    bad = [m for m in methods if m not in METHODS]
+    bad = [m for m in methods if m not in METHODS and m not in variants]
     if bad:
-        raise click.BadParameter(f"{', '.join(bad)} (choose from {', '.join(METHODS)})", param_hint="'--method'")
-    check_writable(out_base, "--out", folder=True)
+        allowed = ", ".join([*METHODS, *variants]) + (" (the last from the config's [variants])" if variants else "")
+        raise click.BadParameter(f"{', '.join(bad)} (choose from {allowed})", param_hint="'--method'")
 
 
 def _print_results(records, extra_rows=()):
@@ -277,23 +282,50 @@ def run(cache_dir, methods, quiet, print_config, **kw):
     With no arguments: the bundled long-tailed digits, offline, in about a minute on 2 CPU cores.
     Every run folder's result.json records the effective config.
     """
-    from glag.config import effective_config, to_toml
+    from glag.config import effective_config, to_toml, variant_table
 
+    variants = click.get_current_context().meta.get("glag_variants", {})
     spec = build_spec(kw)  # presets resolved, so the recorded config says what runs (batch size, lr, epochs)
     cfg = build_train_config(spec, *(kw[k] for k in TRAIN_KEYS))
-    run_config = effective_config({**kw, "methods": methods, "imbalance": spec.imbalance, "n_max": spec.n_max,
-                                   **{k: getattr(cfg, k) for k in ("backbone", "epochs", "batch_size", "lr", "warmup")}})
+    resolved = {**kw, "imbalance": spec.imbalance, "n_max": spec.n_max,
+                **{k: getattr(cfg, k) for k in ("backbone", "epochs", "batch_size", "lr", "warmup")}}
+    run_config = effective_config({**resolved, "methods": methods})
+    if variants:
+        run_config["variants"] = {name: variant_table(v) for name, v in variants.items()}
+    _check_methods(methods, variants)
+    checked = {name: _variant_kw(kw, name, v) for name, v in variants.items()}  # every variant, used or not
+    chosen = {m: checked[m] for m in methods if m in checked}
     if print_config:
         click.echo(to_toml(run_config), nl=False)
         return
-    _check_stage_two_args(methods, kw["out_base"])  # before training, so no work is lost to a bad --out
+    check_writable(kw["out_base"], "--out", folder=True)  # before training, so no work is lost to a bad --out
     done = run_stage_one(kw, cache_dir, quiet=quiet)
     if done is None:
         return
     path, _, reused = done
     if not quiet:
         _log(f"cache {path} ({'reused' if reused else 'written'})")
-    _print_results(stage_two_run(path, methods, kw, quiet=quiet, record={"run_config": run_config}))
+    plain = [m for m in methods if m not in chosen]
+    records = stage_two_run(path, plain, kw, quiet=quiet, record={"run_config": run_config}) if plain else []
+    for name, vkw in chosen.items():
+        record = {"run_config": effective_config({**resolved, **vkw}), "variant": name}
+        records += stage_two_run(path, vkw["methods"], vkw, quiet=quiet, record=record, variant=name)
+    _print_results(records)
+
+
+def _variant_kw(kw: dict, name: str, overrides: dict) -> dict:
+    """The run's options with a config variant's keys, each checked as its flag would be."""
+    params = {p.name: p for p in click.get_current_context().command.params}
+    out = dict(kw)
+    for key, value in overrides.items():
+        if key == "methods":
+            out[key] = value
+            continue
+        try:
+            out[key] = params[key].type_cast_value(click.get_current_context(), value)
+        except click.BadParameter as exc:
+            raise click.BadParameter(exc.message, param_hint=f"[variants.{name}] {key}") from None
+    return out
 
 
 @cli.command()
@@ -324,7 +356,9 @@ def _use_config(ctx, path):
     if path is not None:
         from glag.config import read_config
 
-        ctx.default_map = {**(ctx.default_map or {}), **read_config(path)}
+        values = read_config(path)
+        ctx.meta["glag_variants"] = values.pop("variants", {})
+        ctx.default_map = {**(ctx.default_map or {}), **values}
     return path
 
 

@@ -3,10 +3,15 @@
 A config sets the defaults of the command's options (click's default map), so flags given on the
 command line override its keys. Unknown or misspelt keys are refused, naming the key and listing
 the allowed ones.
+
+Named stage-two variants (ablations) are ``[variants.<name>]`` tables of [generator] and [stage_two]
+keys; a variant runs ``method`` (default ``glag``) with those keys changed, and ``[stage_two] method``
+may list it by name, beside the plain methods.
 """
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from glag.errors import GlagError
@@ -23,6 +28,7 @@ SECTIONS = {
     "stage_two": ["method", "gen_epochs", "gen_batch_size", "gen_lr", "kd", "adaptive", "generate", "beta_init",
                   "posthoc_la", "beta_delta", "alpha", "dispersion", "n_target"],
 }
+VARIANT_KEYS = SECTIONS["generator"] + SECTIONS["stage_two"]
 PARAM = {"method": "methods", "generate": "gen_features"}  # config key -> the command's parameter name
 KEY = {v: k for k, v in PARAM.items()}
 
@@ -38,9 +44,12 @@ def read_config(path: Path) -> dict:
         raise GlagError(f"--config '{path}' is not valid TOML ({exc})") from None
     out = {}
     for section, body in raw.items():
+        if section == "variants":
+            out["variants"] = _variants(path, body)
+            continue
         if section not in SECTIONS:
             raise GlagError(f"--config '{path}': unknown section [{section}]; allowed: "
-                            + ", ".join(f"[{s}]" for s in SECTIONS))
+                            + ", ".join(f"[{s}]" for s in SECTIONS) + ", [variants.<name>]")
         if not isinstance(body, dict):
             raise GlagError(f"--config '{path}': '{section}' must be a [section] of keys")
         for key, value in body.items():
@@ -53,6 +62,33 @@ def read_config(path: Path) -> dict:
                     raise GlagError(f"--config '{path}': 'method' must be a name or a list of names")
             out[PARAM.get(key, key)] = value
     return out
+
+
+def _variants(path: Path, body) -> dict[str, dict]:
+    """``[variants.<name>]`` tables -> {name: {parameter name: value}}, each with its 'methods' (one method)."""
+    from glag.classify.runner import METHODS
+
+    if not isinstance(body, dict) or not all(isinstance(v, dict) for v in body.values()):
+        raise GlagError(f"--config '{path}': variants must be [variants.<name>] tables of keys")
+    out = {}
+    for name, keys in body.items():
+        if name in METHODS:
+            raise GlagError(f"--config '{path}': variant name '{name}' is a method's name; choose another")
+        unknown = [k for k in keys if k not in VARIANT_KEYS]
+        if unknown:
+            raise GlagError(f"--config '{path}': unknown key '{unknown[0]}' in [variants.{name}]; allowed: "
+                            + ", ".join(VARIANT_KEYS))
+        method = keys.get("method", "glag")
+        if method not in METHODS:
+            raise GlagError(f"--config '{path}': [variants.{name}] method '{method}' is not a method; choose from: "
+                            + ", ".join(METHODS))
+        out[name] = {PARAM.get(k, k): v for k, v in keys.items()} | {"methods": (method,)}
+    return out
+
+
+def variant_table(overrides: dict) -> dict:
+    """A variant's parameters as config keys (its one method as a name)."""
+    return {KEY.get(k, k): (v[0] if k == "methods" else v) for k, v in overrides.items()}
 
 
 def _toml_value(v) -> str:
@@ -80,9 +116,17 @@ def effective_config(params: dict) -> dict:
 
 
 def to_toml(cfg: dict) -> str:
+    """TOML of ``{section: {key: value}}``; a value that is itself a table becomes ``[section.key]``."""
     lines = []
     for section, body in cfg.items():
-        lines.append(f"[{section}]")
-        lines += [f"{k} = {_toml_value(v)}" for k, v in body.items()]
-        lines.append("")
+        plain = {k: v for k, v in body.items() if not isinstance(v, dict)}
+        if plain or len(plain) == len(body):
+            lines.append(f"[{section}]")
+            lines += [f"{k} = {_toml_value(v)}" for k, v in plain.items()]
+            lines.append("")
+        for name, table in body.items():
+            if isinstance(table, dict):
+                lines.append(f"[{section}.{name if re.fullmatch(r'[A-Za-z0-9_-]+', name) else json.dumps(name)}]")
+                lines += [f"{k} = {_toml_value(v)}" for k, v in table.items()]
+                lines.append("")
     return "\n".join(lines)

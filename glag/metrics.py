@@ -66,3 +66,15 @@ def verdict(lo: float, hi: float) -> str:
     if lo != lo:
         return "n < 2"
     return "GLAG better" if lo > 0 else ("GLAG worse" if hi < 0 else "tie")
+
+
+def paired_differences(values: dict, ref: str = "glag") -> dict[str, list[float]]:
+    """``{(method, pair): value}`` -> ``{method: [ref - method for each pair where both have a value]}``,
+    methods in first-seen order; a pair is one stage-one cache (same cache, same seed)."""
+    pairs = sorted({p for (m, p) in values if m == ref and values[(m, p)] is not None}, key=str)
+    out = {}
+    for method in dict.fromkeys(m for (m, _) in values if m != ref):
+        d = [values[(ref, p)] - values[(method, p)] for p in pairs if values.get((method, p)) is not None]
+        if d:
+            out[method] = d
+    return out

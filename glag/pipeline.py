@@ -66,7 +66,7 @@ def build_generator(cache_path, lt, k, tail_below, weighting, mode, max_dense_gb
     return AFG.build(cache, cfg, device=device)
 
 
-def stage_two_run(cache_path, methods, kw, checkpoint=None, quiet=False, record=None):
+def stage_two_run(cache_path, methods, kw, checkpoint=None, quiet=False, record=None, variant=""):
     from glag.classify.runner import run_methods
     from glag.classify.stage_two import StageTwoConfig
     from glag.generate.afg import GeneratorConfig, SamplingConfig
@@ -77,4 +77,5 @@ def stage_two_run(cache_path, methods, kw, checkpoint=None, quiet=False, record=
                         adaptive=kw["adaptive"], generate=kw["gen_features"], posthoc_la=kw["posthoc_la"], beta_init=kw["beta_init"], beta_delta=kw["beta_delta"], seed=kw["seed"])
     sampling = SamplingConfig(alpha=kw["alpha"], dispersion=kw["dispersion"], n_target=kw["n_target"])
     return run_methods(cache_path, methods, kw["out_base"], gen=gen, stage_two=st, sampling=sampling,
-                       device=kw["device"], checkpoint=checkpoint, progress=not quiet, record=record)
+                       device=kw["device"], checkpoint=checkpoint, progress=not quiet, record=record,
+                       variant=variant)

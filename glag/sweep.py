@@ -16,7 +16,8 @@ from pathlib import Path
 
 from glag.config import SECTIONS, read_config, to_toml, tomllib
 from glag.errors import GlagError
-from glag.metrics import t_interval, verdict
+from glag.classify.results import label
+from glag.metrics import paired_differences, t_interval, verdict
 
 METRICS = ("top1", "many", "medium", "few")
 SECTION_OF = {k: section for section, keys in SECTIONS.items() for k in keys}
@@ -91,7 +92,7 @@ def run_folders(cell_dir: Path) -> dict[str, Path]:
         if res.parent.name.startswith("."):  # a run killed while writing: never counted as finished
             continue
         try:
-            method = json.loads(res.read_text())["method"]
+            method = label(json.loads(res.read_text()))
         except (ValueError, KeyError, OSError):
             continue
         found.setdefault(method, res.parent)
@@ -190,15 +191,11 @@ def summary(rows: list[dict], methods, sets) -> str:
                 lines.append(f"| {m} | {len(mr)} | " + " | ".join(cells) + " |")
         if "glag" in methods:
             lines += ["", "| GLAG minus | top-1 | verdict |", "|---|---|---|"]
-            by = {(r["method"], r["seed"]): _num(r["top1"]) for r in rs}
+            diffs = paired_differences({(r["method"], r["seed"]): _num(r["top1"]) for r in rs})
             for m in methods:
-                if m == "glag":
-                    continue
-                d = [by[("glag", s)] - by[(m, s)] for s in sorted({r["seed"] for r in rs})
-                     if by.get(("glag", s)) is not None and by.get((m, s)) is not None]
-                if d:
-                    mean, lo, hi = t_interval(d)
-                    lines.append(f"| {m} | {mean:+.2f} [{lo:+.2f}, {hi:+.2f}] (n={len(d)}) | {verdict(lo, hi)} |")
+                if m in diffs:
+                    mean, lo, hi = t_interval(diffs[m])
+                    lines.append(f"| {m} | {mean:+.2f} [{lo:+.2f}, {hi:+.2f}] (n={len(diffs[m])}) | {verdict(lo, hi)} |")
         lines.append("")
     lines += ["![Many / Medium / Few per method](groups.png)", ""]
     return "\n".join(lines)

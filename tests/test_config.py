@@ -26,7 +26,10 @@ def test_every_config_resolves_and_round_trips(path, glag_cli, tmp_path):
     for section, body in given.items():
         for key, value in body.items():
             want = [value] if key == "method" and isinstance(value, str) else value
-            assert printed[section][key] == want, (section, key)
+            if isinstance(value, dict):  # a [variants.<name>] table: its keys, plus its method spelt out
+                assert printed[section][key] == {"method": "glag", **value}, (section, key)
+            else:
+                assert printed[section][key] == want, (section, key)
     again = tmp_path / "again.toml"
     again.write_text(out)
     assert glag_cli("run", "--config", again, "--print-config")[1] == out  # the printed config is a config
@@ -50,6 +53,12 @@ def test_flags_override_config_keys(glag_cli):
     ("[dataset]\nimbalance = 'steep'\n", "'--imbalance' / '-im': 'steep' is not a number"),
     ("[stage_two]\ngen_lr = -1\n", "'--gen-lr': -1 is out of range"),
     ("[stage_two]\nmethod = 3\n", "'method' must be a name or a list of names"),
+    ("[variants.x]\nepochs = 3\n", "unknown key 'epochs' in [variants.x]; allowed: lt, k, tail_below"),
+    ("[variants.crt]\nkd = false\n", "variant name 'crt' is a method's name"),
+    ("[variants.x]\nmethod = 'gl'\n", "[variants.x] method 'gl' is not a method; choose from: glag, stage-one"),
+    ("[variants]\nx = 1\n", "variants must be [variants.<name>] tables of keys"),
+    ("[variants.x]\ngen_lr = -1\n[stage_two]\nmethod = ['x']\n", "[variants.x] gen_lr: -1 is out of range"),
+    ("[stage_two]\nmethod = ['glag-no-kd']\n", "'--method': glag-no-kd (choose from glag, stage-one"),
 ])
 def test_bad_configs_one_line(tmp_path, glag_cli, text, msg):
     path = tmp_path / "bad.toml"
@@ -76,3 +85,28 @@ def test_digits_config_runs_and_records_its_config(tmp_path, glag_cli, cache_dir
     assert rec["run_config"]["stage_one"]["epochs"] == 2 and rec["run_config"]["stage_one"]["backbone"] == "cnn"
     assert rec["run_config"]["stage_two"]["method"] == ["stage-one", "crt", "glag"]
     assert rec["run_config"]["stage_two"]["gen_epochs"] == 2
+
+
+def test_variants_run_as_their_flags_would(tmp_path, glag_cli, cache_dir):
+    """A config's [variants.<name>] is the same run as its method with the variant's flags."""
+    import json
+
+    cfg = tmp_path / "v.toml"
+    cfg.write_text((Path(__file__).resolve().parents[1] / "configs" / "digits.toml").read_text() +
+                   "\n[variants.glag-no-kd]\nkd = false\ngen_epochs = 3\n")
+    fast = ["--epochs", "2", "--gen-epochs", "2", "-q"]
+    code, out, err = glag_cli("run", "--config", cfg, "--method", "glag", "--method", "glag-no-kd",
+                              "--out", tmp_path / "a", *fast)
+    assert code == 0, err
+    assert "glag-no-kd" in out
+    (plain,) = (tmp_path / "a").glob("*-glag")
+    (variant,) = (tmp_path / "a").glob("*-glag-no-kd")
+    rec = json.loads((variant / "result.json").read_text())
+    assert rec["method"] == "glag" and rec["variant"] == "glag-no-kd"
+    assert rec["run_config"]["stage_two"]["kd"] is False and rec["run_config"]["stage_two"]["gen_epochs"] == 3
+    assert json.loads((plain / "result.json").read_text())["run_config"]["stage_two"]["kd"] is True
+    code, _, err = glag_cli("run", "--config", cfg, "--method", "glag", "--no-kd", "--out", tmp_path / "b", *fast,
+                            "--gen-epochs", "3")
+    assert code == 0, err
+    (flags,) = (tmp_path / "b").glob("*-glag")
+    assert json.loads((flags / "result.json").read_text())["summary"] == rec["summary"]

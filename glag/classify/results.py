@@ -99,11 +99,16 @@ def load_run(path: Path) -> dict:
     return rec
 
 
+def label(rec: dict) -> str:
+    """A run's name in tables: its config variant's name, else its method."""
+    return rec.get("variant") or rec["method"]
+
+
 def summary_table(runs: list[dict]) -> pd.DataFrame:
     rows = []
     for r in runs:
         s = r["summary"]
-        rows.append({"run": Path(r["_dir"]).name, "method": r["method"], "dataset": r.get("dataset", ""),
+        rows.append({"run": Path(r["_dir"]).name, "method": label(r), "dataset": r.get("dataset", ""),
                      "top1": s["top1"], "many": s["many"], "medium": s["medium"], "few": s["few"],
                      "cache": r.get("cache_key", "")[:12]})
     return pd.DataFrame(rows)
@@ -111,22 +116,18 @@ def summary_table(runs: list[dict]) -> pd.DataFrame:
 
 def paired_table(runs: list[dict], metric: str = "top1") -> pd.DataFrame:
     """GLAG minus every other method, paired on the same cache (its key), with 95 % t-intervals."""
-    from glag.metrics import t_interval, verdict
+    from glag.metrics import paired_differences, t_interval, verdict
 
     by = {}
     for r in runs:
-        by.setdefault((r["method"], r.get("cache_key", "")), r["summary"][metric])
-    caches = sorted({c for (m, c) in by if m == "glag"})
-    if not caches:
+        by.setdefault((label(r), r.get("cache_key", "")), r["summary"][metric])
+    if not any(m == "glag" for (m, _) in by):
         raise GlagError("--paired needs GLAG run folders (method 'glag') among RUNS")
     rows = []
-    for method in sorted({m for (m, _) in by if m != "glag"}):
-        d = [by[("glag", c)] - by[(method, c)] for c in caches
-             if by.get((method, c)) is not None and by.get(("glag", c)) is not None]
-        if d:
-            mean, lo, hi = t_interval(d)
-            rows.append({"GLAG minus": method, "caches": len(d), f"mean {metric}": round(mean, 2),
-                         "95% low": round(lo, 2), "95% high": round(hi, 2), "verdict": verdict(lo, hi)})
+    for method, d in sorted(paired_differences(by).items()):
+        mean, lo, hi = t_interval(d)
+        rows.append({"GLAG minus": method, "caches": len(d), f"mean {metric}": round(mean, 2),
+                     "95% low": round(lo, 2), "95% high": round(hi, 2), "verdict": verdict(lo, hi)})
     if not rows:
         raise GlagError("--paired found no method run on the same cache as a GLAG run; pass both runs of each cache")
     return pd.DataFrame(rows)

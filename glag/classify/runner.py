@@ -31,9 +31,10 @@ METHODS = ("glag", "stage-one", "crt", "lws", "tau-norm", "logit-adjust", "probe
 
 def run_methods(cache_path: Path, methods, out_base: Path, *, gen: GeneratorConfig, stage_two: StageTwoConfig,
                 sampling: SamplingConfig, device: str = "auto", checkpoint: Path | None = None,
-                progress: bool = True, tag: str = "", log=None, record: dict | None = None) -> list[dict]:
-    """Run each method, write ``out_base/<cache>-<method>[-tag]``; return their records.
-    ``record`` is stored in every result.json as it is (e.g. the effective run config)."""
+                progress: bool = True, variant: str = "", log=None, record: dict | None = None) -> list[dict]:
+    """Run each method, write ``out_base/<cache>-<method or variant>``; return their records.
+    ``record`` is stored in every result.json as it is (e.g. the effective run config); ``variant`` names
+    a config's stage-two variant (one method with changed settings)."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise GlagError(f"unknown method(s) {', '.join(unknown)}; choose from: {', '.join(METHODS)}")
@@ -58,7 +59,7 @@ def run_methods(cache_path: Path, methods, out_base: Path, *, gen: GeneratorConf
         writer = None
         if method == "glag" and (checkpoint or checkpoint_of(cache)):
             writer = lambda folder, r=res: export(folder, cache, r["weight"], r["bias"], gen.lt, checkpoint)  # noqa: E731
-        out = write_run(Path(out_base) / f"{cache.path.stem}-{method}{'-' + tag if tag else ''}", cache, method, res,
-                        extra, model_writer=writer)
-        records.append({"method": method, "dir": str(out), "test": res["test"], "seconds": extra["seconds"]})
+        out = write_run(Path(out_base) / f"{cache.path.stem}-{variant or method}", cache, method, res, extra,
+                        model_writer=writer)
+        records.append({"method": variant or method, "dir": str(out), "test": res["test"], "seconds": extra["seconds"]})
     return records
