@@ -6,8 +6,11 @@ GLAG with glag's defaults and GLAG with the paper's settings; several seeds, pai
     .venv/bin/python bench/reproduce.py cifar10-lt --full          # the literature's 200 epochs (a GPU)
     .venv/bin/python bench/reproduce.py cifar10-lt --report-only   # tables from finished cells
 
-Resumable cell by cell: trained weights (per epoch), caches and finished run folders are reused.
-Writes results/cifar10-lt.csv and results/cifar10-lt.md after every finished cell.
+The recipe is configs/cifar10-lt-folder.toml (its [variants] are the GLAG rows below); each imbalance
+ratio's grid of losses x seeds is one `glag sweep` of it into results/runs/cifar10-lt/<budget>/im<IM>/,
+resumable cell by cell (trained weights per epoch, caches and finished run folders are reused). This
+script only runs those sweeps and writes results/cifar10-lt.csv and results/cifar10-lt.md from the
+finished run folders (--report-only works while a sweep is still running).
 """
 from __future__ import annotations
 
@@ -20,7 +23,9 @@ import time
 from pathlib import Path
 
 from evidence import _mean_std, _num, paired
+from glag.config import tomllib
 from glag.metrics import t_interval, verdict
+from glag.sweep import run_folders
 from protocol import ROOT, glag, rel, shown
 
 BUDGETS = {
@@ -29,14 +34,11 @@ BUDGETS = {
     "cpu": dict(epochs=12, warmup=1.0, ims=[100], seeds=[0, 1, 2]),
     "full": dict(epochs=200, warmup=5.0, ims=[100, 10, 50, 200], seeds=[0, 1, 2]),
 }
+CONFIG = ROOT / "configs" / "cifar10-lt-folder.toml"
 LOSSES = ["graloss", "ce", "la1", "ldam-drw"]  # GraLoss first: its 3 seeds give the headline interval soonest
-LOSS_ARGS = {"ce": ["--loss", "ce"], "la1": ["--loss", "la", "--tau", "1.0"], "ldam-drw": ["--loss", "ldam-drw"],
-             "graloss": ["--loss", "graloss"]}
-BASELINES = ["stage-one", "crt", "lws", "tau-norm", "logit-adjust"]
+LOSS = {"la1": "la"}  # our loss names -> the config's (la at its default tau = 1.0)
 DECOUPLED = ["crt", "lws", "tau-norm", "logit-adjust"]
-GLAG_VARIANTS = {"glag": [], "glag-paper": ["--beta-init", "0.6", "--no-posthoc-la"],
-                 "glag-no-gen": ["--no-generate"], "glag-no-la": ["--no-posthoc-la"]}
-METHODS = BASELINES + list(GLAG_VARIANTS)
+METHODS = tomllib.loads(CONFIG.read_text())["stage_two"]["method"]
 COLUMNS = ["dataset", "imbalance", "stage_one", "method", "seed", "top1", "many", "medium", "few", "budget",
            "val_top1", "epochs"]
 # SPEC section 8: the literature's CIFAR-10-LT test top-1 (ResNet-32, 200 epochs); method -> {IM: top-1}
@@ -50,54 +52,59 @@ BESIDE = {("ce", "stage-one"): "CE", ("ldam-drw", "stage-one"): "LDAM-DRW", ("la
 DATASET = "cifar10-lt (image folder)"
 
 
-def cell_dir(results: Path, budget: str, im, loss: str, seed: int) -> Path:
-    return results / "runs" / "cifar10-lt" / budget / f"im{im:g}-{loss}-s{seed}"
+def sweep_dir(results: Path, budget: str, im) -> Path:
+    return results / "runs" / "cifar10-lt" / budget / f"im{im:g}"
 
 
-def result_file(cell: Path, method: str) -> Path | None:
-    folder = cell / ("baselines" if method in BASELINES else method)
-    hits = sorted(folder.glob(f"*-{method if method in BASELINES else 'glag'}/result.json"))
-    return hits[0] if hits else None
+def sweep_args(args, budget: dict, im, losses) -> list[str]:
+    recipe = tomllib.loads(CONFIG.read_text())
+    sets = {"imbalance": f"{im:g}", "loss": ",".join(LOSS.get(x, x) for x in losses), "epochs": budget["epochs"],
+            "warmup": f"{budget['warmup']:g}"}
+    if args.gen_epochs != 40:  # the config's default
+        sets["gen_epochs"] = args.gen_epochs
+    if rel(args.data_root) != recipe["dataset"]["data_root"]:
+        sets["data_root"] = rel(args.data_root)
+    return ["sweep", rel(CONFIG), "--seeds", ",".join(map(str, budget["seeds"])),
+            "--out", rel(sweep_dir(args.results, args.budget, im)), *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")],
+            "--cache-dir", rel(args.cache_dir), "-q"]
 
 
-def run_cell(args, budget: dict, im, loss: str, seed: int, log) -> None:
-    cell = cell_dir(args.results, args.budget, im, loss, seed)
-    if all(result_file(cell, m) for m in METHODS):
-        return
-    out, extract_cmd = glag(["extract", "--dataset", "folder", "--data-root", rel(args.data_root), "--imbalance", f"{im:g}",
-                             "--backbone", "resnet32", "--epochs", str(budget["epochs"]), "--warmup", f"{budget['warmup']:g}",
-                             "--seed", str(seed), "--cache-dir", rel(args.cache_dir), "-q", *LOSS_ARGS[loss]], log)
-    cache = json.loads(out)["cache"]
-    cell.mkdir(parents=True, exist_ok=True)
-    cmds = [extract_cmd]
-    common = ["--cache", rel(cache), "--seed", str(seed), "--gen-epochs", str(args.gen_epochs), "-q"]
-    todo = [("baselines", [a for m in BASELINES for a in ("--method", m)])] + \
-           [(v, ["--method", "glag", *flags]) for v, flags in GLAG_VARIANTS.items()]
-    for folder, margs in todo:
-        cargs = ["classify", *common, *margs, "--out", rel(cell / folder)]
-        methods = BASELINES if folder == "baselines" else [folder]
-        if not all(result_file(cell, m) for m in methods):
-            cmds.append(glag(cargs, log)[1])
-        else:
-            cmds.append(shown(cargs))
-    (cell / "commands.txt").write_text("\n".join(cmds) + "\n")
+def cells(results: Path, budget_name: str) -> list[tuple[dict, dict[str, Path]]]:
+    """Every cell of this budget's sweeps: (its config, {method: finished run folder})."""
+    out = []
+    for cfg in sorted((results / "runs" / "cifar10-lt" / budget_name).glob("im*/cells/*/config.toml")):
+        out.append((tomllib.loads(cfg.read_text()), run_folders(cfg.parent)))
+    return out
+
+
+def cell_of(results: Path, budget_name: str, im, loss: str, seed: int) -> dict[str, Path]:
+    for cfg, found in cells(results, budget_name):
+        if (cfg["dataset"]["imbalance"], _loss(cfg), cfg["stage_one"]["seed"]) == (im, loss, seed):
+            return found
+    return {}
+
+
+def _loss(cfg: dict) -> str:
+    ours = {v: k for k, v in LOSS.items()}
+    return ours.get(cfg["stage_one"]["loss"], cfg["stage_one"]["loss"])
 
 
 def collect(results: Path, budget_name: str, b: dict) -> list[dict]:
     rows = []
-    for im in b["ims"]:
-        for loss in LOSSES:
-            for seed in b["seeds"]:
-                for m in METHODS:
-                    f = result_file(cell_dir(results, budget_name, im, loss, seed), m)
-                    if f is None:
-                        continue
-                    res = json.loads(f.read_text())
-                    s, v = res["summary"], res.get("val_summary", {})
-                    rows.append({"dataset": DATASET, "imbalance": im, "stage_one": loss, "method": m, "seed": seed,
-                                 **{k: _num(s.get(k)) for k in ("top1", "many", "medium", "few")},
-                                 "budget": budget_name, "val_top1": _num(v.get("top1")), "epochs": b["epochs"]})
-    return rows
+    for cfg, found in cells(results, budget_name):
+        im, loss, seed = cfg["dataset"]["imbalance"], _loss(cfg), cfg["stage_one"]["seed"]
+        if im not in b["ims"] or seed not in b["seeds"]:
+            continue
+        for m in METHODS:
+            if m not in found:
+                continue
+            res = json.loads((found[m] / "result.json").read_text())
+            s, v = res["summary"], res.get("val_summary", {})
+            rows.append({"dataset": DATASET, "imbalance": im, "stage_one": loss, "method": m, "seed": seed,
+                         **{k: _num(s.get(k)) for k in ("top1", "many", "medium", "few")},
+                         "budget": budget_name, "val_top1": _num(v.get("top1")), "epochs": b["epochs"]})
+    order = {m: i for i, m in enumerate(METHODS)}
+    return sorted(rows, key=lambda r: (r["imbalance"], LOSSES.index(r["stage_one"]), r["seed"], order[r["method"]]))
 
 
 def interval_text(d) -> str:
@@ -144,12 +151,11 @@ def unseen_class_lines(results: Path, budget_name: str, rows) -> list[str]:
             accs = {"glag": [], best: []}
             unseen = None
             for seed in sorted({r["seed"] for r in rows if r["imbalance"] == im and r["stage_one"] == loss}):
-                cell = cell_dir(results, budget_name, im, loss, seed)
+                found = cell_of(results, budget_name, im, loss, seed)
                 for m in accs:
-                    f = result_file(cell, m)
-                    if f is None:
+                    if m not in found:
                         continue
-                    res = json.loads(f.read_text())
+                    res = json.loads((found[m] / "result.json").read_text())
                     unseen = [c for c, v in enumerate(res["val"]["per_class"]) if v is None]
                     if unseen:
                         accs[m].append(statistics.fmean(100 * res["test"]["per_class"][c] for c in unseen))
@@ -228,7 +234,8 @@ def markdown(rows, budget_name: str, b: dict, gen_epochs: int, data_root: Path, 
     return "\n".join(lines)
 
 
-def write(results: Path, rows: list[dict], budget_name: str, b: dict, gen_epochs: int, data_root: Path) -> None:
+def write(results: Path, rows: list[dict], budget_name: str, b: dict, gen_epochs: int, data_root: Path,
+          commands=()) -> None:
     """CSV rows of every budget run so far (this budget's replaced), and this budget's markdown."""
     csv_path = results / "cifar10-lt.csv"
     old = []
@@ -241,10 +248,9 @@ def write(results: Path, rows: list[dict], budget_name: str, b: dict, gen_epochs
         w.writerows(old)
         w.writerows({k: ("" if r[k] is None else r[k]) for k in COLUMNS} for r in rows)
     md = markdown(rows, budget_name, b, gen_epochs, data_root, results)
-    cells = sorted((results / "runs" / "cifar10-lt" / budget_name).glob("*/commands.txt"))
-    md += "\n## Commands\n\nEach cell's commands (stage one, then stage two) are in its folder's commands.txt; " \
-          f"for example `{rel(cells[0].parent) if cells else '-'}`:\n\n"
-    md += "\n".join(f"    {c}" for c in (cells[0].read_text().splitlines() if cells else [])) + "\n"
+    md += ("\n## Commands\n\nOne `glag sweep` per imbalance ratio (the recipe: configs/cifar10-lt-folder.toml; each "
+           f"cell's own config is results/runs/cifar10-lt/{budget_name}/im<IM>/cells/<cell>/config.toml):\n\n" +
+           "\n".join(f"    {c}" for c in commands) + "\n")
     name = "cifar10-lt.md" if budget_name == "cpu" else f"cifar10-lt-{budget_name}.md"
     (results / name).write_text(md)
 
@@ -283,15 +289,14 @@ def main(argv=None):
         print(f"[{time.time() - t0:7.0f}s] {msg}", file=sys.stderr, flush=True)
 
     log(f"budget {args.budget}: {budget}")
+    commands = [shown(sweep_args(args, budget, im, losses)) for im in budget["ims"]]
     if not args.report_only:
         for im in budget["ims"]:
-            for loss in losses:
-                for seed in budget["seeds"]:
-                    run_cell(args, budget, im, loss, seed, log)
-                    rows = collect(args.results, args.budget, budget)
-                    write(args.results, rows, args.budget, budget, args.gen_epochs, args.data_root)
-                    log(f"cell im{im:g}-{loss}-s{seed} done; {len(rows)} rows in results/cifar10-lt.csv")
+            glag(sweep_args(args, budget, im, losses), log)
+            rows = collect(args.results, args.budget, budget)
+            write(args.results, rows, args.budget, budget, args.gen_epochs, args.data_root, commands)
+            log(f"IM {im:g} done; {len(rows)} rows in results/cifar10-lt.csv")
     rows = collect(args.results, args.budget, budget)
     if rows:
-        write(args.results, rows, args.budget, budget, args.gen_epochs, args.data_root)
+        write(args.results, rows, args.budget, budget, args.gen_epochs, args.data_root, commands)
         print(f"wrote results/cifar10-lt.csv ({len(rows)} rows of budget {args.budget})")

@@ -2,12 +2,13 @@
 several stage-one losses and seeds, every decoupled baseline and GLAG ablation on each cache, and
 paired comparisons (same seed, same cache) with 95 % t-intervals.
 
-    .venv/bin/python bench/reproduce.py evidence [--data-root ../shared/data/fashion-mnist] [--epochs 30]
+    .venv/bin/python bench/reproduce.py evidence [--epochs 30]
     .venv/bin/python bench/reproduce.py evidence --report-only     # tables and plot from finished cells
 
-Every step is a `glag` command; it resumes: caches, trained weights and finished run folders are
-reused, so a re-run does only the missing cells. Writes results/evidence.csv, results/evidence.md
-and results/evidence.png.
+The recipe is configs/fashion-mnist-lt-evidence.toml, and each imbalance ratio's grid is one
+`glag sweep` of it (resumable cell by cell) into results/runs/evidence/im<IM>/. This script only runs
+those sweeps and turns their cells.csv into results/evidence.csv, results/evidence.md and
+results/evidence.png.
 """
 from __future__ import annotations
 
@@ -21,70 +22,50 @@ import time
 from pathlib import Path
 
 from glag.metrics import t_interval, verdict  # noqa: F401 (tests read them here)
-from protocol import ROOT, check_data, glag, rel
+from protocol import ROOT, glag, rel
 
 DATASET = "fashion-mnist-lt"
 N_MAX = 500
 BACKBONE = "resnet32"
+CONFIG = ROOT / "configs" / "fashion-mnist-lt-evidence.toml"
 CELLS = {  # imbalance -> (stage-one losses, seeds)
     100: (["ce", "la1", "ldam-drw", "graloss"], [0, 1, 2, 3, 4]),
     10: (["ce", "graloss"], [0, 1, 2]),
     200: (["ce", "graloss"], [0, 1, 2]),
 }
-LOSS_ARGS = {"ce": ["--loss", "ce"], "la1": ["--loss", "la", "--tau", "1.0"], "ldam-drw": ["--loss", "ldam-drw"],
-             "graloss": ["--loss", "graloss"]}
+LOSS = {"la1": "la"}  # our loss names -> the config's (la at its default tau = 1.0)
 BASELINES = ["stage-one", "crt", "lws", "tau-norm", "logit-adjust"]
-GLAG_VARIANTS = {"glag": [], "glag-fixed-beta": ["--fixed-beta"], "glag-no-kd": ["--no-kd"],
-                 "glag-no-gen": ["--no-generate"], "glag-no-la": ["--no-posthoc-la"]}
-METHODS = BASELINES + list(GLAG_VARIANTS)
+METHODS = BASELINES + ["glag", "glag-fixed-beta", "glag-no-kd", "glag-no-gen", "glag-no-la"]
 COLUMNS = ["dataset", "imbalance", "stage_one", "method", "seed", "top1", "many", "medium", "few"]
 
 
-def run_cells(args, log) -> None:
-    runs = args.results / "runs" / "evidence"
-    for im, (losses, seeds) in CELLS.items():
-        for seed in seeds:
-            for loss in losses:
-                cell = runs / f"im{im}-{loss}-s{seed}"
-                if all(_result_file(cell, m) for m in METHODS):
-                    continue
-                base = ["extract", "--dataset", DATASET, "--n-max", str(N_MAX), "--imbalance", str(im),
-                        "--data-root", rel(args.data_root), "--backbone", BACKBONE, "--epochs", str(args.epochs),
-                        "--seed", str(seed), "--cache-dir", rel(args.cache_dir), "-q", *LOSS_ARGS[loss]]
-                out, extract_cmd = glag(base, log)
-                cache = json.loads(out)["cache"]
-                cell.mkdir(parents=True, exist_ok=True)
-                (cell / "extract.txt").write_text(extract_cmd + "\n")
-                common = ["--cache", rel(cache), "--seed", str(seed), "--gen-epochs", str(args.gen_epochs), "-q"]
-                if not all(_result_file(cell, m) for m in BASELINES):
-                    glag(["classify", *common, *[a for m in BASELINES for a in ("--method", m)],
-                          "--out", rel(cell / "baselines")], log)
-                for variant, flags in GLAG_VARIANTS.items():
-                    if not _result_file(cell, variant):
-                        glag(["classify", *common, "--method", "glag", *flags, "--out", rel(cell / variant)], log)
+def sweep_args(im: int, args) -> list[str]:
+    losses, seeds = CELLS[im]
+    return ["sweep", rel(CONFIG), "--seeds", ",".join(map(str, seeds)), "--out", rel(sweep_dir(args.results, im)),
+            "--set", f"imbalance={im}", "--set", "loss=" + ",".join(LOSS.get(x, x) for x in losses),
+            "--set", f"epochs={args.epochs}", "--cache-dir", rel(args.cache_dir), "-q"]
 
 
-def _result_file(cell: Path, method: str) -> Path | None:
-    folder = cell / ("baselines" if method in BASELINES else method)
-    suffix = method if method in BASELINES else "glag"
-    hits = sorted(folder.glob(f"*-{suffix}/result.json"))
-    return hits[0] if hits else None
+def sweep_dir(results: Path, im: int) -> Path:
+    return results / "runs" / "evidence" / f"im{im}"
 
 
 def collect(results: Path) -> list[dict]:
+    """evidence.csv's rows from each sweep's cells.csv."""
+    ours = {v: k for k, v in LOSS.items()}
     rows = []
-    runs = results / "runs" / "evidence"
-    for im, (losses, seeds) in CELLS.items():
-        for loss in losses:
-            for seed in seeds:
-                for m in METHODS:
-                    f = _result_file(runs / f"im{im}-{loss}-s{seed}", m)
-                    if f is None:
-                        continue
-                    s = json.loads(f.read_text())["summary"]
-                    rows.append({"dataset": DATASET, "imbalance": im, "stage_one": loss, "method": m, "seed": seed,
-                                 **{k: _num(s.get(k)) for k in ("top1", "many", "medium", "few")}})
-    return rows
+    for im in CELLS:
+        f = sweep_dir(results, im) / "cells.csv"
+        if not f.is_file():
+            continue
+        with open(f, newline="") as fh:
+            for r in csv.DictReader(fh):
+                rows.append({"dataset": DATASET, "imbalance": im, "stage_one": ours.get(r["loss"], r["loss"]),
+                             "method": r["method"], "seed": int(r["seed"]),
+                             **{k: _num(float(r[k]) if r[k] else None) for k in ("top1", "many", "medium", "few")}})
+    order = {m: i for i, m in enumerate(METHODS)}
+    return sorted(rows, key=lambda r: (list(CELLS).index(r["imbalance"]), CELLS[r["imbalance"]][0].index(r["stage_one"]),
+                                       r["seed"], order.get(r["method"], len(order))))
 
 
 def _num(v):
@@ -153,8 +134,8 @@ def markdown(rows, epochs, gen_epochs) -> str:
              f"{BACKBONE}, stage one {epochs} epochs, stage two {gen_epochs} generation epochs; the seed drives stage "
              f"one and stage two. CPU only; glag {glag_pkg.__version__}, torch {torch.__version__}, "
              f"numpy {numpy.__version__}. Test top-1 and Many / Medium / Few (%), mean ± std over seeds.", "",
-             "Made by `python bench/reproduce.py evidence`; the commands are listed at the end and in each "
-             "cell's folder under results/runs/evidence. GLAG here is glag's default stage two: beta_init 0.0 "
+             "Made by `python bench/reproduce.py evidence`, which runs the `glag sweep` commands listed at the end; "
+             "each cell's config is in its folder under results/runs/evidence. GLAG here is glag's default stage two: beta_init 0.0 "
              "and a val-tuned post-hoc logit adjustment, both chosen on validation splits only "
              "(docs/ablations.md); `glag-no-la` is the same without the adjustment.", "",
              "Headline (paired by seed on the same stage-one cache, 95 % t-interval):", "", *headline(rows), ""]
@@ -192,7 +173,7 @@ def markdown(rows, epochs, gen_epochs) -> str:
         if im == 100:
             lines += ["", "![Many / Medium / Few per method, GraLoss stage one, IM 100](evidence.png)", "",
                       "Real and generated features of the three smallest classes and the classes they draw on "
-                      "(GraLoss, seed 0; `glag report results/runs/evidence/im100-graloss-s0/glag/*-glag "
+                      "(GraLoss, seed 0; `glag report results/runs/evidence/im100/cells/imbalance=100_loss=graloss_epochs=30_seed=0/runs/*-glag "
                       "--tsne results/evidence_tsne.png`):", "",
                       "![t-SNE of real and generated tail features](evidence_tsne.png)",
                       "<!-- readme:end -->"]
@@ -257,55 +238,40 @@ def plot_val_curves(cache_dir: Path, path: Path, epochs: int) -> None:
     plt.close(fig)
 
 
-def write(results: Path, rows: list[dict], epochs: int, gen_epochs: int) -> None:
+def write(results: Path, rows: list[dict], epochs: int, gen_epochs: int, commands=()) -> None:
     with open(results / "evidence.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
         w.writeheader()
         w.writerows({k: ("" if r[k] is None else r[k]) for k in COLUMNS} for r in rows)
     md = markdown(rows, epochs, gen_epochs)
-    cmds = sorted({p.read_text().strip() for p in (results / "runs" / "evidence").glob("*/extract.txt")})
-    example = "im100-graloss-s0"
-    md += ("\n## Commands\n\nStage one, one command per cache:\n\n" + "\n".join(f"    {c}" for c in cmds) +
-           f"\n\nStage two on each cache (shown for `{example}`; the others differ in --cache and --seed):\n\n" +
-           "\n".join(f"    {c}" for c in _classify_commands(results, example)) + "\n")
+    md += ("\n## Commands\n\nOne `glag sweep` per imbalance ratio (the recipe: configs/fashion-mnist-lt-evidence.toml; "
+           "each cell's own config is results/runs/evidence/im<IM>/cells/<cell>/config.toml):\n\n" +
+           "\n".join(f"    {c}" for c in commands) + "\n")
     (results / "evidence.md").write_text(md)
     plot(rows, results / "evidence.png")
-
-
-def _classify_commands(results: Path, cell: str) -> list[str]:
-    f = results / "runs" / "evidence" / cell / "commands.txt"
-    return f.read_text().splitlines() if f.is_file() else []
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="reproduce.py evidence", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-root", type=Path, default=ROOT.parent / "shared" / "data" / "fashion-mnist")
     ap.add_argument("--cache-dir", type=Path, default=ROOT / "glag-cache")
     ap.add_argument("--results", type=Path, default=ROOT / "results")
     ap.add_argument("--epochs", type=int, default=30, help="stage-one epochs (docs/ablations.md: the val curve)")
-    ap.add_argument("--gen-epochs", type=int, default=40)
     ap.add_argument("--report-only", action="store_true", help="only write the tables and plot from finished cells")
     args = ap.parse_args(argv)
-    check_data("evidence", DATASET, args.data_root)
     t0 = time.time()
 
     def log(msg):
         print(f"[{time.time() - t0:7.0f}s] {msg}", file=sys.stderr, flush=True)
-        if msg.startswith("$ glag classify") and "--out " in msg:
-            cell = Path(msg.split("--out ")[1].split()[0]).parent
-            cmds = ROOT / cell / "commands.txt"
-            old = cmds.read_text().splitlines() if cmds.is_file() else []
-            if msg[2:] not in old:
-                cmds.write_text("\n".join(old + [msg[2:]]) + "\n")
 
+    from protocol import shown
+
+    commands = [shown(sweep_args(im, args)) for im in CELLS]
     if not args.report_only:
-        run_cells(args, log)
+        for im in CELLS:
+            glag(sweep_args(im, args), log)
     rows = collect(args.results)
     if rows:
-        write(args.results, rows, args.epochs, args.gen_epochs)
+        write(args.results, rows, args.epochs, 40, commands)
         plot_val_curves(args.cache_dir, ROOT / "docs" / "evidence_val_curve.png", args.epochs)
         print(f"wrote results/evidence.csv ({len(rows)} rows), results/evidence.md, results/evidence.png")
-
-
-

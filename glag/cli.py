@@ -335,8 +335,9 @@ def _variant_kw(kw: dict, name: str, overrides: dict) -> dict:
               help="Sweep folder: cells/<cell>/ (config.toml and run folders), cells.csv, summary.md, groups.png.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=V1,V2",
               help="Vary a config key over values (one stage-one cache per combination and seed); repeatable.")
+@cache_dir_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def sweep(config, seeds, out, sets, quiet):
+def sweep(config, seeds, out, sets, cache_dir, quiet):
     """Run CONFIG's stage-one caches (seeds x --set values) x its stage-two methods, cell by cell.
 
     Resumable: finished cells are never re-run, and a killed sweep re-runs only what is missing.
@@ -347,7 +348,7 @@ def sweep(config, seeds, out, sets, quiet):
 
     seed_list, set_map = parse_seeds(seeds), parse_sets(sets)
     check_writable(out, "--out", folder=True)
-    rows = run_sweep(config, seed_list, out, set_map, quiet=quiet)
+    rows = run_sweep(config, seed_list, out, set_map, cache_dir=cache_dir, quiet=quiet)
     click.echo(f"{len(rows)} rows in {out / 'cells.csv'}; summary in {out / 'summary.md'}")
 
 

@@ -120,7 +120,8 @@ def _glag_run(args: list[str]) -> str:
     return buf.getvalue()
 
 
-def run_sweep(config: Path, seeds: list[int], out: Path, sets: dict[str, list], *, quiet: bool = False) -> list[dict]:
+def run_sweep(config: Path, seeds: list[int], out: Path, sets: dict[str, list], *, cache_dir: Path,
+              quiet: bool = False) -> list[dict]:
     """Run every unfinished cell; returns the rows of cells.csv. Every cell's config is checked first,
     so a bad --set value is refused before anything is written."""
     import tempfile
@@ -145,7 +146,7 @@ def run_sweep(config: Path, seeds: list[int], out: Path, sets: dict[str, list], 
         cfg_file = cell_dir / "config.toml"
         if not cfg_file.is_file():
             cfg_file.write_text(cell_config(config, cell))
-        _glag_run(["run", "--config", str(cfg_file), "--out", str(cell_dir / "runs"), "-q",
+        _glag_run(["run", "--config", str(cfg_file), "--out", str(cell_dir / "runs"), "--cache-dir", str(cache_dir), "-q",
                    *[a for m in missing for a in ("--method", m)]])
         write_outputs(out, methods, seeds, sets)
     return write_outputs(out, methods, seeds, sets)

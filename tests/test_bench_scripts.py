@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -64,10 +65,15 @@ def test_cifar10_lt_protocol_runs_resumes_and_says_its_budget(tmp_path):
     md = (tmp_path / "res" / "cifar10-lt.md").read_text()
     assert "**Budget `cpu`**: stage one 1 epochs" in md and "reduced from the literature's 200" in md
     assert "| ce | glag | 2 |" in md and "GLAG minus" in md
-    cmds = (tmp_path / "res" / "runs" / "cifar10-lt" / "cpu" / "im4-ce-s1" / "commands.txt").read_text().splitlines()
-    assert cmds[0].startswith("glag extract --dataset folder") and "--beta-init 0.6 --no-posthoc-la" in cmds[3]
+    assert "    glag sweep configs/cifar10-lt-folder.toml --seeds 0,1 --out " in md and "--set loss=ce " in md
+    cell = tmp_path / "res" / "runs" / "cifar10-lt" / "cpu" / "im4" / "cells" / "imbalance=4_loss=ce_epochs=1_warmup=1_gen_epochs=2_data_root=" \
+        f"{str(root).replace('/', '-')}_seed=1"
+    paper = json.loads(next((cell / "runs").glob("*-glag-paper/result.json")).read_text())["run_config"]["stage_two"]
+    assert paper["beta_init"] == 0.6 and paper["posthoc_la"] is False and paper["method"] == ["glag"]
+    stamps = {q: q.stat().st_mtime_ns for q in (tmp_path / "res").rglob("result.json")}
     again = subprocess.run(cmd, capture_output=True, text=True)  # every cell done: nothing is re-run
-    assert again.returncode == 0 and "$ glag" not in again.stderr
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert {q: q.stat().st_mtime_ns for q in (tmp_path / "res").rglob("result.json")} == stamps
     assert (tmp_path / "res" / "cifar10-lt.csv").read_text().splitlines() == rows
 
 
