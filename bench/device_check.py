@@ -30,7 +30,7 @@ def steps(dry: bool, out: Path, folder: Path | None) -> list[tuple[str, list[str
     wheels = ROOT / "wheels"
     install = ([py, "-m", "pip", "install", "--no-index", "--find-links", str(wheels), "faiss-gpu-cu13-cuvs"]
                if wheels.is_dir() and not dry else [py, "-c", "print('no wheels/ folder: nothing to install')"])
-    gpu_tests = [py, "-m", "pytest", "-q", "-x", "tests/test_stage_two.py::test_stage_two_on_gpu",
+    gpu_tests = [py, "-m", "pytest", "-q", "-x", "-rs", "tests/test_gpu.py", "tests/test_stage_two.py::test_stage_two_on_gpu",
                  "tests/test_generator.py", "-k", "gpu"]
     s1 = [py, "bench/stage_one_speed.py", "--shapes", "cifar10-lt", "--out", str(out / "stage_one_speed.json")]
     s1 += ["--steps", "1", "--repeats", "1"] if dry else ["--repeats", "3"]

@@ -38,18 +38,21 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
 
 
 def random_crop_flip(x: torch.Tensor, aug: Augment, gen: torch.Generator) -> torch.Tensor:
-    """Batched random crop (zero padding ``aug.pad``) and horizontal flip of ``[B, C, H, W]``."""
+    """Batched random crop (zero padding ``aug.pad``) and horizontal flip of ``[B, C, H, W]``, on x's device.
+    The draws come from the CPU generator ``gen``, so every device sees the same crops and flips."""
     b, _, h, w = x.shape
+    dev = x.device
     if aug.pad > 0:
         p = aug.pad
         padded = torch.nn.functional.pad(x, (p, p, p, p))
-        oy = torch.randint(0, 2 * p + 1, (b,), generator=gen)
-        ox = torch.randint(0, 2 * p + 1, (b,), generator=gen)
-        rows = (oy[:, None] + torch.arange(h))[:, None, :, None]
-        cols = (ox[:, None] + torch.arange(w))[:, None, None, :]
-        x = padded[torch.arange(b)[:, None, None, None], torch.arange(x.shape[1])[None, :, None, None], rows, cols]
+        oy = torch.randint(0, 2 * p + 1, (b,), generator=gen).to(dev)
+        ox = torch.randint(0, 2 * p + 1, (b,), generator=gen).to(dev)
+        rows = (oy[:, None] + torch.arange(h, device=dev))[:, None, :, None]
+        cols = (ox[:, None] + torch.arange(w, device=dev))[:, None, None, :]
+        x = padded[torch.arange(b, device=dev)[:, None, None, None],
+                   torch.arange(x.shape[1], device=dev)[None, :, None, None], rows, cols]
     if aug.flip:
-        flip = torch.rand(b, generator=gen) < 0.5
+        flip = (torch.rand(b, generator=gen) < 0.5).to(dev)
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
     return x
 
@@ -66,18 +69,23 @@ def resize_crop(x: torch.Tensor, resize: int, crop: int) -> torch.Tensor:
 
 
 class ArrayBatches:
-    """Batches ``(x float [B, C, H, W], y int64 [B])`` over an in-memory uint8 image array."""
+    """Batches ``(x float [B, C, H, W], y int64 [B])`` over an in-memory uint8 image array.
+
+    With ``device``, the images live there (uint8) and each batch is gathered, augmented and normalised
+    there: a GPU gets no host copy per step. Shuffling and augmentation draw from CPU generators, so the
+    batches are the same on every device."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, mean, std, *,
                  shuffle: bool = False, augment: Augment | None = None, seed: int = 0,
-                 rank: int = 0, world: int = 1, drop_last: bool = False, preprocess: dict | None = None):
-        self.x = to_tensor(images)
+                 rank: int = 0, world: int = 1, drop_last: bool = False, preprocess: dict | None = None,
+                 device: torch.device | str = "cpu"):
+        self.x = to_tensor(images).to(device)
         self.preprocess = preprocess  # resize + centre crop (and 3 channels) for torchvision weights
-        self.y = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+        self.y = torch.as_tensor(np.asarray(labels, dtype=np.int64)).to(device)
         self.batch_size, self.shuffle, self.augment, self.seed = batch_size, shuffle, augment, seed
         self.rank, self.world, self.drop_last = rank, world, drop_last
-        self.mean = torch.tensor(mean, dtype=torch.float32)[None, :, None, None] * 255.0
-        self.std = torch.tensor(std, dtype=torch.float32)[None, :, None, None] * 255.0
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=device)[None, :, None, None] * 255.0
+        self.std = torch.tensor(std, dtype=torch.float32, device=device)[None, :, None, None] * 255.0
 
     def _order(self) -> torch.Tensor:
         n = len(self.y)
@@ -99,7 +107,7 @@ class ArrayBatches:
         order = self._order()
         gen = torch.Generator().manual_seed(self.seed + 7919)
         for i in range(len(self)):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size].to(self.x.device)
             x = self.x[idx].float()
             if self.preprocess:
                 x = resize_crop(x, self.preprocess["resize"], self.preprocess["crop"])

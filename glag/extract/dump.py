@@ -51,7 +51,7 @@ def features_of(model: Classifier, batches, device, desc: str, progress: bool = 
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             f = model.features(x)
         feats.append(f.float().cpu())
-        labels.append(y)
+        labels.append(y.cpu())
     d = model.backbone.feature_dim
     return (torch.cat(feats).numpy() if feats else np.zeros((0, d), np.float32),
             torch.cat(labels).numpy() if labels else np.zeros(0, np.int64))
@@ -88,7 +88,8 @@ def dump(state: dict, data: LTData, cache_dir: Path, *, views: int = 0, batch_si
     cfg = TrainConfig(**{**cfg_d, "dataset": data.spec})
     splits = {}
     for name, split in data.splits.items():
-        batches = epoch_batches(data, cfg, name, train=False, seed=0, norm=state["norm"], batch_size=batch_size)
+        batches = epoch_batches(data, cfg, name, train=False, seed=0, norm=state["norm"], batch_size=batch_size,
+                                device=device)
         feats, labels = features_of(model, batches, device, f"dump {name}", progress)
         splits[name] = (feats, labels, split.index)
     if views > 0:
@@ -98,7 +99,7 @@ def dump(state: dict, data: LTData, cache_dir: Path, *, views: int = 0, batch_si
         chunks = []
         for v in range(views):
             b = ArrayBatches(data.images("train"), tr.labels, batch_size, *state["norm"],
-                             augment=Augment(cfg_d["pad"], cfg_d["flip"]), seed=1_000_003 + v)
+                             augment=Augment(cfg_d["pad"], cfg_d["flip"]), seed=1_000_003 + v, device=device)
             chunks.append(features_of(model, b, device, f"dump view {v + 1}/{views}", progress)[0])
         splits["train_views"] = (np.concatenate(chunks), np.tile(tr.labels, views), np.tile(tr.index, views))
     if cfg_d["epochs"] == 0:  # an untrained head says nothing: fit one on the train features (plain CE)

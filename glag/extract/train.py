@@ -141,14 +141,15 @@ def input_size(data: LTData, backbone: str = "") -> list[int]:
 
 
 def epoch_batches(data: LTData, cfg: TrainConfig, split: str, *, train: bool, seed: int, norm, rank=0, world=1,
-                  batch_size: int | None = None):
+                  batch_size: int | None = None, device: torch.device | str = "cpu"):
+    """An epoch's batches; in-memory images are batched and augmented on ``device``."""
     s = data.splits[split]
     bs = batch_size or cfg.batch_size
     pre = preprocess_of(cfg.backbone)
     if data.is_array:
         aug = Augment(cfg.pad, cfg.flip) if train else None
         return ArrayBatches(data.images(split), s.labels, bs, *norm, shuffle=train, augment=aug, seed=seed,
-                            rank=rank, world=world, preprocess=pre)
+                            rank=rank, world=world, preprocess=pre, device=device)
     return file_batches(data.images(split), s.labels, bs, train=train, seed=seed, rank=rank, world=world,
                         preprocess=pre)
 
@@ -168,8 +169,8 @@ def accuracy(model, batches, device, amp: bool) -> float:
     for x, y in batches:
         x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            pred = model(x).argmax(1).cpu()
-        correct += int((pred == y).sum())
+            pred = model(x).argmax(1)
+        correct += int((pred == y.to(pred.device)).sum())
         total += len(y)
     model.train()
     return correct / max(total, 1)
@@ -225,9 +226,10 @@ def train(cfg: TrainConfig, data: LTData, workdir: Path, *, resume: bool = True,
     for epoch in range(start, cfg.epochs):
         _set_seed(cfg.seed * 100003 + epoch)
         batches = epoch_batches(data, cfg, "train", train=True, seed=cfg.seed * 100003 + epoch, norm=norm,
-                                rank=rank, world=world)
+                                rank=rank, world=world, device=device)
         steps = len(batches)
-        total_loss, seen, t_epoch = 0.0, 0, time.perf_counter()
+        # the epoch's loss is summed on the device (float64, as a Python float would): no host sync per step
+        total_loss, seen, t_epoch = torch.zeros((), dtype=torch.float64, device=device), 0, time.perf_counter()
         bar = tqdm(batches, total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                    disable=None if (progress and rank == 0) else True)  # None: off when not a terminal
         for step, (x, y) in enumerate(bar):
@@ -242,11 +244,11 @@ def train(cfg: TrainConfig, data: LTData, workdir: Path, *, resume: bool = True,
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total_loss += float(loss.detach()) * len(y)
+            total_loss += loss.detach().double() * len(y)
             seen += len(y)
-        val = accuracy(model, epoch_batches(data, cfg, "val", train=False, seed=0, norm=norm, batch_size=512), device, amp) \
-            if len(data.splits["val"]) else float("nan")
-        rec = {"epoch": epoch + 1, "loss": total_loss / max(seen, 1), "lr": lr_at(epoch + 1 - 1e-9, cfg),
+        val = accuracy(model, epoch_batches(data, cfg, "val", train=False, seed=0, norm=norm, batch_size=512,
+                                            device=device), device, amp) if len(data.splits["val"]) else float("nan")
+        rec = {"epoch": epoch + 1, "loss": float(total_loss) / max(seen, 1), "lr": lr_at(epoch + 1 - 1e-9, cfg),
                "lam": float(loss_fn.lam(epoch + 1)), "val_acc": val, "seconds": round(time.perf_counter() - t_epoch, 2)}
         history.append(rec)
         if not math.isfinite(rec["loss"]) or not finite_weights(model.state_dict()):
