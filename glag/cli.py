@@ -336,8 +336,11 @@ def _variant_kw(kw: dict, name: str, overrides: dict) -> dict:
 @click.option("--set", "sets", multiple=True, metavar="KEY=V1,V2",
               help="Vary a config key over values (one stage-one cache per combination and seed); repeatable.")
 @cache_dir_option
+@click.option("--jobs", type=Number(int, 1, 64), default=1, show_default=True,
+              help="Cells run side by side in separate processes: packed runs on one GPU. Cells that share a "
+                   "stage-one cache run one after another in one worker.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def sweep(config, seeds, out, sets, cache_dir, quiet):
+def sweep(config, seeds, out, sets, cache_dir, jobs, quiet):
     """Run CONFIG's stage-one caches (seeds x --set values) x its stage-two methods, cell by cell.
 
     Resumable: finished cells are never re-run, and a killed sweep re-runs only what is missing.
@@ -348,7 +351,7 @@ def sweep(config, seeds, out, sets, cache_dir, quiet):
 
     seed_list, set_map = parse_seeds(seeds), parse_sets(sets)
     check_writable(out, "--out", folder=True)
-    rows = run_sweep(config, seed_list, out, set_map, cache_dir=cache_dir, quiet=quiet)
+    rows = run_sweep(config, seed_list, out, set_map, cache_dir=cache_dir, quiet=quiet, jobs=jobs)
     click.echo(f"{len(rows)} rows in {out / 'cells.csv'}; summary in {out / 'summary.md'}")
 
 

@@ -121,9 +121,11 @@ def _glag_run(args: list[str]) -> str:
 
 
 def run_sweep(config: Path, seeds: list[int], out: Path, sets: dict[str, list], *, cache_dir: Path,
-              quiet: bool = False) -> list[dict]:
+              quiet: bool = False, jobs: int = 1) -> list[dict]:
     """Run every unfinished cell; returns the rows of cells.csv. Every cell's config is checked first,
-    so a bad --set value is refused before anything is written."""
+    so a bad --set value is refused before anything is written. With ``jobs`` > 1, cells run side by
+    side in separate processes (packed on one GPU); cells that share a stage-one cache run in one
+    worker, one after another, so no cache is trained twice."""
     import tempfile
 
     from tqdm.auto import tqdm
@@ -137,7 +139,8 @@ def run_sweep(config: Path, seeds: list[int], out: Path, sets: dict[str, list], 
             probe.write_text(cell_config(config, cell))
             _glag_run(["run", "--config", str(probe), "--print-config"])
     out.mkdir(parents=True, exist_ok=True)
-    for cell in tqdm(cells, desc="sweep cells", unit="cell", disable=True if quiet else None):
+    todo = []  # (cell, glag run arguments) of every cell with a method still missing
+    for cell in cells:
         cell_dir = out / "cells" / cell["name"]
         missing = [m for m in methods if m not in run_folders(cell_dir)]
         if not missing:
@@ -146,10 +149,57 @@ def run_sweep(config: Path, seeds: list[int], out: Path, sets: dict[str, list], 
         cfg_file = cell_dir / "config.toml"
         if not cfg_file.is_file():
             cfg_file.write_text(cell_config(config, cell))
-        _glag_run(["run", "--config", str(cfg_file), "--out", str(cell_dir / "runs"), "--cache-dir", str(cache_dir), "-q",
-                   *[a for m in missing for a in ("--method", m)]])
+        todo.append((cell, ["run", "--config", str(cfg_file), "--out", str(cell_dir / "runs"), "--cache-dir",
+                            str(cache_dir), "-q", *[a for m in missing for a in ("--method", m)]]))
+    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="sweep cells", unit="cell",
+               disable=True if quiet else None)
+
+    def finished():
         write_outputs(out, methods, seeds, sets)
+        bar.update()
+
+    if jobs <= 1:
+        for _, args in todo:
+            _glag_run(args)
+            finished()
+    else:
+        _run_packed(todo, jobs, finished)
+    bar.close()
     return write_outputs(out, methods, seeds, sets)
+
+
+def stage_one_group(cell: dict) -> tuple:
+    """What decides a cell's stage-one cache: its seed and its dataset and stage-one --set values."""
+    return cell["seed"], tuple((k, str(v)) for k, v in cell["setting"].items()
+                               if SECTION_OF[k] in ("dataset", "stage_one"))
+
+
+def _run_packed(todo, jobs: int, finished) -> None:
+    """Cells in ``jobs`` worker processes at a time; a group sharing a stage-one cache stays in one worker."""
+    import subprocess
+    import sys
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    groups: dict[tuple, list] = {}
+    for cell, args in todo:
+        groups.setdefault(stage_one_group(cell), []).append((cell, args))
+    lock, failed = threading.Lock(), []
+
+    def work(group):
+        for cell, args in group:
+            r = subprocess.run([sys.executable, "-m", "glag.cli", *args], capture_output=True, text=True)
+            with lock:
+                if r.returncode != 0:
+                    lines = [x for x in r.stderr.strip().splitlines() if x.strip()]
+                    failed.append(f"{cell['name']}: {lines[-1] if lines else f'exit {r.returncode}'}")
+                    return
+                finished()
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        list(pool.map(work, groups.values()))
+    if failed:
+        raise GlagError(f"{len(failed)} cell(s) failed (the others are kept; run again to retry): {failed[0]}")
 
 
 def collect(out: Path, methods, seeds, sets) -> list[dict]:

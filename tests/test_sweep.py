@@ -98,3 +98,22 @@ def test_half_written_run_folder_is_not_finished(tmp_path):
     hidden.mkdir(parents=True)
     (hidden / "result.json").write_text('{"method": "glag"}')
     assert run_folders(tmp_path) == {}
+
+
+def test_packed_sweep_gives_the_single_worker_numbers(tmp_path, glag_cli, cache_dir):
+    """--jobs 2 runs cells side by side in processes; the numbers are those of one worker, and cells that
+    share a stage-one cache (same seed, only gen_epochs differs) train it once."""
+    fast = ["--set", "epochs=2", "--set", "gen_epochs=2,3", "--seeds", "0-1", "-q"]
+    code, _, err = glag_cli("sweep", DIGITS, "--out", tmp_path / "one", *fast)
+    assert code == 0, err
+    code, _, err = glag_cli("sweep", DIGITS, "--out", tmp_path / "two", "--jobs", "2", "--cache-dir", tmp_path / "c2",
+                            *fast)
+    assert code == 0, err
+    one, two = _rows(tmp_path / "one"), _rows(tmp_path / "two")
+    assert len(one) == 2 * 2 * 3
+    strip = lambda rows: sorted((r["cell"], r["method"], r["top1"], r["val_top1"]) for r in rows)  # noqa: E731
+    assert strip(one) == strip(two)
+    caches = [p for p in (tmp_path / "c2").glob("*.h5") if ".afg-" not in p.name]
+    logs = list((tmp_path / "c2").glob("stage1/*/train_log.jsonl"))
+    assert len(caches) == 2 and len(logs) == 2  # one per seed
+    assert all(len(f.read_text().splitlines()) == 2 for f in logs)  # 2 epochs, trained once (not twice at once)
