@@ -23,13 +23,14 @@ except ModuleNotFoundError:  # Python 3.10
 
 SECTIONS = {
     "dataset": ["dataset", "imbalance", "profile", "n_max", "subset_seed", "val_per_class", "data_root", "full_split"],
-    "stage_one": ["loss", "a", "g", "tau", "backbone", "weights", "epochs", "batch_size", "lr", "warmup", "seed"],
+    "stage_one": ["loss", "a", "g", "tau", "backbone", "weights", "epochs", "batch_size", "lr", "warmup", "seed",
+                  "compile"],
     "generator": ["lt", "k", "tail_below", "weighting", "mode", "max_dense_gb", "device"],
     "stage_two": ["method", "gen_epochs", "gen_batch_size", "gen_lr", "kd", "adaptive", "generate", "beta_init",
                   "posthoc_la", "beta_delta", "alpha", "dispersion", "n_target"],
 }
 VARIANT_KEYS = SECTIONS["generator"] + SECTIONS["stage_two"]
-PARAM = {"method": "methods", "generate": "gen_features"}  # config key -> the command's parameter name
+PARAM = {"method": "methods", "generate": "gen_features", "compile": "compile_model"}  # config key -> the command's parameter name
 KEY = {v: k for k, v in PARAM.items()}
 
 

@@ -53,7 +53,8 @@ def run_stage_one(kw: dict, cache_dir: Path, checkpoint=None, views=0, quiet=Fal
     data = load_dataset(spec, download=kw["download"], progress=not quiet)
     cfg = build_train_config(data.spec, *train_args)  # an image folder's spec is complete only once it is read
     log_fn = (lambda m: None) if quiet else log
-    return stage_one(cfg, data, cache_dir, checkpoint=checkpoint, views=views, resume=resume, progress=not quiet, log=log_fn)
+    return stage_one(cfg, data, cache_dir, checkpoint=checkpoint, views=views, resume=resume, progress=not quiet, log=log_fn,
+                     compile_model=kw.get("compile_model", False))
 
 
 def build_generator(cache_path, lt, k, tail_below, weighting, mode, max_dense_gb, device, n_target=0):

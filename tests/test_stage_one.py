@@ -90,6 +90,41 @@ def test_killed_and_resumed_run_matches_uninterrupted(tmp_path):
         assert torch.equal(v, resumed["model"][k]), k
 
 
+def test_compile_failure_falls_back_to_eager_with_the_same_weights(tmp_path, monkeypatch):
+    """A model torch.compile cannot run (here: it raises in the first backward) trains eagerly, from a clean
+    step, to exactly the weights of an eager run; the log says so."""
+    data = load_dataset(DatasetSpec())
+    cfg = TrainConfig(epochs=2, loss="graloss", seed=1)
+    ref = torch.load(train(cfg, data, tmp_path / "eager", progress=False, log=lambda m: None), weights_only=True)
+
+    class Broken(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            out = self.inner(x)
+            return out + BreakBackward.apply(out) * 0  # gradients reach the weights before backward fails
+
+    class BreakBackward(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            raise RuntimeError("inductor: no C compiler\nsecond line")
+
+    monkeypatch.setattr(torch, "compile", lambda model: Broken(model))
+    msgs = []
+    out = torch.load(train(cfg, data, tmp_path / "compiled", progress=False, log=msgs.append, compile_model=True),
+                     weights_only=True)
+    assert [m for m in msgs if "torch.compile" in m] == [
+        "torch.compile failed (RuntimeError: inductor: no C compiler); training eagerly"]
+    for k, v in ref["model"].items():
+        assert torch.equal(v, out["model"][k]), k
+
+
 def test_extract_cli_end_to_end_and_reuse(cache_dir, glag_cli):
     code, out, err = glag_cli("extract", "--epochs", "2", "-q")
     assert code == 0, err

@@ -20,7 +20,8 @@ def workdir_for(cfg: TrainConfig, cache_dir: Path) -> Path:
 
 
 def stage_one(cfg: TrainConfig, data: LTData, cache_dir: Path, *, checkpoint: Path | None = None, views: int = 0,
-              resume: bool = True, progress: bool = True, log=print) -> tuple[Path, dict, bool] | None:
+              resume: bool = True, progress: bool = True, log=print,
+              compile_model: bool = False) -> tuple[Path, dict, bool] | None:
     """Return (cache path, stage-one report, whether an existing cache was reused).
 
     Under torchrun every rank trains; only rank 0 dumps and reports (others return None).
@@ -38,7 +39,7 @@ def stage_one(cfg: TrainConfig, data: LTData, cache_dir: Path, *, checkpoint: Pa
             log(f"reusing trained weights {final}")
         else:
             log(f"training {cfg.resolved().backbone} with {cfg.loss} in {wd}")
-            train(cfg, data, wd, resume=resume, progress=progress, log=log)
+            train(cfg, data, wd, resume=resume, progress=progress, log=log, compile_model=compile_model)
         checkpoint = final
     if int(os.environ.get("RANK", "0")) != 0:
         return None

@@ -186,12 +186,26 @@ def _set_seed(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
+def _step(net, loss_fn, opt, x, y, t: float, device, amp: bool) -> torch.Tensor:
+    """One SGD step; returns the loss. Gradients are cleared first, so a step that failed part-way
+    (a compile error in backward) can be re-run eagerly."""
+    opt.zero_grad(set_to_none=True)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        logits = net(x)
+    loss = loss_fn(logits.float(), y, t)
+    loss.backward()
+    opt.step()
+    return loss
+
+
 def train(cfg: TrainConfig, data: LTData, workdir: Path, *, resume: bool = True, progress: bool = True,
-          on_epoch_end: Callable[[int, dict], None] | None = None, log: Callable[[str], None] = print) -> Path:
+          on_epoch_end: Callable[[int, dict], None] | None = None, log: Callable[[str], None] = print,
+          compile_model: bool = False) -> Path:
     """Train and return the path of the final checkpoint (``workdir/final.pt``).
 
     A checkpoint is written after every epoch; with ``resume`` a run continues from it.
     Each epoch's randomness is seeded from (seed, epoch), so a resumed run reaches the same weights.
+    ``compile_model`` runs the steps through torch.compile, and falls back to eager where that fails.
     """
     cfg = cfg.resolved()
     workdir = Path(workdir)
@@ -222,6 +236,9 @@ def train(cfg: TrainConfig, data: LTData, workdir: Path, *, resume: bool = True,
         start, history = state["epoch"], state["history"]
         log(f"resuming from epoch {start} ({last})")
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    eager = net
+    if compile_model:
+        net = torch.compile(net)
     workdir.mkdir(parents=True, exist_ok=True)
     for epoch in range(start, cfg.epochs):
         _set_seed(cfg.seed * 100003 + epoch)
@@ -238,12 +255,19 @@ def train(cfg: TrainConfig, data: LTData, workdir: Path, *, resume: bool = True,
                 group["lr"] = lr_at(t, cfg, 1.0 / steps)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                logits = net(x)
-            loss = loss_fn(logits.float(), y, t)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            # a compiled step may (re)compile and fail part-way, after its forward moved the BatchNorm statistics
+            saved = [b.detach().clone() for b in model.buffers()] if net is not eager else None
+            try:
+                loss = _step(net, loss_fn, opt, x, y, t, device, amp)
+            except Exception as exc:  # noqa: BLE001 -- any failure of a compiled step means: train eagerly
+                if saved is None:
+                    raise
+                log(f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); training eagerly")
+                with torch.no_grad():
+                    for b, v in zip(model.buffers(), saved):
+                        b.copy_(v)
+                net = eager
+                loss = _step(net, loss_fn, opt, x, y, t, device, amp)
             total_loss += loss.detach().double() * len(y)
             seen += len(y)
         val = accuracy(model, epoch_batches(data, cfg, "val", train=False, seed=0, norm=norm, batch_size=512,
