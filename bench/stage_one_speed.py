@@ -9,7 +9,8 @@ For each shape, interleaved in one process and repeated (median reported):
   the second epoch's wall time is the steady-state epoch (the first also pays model build and warm-up,
   once per run, reported beside it);
 * floor: the same model's forward + backward + SGD step on pre-made batches on the same device, the
-  faster of NCHW and channels-last.
+  faster of NCHW and channels-last;
+* with --compile, also the default run with ``--compile`` (torch.compile), against the same eager floor.
 The ratio default / floor is what a user pays over the arithmetic. ``--steps`` caps an epoch (CPU runs of
 the ImageNet-LT shape); ImageNet-LT here is in-memory arrays, not the JPEG loader of a real list dataset.
 """
@@ -61,14 +62,14 @@ def synthetic(shape: dict, steps: int | None, seed: int = 0) -> LTData:
                   {"train": train_x, "val": val_x}, splits)
 
 
-def time_default(shape: dict, data: LTData) -> tuple[float, float]:
+def time_default(shape: dict, data: LTData, compile_model: bool = False) -> tuple[float, float]:
     """(first epoch, second epoch) wall seconds of a default two-epoch run, from the start of ``train``."""
     cfg = TrainConfig(dataset=DatasetSpec("digits"), backbone=shape["backbone"], loss="graloss", epochs=2,
                       batch_size=shape["batch"], lr=0.1, warmup=0.0, pad=shape["pad"], flip=True)
     ends = []
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        train(cfg, data, Path(tmp), progress=False, log=lambda m: None,
+        train(cfg, data, Path(tmp), progress=False, log=lambda m: None, compile_model=compile_model,
               on_epoch_end=lambda e, rec: ends.append(time.perf_counter()))
     return ends[0] - t0, ends[1] - ends[0]
 
@@ -105,6 +106,7 @@ def main(argv=None):
     ap.add_argument("--shapes", default="cifar10-lt,imagenet-lt")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--steps", type=int, default=None, help="cap each epoch at this many batches")
+    ap.add_argument("--compile", action="store_true", help="also time the run with --compile (torch.compile)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "stage_one_speed.json")
     args = ap.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -119,11 +121,14 @@ def main(argv=None):
             f = time_floor(shape, steps, device)
             runs.append({"default_s": d, "default_first_epoch_s": first, **{f"floor_{k}_s": v for k, v in f.items()},
                          "floor_s": min(f.values())})
+            if args.compile:
+                runs[-1]["compiled_first_epoch_s"], runs[-1]["compiled_s"] = time_default(shape, data, True)
         med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
         results.append({"shape": name, "backbone": shape["backbone"], "images": len(data.splits["train"]),
                         "steps_per_epoch": steps, "batch": shape["batch"], "repeats": runs,
                         **{f"median_{k}": round(v, 3) for k, v in med.items()},
-                        "ratio": round(med["default_s"] / med["floor_s"], 3)})
+                        "ratio": round(med["default_s"] / med["floor_s"], 3),
+                        **({"compiled_ratio": round(med["compiled_s"] / med["floor_s"], 3)} if args.compile else {})})
     import platform
 
     report = {"bench": "stage_one_speed", "command": "python bench/stage_one_speed.py " + " ".join(argv or []),
