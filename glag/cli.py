@@ -282,19 +282,13 @@ def run(cache_dir, methods, quiet, print_config, **kw):
     With no arguments: the bundled long-tailed digits, offline, in about a minute on 2 CPU cores.
     Every run folder's result.json records the effective config.
     """
-    from glag.config import effective_config, to_toml, variant_table
+    from glag.config import to_toml
+    from glag.pipeline import run_config_of, run_stage_two
 
     variants = click.get_current_context().meta.get("glag_variants", {})
-    spec = build_spec(kw)  # presets resolved, so the recorded config says what runs (batch size, lr, epochs)
-    cfg = build_train_config(spec, *(kw[k] for k in TRAIN_KEYS))
-    resolved = {**kw, "imbalance": spec.imbalance, "n_max": spec.n_max,
-                **{k: getattr(cfg, k) for k in ("backbone", "epochs", "batch_size", "lr", "warmup")}}
-    run_config = effective_config({**resolved, "methods": methods})
-    if variants:
-        run_config["variants"] = {name: variant_table(v) for name, v in variants.items()}
+    resolved, run_config = run_config_of(kw, methods, variants)
     _check_methods(methods, variants)
     checked = {name: _variant_kw(kw, name, v) for name, v in variants.items()}  # every variant, used or not
-    chosen = {m: checked[m] for m in methods if m in checked}
     if print_config:
         click.echo(to_toml(run_config), nl=False)
         return
@@ -305,12 +299,7 @@ def run(cache_dir, methods, quiet, print_config, **kw):
     path, _, reused = done
     if not quiet:
         _log(f"cache {path} ({'reused' if reused else 'written'})")
-    plain = [m for m in methods if m not in chosen]
-    records = stage_two_run(path, plain, kw, quiet=quiet, record={"run_config": run_config}) if plain else []
-    for name, vkw in chosen.items():
-        record = {"run_config": effective_config({**resolved, **vkw}), "variant": name}
-        records += stage_two_run(path, vkw["methods"], vkw, quiet=quiet, record=record, variant=name)
-    _print_results(records)
+    _print_results(run_stage_two(path, methods, kw, checked, resolved, run_config, quiet))
 
 
 def _variant_kw(kw: dict, name: str, overrides: dict) -> dict:

@@ -80,3 +80,32 @@ def stage_two_run(cache_path, methods, kw, checkpoint=None, quiet=False, record=
     return run_methods(cache_path, methods, kw["out_base"], gen=gen, stage_two=st, sampling=sampling,
                        device=kw["device"], checkpoint=checkpoint, progress=not quiet, record=record,
                        variant=variant)
+
+
+def run_config_of(kw: dict, methods, variants: dict) -> tuple[dict, dict]:
+    """(the options with presets resolved, the effective config) of a ``glag run``; the config lists the
+    variants too, so it says what runs (batch size, lr, epochs)."""
+    from glag.config import effective_config, variant_table
+
+    spec = build_spec(kw)
+    cfg = build_train_config(spec, *(kw[k] for k in TRAIN_KEYS))
+    resolved = {**kw, "imbalance": spec.imbalance, "n_max": spec.n_max,
+                **{k: getattr(cfg, k) for k in ("backbone", "epochs", "batch_size", "lr", "warmup")}}
+    run_config = effective_config({**resolved, "methods": methods})
+    if variants:
+        run_config["variants"] = {name: variant_table(v) for name, v in variants.items()}
+    return resolved, run_config
+
+
+def run_stage_two(cache_path, methods, kw: dict, variants_kw: dict, resolved: dict, run_config: dict, quiet: bool):
+    """The plain methods on the cache, then each variant named in ``methods`` with its own options;
+    every result.json records the config it ran with (a variant's also its name)."""
+    from glag.config import effective_config
+
+    plain = [m for m in methods if m not in variants_kw]
+    records = stage_two_run(cache_path, plain, kw, quiet=quiet, record={"run_config": run_config}) if plain else []
+    for name in (m for m in methods if m in variants_kw):
+        vkw = variants_kw[name]
+        record = {"run_config": effective_config({**resolved, **vkw}), "variant": name}
+        records += stage_two_run(cache_path, vkw["methods"], vkw, quiet=quiet, record=record, variant=name)
+    return records
