@@ -74,6 +74,31 @@ def time_default(shape: dict, data: LTData, compile_model: bool = False) -> tupl
     return ends[0] - t0, ends[1] - ends[0]
 
 
+def time_overheads(shape: dict, data: LTData, device: torch.device) -> dict:
+    """Where the default epoch spends time beyond the steps: assembling the augmented batches, the
+    validation pass and the epoch checkpoint, each timed alone as train() runs it."""
+    from glag.extract.train import accuracy, epoch_batches, normalisation
+
+    cfg = TrainConfig(dataset=DatasetSpec("digits"), backbone=shape["backbone"], loss="graloss", epochs=1,
+                      batch_size=shape["batch"], lr=0.1, warmup=0.0, pad=shape["pad"], flip=True).resolved()
+    norm = normalisation(cfg, data)
+    t0 = time.perf_counter()
+    for _ in epoch_batches(data, cfg, "train", train=True, seed=1, norm=norm, device=device):
+        pass
+    out = {"batches_s": time.perf_counter() - t0}
+    model = Classifier(shape["backbone"], shape["classes"], 3, "linear").to(device, memory_format=torch.channels_last)
+    t0 = time.perf_counter()
+    accuracy(model, epoch_batches(data, cfg, "val", train=False, seed=0, norm=norm, batch_size=512, device=device),
+             device, device.type == "cuda")
+    out["validation_s"] = time.perf_counter() - t0
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, Path(tmp) / "last.pt")
+        out["checkpoint_s"] = time.perf_counter() - t0
+    return out
+
+
 def time_floor(shape: dict, steps: int, device: torch.device) -> dict:
     """Forward + backward + SGD step on pre-made batches, per memory format: seconds for ``steps`` steps."""
     out = {}
@@ -123,6 +148,7 @@ def main(argv=None):
                          "floor_s": min(f.values())})
             if args.compile:
                 runs[-1]["compiled_first_epoch_s"], runs[-1]["compiled_s"] = time_default(shape, data, True)
+            runs[-1].update(time_overheads(shape, data, device))
         med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
         results.append({"shape": name, "backbone": shape["backbone"], "images": len(data.splits["train"]),
                         "steps_per_epoch": steps, "batch": shape["batch"], "repeats": runs,
