@@ -34,8 +34,13 @@ class Number(click.ParamType):
         return what + (" " + " and ".join(parts) if parts else "") + (f" ({self.extra})" if self.extra else "")
 
     def convert(self, value, param, ctx):
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            v = value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):  # from a config file or a default
+            if self.kind is int and isinstance(value, float) and value.is_integer():
+                value = int(value)
+            elif self.kind is int and isinstance(value, float):
+                self.fail(f"{value!r} is not an integer; allowed: {self.allowed()}", param, ctx)
+            # the declared kind, so a config's `warmup = 1` keys a cache as the flag's `--warmup 1` does
+            v = self.kind(value) if math.isfinite(value) else value
         else:
             try:
                 v = self.kind(str(value).strip())

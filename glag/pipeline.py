@@ -89,8 +89,8 @@ def run_config_of(kw: dict, methods, variants: dict) -> tuple[dict, dict]:
 
     spec = build_spec(kw)
     cfg = build_train_config(spec, *(kw[k] for k in TRAIN_KEYS))
-    resolved = {**kw, "imbalance": spec.imbalance, "n_max": spec.n_max,
-                **{k: getattr(cfg, k) for k in ("backbone", "epochs", "batch_size", "lr", "warmup")}}
+    resolved = {**kw, "imbalance": spec.imbalance, "n_max": spec.n_max, "backbone": cfg.backbone,
+                "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": float(cfg.lr), "warmup": float(cfg.warmup)}
     run_config = effective_config({**resolved, "methods": methods})
     if variants:
         run_config["variants"] = {name: variant_table(v) for name, v in variants.items()}

@@ -110,3 +110,28 @@ def test_variants_run_as_their_flags_would(tmp_path, glag_cli, cache_dir):
     assert code == 0, err
     (flags,) = (tmp_path / "b").glob("*-glag")
     assert json.loads((flags / "result.json").read_text())["summary"] == rec["summary"]
+
+
+def test_config_integers_key_the_cache_as_flags_do(tmp_path, glag_cli, cache_dir):
+    """`warmup = 1` in a config and `--warmup 1.0` on the command line are one recipe: one cache, not two."""
+    import json
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[dataset]\ndataset = "digits"\n[stage_one]\nepochs = 1\nwarmup = 1\nlr = 1\n'
+                   '[stage_two]\nmethod = "stage-one"\n')
+    code, _, err = glag_cli("run", "--config", cfg, "--out", tmp_path / "runs", "-q")
+    assert code == 0, err
+    code, out, err = glag_cli("extract", "--dataset", "digits", "--epochs", "1", "--warmup", "1.0", "--lr", "1.0", "-q")
+    assert code == 0 and json.loads(out)["reused"] is True, err
+    assert len(list(cache_dir.glob("stage1/*"))) == 1
+
+
+@pytest.mark.parametrize("text, msg", [
+    ("[stage_one]\nepochs = 2.5\n", "'--epochs': 2.5 is not an integer"),
+    ("[stage_one]\nlr = inf\n", "'--lr': inf is not finite"),
+])
+def test_config_numbers_are_checked_as_flags_are(tmp_path, glag_cli, text, msg):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    code, out, err = glag_cli("run", "--config", path, "--print-config")
+    assert code != 0 and msg in err and len(err.strip().splitlines()) == 1, err
