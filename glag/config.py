@@ -121,7 +121,7 @@ def to_toml(cfg: dict) -> str:
     lines = []
     for section, body in cfg.items():
         plain = {k: v for k, v in body.items() if not isinstance(v, dict)}
-        if plain or len(plain) == len(body):
+        if plain or not body:  # an empty section still prints its header
             lines.append(f"[{section}]")
             lines += [f"{k} = {_toml_value(v)}" for k, v in plain.items()]
             lines.append("")
