@@ -250,8 +250,11 @@ def test_cache_rm_removes_only_its_own_files(world, glag_cli, tmp_path):
 
 
 def _cli(*args, **kw):
+    # SIGINT back to its default in the child: a runner that starts the tests in the background (bash's `&`)
+    # passes SIGINT on as ignored, and Python then never turns Ctrl-C into KeyboardInterrupt
     return subprocess.Popen([sys.executable, "-m", "glag.cli", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT, **kw)
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kw)
 
 
 def test_concurrent_runs_to_one_out_each_land(world, tmp_path):
