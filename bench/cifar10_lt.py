@@ -77,13 +77,6 @@ def cells(results: Path, budget_name: str) -> list[tuple[dict, dict[str, Path]]]
     return out
 
 
-def cell_of(results: Path, budget_name: str, im, loss: str, seed: int) -> dict[str, Path]:
-    for cfg, found in cells(results, budget_name):
-        if (cfg["dataset"]["imbalance"], _loss(cfg), cfg["stage_one"]["seed"]) == (im, loss, seed):
-            return found
-    return {}
-
-
 def _loss(cfg: dict) -> str:
     ours = {v: k for k, v in LOSS.items()}
     return ours.get(cfg["stage_one"]["loss"], cfg["stage_one"]["loss"])
@@ -145,13 +138,15 @@ def unseen_class_lines(results: Path, budget_name: str, rows) -> list[str]:
     """Test accuracy of the classes with no validation rows (what val-tuned settings never saw),
     GLAG against the best decoupled baseline, per cache (mean over seeds)."""
     out = []
+    found_at = {(cfg["dataset"]["imbalance"], _loss(cfg), cfg["stage_one"]["seed"]): found
+                for cfg, found in cells(results, budget_name)}
     for im in sorted({r["imbalance"] for r in rows}):
         for loss in LOSSES:
             best = best_baseline(rows, im, loss)
             accs = {"glag": [], best: []}
             unseen = None
             for seed in sorted({r["seed"] for r in rows if r["imbalance"] == im and r["stage_one"] == loss}):
-                found = cell_of(results, budget_name, im, loss, seed)
+                found = found_at.get((im, loss, seed), {})
                 for m in accs:
                     if m not in found:
                         continue
