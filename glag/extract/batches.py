@@ -31,8 +31,10 @@ def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
     return x.mean(axis=(0, 1)).tolist(), np.maximum(x.std(axis=(0, 1)), 1e-3).tolist()
 
 
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 ``[N, H, W(, C)]`` -> uint8 tensor ``[N, C, H, W]``."""
+def to_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 ``[N, H, W(, C)]`` -> uint8 tensor ``[N, C, H, W]``; a tensor is taken as already converted."""
+    if torch.is_tensor(images):
+        return images
     t = torch.from_numpy(np.ascontiguousarray(images))
     return t[:, None] if t.ndim == 3 else t.permute(0, 3, 1, 2).contiguous()
 

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from glag.cache.format import atomic_path
 from glag.errors import GlagError
-from glag.extract.batches import IMAGENET_PREPROCESS, ArrayBatches, Augment, channel_stats, file_batches
+from glag.extract.batches import IMAGENET_PREPROCESS, ArrayBatches, Augment, channel_stats, file_batches, to_tensor
 from glag.extract.datasets import DatasetSpec, LTData
 from glag.extract.losses import head_for, make_loss
 from glag.extract.models import Classifier
@@ -141,17 +141,23 @@ def input_size(data: LTData, backbone: str = "") -> list[int]:
 
 
 def epoch_batches(data: LTData, cfg: TrainConfig, split: str, *, train: bool, seed: int, norm, rank=0, world=1,
-                  batch_size: int | None = None, device: torch.device | str = "cpu"):
-    """An epoch's batches; in-memory images are batched and augmented on ``device``."""
+                  batch_size: int | None = None, device: torch.device | str = "cpu", images: torch.Tensor | None = None):
+    """An epoch's batches; in-memory images are batched and augmented on ``device`` (``images``: the split's
+    images already there, from ``resident_images``, so they are not copied again each epoch)."""
     s = data.splits[split]
     bs = batch_size or cfg.batch_size
     pre = preprocess_of(cfg.backbone)
     if data.is_array:
         aug = Augment(cfg.pad, cfg.flip) if train else None
-        return ArrayBatches(data.images(split), s.labels, bs, *norm, shuffle=train, augment=aug, seed=seed,
+        return ArrayBatches(data.images(split) if images is None else images, s.labels, bs, *norm, shuffle=train, augment=aug, seed=seed,
                             rank=rank, world=world, preprocess=pre, device=device)
     return file_batches(data.images(split), s.labels, bs, train=train, seed=seed, rank=rank, world=world,
                         preprocess=pre)
+
+
+def resident_images(data: LTData, device) -> dict[str, torch.Tensor]:
+    """In-memory train and val images as uint8 ``[N, C, H, W]`` on ``device``, made once per run."""
+    return {s: to_tensor(data.images(s)).to(device) for s in ("train", "val")} if data.is_array else {}
 
 
 def normalisation(cfg: TrainConfig, data: LTData):
@@ -240,10 +246,11 @@ def train(cfg: TrainConfig, data: LTData, workdir: Path, *, resume: bool = True,
     if compile_model:
         net = torch.compile(net)
     workdir.mkdir(parents=True, exist_ok=True)
+    resident = resident_images(data, device)
     for epoch in range(start, cfg.epochs):
         _set_seed(cfg.seed * 100003 + epoch)
         batches = epoch_batches(data, cfg, "train", train=True, seed=cfg.seed * 100003 + epoch, norm=norm,
-                                rank=rank, world=world, device=device)
+                                rank=rank, world=world, device=device, images=resident.get("train"))
         steps = len(batches)
         # the epoch's loss is summed on the device (float64, as a Python float would): no host sync per step
         total_loss, seen, t_epoch = torch.zeros((), dtype=torch.float64, device=device), 0, time.perf_counter()
@@ -271,7 +278,8 @@ def train(cfg: TrainConfig, data: LTData, workdir: Path, *, resume: bool = True,
             total_loss += loss.detach().double() * len(y)
             seen += len(y)
         val = accuracy(model, epoch_batches(data, cfg, "val", train=False, seed=0, norm=norm, batch_size=512,
-                                            device=device), device, amp) if len(data.splits["val"]) else float("nan")
+                                            device=device, images=resident.get("val")), device, amp) \
+            if len(data.splits["val"]) else float("nan")
         rec = {"epoch": epoch + 1, "loss": float(total_loss) / max(seen, 1), "lr": lr_at(epoch + 1 - 1e-9, cfg),
                "lam": float(loss_fn.lam(epoch + 1)), "val_acc": val, "seconds": round(time.perf_counter() - t_epoch, 2)}
         history.append(rec)
