@@ -54,6 +54,11 @@ def timed(fn, repeats: int = 3):
     return statistics.median(times), times
 
 
-def emit(name: str, rows: list[dict], command: str) -> None:
-    print(json.dumps({"bench": name, "command": command, "python": platform.python_version(),
-                      "machine": platform.machine(), "results": rows}, indent=2))
+def emit(name: str, rows: list[dict], command: str, out: Path | None = None) -> None:
+    """Print the bench's JSON (and write it to ``out``, if given)."""
+    text = json.dumps({"bench": name, "command": command, "python": platform.python_version(),
+                       "machine": platform.machine(), "results": rows}, indent=2)
+    print(text)
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text + "\n")

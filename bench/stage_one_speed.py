@@ -131,13 +131,14 @@ def main(argv=None):
     ap.add_argument("--shapes", default="cifar10-lt,imagenet-lt")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--steps", type=int, default=None, help="cap each epoch at this many batches")
+    ap.add_argument("--batch", type=int, default=None, help="override the shapes' batch size (dry runs)")
     ap.add_argument("--compile", action="store_true", help="also time the run with --compile (torch.compile)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "stage_one_speed.json")
     args = ap.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     results = []
     for name in args.shapes.split(","):
-        shape = SHAPES[name]
+        shape = {**SHAPES[name], **({"batch": args.batch} if args.batch else {})}
         data = synthetic(shape, args.steps)
         steps = -(-len(data.splits["train"]) // shape["batch"])
         runs = []

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -40,18 +41,19 @@ SHAPES = {
 INAT = dict(C=8142, d=2048, n_max=1000, train_rows=437_513)
 
 
-def floor_time(rows: int, d: int, C: int, epochs: int, batch: int = 512, max_batches: int | None = None) -> float:
-    """Seconds of plain minibatch SGD of a linear layer over ``rows`` pre-made rows per epoch."""
+def floor_time(rows: int, d: int, C: int, epochs: int, batch: int = 512, max_batches: int | None = None,
+               device: str = "cpu") -> float:
+    """Seconds of plain minibatch SGD of a linear layer over ``rows`` pre-made rows per epoch, on ``device``."""
     torch.manual_seed(0)
-    x = torch.randn(min(rows, 262_144), d)  # rows are reused cyclically: the arithmetic is the same
-    y = torch.randint(0, C, (len(x),))
-    g = torch.nn.Linear(d, C)
+    x = torch.randn(min(rows, 262_144), d, device=device)  # rows are reused cyclically: the arithmetic is the same
+    y = torch.randint(0, C, (len(x),), device=device)
+    g = torch.nn.Linear(d, C).to(device)
     opt = torch.optim.SGD(g.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     steps = -(-rows // batch)
     n = steps if max_batches is None else min(steps, max_batches)
     t = time.perf_counter()
     for e in range(epochs if max_batches is None else 1):
-        perm = torch.randperm(len(x))
+        perm = torch.randperm(len(x), device=device)
         for s in range(n):
             idx = perm[(s * batch) % len(x):(s * batch) % len(x) + batch]
             for grp in opt.param_groups:
@@ -60,15 +62,17 @@ def floor_time(rows: int, d: int, C: int, epochs: int, batch: int = 512, max_bat
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+    if device != "cpu":
+        torch.cuda.synchronize()
     dt = time.perf_counter() - t
     return dt if max_batches is None else dt * steps / n * epochs
 
 
-def measured_shape(name, spec, repeats, tmp):
+def measured_shape(name, spec, repeats, tmp, device="cpu"):
     counts = exponential_counts(spec["n_max"], spec["C"], spec["im"])
     cache = FeatureCache(synthetic_cache(Path(tmp) / f"{name}.h5", counts, spec["d"], test_per_class=5))
     t = time.perf_counter()
-    afg = AFG.build(cache, GeneratorConfig(), device="cpu", save=False)
+    afg = AFG.build(cache, GeneratorConfig(), device=device, save=False)
     stats_s = time.perf_counter() - t
     cfg = StageTwoConfig(epochs=spec["epochs"])
     rows = FeatureStream(afg, SamplingConfig(), cfg.batch_size).rows_per_epoch()
@@ -76,9 +80,9 @@ def measured_shape(name, spec, repeats, tmp):
     stage, floor = [], []
     for _ in range(repeats):  # interleaved, so both see the same machine state
         stage.append(timed(lambda: train_glag(afg, cfg, progress=False), 1)[0])
-        floor.append(floor_time(rows, spec["d"], spec["C"], spec["epochs"]))
+        floor.append(floor_time(rows, spec["d"], spec["C"], spec["epochs"], device="cuda" if device == "gpu" else "cpu"))
     med, fl = statistics.median(stage), statistics.median(floor)
-    return {"shape": name, "C": spec["C"], "d": spec["d"], "train_rows": int(counts.sum()), "rows_per_epoch": rows,
+    return {"shape": name, "device": device, "C": spec["C"], "d": spec["d"], "train_rows": int(counts.sum()), "rows_per_epoch": rows,
             "epochs": spec["epochs"], "mode": afg.factors.mode, "statistics_s": round(stats_s, 2),
             "median_s": round(med, 2), "floor_s": round(fl, 2), "ratio": round(med / fl, 2),
             "times_s": [round(x, 2) for x in stage], "floor_times_s": [round(x, 2) for x in floor]}
@@ -186,6 +190,10 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--shapes", nargs="+", default=[*SHAPES, "inat2018"], choices=[*SHAPES, "inat2018"])
+    ap.add_argument("--device", choices=["cpu", "gpu"], default="cpu",
+                    help="gpu: CuPy generator and CUDA classifier, against a CUDA floor (not the inat2018 shape)")
+    ap.add_argument("--epochs", type=int, default=None, help="override the shapes' epochs (dry runs)")
+    ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -199,11 +207,12 @@ def main():
                         out = pool.apply(fn, (path,))
                 rows.append(out)
             else:
-                rows.append(measured_shape(name, SHAPES[name], args.repeats, tmp))
+                shape = {**SHAPES[name], **({"epochs": args.epochs} if args.epochs else {})}
+                rows.append(measured_shape(name, shape, args.repeats, tmp, args.device))
     for r in rows:
         r.update(torch_threads=torch.get_num_threads(), cpus=os.cpu_count())
 
-    emit("stage_two_speed", rows, f"python bench/stage_two_speed.py --repeats {args.repeats} --shapes {' '.join(args.shapes)}")
+    emit("stage_two_speed", rows, "python bench/stage_two_speed.py " + " ".join(sys.argv[1:]), args.out)
 
 
 if __name__ == "__main__":

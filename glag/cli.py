@@ -131,8 +131,11 @@ def cache_rm(targets: tuple[str, ...], cache_dir: Path, keep_derived: bool):
 @click.option("--indices", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write split,index,label for every train/val/test image to this CSV (index: position in the source "
                    "files), plus path (relative to --data-root) for image folders.")
+@click.option("--export", type=click.Path(path_type=Path), default=None,
+              help="Copy the subset's train/val/test images to this new folder; '--dataset folder --profile all' on it "
+                   "trains on the same images in the same order (image folders only).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def data_cmd(indices, as_json, **kw):
+def data_cmd(indices, export, as_json, **kw):
     """Show a dataset's per-class train/val/test counts and Many/Medium/Few groups, without training.
 
     Takes the same dataset options as 'glag extract', so what it prints is what extract trains on.
@@ -141,6 +144,8 @@ def data_cmd(indices, as_json, **kw):
     from glag.extract.dataset_report import class_table, totals, write_indices
 
     check_writable(indices, "--indices", folder=False)
+    if export and export.exists():  # before the images are read, which can take minutes
+        raise GlagError(f"--export '{export}' already exists; choose a new folder (glag never writes into or over one)")
     data = load_dataset(build_spec(kw), download=kw["download"], progress=not as_json)
     spec = data.spec
     rows = class_table(data)
@@ -149,6 +154,10 @@ def data_cmd(indices, as_json, **kw):
         summary["digest"] = spec.content
     if indices:
         summary["indices"] = {"file": str(indices), "rows": write_indices(data, indices)}
+    if export:
+        from glag.extract.subset_export import export_subset
+
+        summary["export"] = {"folder": str(export), "files": export_subset(data, export)}
     if as_json:
         click.echo(json.dumps({**summary, "classes": rows}, indent=2))
         return
@@ -160,6 +169,9 @@ def data_cmd(indices, as_json, **kw):
         click.echo(f"content digest (sha256): {spec.content}")
     if indices:
         click.echo(f"wrote {summary['indices']['rows']} rows to {indices}")
+    if export:
+        click.echo(f"exported {sum(summary['export']['files'].values())} images to {export} "
+                   "(use: --dataset folder --profile all)")
 
 
 @cli.command()

@@ -33,7 +33,8 @@ def dataset_options(f):
         click.option("--imbalance", "-im", type=Number(float, 0, extra="0 = the default, else >= 1"), default=0.0,
                      help="Imbalance ratio n_max/n_min (>= 1); 0 = 100 (20 for digits)."),
         click.option("--profile", type=click.Choice(PROFILES), default="exp", show_default=True,
-                     help="Class-size profile: exp (n_max * IM^(-c/(C-1))) or step (first C/2 classes n_max, the rest n_max/IM)."),
+                     help="Class-size profile: exp (n_max * IM^(-c/(C-1))), step (first C/2 classes n_max, the rest n_max/IM), "
+                          "or all (an image folder that is already the subset: every image, val/ for validation)."),
         click.option("--n-max", type=Number(int, 0), default=0,
                      help="Images of the largest class (0 = dataset default: 5000 CIFAR-10, 500 CIFAR-100, 6000 Fashion-MNIST, "
                           "110 digits; an image folder's smallest class)."),

@@ -78,18 +78,25 @@ def test_cifar10_lt_protocol_runs_resumes_and_says_its_budget(tmp_path):
 
 
 def test_device_check_dry_run(tmp_path):
-    """The GPU session's one-call script, rehearsed at toy size on CPU: every step runs and reports."""
+    """The GPU session's one-call script, rehearsed at toy size on CPU: every step runs and reports, the
+    benches' JSON lands in the one report, and the caches come back packed within the transfer limits."""
     r = subprocess.run([sys.executable, str(ROOT / "bench" / "device_check.py"), "--dry-run", "--out", str(tmp_path)],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     import json
+    import tarfile
 
     report = json.loads((tmp_path / "device_check.json").read_text())
-    assert [s["step"] for s in report["steps"]] == ["install", "install glag", "gpu tests", "stage-one bench",
-                                                    "cifar10-lt cells"]
-    assert all(s["rc"] in (0, 5) for s in report["steps"])
-    bench = json.loads((tmp_path / "stage_one_speed.json").read_text())
-    row = bench["results"][0]
+    assert [s["step"] for s in report["steps"]] == [
+        "setup", "environment", "gpu tests", "stage-one bench cifar10-lt", "single run", "packed runs",
+        "stage-one bench imagenet-lt", "stage-two bench", "compiled stage one"]
+    assert all(s["rc"] in (0, 5) for s in report["steps"]), report["steps"]
+    row = report["stage_one_cifar"]["results"][0]
     assert row["shape"] == "cifar10-lt" and row["ratio"] > 0 and row["median_floor_s"] == min(
         row["median_floor_nchw_s"], row["median_floor_channels_last_s"])
-    assert (tmp_path / "results" / "cifar10-lt.csv").is_file()
+    assert report["stage_two_speed"]["results"][0]["ratio"] > 0
+    back = sorted(p.name for p in tmp_path.iterdir())
+    assert back == ["caches-1.tar.gz", "caches-2.tar.gz", "caches-3.tar.gz", "device_check.json", "logs.tar.gz"]
+    with tarfile.open(tmp_path / "caches-1.tar.gz") as tar:
+        names = tar.getnames()
+    assert sum(n.endswith(".h5") for n in names) == 1 and any(n.endswith("final.pt") for n in names)

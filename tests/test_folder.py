@@ -216,3 +216,36 @@ def test_shared_cifar10_jpg_is_cifar10_lt():
     assert d.spec.content in readme  # the digest the data's README publishes
     assert d.train_counts.tolist() == [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
     assert d.class_names[:3] == ["airplane", "automobile", "bird"] and d.sources["test"].shape == (10000, 32, 32, 3)
+
+
+def test_export_then_profile_all_gives_the_same_images_in_order(tmp_path, glag_cli):
+    """`glag data --export` copies the subset; `--profile all` on the copy trains on the same pixels, labels
+    and row order for train, val and test (a different digest: the names carry a row prefix)."""
+    root = make_folder(tmp_path / "f", train=(14, 12, 10))
+    code, out, err = glag_cli("data", "--dataset", "folder", "--data-root", root, "--imbalance", "2", "--n-max", "10",
+                              "--val-per-class", "2", "--export", tmp_path / "sub")
+    assert code == 0, err
+    assert "exported" in out and not list(tmp_path.glob(".sub.tmp-*"))
+    orig = load_dataset(spec(root, n_max=10, val_per_class=2), progress=False)
+    copy = load_dataset(DatasetSpec("folder", profile="all", data_root=str(tmp_path / "sub")), progress=False)
+    assert copy.spec.label() == f"folder-{copy.spec.content[:8]}-all" and copy.spec.content != orig.spec.content
+    for s in ("train", "val", "test"):
+        assert np.array_equal(orig.images(s), copy.images(s)), s
+        assert np.array_equal(orig.splits[s].labels, copy.splits[s].labels), s
+    code, _, err = glag_cli("data", "--dataset", "folder", "--data-root", root, "-im", "2", "--export", tmp_path / "sub")
+    assert code != 0 and err.count("\n") == 1 and "--export '" in err and "already exists" in err
+
+
+@pytest.mark.parametrize("args, expect", [
+    (["--dataset", "digits", "--profile", "all"], "--profile all applies to --dataset folder only"),
+    (["--dataset", "folder", "--profile", "all"], "validation needs a"),
+    (["--dataset", "digits", "--export", "EXPORT"], "--export writes image folders from --dataset folder only"),
+])
+def test_profile_all_and_export_refusals(tmp_path, glag_cli, args, expect):
+    root = make_folder(tmp_path / "f")
+    args = [a.replace("EXPORT", str(tmp_path / "x")) for a in args]
+    args += ["--data-root", root] if "folder" in args else []
+    before = snapshot(tmp_path)
+    code, out, err = glag_cli("data", *args)
+    assert code != 0 and out == "" and err.count("\n") == 1 and expect in err, err
+    assert snapshot(tmp_path) == before

@@ -64,3 +64,26 @@ def test_stage_two_on_gpu_matches_cpu(tmp_path):
         res = train_glag(afg, StageTwoConfig(epochs=8, batch_size=128), SamplingConfig(alpha=0.1), progress=False)
         top1[device] = 100 * res["test"]["top1"]
     assert abs(top1["gpu"] - top1["cpu"]) <= 3.0, top1
+
+
+@needs_cuda
+def test_cupy_generator_statistics_match_numpy(tmp_path):
+    """The CuPy generator's Tukey-space class means and covariances, support sets and calibrated
+    distributions equal NumPy's (float32 accumulated in float64 on both: tolerance 1e-5 relative)."""
+    pytest.importorskip("cupy")
+    from conftest import mixture_cache
+
+    from glag.cache.format import FeatureCache
+    from glag.generate.afg import AFG, GeneratorConfig
+    from glag.generate.backend import to_numpy
+
+    cache = FeatureCache(mixture_cache(tmp_path / "mix.h5", counts=(300, 150, 80, 30, 10, 3)))
+    afg = {dev: AFG.build(cache, GeneratorConfig(mode="dense"), device=dev, save=False) for dev in ("cpu", "gpu")}
+    assert afg["gpu"].xp is not np
+    for field in ("means", "covs"):
+        np.testing.assert_allclose(to_numpy(getattr(afg["gpu"].stats, field)), getattr(afg["cpu"].stats, field),
+                                   rtol=1e-5, atol=1e-6)
+    assert np.array_equal(afg["gpu"].supports.support, afg["cpu"].supports.support)
+    for j in (0, len(afg["cpu"].supports.rows) - 1):
+        for a, b in zip(afg["gpu"].calibrated(j, 0.6, 0.1), afg["cpu"].calibrated(j, 0.6, 0.1)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -40,7 +40,8 @@ class DatasetSpec:
     val_per_class: int = 20
     full_split: bool = False
     data_root: str | None = field(default=None, compare=False)
-    profile: str = "exp"   # exp: n_max * IM^(-c/(C-1)); step: first C/2 classes n_max, the rest n_max/IM
+    profile: str = "exp"   # exp: n_max * IM^(-c/(C-1)); step: first C/2 classes n_max, the rest n_max/IM;
+    #                        all: an image folder that is the subset already (every image, its val/ folder)
     n_max: int = 0         # 0 = the dataset's default (N_MAX)
     subset_seed: int = 0   # seeds LDAM-DRW's per-class shuffle that picks the LT subset
     # Names the rule that picks the subset, so caches made by the old "first n_c in file order" rule
@@ -60,6 +61,11 @@ class DatasetSpec:
             return replace(self, imbalance=0.0, profile="list", n_max=0, subset_seed=0, subset_rule="list-file")
         if self.profile not in PROFILES:
             raise GlagError(f"--profile '{self.profile}' is unknown; choose one of: {', '.join(PROFILES)}")
+        if self.profile == "all":  # the folder is the subset: its digest identifies it, no formula picks
+            if self.name != FOLDER:
+                raise GlagError(f"--profile all applies to --dataset folder only (a folder that is already long-tailed), "
+                                f"not '{self.name}'; use --profile exp or step")
+            return replace(self, imbalance=0.0, n_max=0, subset_seed=0)
         if isinstance(self.subset_seed, bool) or not isinstance(self.subset_seed, (int, np.integer)) \
                 or not 0 <= self.subset_seed < 2**32:
             raise GlagError(f"--subset-seed {self.subset_seed} is invalid; it must be an integer in [0, 2^32)")
@@ -86,6 +92,8 @@ class DatasetSpec:
         if r.name in LIST_DATASETS:
             return r.name
         extra = "" if r.profile == "exp" else f"-{r.profile}"
+        if r.name == FOLDER and r.profile == "all":
+            return f"folder-{r.content[:8] or 'unread'}-all"
         if r.name == FOLDER:
             return f"folder-{r.content[:8] or 'unread'}-im{r.imbalance:g}{extra}-n{r.n_max}" + \
                 ("" if r.subset_seed == 0 else f"-s{r.subset_seed}")
@@ -250,6 +258,8 @@ def _folder_dataset(spec: DatasetSpec, root: Path | None, progress: bool) -> LTD
     fd = load_folder(root, progress=progress)
     num_classes = len(fd.classes)
     train_labels = fd.splits["train"].labels
+    if spec.profile == "all":
+        return _whole_folder(spec, root, fd)
     avail = class_counts(train_labels, num_classes)
     n_max = spec.n_max or int(avail.min())
     if n_max > avail.max():
@@ -270,6 +280,20 @@ def _folder_dataset(spec: DatasetSpec, root: Path | None, progress: bool) -> LTD
     paths = {s: sp.paths for s, sp in fd.splits.items()}
     srcs = fd.images if fd.images is not None else {s: [str(root / p) for p in ps] for s, ps in paths.items()}
     return LTData(spec, num_classes, list(fd.classes), srcs, splits, root, paths=paths)
+
+
+def _whole_folder(spec: DatasetSpec, root: Path, fd) -> LTData:
+    """``--profile all``: every image of the folder in file order, validation from its val/ folder."""
+    if "val" not in fd.splits:
+        raise GlagError(f"--profile all keeps every training image of '{root}', so validation needs a "
+                        f"'{root / 'val'}' folder (glag data --export writes one)")
+    spec = replace(spec, content=fd.digest, image_size=int(fd.image_size)).resolved()
+    splits = {s: _split(s, np.arange(len(sp.labels)), sp.labels) for s, sp in fd.splits.items()}
+    if spec.full_split:
+        splits["full"] = splits["train"]
+    paths = {s: sp.paths for s, sp in fd.splits.items()}
+    srcs = fd.images if fd.images is not None else {s: [str(root / p) for p in ps] for s, ps in paths.items()}
+    return LTData(spec, len(fd.classes), list(fd.classes), srcs, splits, root, paths=paths)
 
 
 def load_dataset(spec: DatasetSpec, download: bool = False, progress: bool = True) -> LTData:

@@ -7,7 +7,7 @@ import numpy as np
 
 from glag.errors import GlagError
 
-PROFILES = ("exp", "step")
+PROFILES = ("exp", "step", "all")  # all: every training image of an image folder, as it is
 
 
 def check_imbalance(imbalance: float) -> float:
@@ -43,7 +43,7 @@ def step_counts(n_max: int, num_classes: int, imbalance: float) -> np.ndarray:
 
 
 def profile_counts(profile: str, n_max: int, num_classes: int, imbalance: float) -> np.ndarray:
-    """Per-class training counts of the named profile (``exp`` or ``step``)."""
+    """Per-class training counts of the named profile (``exp`` or ``step``; ``all`` has no formula)."""
     if profile == "exp":
         return exponential_counts(n_max, num_classes, imbalance)
     if profile == "step":
