@@ -88,11 +88,11 @@ def setup_command(dry: bool, work: Path) -> list[str]:
                           f"{CARRY}/wheels/*.whl && tar -xzf {CARRY}/{SUBSET}.tar.gz -C {work} && echo setup ok"]
 
 
-def steps(dry: bool, out: Path, work: Path) -> list[tuple[str, list[str], int]]:
+def steps(dry: bool, out: Path, work: Path, epochs: int = 200) -> list[tuple[str, list[str], int]]:
     """(name, command, timeout seconds) of every step, in order of value."""
     py = sys.executable
     recipe = work / "recipe.toml"
-    recipe.write_text(RECIPE.format(root=work / SUBSET, epochs=1 if dry else 200, warmup=0 if dry else 5))
+    recipe.write_text(RECIPE.format(root=work / SUBSET, epochs=1 if dry else epochs, warmup=0 if dry else 5))
     env_probe = ("import torch, numpy, glag; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), "
                  "torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu');"
                  "import importlib.util as u; print({m: bool(u.find_spec(m)) for m in ('cupy', 'faiss', 'h5py', 'click')})")
@@ -166,6 +166,9 @@ def main(argv=None):
     ap.add_argument("--dry-run", action="store_true", help="toy sizes on CPU, no installs")
     ap.add_argument("--prepare", action="store_true", help="fill .carry/ here (wheel + subset) and stop")
     ap.add_argument("--budget-s", type=float, default=550, help="stop starting steps after this many seconds")
+    ap.add_argument("--epochs", type=int, default=200, help="stage-one epochs of the single and packed runs")
+    ap.add_argument("--only", default=None, help="comma-separated step names to run, in this order (a rerun "
+                                                 "with the time left: e.g. 'setup,single run')")
     ap.add_argument("--work", type=Path, default=Path("/tmp/glag-device"), help="scratch folder (data, caches)")
     args = ap.parse_args(argv)
     if args.prepare:
@@ -181,7 +184,14 @@ def main(argv=None):
            "PYTHONPATH": os.pathsep.join([str(ROOT), "/tmp/site", os.environ.get("PYTHONPATH", "")])}
     report = {"dry_run": args.dry_run, "steps": [], "host_cpus": os.cpu_count()}
     single_s = None
-    for name, cmd, limit in steps(args.dry_run, args.out, work):
+    plan = steps(args.dry_run, args.out, work, args.epochs)
+    if args.only:
+        by_name = {name: (name, cmd, limit) for name, cmd, limit in plan}
+        unknown = [n for n in args.only.split(",") if n not in by_name]
+        if unknown:
+            ap.error(f"--only: unknown step(s) {unknown}; steps are {list(by_name)}")
+        plan = [by_name[n] for n in args.only.split(",")]
+    for name, cmd, limit in plan:
         left = args.budget_s - (time.time() - t0)
         need = 30 if name != "packed runs" or single_s is None else 1.6 * single_s
         if left < need:

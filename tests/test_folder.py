@@ -222,11 +222,13 @@ def test_export_then_profile_all_gives_the_same_images_in_order(tmp_path, glag_c
     """`glag data --export` copies the subset; `--profile all` on the copy trains on the same pixels, labels
     and row order for train, val and test (a different digest: the names carry a row prefix)."""
     root = make_folder(tmp_path / "f", train=(14, 12, 10))
-    code, out, err = glag_cli("data", "--dataset", "folder", "--data-root", root, "--imbalance", "2", "--n-max", "10",
+    # n_max 12 takes all of class 0: it has no validation images, so the copy's val/ has no folder for it
+    code, out, err = glag_cli("data", "--dataset", "folder", "--data-root", root, "--imbalance", "2", "--n-max", "12",
                               "--val-per-class", "2", "--export", tmp_path / "sub")
     assert code == 0, err
     assert "exported" in out and not list(tmp_path.glob(".sub.tmp-*"))
-    orig = load_dataset(spec(root, n_max=10, val_per_class=2), progress=False)
+    orig = load_dataset(spec(root, n_max=12, val_per_class=2), progress=False)
+    assert 0 not in orig.splits["val"].labels and len(orig.splits["val"]) == 4
     copy = load_dataset(DatasetSpec("folder", profile="all", data_root=str(tmp_path / "sub")), progress=False)
     assert copy.spec.label() == f"folder-{copy.spec.content[:8]}-all" and copy.spec.content != orig.spec.content
     for s in ("train", "val", "test"):

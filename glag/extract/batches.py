@@ -26,9 +26,20 @@ class Augment:
 
 
 def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of uint8 images ``[N, H, W(, C)]`` on the 0..1 scale."""
-    x = images.reshape(len(images), -1, 1 if images.ndim == 3 else images.shape[-1]).astype(np.float64) / 255.0
-    return x.mean(axis=(0, 1)).tolist(), np.maximum(x.std(axis=(0, 1)), 1e-3).tolist()
+    """Per-channel mean and (population) std of uint8 images ``[N, H, W(, C)]`` on the 0..1 scale.
+
+    From each channel's 256-bin histogram, so it costs one pass over the bytes and no float copy of them
+    (a float64 copy of an ImageNet-shaped array is 8x its size and took minutes)."""
+    c = 1 if images.ndim == 3 else images.shape[-1]
+    flat = np.ascontiguousarray(images).reshape(-1, c)
+    v = np.arange(256, dtype=np.float64) / 255.0
+    mean, std = [], []
+    for ch in range(c):
+        h = np.bincount(flat[:, ch], minlength=256).astype(np.float64)
+        m = float(h @ v / h.sum())
+        mean.append(m)
+        std.append(max(float(np.sqrt(max(float(h @ (v - m) ** 2) / h.sum(), 0.0))), 1e-3))
+    return mean, std
 
 
 def to_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:

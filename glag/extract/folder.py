@@ -61,7 +61,8 @@ def list_folder(root: Path) -> tuple[list[str], dict[str, FolderSplit]]:
     if not classes:
         raise GlagError(f"'{root / 'train'}' holds no class folders; expected <root>/train/<class>/<image>")
     for s in present[1:]:
-        if per_split[s] != classes:
+        # val/ may omit a class: a class with no validation images (the largest class of an exported subset)
+        if per_split[s] != classes and not (s == "val" and set(per_split[s]) < set(classes)):
             only_train = sorted(set(classes) - set(per_split[s]))
             only_other = sorted(set(per_split[s]) - set(classes))
             parts = ([f"only in train/: {', '.join(only_train)}"] if only_train else []) + \
@@ -71,6 +72,8 @@ def list_folder(root: Path) -> tuple[list[str], dict[str, FolderSplit]]:
     for s in present:
         paths, labels = [], []
         for c, name in enumerate(classes):
+            if s == "val" and name not in per_split[s]:
+                continue
             files = sorted(p.name for p in (root / s / name).iterdir() if p.is_file() and _visible(p))
             if not files:
                 raise GlagError(f"class '{name}' has no images in '{root / s / name}'; every class needs at least one")
