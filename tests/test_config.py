@@ -126,3 +126,31 @@ def test_config_integers_key_the_cache_as_flags_do(tmp_path, glag_cli, cache_dir
     code, out, err = glag_cli("extract", "--dataset", "digits", "--epochs", "1", "--warmup", "1.0", "--lr", "1.0", "-q")
     assert code == 0 and json.loads(out)["reused"] is True, err
     assert len(list(cache_dir.glob("stage1/*"))) == 1
+
+
+def test_preset_numbers_key_as_flags_do_and_legacy_folders_are_found(tmp_path, glag_cli, cache_dir):
+    """The digits preset's `warmup=2` (an int) and `--warmup 2` are one recipe (one training folder); and a
+    folder keyed the way glag did before (the int kept as typed) is still found: no silent retraining."""
+    import json
+    import shutil
+
+    from glag.cache.format import json_hash
+    from glag.extract.datasets import DatasetSpec
+    from glag.extract.train import TrainConfig
+
+    code, out, err = glag_cli("extract", "--epochs", "3", "-q")
+    assert code == 0, err
+    code, out2, err = glag_cli("extract", "--epochs", "3", "--warmup", "2", "-q")
+    assert code == 0 and json.loads(out2)["reused"] is True, err
+    [folder] = list(cache_dir.glob("stage1/*"))
+    cfg = TrainConfig(dataset=DatasetSpec("digits"), epochs=3)
+    assert cfg.identity(legacy=True)["warmup"] == 2 and cfg.identity()["warmup"] == 2.0
+    legacy = folder.with_name(folder.name.rsplit("-", 1)[0] + "-" + json_hash(cfg.identity(legacy=True))[:16])
+    assert legacy != folder
+    shutil.move(folder, legacy)  # as an older glag left it
+    Path(json.loads(out)["cache"]).unlink()
+    mtime = (legacy / "final.pt").stat().st_mtime_ns
+    code, out3, err = glag_cli("extract", "--epochs", "3", "-q")
+    assert code == 0, err
+    assert json.loads(out3)["cache"] == json.loads(out)["cache"]  # same weights, same cache key
+    assert (legacy / "final.pt").stat().st_mtime_ns == mtime and not folder.exists()

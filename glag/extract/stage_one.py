@@ -13,10 +13,13 @@ from glag.extract.train import TrainConfig, train
 
 
 def workdir_for(cfg: TrainConfig, cache_dir: Path) -> Path:
-    """Training folder named by a hash of the full recipe, so an identical call finds its weights."""
+    """Training folder named by a hash of the full recipe, so an identical call finds its weights. A folder
+    keyed the way glag did before float fields were canonical (``warmup`` 5 and 5.0 keyed apart) is used
+    when it exists and the canonical one does not, so no finished training is silently redone."""
     cfg = cfg.resolved()
-    key = json_hash(cfg.identity())[:16]
-    return Path(cache_dir) / "stage1" / f"{cfg.dataset.label()}-{cfg.loss}-{key}"
+    name = lambda identity: Path(cache_dir) / "stage1" / f"{cfg.dataset.label()}-{cfg.loss}-{json_hash(identity)[:16]}"  # noqa: E731
+    canonical, legacy = name(cfg.identity()), name(cfg.identity(legacy=True))
+    return legacy if not canonical.exists() and legacy.exists() else canonical
 
 
 def stage_one(cfg: TrainConfig, data: LTData, cache_dir: Path, *, checkpoint: Path | None = None, views: int = 0,

@@ -46,6 +46,9 @@ def preset_for(ds: DatasetSpec) -> dict:
     return PRESETS[ds.name]
 
 
+FLOAT_FIELDS = ("a", "g", "tau", "gamma", "lr", "warmup", "momentum", "weight_decay")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that determines the trained weights (besides the data itself)."""
@@ -90,14 +93,24 @@ class TrainConfig:
                                 "or torchvision:NAME")
         return replace(cfg, warmup=min(cfg.warmup, cfg.epochs))
 
-    def identity(self) -> dict:
+    def identity(self, legacy: bool = False) -> dict:
+        """What keys the training folder. Numbers of float fields are floats, however they were typed (a
+        preset's ``warmup=5``, ``--warmup 5``, a config's ``warmup = 5``); ``legacy`` keeps them as typed,
+        as glag did before, so folders trained then are still found (``stage_one.workdir_for``)."""
         d = asdict(self.resolved())
+        if not legacy:
+            d.update({k: float(d[k]) for k in FLOAT_FIELDS})
         d["weights"] = weights_identity(self.weights)  # the file's content, not its path
         if not d["weights"]:
             del d["weights"]  # random init, as before the field existed: trained runs keep their folders
         # Training never reads the full balanced split, so asking to dump it must not retrain.
         d["dataset"] = {**self.dataset.identity(), "full_split": False}
         return d
+
+
+def canonical(identity: dict) -> dict:
+    """A stored identity (a checkpoint's ``config``) with float fields as floats, as ``identity()`` gives them."""
+    return {**identity, **{k: float(identity[k]) for k in FLOAT_FIELDS if k in identity}}
 
 
 def lr_at(t: float, cfg: TrainConfig, step: float = 0.0) -> float:
@@ -235,7 +248,7 @@ def train(cfg: TrainConfig, data: LTData, workdir: Path, *, resume: bool = True,
         (workdir / "train_log.jsonl").unlink(missing_ok=True)
     if resume and last.is_file():
         state = safe_load(last, "training checkpoint", map_location=device)
-        if state["config"] != cfg.identity():
+        if canonical(state["config"]) != cfg.identity():
             raise GlagError(f"checkpoint '{last}' was made with another config; remove it or use another --workdir")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
