@@ -7,12 +7,32 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_reproduce_refuses_missing_data(tmp_path):
-    r = subprocess.run([sys.executable, str(ROOT / "bench" / "reproduce.py"), "cifar100-lt-full", "--data-root",
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "reproduce.py"), "cifar100-lt", "--data-root",
                         str(tmp_path), "--results", str(tmp_path / "res")], capture_output=True, text=True)
     assert r.returncode != 0
     lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and "protocol 'cifar100-lt-full' needs its data" in lines[0] and "cifar-100-python" in lines[0]
-    assert not (tmp_path / "res" / "cifar100-lt-full.csv").exists()
+    assert len(lines) == 1 and "protocol 'cifar100-lt' needs its data" in lines[0] and "cifar-100-python" in lines[0]
+    assert not (tmp_path / "res" / "cifar100-lt.csv").exists()
+
+
+def test_cifar100_lt_protocol_is_sweeps_of_the_recipe(tmp_path, fake_cifar100):
+    """The paper-table protocol only runs `glag sweep` of configs/cifar100-lt-im100.toml (at toy size through
+    --set) and tabulates the cells: every loss x method once, the paper's figure beside, the commands recorded."""
+    sets = ["n_max=12", "epochs=1", "warmup=0", "gen_epochs=1", "val_per_class=2"]
+    cmd = [sys.executable, str(ROOT / "bench" / "reproduce.py"), "cifar100-lt", "--data-root", str(fake_cifar100),
+           "--ims", "100", "--seeds", "0", "--results", str(tmp_path / "res"), "--cache-dir", str(tmp_path / "c"),
+           *[a for s in sets for a in ("--set", s)]]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "res" / "cifar100-lt.csv", newline="")))
+    got = sorted((r["stage_one"], r["method"]) for r in rows)
+    methods = ["crt", "glag", "glag-fixed-beta", "glag-no-kd", "lws", "stage-one"]
+    assert got == sorted((loss, m) for loss in ("ce", "la1", "graloss") for m in methods)
+    md = (tmp_path / "res" / "cifar100-lt.md").read_text()
+    assert "| 100 | graloss | glag | 1 |" in md and "| 51.7 (65.8 / 52.9 / 33.9) |" in md
+    assert "glag sweep configs/cifar100-lt-im100.toml --seeds 0" in md and "--set loss=ce,la,graloss" in md
 
 
 def _evidence():
