@@ -1,2 +1,2 @@
-"""HDF5 feature cache."""
-from glag.cache.format import FeatureCache, content_key, key_payload, verify, write_cache  # noqa: F401
+"""The HDF5 feature cache: its format (format.py), integrity checks, the store of files in a cache folder,
+the classifier head, and imports of outside features."""
