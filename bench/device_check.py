@@ -18,6 +18,9 @@ Steps, most valuable first, each timed; a failed step is recorded and the next o
 4. one full-budget CIFAR-10-LT IM 100 stage one (200 epochs, GraLoss, seed 0, feature dump included);
 5. four such runs packed on the GPU (seeds 1-4, ``glag sweep --jobs 4``), if the time left allows;
 6. the stage-one bench, ImageNet-LT shape; the stage-two bench on the GPU; torch.compile's stage one.
+Measured on an H200 (docs/benchmarks.md): a 200-epoch run takes about 6 minutes and 4 packed ones about 1.4x
+that, so one 10-minute call fits the tests and benches plus 50-epoch cells (``--epochs 50``), or four
+full-budget cells alone (``--only "setup,packed runs"``).
 Writes under ``--out``: ``device_check.json`` (steps, timings, the benches' JSON), ``logs.tar.gz`` and the
 caches the runs made in ``caches-N.tar.gz`` (one or two each; stage two then runs on them anywhere).
 """

@@ -30,13 +30,15 @@ def stage_one(cfg: TrainConfig, data: LTData, cache_dir: Path, *, checkpoint: Pa
     Under torchrun every rank trains; only rank 0 dumps and reports (others return None).
     """
     log("data " + " ".join(f"{k}={v}" for k, v in data.summary().items()))
+    state = None
     if checkpoint is None:
         wd = workdir_for(cfg, cache_dir)
         final = wd / "final.pt"
         if final.is_file():
             from glag.extract.train import finite_weights
 
-            if not finite_weights(load_checkpoint(final)["model"]):
+            state = load_checkpoint(final)  # read once: checked here, dumped below
+            if not finite_weights(state["model"]):
                 raise GlagError(f"'{final}' holds non-finite weights (a diverged run of an older glag); delete the "
                                 f"folder '{wd}' and retrain")
             log(f"reusing trained weights {final}")
@@ -46,7 +48,7 @@ def stage_one(cfg: TrainConfig, data: LTData, cache_dir: Path, *, checkpoint: Pa
         checkpoint = final
     if int(os.environ.get("RANK", "0")) != 0:
         return None
-    state = load_checkpoint(checkpoint)
+    state = state if state is not None else load_checkpoint(checkpoint)
     path, reused = dump(state, data, cache_dir, views=views, progress=progress)
     report_file = path.with_suffix(".stage1.json")
     report = json.loads(report_file.read_text()) if report_file.is_file() else stage_one_report(path, checkpoint)
