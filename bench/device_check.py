@@ -104,7 +104,8 @@ def steps(dry: bool, out: Path, work: Path, epochs: int = 200) -> list[tuple[str
 
     def s1(shape: str, json_name: str, *extra: str) -> list[str]:
         if dry:  # ImageNet-LT's 1000 classes at 224 px cannot be made toy-sized: the dry run times CIFAR's
-            shape, extra = "cifar10-lt", ("--steps", "1", "--repeats", "1", "--batch", "8")
+            shape, extra = "cifar10-lt", ("--steps", "1", "--repeats", "1", "--batch", "8",
+                                          *[e for e in extra if e == "--graphs"])
         return [py, "bench/stage_one_speed.py", "--shapes", shape, *extra, "--out", str(out / json_name)]
 
     cache, runs = work / "cache", out / "runs"
@@ -115,7 +116,7 @@ def steps(dry: bool, out: Path, work: Path, epochs: int = 200) -> list[tuple[str
     return [("setup", setup_command(dry, work), 120),
             ("environment", [py, "-c", env_probe], 60),
             ("gpu tests", gpu_tests, 150),
-            ("stage-one bench cifar10-lt", s1("cifar10-lt", "stage_one_cifar.json", "--repeats", "3"), 90),
+            ("stage-one bench cifar10-lt", s1("cifar10-lt", "stage_one_cifar.json", "--repeats", "3", "--graphs"), 90),
             ("single run", sweep + ["--seeds", "0", "--out", str(runs / "single")], 300),
             ("packed runs", sweep + ["--seeds", packed, "--jobs", "2" if dry else "4", "--out", str(runs / "packed")], 400),
             ("stage-one bench imagenet-lt", s1("imagenet-lt", "stage_one_imagenet.json", "--steps", "60", "--repeats", "2"),

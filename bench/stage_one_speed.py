@@ -10,7 +10,9 @@ For each shape, interleaved in one process and repeated (median reported):
   once per run, reported beside it);
 * floor: the same model's forward + backward + SGD step on pre-made batches on the same device, the
   faster of NCHW and channels-last;
-* with --compile, also the default run with ``--compile`` (torch.compile), against the same eager floor.
+* with --compile, also the default run with ``--compile`` (torch.compile), against the same eager floor;
+* with --graphs (CUDA only), the floor's step captured once as a CUDA graph and replayed: the arithmetic
+  with no launch overhead, i.e. how fast a graph-captured stage one could be.
 The ratio default / floor is what a user pays over the arithmetic. ``--steps`` caps an epoch (CPU runs of
 the ImageNet-LT shape); ImageNet-LT here is in-memory arrays, not the JPEG loader of a real list dataset.
 """
@@ -126,12 +128,55 @@ def time_floor(shape: dict, steps: int, device: torch.device) -> dict:
     return out
 
 
+def time_graphed_floor(shape: dict, steps: int, device: torch.device) -> float | str:
+    """The floor with the whole step (bf16 forward, backward, SGD step) captured once as a CUDA graph and
+    replayed: what is left when kernel launches cost nothing, i.e. how far a graph-captured stage one could
+    go. Channels-last; seconds for ``steps`` replays, or the error text where capture fails."""
+    if device.type != "cuda":
+        return "needs CUDA"
+    try:
+        model = Classifier(shape["backbone"], shape["classes"], 3, "linear").to(device, memory_format=torch.channels_last)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+        x = torch.randn(shape["batch"], 3, shape["hw"], shape["hw"], device=device).contiguous(
+            memory_format=torch.channels_last)
+        y = torch.randint(0, shape["classes"], (shape["batch"],), device=device)
+
+        def step():
+            with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
+                logits = model(x)
+            loss = torch.nn.functional.cross_entropy(logits.float(), y)
+            loss.backward()
+            opt.step()
+
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up off the default stream, as capture requires
+            for _ in range(3):
+                opt.zero_grad(set_to_none=True)
+                step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        opt.zero_grad(set_to_none=True)
+        with torch.cuda.graph(graph):
+            step()
+        graph.replay()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            graph.replay()
+        torch.cuda.synchronize()
+        return time.perf_counter() - t0
+    except Exception as exc:  # a bench arm: record why, keep the other numbers
+        return f"{type(exc).__name__}: {exc}"[:300]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default="cifar10-lt,imagenet-lt")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--steps", type=int, default=None, help="cap each epoch at this many batches")
     ap.add_argument("--batch", type=int, default=None, help="override the shapes' batch size (dry runs)")
+    ap.add_argument("--graphs", action="store_true", help="also time the floor as one replayed CUDA graph (GPU only)")
     ap.add_argument("--compile", action="store_true", help="also time the run with --compile (torch.compile)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "stage_one_speed.json")
     args = ap.parse_args(argv)
@@ -151,11 +196,17 @@ def main(argv=None):
                 runs[-1]["compiled_first_epoch_s"], runs[-1]["compiled_s"] = time_default(shape, data, True)
             runs[-1].update(time_overheads(shape, data, device))
         med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        graphed = time_graphed_floor(shape, steps, device) if args.graphs else None
+        if isinstance(graphed, float):
+            graphed = {"graphed_floor_s": round(graphed, 3), "eager_floor_over_graphed": round(med["floor_s"] / graphed, 2)}
+        elif graphed is not None:
+            graphed = {"graphed_floor_s": None, "graphed_floor_error": graphed}
         results.append({"shape": name, "backbone": shape["backbone"], "images": len(data.splits["train"]),
                         "steps_per_epoch": steps, "batch": shape["batch"], "repeats": runs,
                         **{f"median_{k}": round(v, 3) for k, v in med.items()},
                         "ratio": round(med["default_s"] / med["floor_s"], 3),
-                        **({"compiled_ratio": round(med["compiled_s"] / med["floor_s"], 3)} if args.compile else {})})
+                        **({"compiled_ratio": round(med["compiled_s"] / med["floor_s"], 3)} if args.compile else {}),
+                        **(graphed or {})})
     import platform
 
     report = {"bench": "stage_one_speed", "command": "python bench/stage_one_speed.py " + " ".join(argv or []),

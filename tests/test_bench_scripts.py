@@ -115,6 +115,7 @@ def test_device_check_dry_run(tmp_path):
     assert row["shape"] == "cifar10-lt" and row["ratio"] > 0 and row["median_floor_s"] == min(
         row["median_floor_nchw_s"], row["median_floor_channels_last_s"])
     assert report["stage_two_speed"]["results"][0]["ratio"] > 0
+    assert row["graphed_floor_error"] == "needs CUDA"  # the CUDA-graph arm says why it has no number on CPU
     back = sorted(p.name for p in tmp_path.iterdir())
     assert back == ["caches-1.tar.gz", "caches-2.tar.gz", "caches-3.tar.gz", "device_check.json", "logs.tar.gz"]
     with tarfile.open(tmp_path / "caches-1.tar.gz") as tar:
