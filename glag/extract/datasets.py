@@ -256,10 +256,19 @@ def _folder_dataset(spec: DatasetSpec, root: Path | None, progress: bool) -> LTD
     if root is None:
         raise GlagError("--dataset folder needs --data-root PATH (a folder holding train/<class>/* and test/<class>/*)")
     fd = load_folder(root, progress=progress)
+    splits, spec = (_whole_folder if spec.profile == "all" else _lt_subset)(spec, root, fd)
+    train_labels = fd.splits["train"].labels
+    if spec.full_split:
+        splits["full"] = _split("train", np.arange(len(train_labels)), train_labels)
+    paths = {s: sp.paths for s, sp in fd.splits.items()}
+    srcs = fd.images if fd.images is not None else {s: [str(root / p) for p in ps] for s, ps in paths.items()}
+    return LTData(spec, len(fd.classes), list(fd.classes), srcs, splits, root, paths=paths)
+
+
+def _lt_subset(spec: DatasetSpec, root: Path, fd) -> tuple[dict, DatasetSpec]:
+    """The profile's subset of each class's files (LDAM-DRW's rule); validation from a val/ folder, or the leftovers."""
     num_classes = len(fd.classes)
     train_labels = fd.splits["train"].labels
-    if spec.profile == "all":
-        return _whole_folder(spec, root, fd)
     avail = class_counts(train_labels, num_classes)
     n_max = spec.n_max or int(avail.min())
     if n_max > avail.max():
@@ -275,25 +284,16 @@ def _folder_dataset(spec: DatasetSpec, root: Path | None, progress: bool) -> LTD
         splits["val"] = _split("val", np.arange(len(fd.splits["val"].labels)), fd.splits["val"].labels)
     else:
         splits["val"] = _split("train", va, train_labels)
-    if spec.full_split:
-        splits["full"] = _split("train", np.arange(len(train_labels)), train_labels)
-    paths = {s: sp.paths for s, sp in fd.splits.items()}
-    srcs = fd.images if fd.images is not None else {s: [str(root / p) for p in ps] for s, ps in paths.items()}
-    return LTData(spec, num_classes, list(fd.classes), srcs, splits, root, paths=paths)
+    return splits, spec
 
 
-def _whole_folder(spec: DatasetSpec, root: Path, fd) -> LTData:
+def _whole_folder(spec: DatasetSpec, root: Path, fd) -> tuple[dict, DatasetSpec]:
     """``--profile all``: every image of the folder in file order, validation from its val/ folder."""
     if "val" not in fd.splits:
         raise GlagError(f"--profile all keeps every training image of '{root}', so validation needs a "
                         f"'{root / 'val'}' folder (glag data --export writes one)")
     spec = replace(spec, content=fd.digest, image_size=int(fd.image_size)).resolved()
-    splits = {s: _split(s, np.arange(len(sp.labels)), sp.labels) for s, sp in fd.splits.items()}
-    if spec.full_split:
-        splits["full"] = splits["train"]
-    paths = {s: sp.paths for s, sp in fd.splits.items()}
-    srcs = fd.images if fd.images is not None else {s: [str(root / p) for p in ps] for s, ps in paths.items()}
-    return LTData(spec, len(fd.classes), list(fd.classes), srcs, splits, root, paths=paths)
+    return {s: _split(s, np.arange(len(sp.labels)), sp.labels) for s, sp in fd.splits.items()}, spec
 
 
 def load_dataset(spec: DatasetSpec, download: bool = False, progress: bool = True) -> LTData:
