@@ -101,15 +101,21 @@ def time_overheads(shape: dict, data: LTData, device: torch.device) -> dict:
     return out
 
 
+def floor_setup(shape: dict, device: torch.device, fmt) -> tuple:
+    """The floor's model, SGD optimizer and one pre-made batch (x, y) in memory format ``fmt``."""
+    model = Classifier(shape["backbone"], shape["classes"], 3, "linear").to(device, memory_format=fmt)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    x = torch.randn(shape["batch"], 3, shape["hw"], shape["hw"], device=device).contiguous(memory_format=fmt)
+    y = torch.randint(0, shape["classes"], (shape["batch"],), device=device)
+    return model, opt, x, y
+
+
 def time_floor(shape: dict, steps: int, device: torch.device) -> dict:
     """Forward + backward + SGD step on pre-made batches, per memory format: seconds for ``steps`` steps."""
     out = {}
     for fmt in (torch.contiguous_format, torch.channels_last):
-        model = Classifier(shape["backbone"], shape["classes"], 3, "linear").to(device, memory_format=fmt)
-        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+        model, opt, x, y = floor_setup(shape, device, fmt)
         loss_fn = make_loss("ce", np.ones(shape["classes"], np.int64), 1).to(device)
-        x = torch.randn(shape["batch"], 3, shape["hw"], shape["hw"], device=device).contiguous(memory_format=fmt)
-        y = torch.randint(0, shape["classes"], (shape["batch"],), device=device)
         amp = device.type == "cuda"
         for i in range(steps + 2):  # 2 warm-up steps
             if i == 2:
@@ -135,11 +141,7 @@ def time_graphed_floor(shape: dict, steps: int, device: torch.device) -> float |
     if device.type != "cuda":
         return "needs CUDA"
     try:
-        model = Classifier(shape["backbone"], shape["classes"], 3, "linear").to(device, memory_format=torch.channels_last)
-        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-        x = torch.randn(shape["batch"], 3, shape["hw"], shape["hw"], device=device).contiguous(
-            memory_format=torch.channels_last)
-        y = torch.randint(0, shape["classes"], (shape["batch"],), device=device)
+        model, opt, x, y = floor_setup(shape, device, torch.channels_last)
 
         def step():
             with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):

@@ -144,8 +144,10 @@ def data_cmd(indices, export, as_json, **kw):
     from glag.extract.dataset_report import class_table, totals, write_indices
 
     check_writable(indices, "--indices", folder=False)
-    if export and export.exists():  # before the images are read, which can take minutes
-        raise GlagError(f"--export '{export}' already exists; choose a new folder (glag never writes into or over one)")
+    if export:  # checked before the images are read, which can take minutes
+        from glag.extract.subset_export import check_new_folder
+
+        check_new_folder(export)
     data = load_dataset(build_spec(kw), download=kw["download"], progress=not as_json)
     spec = data.spec
     rows = class_table(data)

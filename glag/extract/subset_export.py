@@ -16,14 +16,19 @@ from glag.errors import GlagError
 from glag.extract.datasets import FOLDER, LTData
 
 
+def check_new_folder(dest: Path) -> None:
+    """Refuse an export target that exists: glag never writes into or over a folder."""
+    if Path(dest).exists():
+        raise GlagError(f"--export '{dest}' already exists; choose a new folder (glag never writes into or over one)")
+
+
 def export_subset(data: LTData, dest: Path) -> dict:
     """Copy ``data``'s train/val/test files to ``dest`` (which must not exist); returns file counts.
     Written under a temporary name and renamed into place, so a failed export leaves nothing behind."""
     if data.spec.name != FOLDER or data.paths is None:
         raise GlagError(f"--export writes image folders from --dataset folder only, not '{data.spec.name}'")
     dest = Path(dest)
-    if dest.exists():
-        raise GlagError(f"--export '{dest}' already exists; choose a new folder (glag never writes into or over one)")
+    check_new_folder(dest)
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     counts = {}
     try:
