@@ -141,7 +141,7 @@ def data_cmd(indices, export, as_json, **kw):
     Takes the same dataset options as 'glag extract', so what it prints is what extract trains on.
     """
     from glag.extract.datasets import load_dataset
-    from glag.extract.dataset_report import class_table, totals, write_indices
+    from glag.extract.dataset_report import class_table, lent_rows, totals, write_indices
 
     check_writable(indices, "--indices", folder=False)
     if export:  # checked before the images are read, which can take minutes
@@ -151,7 +151,8 @@ def data_cmd(indices, export, as_json, **kw):
     data = load_dataset(build_spec(kw), download=kw["download"], progress=not as_json)
     spec = data.spec
     rows = class_table(data)
-    summary = {"dataset": spec.label(), "spec": spec.identity(), "totals": totals(rows)}
+    summary = {"dataset": spec.label(), "spec": spec.identity(), "totals": totals(rows),
+               "val_rows": {"rule": spec.val_rows or "given", "from_train": lent_rows(data)}}
     if spec.content:
         summary["digest"] = spec.content
     if indices:
@@ -167,6 +168,12 @@ def data_cmd(indices, export, as_json, **kw):
     t = summary["totals"]
     click.echo(f"{summary['dataset']}: train {t['train']}, val {t['val']}, test {t['test']} images; "
                f"{t['many_classes']} many / {t['medium_classes']} medium / {t['few_classes']} few classes")
+    lent = summary["val_rows"]["from_train"]
+    if lent:
+        click.echo("validation rows taken from the end of the training part (--val-rows every-class): "
+                   + ", ".join(f"{name} {n}" for name, n in lent.items()))
+    elif spec.val_rows == "leftovers":
+        click.echo("validation rows: leftovers only (--val-rows leftovers); classes without leftovers have none")
     if spec.content:
         click.echo(f"content digest (sha256): {spec.content}")
     if indices:

@@ -23,7 +23,7 @@ def cache_dir_option(f):
 
 
 def dataset_options(f):
-    from glag.extract.datasets import DATASETS
+    from glag.extract.datasets import DATASETS, VAL_ROWS
     from glag.extract.profile import PROFILES
 
     opts = [
@@ -41,7 +41,12 @@ def dataset_options(f):
         click.option("--subset-seed", type=Number(int, 0, 2**32, hi_open=True), default=0, show_default=True,
                      help="Seed of the per-class shuffle that picks the LT subset (LDAM-DRW's rule; 0 = the literature's subset)."),
         click.option("--val-per-class", type=Number(int, 0), default=20, show_default=True,
-                     help="Validation images per class, from the shuffled training images left outside the LT subset."),
+                     help="Validation images per class (never test images; a val/ folder or list file gives its own)."),
+        click.option("--val-rows", type=click.Choice(VAL_ROWS), default="every-class", show_default=True,
+                     help="every-class: each class gets --val-per-class rows, from the images left outside the LT "
+                          "subset first, the shortfall from the end of its training part (CIFAR-10-LT's class 0: "
+                          "4,980 training images); leftovers: only those left outside (the literature's exact "
+                          "training set; a class with none left has no validation rows)."),
         click.option("--data-root", type=click.Path(path_type=Path), default=None,
                      help="Folder holding the dataset files (cifar-*-python, Fashion-MNIST IDX files, list files), "
                           "or for --dataset folder the image folder: train/<class>/*, test/<class>/* (val/<class>/*)."),

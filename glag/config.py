@@ -22,7 +22,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 SECTIONS = {
-    "dataset": ["dataset", "imbalance", "profile", "n_max", "subset_seed", "val_per_class", "data_root", "full_split"],
+    "dataset": ["dataset", "imbalance", "profile", "n_max", "subset_seed", "val_per_class", "val_rows", "data_root", "full_split"],
     "stage_one": ["loss", "a", "g", "tau", "backbone", "weights", "epochs", "batch_size", "lr", "warmup", "seed",
                   "compile"],
     "generator": ["lt", "k", "tail_below", "weighting", "mode", "max_dense_gb", "device"],

@@ -23,7 +23,7 @@ def build_spec(kw: dict):
 
     return DatasetSpec(kw["dataset"], kw["imbalance"], kw["val_per_class"], kw["full_split"],
                        str(kw["data_root"]) if kw["data_root"] else None, profile=kw["profile"], n_max=kw["n_max"],
-                       subset_seed=kw["subset_seed"]).resolved()
+                       subset_seed=kw["subset_seed"], val_rows=kw["val_rows"]).resolved()
 
 
 def build_train_config(spec, loss, a, g, tau, backbone, weights, epochs, batch_size, lr, warmup, seed):

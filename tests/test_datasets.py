@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from glag.errors import GlagError
+from glag.extract.profile import class_counts
 from glag.extract.datasets import DatasetSpec, load_dataset, read_list_file
 from glag.extract.profile import exponential_counts
 from glag.metrics import group_masks, group_of
@@ -136,7 +137,13 @@ def test_digits_default_has_all_groups():
 @pytest.mark.skipif(not (SHARED_DATA / "fashion-mnist").is_dir(), reason="../shared/data/fashion-mnist is absent")
 def test_fashion_mnist_lt_real_data():
     d = load_dataset(DatasetSpec("fashion-mnist-lt", 100, data_root=str(SHARED_DATA / "fashion-mnist")))
-    assert d.train_counts.tolist() == exponential_counts(6000, 10, 100).tolist()
+    # class 0 keeps all 6,000 of its images, so every-class validation takes its 20 rows from training
+    assert d.train_counts.tolist() == [5980] + exponential_counts(6000, 10, 100).tolist()[1:]
+    assert d.lent.tolist() == [20] + [0] * 9
+    assert class_counts(d.splits["val"].labels, 10).tolist() == [20] * 10
+    lit = load_dataset(DatasetSpec("fashion-mnist-lt", 100, data_root=str(SHARED_DATA / "fashion-mnist"),
+                                   val_rows="leftovers"))
+    assert lit.train_counts.tolist() == exponential_counts(6000, 10, 100).tolist() and lit.lent is None
     assert len(d.splits["test"]) == 10000 and d.images("test").shape == (10000, 28, 28)
     small = load_dataset(DatasetSpec("fashion-mnist-lt", 100, data_root=str(SHARED_DATA / "fashion-mnist"), n_max=500))
     # --n-max 500: Many, Medium and Few classes. The floor of 500 * 100^(-c/9) (LDAM-DRW's int()), so

@@ -23,6 +23,13 @@ def class_table(data: LTData) -> list[dict]:
              "group": str(groups[c])} for c in range(data.num_classes)]
 
 
+def lent_rows(data: LTData) -> dict[str, int]:
+    """{class name: training rows it gave to validation} for the classes that gave any (--val-rows every-class)."""
+    if data.lent is None:
+        return {}
+    return {data.class_names[c]: int(n) for c, n in enumerate(data.lent) if n}
+
+
 def totals(rows: list[dict]) -> dict:
     """Rows per split and classes per group."""
     out = {s: sum(r[s] for r in rows) for s in INDEX_SPLITS}

@@ -29,6 +29,11 @@ DATASETS = sorted(ARRAY_DATASETS | set(LIST_DATASETS) | {FOLDER})
 N_MAX = {"cifar10-lt": 5000, "cifar100-lt": 500, "fashion-mnist-lt": 6000, "digits": 110}
 DEFAULT_IMBALANCE = {"digits": 20.0}
 DIGITS_TEST_PER_CLASS = 40
+# Where validation rows come from when no val/ folder or list file gives them (SPEC section 5).
+# every-class: val_per_class rows for every class, the leftovers first, the shortfall from the end of the
+#   class's shuffled training part (so everything tuned on validation sees the largest class too);
+# leftovers: only the leftovers (the literature's exact training set; a class without leftovers has none).
+VAL_ROWS = ("every-class", "leftovers")
 
 
 @dataclass(frozen=True)
@@ -51,21 +56,27 @@ class DatasetSpec:
     # the identity, so a changed, added or removed image gives new keys) and its largest image side.
     content: str = ""
     image_size: int = 0
+    # VAL_ROWS; '' where it does not apply (list files and val/ folders give their own validation rows).
+    # 'leftovers' and '' are left out of the identity, so caches made before the field keep their keys.
+    val_rows: str = "every-class"
 
     def resolved(self) -> "DatasetSpec":
         if self.name not in DATASETS:
             raise GlagError(f"unknown dataset '{self.name}'; choose one of: {', '.join(DATASETS)}")
         if self.val_per_class < 0:
             raise GlagError(f"--val-per-class {self.val_per_class} is invalid; it must be >= 0")
+        if self.val_rows not in VAL_ROWS + ("",):
+            raise GlagError(f"--val-rows '{self.val_rows}' is unknown; choose one of: {', '.join(VAL_ROWS)}")
         if self.name in LIST_DATASETS:  # subset fixed by the published lists
-            return replace(self, imbalance=0.0, profile="list", n_max=0, subset_seed=0, subset_rule="list-file")
+            return replace(self, imbalance=0.0, profile="list", n_max=0, subset_seed=0, subset_rule="list-file",
+                           val_rows="")
         if self.profile not in PROFILES:
             raise GlagError(f"--profile '{self.profile}' is unknown; choose one of: {', '.join(PROFILES)}")
         if self.profile == "all":  # the folder is the subset: its digest identifies it, no formula picks
             if self.name != FOLDER:
                 raise GlagError(f"--profile all applies to --dataset folder only (a folder that is already long-tailed), "
                                 f"not '{self.name}'; use --profile exp or step")
-            return replace(self, imbalance=0.0, n_max=0, subset_seed=0)
+            return replace(self, imbalance=0.0, n_max=0, subset_seed=0, val_rows="")
         if isinstance(self.subset_seed, bool) or not isinstance(self.subset_seed, (int, np.integer)) \
                 or not 0 <= self.subset_seed < 2**32:
             raise GlagError(f"--subset-seed {self.subset_seed} is invalid; it must be an integer in [0, 2^32)")
@@ -82,6 +93,8 @@ class DatasetSpec:
     def identity(self) -> dict:
         d = asdict(self.resolved())
         d.pop("data_root")
+        if d["val_rows"] in ("", "leftovers"):
+            d.pop("val_rows")
         if self.name != FOLDER:  # datasets from before the folder fields keep their keys
             d.pop("content")
             d.pop("image_size")
@@ -123,6 +136,8 @@ class LTData:
     splits: dict[str, Split]
     root: Path | None = None
     paths: dict | None = None  # source name -> image paths relative to ``root`` (image folders)
+    # per class, the rows its LT training part gave to validation (--val-rows every-class); None: none given
+    lent: np.ndarray | None = None
 
     @property
     def train_counts(self) -> np.ndarray:
@@ -145,24 +160,35 @@ class LTData:
                 **{f"{k}_rows": len(v) for k, v in self.splits.items()}}
 
 
-def lt_indices(labels: np.ndarray, counts: np.ndarray, val_per_class: int, seed: int = 0, class_names=None):
+def lt_indices(labels: np.ndarray, counts: np.ndarray, val_per_class: int, seed: int = 0, class_names=None,
+               val_rows: str = "leftovers"):
     """LDAM-DRW's subset rule: one legacy MT19937 stream seeded with ``seed``; for each class c in
     order, shuffle its indices and keep the first ``counts[c]`` for train and up to ``val_per_class``
-    of the rest for validation. Returns (train, val) index arrays, class by class in shuffled order."""
+    of the rest (the leftovers) for validation. With ``val_rows='every-class'`` a class with fewer
+    leftovers than ``val_per_class`` also gives the shortfall ``s`` from the end of its training part,
+    ``idx[counts[c] - s : counts[c]]`` (SPEC section 5). Returns (train, val, lent): index arrays class by
+    class in shuffled order, and each class's ``s``."""
     # RandomState(seed) is the stream np.random.seed(seed) gives the legacy global functions, without
     # touching the caller's global state.
     rng = np.random.RandomState(seed)
-    train, val = [], []
+    train, val, lent = [], [], []
     for c, n in enumerate(counts):
         idx = np.flatnonzero(labels == c)
         rng.shuffle(idx)
+        name = f"class {c}" if class_names is None else f"class {c} ('{class_names[c]}')"
         if len(idx) < n:
-            name = f"class {c}" if class_names is None else f"class {c} ('{class_names[c]}')"
             raise GlagError(f"{name} has {len(idx)} training images but the profile asks for {n}; "
-                            "lower --n-max or raise --imbalance")
-        train.append(idx[:n])
-        val.append(idx[n:n + val_per_class])
-    return np.concatenate(train), np.concatenate(val)
+                            "lower n_max or raise the imbalance ratio")
+        short = max(0, val_per_class - (len(idx) - n)) if val_rows == "every-class" else 0
+        if short >= n:
+            raise GlagError(f"{name} keeps {n} training images with {len(idx) - n} left over, so {val_per_class} "
+                            f"validation rows would leave it no training image; lower val_per_class or use "
+                            "val_rows 'leftovers'")
+        keep = n - short  # the validation rows are the next val_per_class after the training part
+        train.append(idx[:keep])
+        val.append(idx[keep:keep + val_per_class])
+        lent.append(short)
+    return np.concatenate(train), np.concatenate(val), np.asarray(lent, dtype=np.int64)
 
 
 def check_n_max(n_max: int, labels: np.ndarray, num_classes: int) -> None:
@@ -205,7 +231,7 @@ def _array_dataset(spec: DatasetSpec, root: Path | None) -> LTData:
     pool_labels = train_labels[train_pool]
     check_n_max(spec.n_max, pool_labels, num_classes)
     counts = profile_counts(spec.profile, spec.n_max, num_classes, spec.imbalance)
-    tr, va = lt_indices(pool_labels, counts, spec.val_per_class, spec.subset_seed)
+    tr, va, lent = lt_indices(pool_labels, counts, spec.val_per_class, spec.subset_seed, val_rows=spec.val_rows)
     splits = {
         "train": _split("train", train_pool[tr], train_labels),
         "val": _split("train", train_pool[va], train_labels),
@@ -214,7 +240,7 @@ def _array_dataset(spec: DatasetSpec, root: Path | None) -> LTData:
     if spec.full_split:
         splits["full"] = _split("train", train_pool, train_labels)
     srcs = {"train": train_images, "test": test_images}
-    return LTData(spec, num_classes, names, srcs, splits, root)
+    return LTData(spec, num_classes, names, srcs, splits, root, lent=lent if lent.any() else None)
 
 
 def read_list_file(path: Path) -> tuple[list[str], np.ndarray]:
@@ -256,17 +282,18 @@ def _folder_dataset(spec: DatasetSpec, root: Path | None, progress: bool) -> LTD
     if root is None:
         raise GlagError("--dataset folder needs --data-root PATH (a folder holding train/<class>/* and test/<class>/*)")
     fd = load_folder(root, progress=progress)
-    splits, spec = (_whole_folder if spec.profile == "all" else _lt_subset)(spec, root, fd)
+    splits, spec, lent = (_whole_folder if spec.profile == "all" else _lt_subset)(spec, root, fd)
     train_labels = fd.splits["train"].labels
     if spec.full_split:
         splits["full"] = _split("train", np.arange(len(train_labels)), train_labels)
     paths = {s: sp.paths for s, sp in fd.splits.items()}
     srcs = fd.images if fd.images is not None else {s: [str(root / p) for p in ps] for s, ps in paths.items()}
-    return LTData(spec, len(fd.classes), list(fd.classes), srcs, splits, root, paths=paths)
+    return LTData(spec, len(fd.classes), list(fd.classes), srcs, splits, root, paths=paths, lent=lent)
 
 
-def _lt_subset(spec: DatasetSpec, root: Path, fd) -> tuple[dict, DatasetSpec]:
-    """The profile's subset of each class's files (LDAM-DRW's rule); validation from a val/ folder, or the leftovers."""
+def _lt_subset(spec: DatasetSpec, root: Path, fd) -> tuple[dict, DatasetSpec, np.ndarray | None]:
+    """The profile's subset of each class's files (LDAM-DRW's rule); validation from a val/ folder, or by
+    ``val_rows`` from the training files (a val/ folder makes ``val_rows`` not apply: '')."""
     num_classes = len(fd.classes)
     train_labels = fd.splits["train"].labels
     avail = class_counts(train_labels, num_classes)
@@ -275,25 +302,26 @@ def _lt_subset(spec: DatasetSpec, root: Path, fd) -> tuple[dict, DatasetSpec]:
         c = int(np.argmax(avail))
         raise GlagError(f"--n-max {n_max} is larger than the largest class ('{fd.classes[c]}', {avail[c]} training "
                         f"images); use --n-max <= {avail[c]}")
-    spec = replace(spec, n_max=int(n_max), content=fd.digest, image_size=int(fd.image_size)).resolved()
+    val_rows = "" if "val" in fd.splits else spec.val_rows
+    spec = replace(spec, n_max=int(n_max), content=fd.digest, image_size=int(fd.image_size), val_rows=val_rows).resolved()
     counts = profile_counts(spec.profile, spec.n_max, num_classes, spec.imbalance)
-    tr, va = lt_indices(train_labels, counts, spec.val_per_class, spec.subset_seed, fd.classes)
+    tr, va, lent = lt_indices(train_labels, counts, spec.val_per_class, spec.subset_seed, fd.classes, val_rows)
     splits = {"train": _split("train", tr, train_labels), "test": _split("test", np.arange(len(fd.splits["test"].labels)),
                                                                          fd.splits["test"].labels)}
     if "val" in fd.splits:  # a val folder is used whole; without one, validation comes from the leftovers
         splits["val"] = _split("val", np.arange(len(fd.splits["val"].labels)), fd.splits["val"].labels)
     else:
         splits["val"] = _split("train", va, train_labels)
-    return splits, spec
+    return splits, spec, (lent if lent.any() else None)
 
 
-def _whole_folder(spec: DatasetSpec, root: Path, fd) -> tuple[dict, DatasetSpec]:
+def _whole_folder(spec: DatasetSpec, root: Path, fd) -> tuple[dict, DatasetSpec, None]:
     """``--profile all``: every image of the folder in file order, validation from its val/ folder."""
     if "val" not in fd.splits:
         raise GlagError(f"--profile all keeps every training image of '{root}', so validation needs a "
                         f"'{root / 'val'}' folder (glag data --export writes one)")
     spec = replace(spec, content=fd.digest, image_size=int(fd.image_size)).resolved()
-    return {s: _split(s, np.arange(len(sp.labels)), sp.labels) for s, sp in fd.splits.items()}, spec
+    return {s: _split(s, np.arange(len(sp.labels)), sp.labels) for s, sp in fd.splits.items()}, spec, None
 
 
 def load_dataset(spec: DatasetSpec, download: bool = False, progress: bool = True) -> LTData:
