@@ -3,6 +3,7 @@ with published figures beside ours:
 
     .venv/bin/python bench/reproduce.py evidence [--epochs 30]          # Fashion-MNIST-LT, multi-seed: bench/evidence.py
     .venv/bin/python bench/reproduce.py cifar10-lt [--full]             # real CIFAR-10-LT images: bench/cifar10_lt.py
+    .venv/bin/python bench/reproduce.py cifar10-lt-500                  # n_max 500 (Few classes), 200 epochs, probe
     .venv/bin/python bench/reproduce.py cifar100-lt --data-root DIR     # the paper's Tables 2, 6, 7: bench/cifar100_lt.py
     .venv/bin/python bench/reproduce.py cifar100-lt-probe --data-root DIR   # the paper's Table 1 probe
 
@@ -15,7 +16,7 @@ import sys
 
 import common  # noqa: F401  (puts the project on sys.path)
 
-PROTOCOLS = {"evidence": "evidence", "cifar10-lt": "cifar10_lt", "cifar100-lt": "cifar100_lt",
+PROTOCOLS = {"evidence": "evidence", "cifar10-lt": "cifar10_lt", "cifar10-lt-500": "cifar10_lt", "cifar100-lt": "cifar100_lt",
              "cifar100-lt-probe": "cifar100_lt"}
 
 
@@ -26,7 +27,9 @@ def main(argv=None) -> None:
                  + __doc__)
     module = __import__(PROTOCOLS[argv[0]])
     # the CIFAR-100 module serves two protocols, so it takes the protocol name as its first argument
-    sys.exit(module.main(argv if argv[0].startswith("cifar100") else argv[1:]))
+    if argv[0].startswith("cifar100"):
+        sys.exit(module.main(argv))
+    sys.exit(module.main(argv[1:], argv[0]) if argv[0].startswith("cifar10") else module.main(argv[1:]))
 
 
 if __name__ == "__main__":

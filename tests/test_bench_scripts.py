@@ -76,18 +76,18 @@ def test_cifar10_lt_protocol_runs_resumes_and_says_its_budget(tmp_path):
     root = make_folder(tmp_path / "f", train=(40, 30, 20), test=4, size=16)
     cmd = [sys.executable, str(ROOT / "bench" / "reproduce.py"), "cifar10-lt", "--data-root", str(root),
            "--results", str(tmp_path / "res"), "--cache-dir", str(tmp_path / "cache"), "--epochs", "1",
-           "--seeds", "0,1", "--ims", "4", "--losses", "ce", "--gen-epochs", "2"]
+           "--seeds", "0,1", "--ims", "4", "--losses", "ce", "--gen-epochs", "2", "--set", "val_per_class=5"]
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     rows = (tmp_path / "res" / "cifar10-lt.csv").read_text().splitlines()
-    assert rows[0] == "dataset,imbalance,stage_one,method,seed,top1,many,medium,few,budget,val_top1,epochs"
-    assert len(rows) == 1 + 2 * 9 and all(",cpu," in r for r in rows[1:])
+    assert rows[0] == "dataset,imbalance,stage_one,method,seed,top1,many,medium,few,budget,val_top1,epochs,val_rows"
+    assert len(rows) == 1 + 2 * 9 and all(",cpu," in r and r.endswith(",every-class") for r in rows[1:])
     md = (tmp_path / "res" / "cifar10-lt.md").read_text()
     assert "**Budget `cpu`**: stage one 1 epochs" in md and "reduced from the literature's 200" in md
     assert "| ce | glag | 2 |" in md and "GLAG minus" in md
     assert "    glag sweep configs/cifar10-lt-folder.toml --seeds 0,1 --out " in md and "--set loss=ce " in md
-    cell = tmp_path / "res" / "runs" / "cifar10-lt" / "cpu" / "im4" / "cells" / "imbalance=4_loss=ce_epochs=1_warmup=1_gen_epochs=2_data_root=" \
-        f"{str(root).replace('/', '-')}_seed=1"
+    cell = tmp_path / "res" / "runs" / "cifar10-lt" / "cpu-every-class" / "im4" / "cells" / \
+        f"imbalance=4_loss=ce_epochs=1_warmup=1_gen_epochs=2_data_root={str(root).replace('/', '-')}_val_per_class=5_seed=1"
     paper = json.loads(next((cell / "runs").glob("*-glag-paper/result.json")).read_text())["run_config"]["stage_two"]
     assert paper["beta_init"] == 0.6 and paper["posthoc_la"] is False and paper["method"] == ["glag"]
     stamps = {q: q.stat().st_mtime_ns for q in (tmp_path / "res").rglob("result.json")}
@@ -121,3 +121,28 @@ def test_device_check_dry_run(tmp_path):
     with tarfile.open(tmp_path / "caches-1.tar.gz") as tar:
         names = tar.getnames()
     assert sum(n.endswith(".h5") for n in names) == 1 and any(n.endswith("final.pt") for n in names)
+
+
+def test_cifar10_lt_500_protocol_pairs_seeds_and_tabulates_the_probe(tmp_path):
+    """cifar10-lt-500 runs one sweep per seed (both losses side by side), and its report pairs GLAG with the
+    baselines and GLAG without generation on Few, and the probe across losses by seed."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_folder import make_folder
+
+    root = make_folder(tmp_path / "f", train=(40, 30, 20), test=4, size=16)
+    cmd = [sys.executable, str(ROOT / "bench" / "reproduce.py"), "cifar10-lt-500", "--data-root", str(root),
+           "--results", str(tmp_path / "res"), "--cache-dir", str(tmp_path / "cache"), "--epochs", "1",
+           "--seeds", "0,1", "--losses", "graloss,ce", "--gen-epochs", "2", "--set", "n_max=12",
+           "--set", "val_per_class=2", "--ims", "4"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "res" / "cifar10-lt-500.csv", newline="")))
+    assert sorted({(x["stage_one"], x["seed"]) for x in rows}) == [("ce", "0"), ("ce", "1"), ("graloss", "0"),
+                                                                   ("graloss", "1")]
+    assert len(rows) == 4 * 11 and {x["method"] for x in rows} >= {"probe", "glag-no-gen", "glag-no-kd"}
+    md = (tmp_path / "res" / "cifar10-lt-500.md").read_text()
+    assert md.count("glag sweep configs/cifar10-lt-500.toml --seeds ") == 2 and "--set loss=graloss,ce " in md
+    assert "* Probe, GraLoss features minus ce features (same seed): " in md and "(n=2, " in md
+    assert "| graloss | glag-no-gen | " in md and "| graloss | 2 | " in md
