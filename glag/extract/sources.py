@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import pickle
 import warnings
 from pathlib import Path
 
 import numpy as np
 
 from glag.errors import GlagError
+from glag.extract.safe_unpickle import load_data_pickle
 
 # md5s from torchvision's dataset classes, checked so that a corrupt copy is noticed.
 CIFAR_MD5 = {
@@ -68,18 +68,24 @@ def read_cifar(root: Path, num_classes: int, train: bool, check_md5: bool = True
     files = [f for f in CIFAR_MD5[name] if (f.startswith("test") != train)]
     images, labels = [], []
     for f in sorted(files):
+        entry = load_data_pickle(folder / f)  # a crafted file is refused here and runs nothing
         if check_md5:
             _warn_md5(folder / f, CIFAR_MD5[name][f])
-        with open(folder / f, "rb") as fh:
-            entry = pickle.load(fh, encoding="latin1")
-        images.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-        labels.extend(entry["fine_labels"] if "fine_labels" in entry else entry["labels"])
+        if not isinstance(entry, dict) or "data" not in entry or not ({"labels", "fine_labels"} & set(entry)):
+            raise GlagError(f"'{folder / f}' is not a CIFAR batch (expected a dict with 'data' and 'labels' or "
+                            "'fine_labels')")
+        data, lab = np.asarray(entry["data"]), entry["fine_labels"] if "fine_labels" in entry else entry["labels"]
+        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(lab):
+            raise GlagError(f"'{folder / f}' is not a CIFAR batch: 'data' is {data.dtype} {list(data.shape)} for "
+                            f"{len(lab)} labels, expected uint8 [{len(lab)}, 3072]")
+        images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        labels.extend(lab)
     meta_file = folder / ("meta" if num_classes == 100 else "batches.meta")
     names = [str(i) for i in range(num_classes)]
     if meta_file.is_file():
-        with open(meta_file, "rb") as fh:
-            meta = pickle.load(fh, encoding="latin1")
-        names = list(meta.get("fine_label_names") or meta.get("label_names") or names)
+        meta = load_data_pickle(meta_file)
+        if isinstance(meta, dict):
+            names = [str(n) for n in (meta.get("fine_label_names") or meta.get("label_names") or names)]
     return np.ascontiguousarray(np.concatenate(images)), np.asarray(labels, dtype=np.int64), names
 
 
