@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 
 from glag.errors import GlagError
+from glag.paths import check_safe_name
 
 try:
     import tomllib
@@ -73,6 +74,7 @@ def _variants(path: Path, body) -> dict[str, dict]:
         raise GlagError(f"--config '{path}': variants must be [variants.<name>] tables of keys")
     out = {}
     for name, keys in body.items():
+        check_safe_name(name, f"--config '{path}': variant name")  # it names run folders
         if name in METHODS:
             raise GlagError(f"--config '{path}': variant name '{name}' is a method's name; choose another")
         unknown = [k for k in keys if k not in VARIANT_KEYS]

@@ -11,11 +11,15 @@ import csv
 import itertools
 import json
 import math
+import re
 import statistics
 from pathlib import Path
 
+from glag.cache.format import atomic_path, json_hash
 from glag.config import SECTIONS, read_config, to_toml, tomllib
 from glag.errors import GlagError
+from glag.paths import check_safe_name
+from glag.sweep_folder import claim, describe, record_sweep
 from glag.classify.results import label
 from glag.metrics import paired_differences, t_interval, verdict
 
@@ -53,8 +57,14 @@ def _value(text: str):
         return text
 
 
+def _same(v) -> object:
+    """A --set value as a run sees it: 1 and 1.0 of a number key are one value."""
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+
+
 def parse_sets(items) -> dict[str, list]:
-    """``key=v1,v2`` pairs -> {key: [values]}; keys are config keys (any section)."""
+    """``key=v1,v2`` pairs -> {key: [values]}; keys are config keys (any section). A key given twice, or a
+    value listed twice, is refused: a repeated value would run the same cell twice as fake replicates."""
     allowed = [k for keys in SECTIONS.values() for k in keys if k not in ("seed", "method")]
     out = {}
     for item in items:
@@ -64,13 +74,34 @@ def parse_sets(items) -> dict[str, list]:
             raise GlagError(f"--set '{item}' is invalid; use --set key=value1,value2")
         if key not in allowed:
             raise GlagError(f"--set '{key}' is not a config key; allowed: {', '.join(allowed)}")
-        out[key] = [_value(v.strip()) for v in values.split(",")]
+        if key in out:
+            raise GlagError(f"--set {key} is given twice; give its values once: --set {key}=v1,v2")
+        vals = [_value(v.strip()) for v in values.split(",")]
+        seen = []
+        for v in vals:
+            if _same(v) in seen:
+                raise GlagError(f"--set {key}={values} lists {v!r} twice; each value makes its own cells "
+                                "(use --seeds for replicates)")
+            seen.append(_same(v))
+        out[key] = vals
     return out
 
 
-def cell_name(seed: int, setting: dict) -> str:
+def _legacy_cell_name(seed: int, setting: dict) -> str:
+    """The cell folder name glag used before names were made safe ('/' and ' ' replaced, nothing else)."""
     parts = [f"{k}={v}" for k, v in setting.items()] + [f"seed={seed}"]
     return "_".join(p.replace("/", "-").replace(" ", "") for p in parts)
+
+
+def cell_name(seed: int, setting: dict) -> str:
+    """A safe folder name for the cell: its settings and seed, readable; where that text had to be changed
+    (a path, an odd character) or shortened, a digest of the exact values keeps distinct cells apart."""
+    exact = "_".join([f"{k}={v}" for k, v in setting.items()] + [f"seed={seed}"])
+    name = re.sub(r"\.{2,}", "-", re.sub(r"[^A-Za-z0-9._=+-]", "-", exact)).lstrip(".-") or "cell"
+    if name != exact or len(name) > 100:
+        digest = json_hash({"seed": seed, "setting": {k: str(v) for k, v in setting.items()}})[:10]
+        name = f"{name[:88]}-{digest}"
+    return check_safe_name(name, "cell folder name")
 
 
 def plan(seeds: list[int], sets: dict[str, list]) -> list[dict]:
@@ -120,42 +151,85 @@ def _glag_run(args: list[str]) -> str:
     return buf.getvalue()
 
 
+def _recipe_part(toml_text: str) -> dict:
+    """A cell config without its method list and variants (which an extended sweep may grow)."""
+    raw = tomllib.loads(toml_text)
+    raw.pop("variants", None)
+    raw.get("stage_two", {}).pop("method", None)
+    return raw
+
+
+def locate(out: Path, cells: list[dict], config: Path) -> list[dict]:
+    """Each cell with its folder (``dir``) and config text. A folder of the name glag used before names were
+    made safe is used when it holds this very cell; a folder holding another cell's config is refused."""
+    for cell in cells:
+        text = cell_config(config, cell)
+        cell["config"], cell["dir"] = text, out / "cells" / cell["name"]
+        legacy = out / "cells" / _legacy_cell_name(cell["seed"], cell["setting"])
+        if not cell["dir"].exists() and legacy != cell["dir"] and (legacy / "config.toml").is_file():
+            cell["dir"] = legacy
+        cfg = cell["dir"] / "config.toml"
+        if cfg.is_file():
+            try:
+                same = _recipe_part(cfg.read_text()) == _recipe_part(text)
+            except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+                same = False
+            if not same:
+                if cell["dir"] != out / "cells" / cell["name"]:  # a legacy name that another cell mapped onto
+                    cell["dir"] = out / "cells" / cell["name"]
+                    continue
+                raise GlagError(f"cell folder '{cell['dir']}' holds another recipe's cell (its config.toml differs "
+                                "from this sweep's); sweep into a new --out")
+    return cells
+
+
 def run_sweep(config: Path, seeds: list[int], out: Path, sets: dict[str, list], *, cache_dir: Path,
-              quiet: bool = False, jobs: int = 1) -> list[dict]:
-    """Run every unfinished cell; returns the rows of cells.csv. Every cell's config is checked first,
-    so a bad --set value is refused before anything is written. With ``jobs`` > 1, cells run side by
+              quiet: bool = False, jobs: int = 1, log=None) -> list[dict]:
+    """Run every unfinished cell; returns the rows of cells.csv (every cell the folder holds). Every cell's
+    config and the folder's record (sweep.json) are checked first, so a bad --set value or a different
+    sweep into the same --out is refused before anything is written. With ``jobs`` > 1, cells run side by
     side in separate processes (packed on one GPU); cells that share a stage-one cache run in one
     worker, one after another, so no cache is trained twice."""
+    import sys
     import tempfile
 
     from tqdm.auto import tqdm
 
+    log = log or (lambda m: print(m, file=sys.stderr))
     base = read_config(config)
     methods = list(base.get("methods") or ["stage-one", "crt", "glag"])
     cells = plan(seeds, sets)
+    names = [c["name"] for c in cells]
+    if len(set(names)) != len(names):  # cannot happen with digests; a last guard against merged cells
+        raise GlagError("two cells of this sweep map to one folder name; give distinct --set values")
     with tempfile.TemporaryDirectory() as tmp:
         for cell in cells:
             probe = Path(tmp) / "cell.toml"
             probe.write_text(cell_config(config, cell))
             _glag_run(["run", "--config", str(probe), "--print-config"])
+    record = claim(out, describe(config, methods, seeds, sets), log)
+    every = locate(out, plan(record["seeds"], record["sets"]), config)
+    mine = {c["name"] for c in cells}
     out.mkdir(parents=True, exist_ok=True)
+    record_sweep(out, record)
     todo = []  # (cell, glag run arguments) of every cell with a method still missing
-    for cell in cells:
-        cell_dir = out / "cells" / cell["name"]
+    for cell in (c for c in every if c["name"] in mine):
+        cell_dir = cell["dir"]
         missing = [m for m in methods if m not in run_folders(cell_dir)]
         if not missing:
             continue
         cell_dir.mkdir(parents=True, exist_ok=True)
         cfg_file = cell_dir / "config.toml"
-        if not cfg_file.is_file():
-            cfg_file.write_text(cell_config(config, cell))
+        if not cfg_file.is_file() or cfg_file.read_text() != cell["config"]:  # new: or this sweep's methods grew
+            with atomic_path(cfg_file) as t:
+                t.write_text(cell["config"])
         todo.append((cell, ["run", "--config", str(cfg_file), "--out", str(cell_dir / "runs"), "--cache-dir",
                             str(cache_dir), "-q", *[a for m in missing for a in ("--method", m)]]))
     bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="sweep cells", unit="cell",
                disable=True if quiet else None)
 
     def finished():
-        write_outputs(out, methods, seeds, sets)
+        write_outputs(out, record["methods"], every, record["sets"])
         bar.update()
 
     if jobs <= 1:
@@ -165,7 +239,7 @@ def run_sweep(config: Path, seeds: list[int], out: Path, sets: dict[str, list], 
     else:
         _run_packed(todo, jobs, finished)
     bar.close()
-    return write_outputs(out, methods, seeds, sets)
+    return write_outputs(out, record["methods"], every, record["sets"])
 
 
 def stage_one_group(cell: dict) -> tuple:
@@ -202,10 +276,10 @@ def _run_packed(todo, jobs: int, finished) -> None:
         raise GlagError(f"{len(failed)} cell(s) failed (the others are kept; run again to retry): {failed[0]}")
 
 
-def collect(out: Path, methods, seeds, sets) -> list[dict]:
+def collect(out: Path, methods, cells: list[dict], sets) -> list[dict]:
     rows = []
-    for cell in plan(seeds, sets):
-        found = run_folders(out / "cells" / cell["name"])
+    for cell in cells:
+        found = run_folders(cell.get("dir") or out / "cells" / cell["name"])
         for m in methods:
             if m not in found:
                 continue
@@ -244,7 +318,7 @@ def summary(rows: list[dict], methods, sets) -> str:
             lines += ["", "| GLAG minus | top-1 | verdict |", "|---|---|---|"]
             diffs = paired_differences({(r["method"], r["seed"]): _num(r["top1"]) for r in rs})
             for m in methods:
-                if m in diffs:
+                if m in diffs and m != "probe":  # the probe trains on another (the full balanced) set
                     mean, lo, hi = t_interval(diffs[m])
                     lines.append(f"| {m} | {mean:+.2f} [{lo:+.2f}, {hi:+.2f}] (n={len(diffs[m])}) | {verdict(lo, hi)} |")
         lines.append("")
@@ -274,11 +348,9 @@ def plot_groups(rows: list[dict], methods, path: Path) -> None:
     plt.close(fig)
 
 
-def write_outputs(out: Path, methods, seeds, sets) -> list[dict]:
+def write_outputs(out: Path, methods, cells: list[dict], sets) -> list[dict]:
     """cells.csv, summary.md and groups.png from the finished run folders (each written whole, then renamed)."""
-    from glag.cache.format import atomic_path
-
-    rows = collect(out, methods, seeds, sets)
+    rows = collect(out, methods, cells, sets)
     cols = ["cell", "seed", *sets, "method", *METRICS, "val_top1", "run"]
     with atomic_path(out / "cells.csv") as tmp:
         with open(tmp, "w", newline="") as f:

@@ -14,6 +14,7 @@ from glag.classify.export import checkpoint_of, export
 from glag.classify.results import write_run
 from glag.classify.stage_two import StageTwoConfig, train_glag
 from glag.errors import GlagError
+from glag.paths import check_inside
 from glag.generate.afg import AFG, GeneratorConfig, SamplingConfig, check_for_cache
 from glag.generate.backend import get_xp
 
@@ -59,7 +60,8 @@ def run_methods(cache_path: Path, methods, out_base: Path, *, gen: GeneratorConf
         writer = None
         if method == "glag" and (checkpoint or checkpoint_of(cache)):
             writer = lambda folder, r=res: export(folder, cache, r["weight"], r["bias"], gen.lt, checkpoint)  # noqa: E731
-        out = write_run(Path(out_base) / f"{cache.path.stem}-{variant or method}", cache, method, res, extra,
+        folder = check_inside(out_base, Path(out_base) / f"{cache.path.stem}-{variant or method}", "run folder")
+        out = write_run(folder, cache, method, res, extra,
                         model_writer=writer)
         records.append({"method": variant or method, "dir": str(out), "test": res["test"], "seconds": extra["seconds"]})
     return records

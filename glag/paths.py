@@ -1,0 +1,30 @@
+"""Names that become path components, and writes that must stay inside the folder they belong to.
+
+A recipe's variant names and ``--set`` values turn into folder names; a name such as ``x/../../y`` would
+otherwise write outside ``--out``. Names are checked where they are read, and every run folder is
+checked to resolve inside its base before it is written.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from glag.errors import GlagError
+
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=+-]{0,99}")
+SAFE_HELP = "letters, digits and . _ = + - (at most 100 characters, starting with a letter or digit)"
+
+
+def check_safe_name(name, what: str) -> str:
+    """``name`` if it can be one folder name on every system; else a one-line refusal naming ``what``."""
+    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name) or ".." in name:
+        raise GlagError(f"{what} {name!r} cannot name a folder; use {SAFE_HELP}")
+    return name
+
+
+def check_inside(base: Path, path: Path, what: str) -> Path:
+    """``path`` if it resolves inside ``base`` (symbolic links followed); else a one-line refusal."""
+    root, target = Path(base).resolve(), Path(path).resolve()
+    if target != root and root not in target.parents:
+        raise GlagError(f"{what} '{path}' would be written outside '{base}'; refusing it")
+    return Path(path)
