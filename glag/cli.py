@@ -147,7 +147,7 @@ def data_cmd(indices, export, as_json, **kw):
     if export:  # checked before the images are read, which can take minutes
         from glag.extract.subset_export import check_new_folder
 
-        check_new_folder(export)
+        check_new_folder(export, kw["data_root"])
     data = load_dataset(build_spec(kw), download=kw["download"], progress=not as_json)
     spec = data.spec
     rows = class_table(data)

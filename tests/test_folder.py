@@ -41,6 +41,7 @@ def snapshot(root):
 
 
 def spec(root, **kw):
+    kw.setdefault("val_rows", "leftovers")  # the tiny folders here have too few images for 20 val rows each
     return DatasetSpec("folder", kw.pop("imbalance", 2), data_root=str(root), **kw)
 
 
@@ -126,7 +127,7 @@ def test_data_cmd_prints_digest_and_writes_paths(tmp_path, glag_cli):
     root = make_folder(tmp_path / "f")
     ix = tmp_path / "ix.csv"
     code, out, err = glag_cli("data", "--dataset", "folder", "--data-root", root, "--imbalance", "2", "--n-max", "10",
-                              "--indices", ix)
+                              "--indices", ix, "--val-rows", "leftovers")
     assert code == 0, err
     assert f"content digest (sha256): {tree_digest(root)}" in out
     rows = list(csv.DictReader(open(ix, newline="")))
@@ -198,7 +199,7 @@ def test_missing_data_root_and_download(tmp_path, glag_cli):
 def test_run_end_to_end_on_a_folder(tmp_path, glag_cli, cache_dir):
     root = make_folder(tmp_path / "f", train=(30, 20, 12), test=4, size=16)
     args = ["--dataset", "folder", "--data-root", root, "--imbalance", "3", "--n-max", "12", "--epochs", "1",
-            "--batch-size", "16", "--gen-epochs", "2", "--out", tmp_path / "runs", "-q"]
+            "--batch-size", "16", "--gen-epochs", "2", "--out", tmp_path / "runs", "-q", "--val-per-class", "3"]
     code, out, err = glag_cli("run", *args, "--method", "crt", "--method", "glag")
     assert code == 0, err
     assert "glag" in out and "crt" in out
@@ -206,6 +207,7 @@ def test_run_end_to_end_on_a_folder(tmp_path, glag_cli, cache_dir):
     from glag.cache.format import FeatureCache
 
     c = FeatureCache(cache)
+    # every-class validation: class 0 ('ant', 20 files, 12 kept, 8 left) has enough leftovers; none gives rows
     assert c.train_counts.tolist() == [12, 6, 4] and c.info()["num_classes"] == 3
 
 
@@ -214,21 +216,26 @@ def test_shared_cifar10_jpg_is_cifar10_lt():
     d = load_dataset(DatasetSpec("folder", 100, data_root=str(SHARED_DATA / "cifar10-jpg")), progress=False)
     readme = (SHARED_DATA / "README.md").read_text()
     assert d.spec.content in readme  # the digest the data's README publishes
-    assert d.train_counts.tolist() == [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
+    # every-class validation: airplane keeps all 5,000 files, so its 20 validation rows come from training
+    assert d.train_counts.tolist() == [4980, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
+    assert d.lent.tolist() == [20] + [0] * 9 and len(d.splits["val"]) == 200
     assert d.class_names[:3] == ["airplane", "automobile", "bird"] and d.sources["test"].shape == (10000, 32, 32, 3)
 
 
-def test_export_then_profile_all_gives_the_same_images_in_order(tmp_path, glag_cli):
+@pytest.mark.parametrize("val_rows", ["leftovers", "every-class"])
+def test_export_then_profile_all_gives_the_same_images_in_order(tmp_path, glag_cli, val_rows):
     """`glag data --export` copies the subset; `--profile all` on the copy trains on the same pixels, labels
     and row order for train, val and test (a different digest: the names carry a row prefix)."""
     root = make_folder(tmp_path / "f", train=(14, 12, 10))
-    # n_max 12 takes all of class 0: it has no validation images, so the copy's val/ has no folder for it
+    # n_max 12 takes all of class 0: with leftovers validation it has no validation images, so the copy's val/
+    # has no folder for it; with every-class it gives 2 of its training images
     code, out, err = glag_cli("data", "--dataset", "folder", "--data-root", root, "--imbalance", "2", "--n-max", "12",
-                              "--val-per-class", "2", "--export", tmp_path / "sub")
+                              "--val-per-class", "2", "--val-rows", val_rows, "--export", tmp_path / "sub")
     assert code == 0, err
     assert "exported" in out and not list(tmp_path.glob(".sub.tmp-*"))
-    orig = load_dataset(spec(root, n_max=12, val_per_class=2), progress=False)
-    assert 0 not in orig.splits["val"].labels and len(orig.splits["val"]) == 4
+    orig = load_dataset(spec(root, n_max=12, val_per_class=2, val_rows=val_rows), progress=False)
+    assert (0 in orig.splits["val"].labels) == (val_rows == "every-class")
+    assert len(orig.splits["val"]) == (6 if val_rows == "every-class" else 4)
     copy = load_dataset(DatasetSpec("folder", profile="all", data_root=str(tmp_path / "sub")), progress=False)
     assert copy.spec.label() == f"folder-{copy.spec.content[:8]}-all" and copy.spec.content != orig.spec.content
     for s in ("train", "val", "test"):

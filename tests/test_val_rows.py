@@ -79,7 +79,7 @@ def test_folder_data_command_reports_the_lent_rows(tmp_path, glag_cli):
     per = {s: class_counts(np.array([int(r["label"]) for r in rows if r["split"] == s]), 3).tolist()
            for s in ("train", "val")}
     assert per == {"train": [9, 7, 6], "val": [3, 3, 3]}
-    d = load_dataset(spec(root, imbalance=2, n_max=12, val_per_class=3), progress=False)
+    d = load_dataset(spec(root, imbalance=2, n_max=12, val_per_class=3, val_rows="every-class"), progress=False)
     assert [int(r["index"]) for r in rows if r["split"] == "val"] == d.splits["val"].index.tolist()
     code, out, err = glag_cli(*args, "--val-rows", "leftovers", "--json")
     assert code == 0, err

@@ -69,7 +69,7 @@ def load_images(folder: Path, size, channels: int, norm, preprocess: dict | None
     and centre-cropped to ``preprocess['crop']`` when the weights say so (as their features were dumped),
     else resized to the training size ``size``."""
     import torchvision.transforms as T
-    from PIL import Image, UnidentifiedImageError
+    from glag.extract.pixels import open_image
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -81,13 +81,7 @@ def load_images(folder: Path, size, channels: int, norm, preprocess: dict | None
              else T.Resize((size[0], size[1])))
     arrs = []
     for p in files:
-        try:
-            with Image.open(p) as im:
-                im = shape(im.convert("L" if channels == 1 else "RGB"))
-                a = np.asarray(im, dtype=np.float32) / 255.0
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-            why = "is not an image" if isinstance(exc, UnidentifiedImageError) else f"cannot be decoded ({exc})"
-            raise GlagError(f"'{p}' {why}; remove it or point IMAGES elsewhere") from None
+        a = np.asarray(shape(open_image(p, p, "L" if channels == 1 else "RGB")), dtype=np.float32) / 255.0
         arrs.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
     x = torch.as_tensor(np.stack(arrs))
     mean = torch.tensor(norm[0])[None, :, None, None]

@@ -137,10 +137,9 @@ class _Files(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i):
-        from PIL import Image
+        from glag.extract.pixels import open_image
 
-        with Image.open(self.paths[i]) as im:
-            return self.transform(im.convert("RGB")), int(self.labels[i])
+        return self.transform(open_image(self.paths[i], self.paths[i])), int(self.labels[i])
 
 
 def file_batches(paths, labels, batch_size: int, *, train: bool, seed: int = 0, rank: int = 0, world: int = 1,

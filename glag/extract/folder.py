@@ -8,7 +8,6 @@ training never decodes again; larger ones are kept as paths and decoded by the l
 from __future__ import annotations
 
 import hashlib
-import io
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from glag.errors import GlagError
+from glag.extract.pixels import read_rgb
 
 SPLITS = ("train", "val", "test")
 SMALL_MAX = 64  # images up to this size get the CIFAR recipe (ResNet-32, pad-4 crop + flip)
@@ -42,8 +42,19 @@ def _visible(p: Path) -> bool:
     return not p.name.startswith(".")
 
 
+def _check_name(p: Path) -> None:
+    """Refuse a file or folder name that is not valid UTF-8 (it could not be recorded in --indices or a digest)."""
+    try:
+        p.name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise GlagError(f"the name {p.name!r} in '{p.parent}' is not valid UTF-8; rename it") from None
+
+
 def _class_dirs(split_dir: Path) -> list[str]:
-    return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and _visible(p))
+    dirs = [p for p in split_dir.iterdir() if p.is_dir() and _visible(p)]
+    for p in dirs:
+        _check_name(p)
+    return sorted(p.name for p in dirs)
 
 
 def list_folder(root: Path) -> tuple[list[str], dict[str, FolderSplit]]:
@@ -68,13 +79,21 @@ def list_folder(root: Path) -> tuple[list[str], dict[str, FolderSplit]]:
             parts = ([f"only in train/: {', '.join(only_train)}"] if only_train else []) + \
                     ([f"only in {s}/: {', '.join(only_other)}"] if only_other else [])
             raise GlagError(f"image folder '{root}': train/ and {s}/ hold different classes ({'; '.join(parts)})")
+    if "val" in per_split and not per_split["val"]:
+        raise GlagError(f"'{root / 'val'}' holds no class folders; fill it (val/<class>/<image>) or remove it")
     splits = {}
     for s in present:
         paths, labels = [], []
         for c, name in enumerate(classes):
             if s == "val" and name not in per_split[s]:
                 continue
-            files = sorted(p.name for p in (root / s / name).iterdir() if p.is_file() and _visible(p))
+            entries = [p for p in (root / s / name).iterdir() if _visible(p)]
+            for p in entries:
+                _check_name(p)
+                if p.is_dir():
+                    raise GlagError(f"'{p}' is a folder inside class folder '{root / s / name}'; glag reads the "
+                                    "images directly in each class folder: move its images up or remove it")
+            files = sorted(p.name for p in entries if p.is_file())
             if not files:
                 raise GlagError(f"class '{name}' has no images in '{root / s / name}'; every class needs at least one")
             paths += [f"{s}/{name}/{f}" for f in files]
@@ -85,16 +104,9 @@ def list_folder(root: Path) -> tuple[list[str], dict[str, FolderSplit]]:
 
 def _read(root: Path, rel: str) -> tuple[bytes, tuple, np.ndarray | None]:
     """(sha256 of the bytes, image shape, RGB uint8 pixels or None when larger than ``SMALL_MAX``).
-    Every file is fully decoded, so a truncated or non-image file is named here, before any training."""
-    from PIL import Image, UnidentifiedImageError
-
+    Every file is fully decoded, so a truncated, non-image or bomb file is named here, before any training."""
     data = (root / rel).read_bytes()
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            arr = np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        what = "is not an image Pillow can read" if isinstance(exc, UnidentifiedImageError) else f"cannot be decoded ({exc})"
-        raise GlagError(f"'{root / rel}' {what}; remove or replace it") from None
+    arr = read_rgb(root / rel, data)
     return hashlib.sha256(data).digest(), arr.shape, (arr if max(arr.shape[:2]) <= SMALL_MAX else None)
 
 

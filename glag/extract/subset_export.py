@@ -16,10 +16,14 @@ from glag.errors import GlagError
 from glag.extract.datasets import FOLDER, LTData
 
 
-def check_new_folder(dest: Path) -> None:
-    """Refuse an export target that exists: glag never writes into or over a folder."""
+def check_new_folder(dest: Path, source: Path | None = None) -> None:
+    """Refuse an export target that exists (glag never writes into or over a folder), or that lies inside the
+    source image folder (it would become part of the folder it copies, and break it)."""
     if Path(dest).exists():
         raise GlagError(f"--export '{dest}' already exists; choose a new folder (glag never writes into or over one)")
+    if source is not None and Path(source).resolve() in Path(dest).resolve().parents:
+        raise GlagError(f"--export '{dest}' lies inside the image folder '{source}' it copies; choose a folder "
+                        "outside it")
 
 
 def export_subset(data: LTData, dest: Path) -> dict:
@@ -28,7 +32,7 @@ def export_subset(data: LTData, dest: Path) -> dict:
     if data.spec.name != FOLDER or data.paths is None:
         raise GlagError(f"--export writes image folders from --dataset folder only, not '{data.spec.name}'")
     dest = Path(dest)
-    check_new_folder(dest)
+    check_new_folder(dest, data.root)
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     counts = {}
     try:
