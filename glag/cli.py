@@ -104,6 +104,7 @@ def cache_import(train, val, test, head, class_names, name, cache_dir):
     """
     from glag.cache.importer import import_cache
 
+    check_writable(cache_dir, "--cache-dir", folder=True)
     path, existed = import_cache(cache_dir, name, train, val, test, head, class_names)
     click.echo(json.dumps({"cache": str(path), "reused": existed}))
 
@@ -400,8 +401,8 @@ def report(runs, fmt, plots, tsne, paired):
     tables = [summary_table(recs)] + ([paired_table(recs)] if paired else [])
     for table in tables:
         click.echo(table.to_markdown(index=False) if fmt == "markdown" else table.to_csv(index=False).rstrip())
-    for r in recs:
-        plot_stage_one_curves(r)
+    if tsne and not any(r["method"] == "glag" for r in recs):
+        raise GlagError("--tsne needs a GLAG run folder among RUNS (method 'glag')")
     if plots:
         plots.mkdir(parents=True, exist_ok=True)
         for p in (plot_per_class(recs, plots / "per_class.png"), plot_beta(recs, plots / "beta.png")):
@@ -414,6 +415,8 @@ def report(runs, fmt, plots, tsne, paired):
         if not glag_runs:
             raise GlagError("--tsne needs a GLAG run folder among RUNS (method 'glag')")
         _log(f"wrote {plot_tsne(glag_runs[0], tsne)}")
+    for r in recs:  # last: a refused --tsne or --plots leaves no curves behind
+        plot_stage_one_curves(r)
 
 
 @cli.command()

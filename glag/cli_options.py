@@ -17,7 +17,8 @@ def _apply(options, f):
 
 
 def cache_dir_option(f):
-    return click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), envvar="GLAG_CACHE_DIR",
+    # the default reads $GLAG_CACHE_DIR itself (not click's envvar), so an empty value means unset
+    return click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
                         default=lambda: str(default_cache_dir()),
                         show_default="$GLAG_CACHE_DIR or ~/.cache/glag", help="Folder of feature caches.")(f)
 

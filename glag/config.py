@@ -22,6 +22,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
+MAX_CONFIG_BYTES = 1 << 20
 SECTIONS = {
     "dataset": ["dataset", "imbalance", "profile", "n_max", "subset_seed", "val_per_class", "val_rows", "data_root", "full_split"],
     "stage_one": ["loss", "a", "g", "tau", "backbone", "weights", "epochs", "batch_size", "lr", "warmup", "seed",
@@ -39,7 +40,13 @@ def read_config(path: Path) -> dict:
     """A config file as ``{parameter name: value}``, checked for unknown sections and keys."""
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text())
+        if path.exists() and not path.is_file():
+            raise GlagError(f"--config '{path}' is not a regular file; give a TOML recipe file")
+        with open(path, "rb") as fh:  # bounded: a recipe is a few KB, /dev/zero or a huge file is refused
+            data = fh.read(MAX_CONFIG_BYTES + 1)
+        if len(data) > MAX_CONFIG_BYTES:
+            raise GlagError(f"--config '{path}' is over {MAX_CONFIG_BYTES // 1024} KiB; a recipe is a small TOML file")
+        raw = tomllib.loads(data.decode("utf-8"))
     except OSError as exc:
         raise GlagError(f"--config '{path}' cannot be read ({exc.strerror or exc})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

@@ -4,6 +4,7 @@ Errors name the flag, the value and what is allowed, and come before any data is
 """
 from __future__ import annotations
 
+import errno
 import math
 import tempfile
 from pathlib import Path
@@ -83,5 +84,7 @@ def check_writable(path: Path | None, flag: str, *, folder: bool) -> None:
         with tempfile.TemporaryFile(dir=target):
             pass
     except OSError as exc:
-        raise GlagError(f"{flag} '{path}' is not writable ('{target}': {exc.strerror or exc}); choose another place") \
-            from None
+        why = exc.strerror or str(exc)
+        if exc.errno == errno.ENOENT and target.is_dir():  # /proc, /sys: folders that take no new files
+            why = "a folder that takes no new files (a virtual file system such as /proc?)"
+        raise GlagError(f"{flag} '{path}' is not writable ('{target}': {why}); choose another place") from None

@@ -27,25 +27,24 @@ METRICS = ("top1", "many", "medium", "few")
 SECTION_OF = {k: section for section, keys in SECTIONS.items() for k in keys}
 
 
+MAX_SEEDS = 10_000  # cells are trainings: a longer list is a typo, not a plan
+
+
 def parse_seeds(text: str) -> list[int]:
-    """'0-4' or '0,2,5' (or a mix: '0-2,7') -> sorted unique seeds."""
+    """'0-4' or '0,2,5' (or a mix: '0-2,7') -> sorted unique seeds, each in [0, 2^32), at most MAX_SEEDS."""
+    usage = f"use a range like 0-4 or a list like 0,1,2 of seeds in [0, 2^32), at most {MAX_SEEDS:,} of them"
     seeds = set()
     for part in str(text).split(","):
         part = part.strip()
         try:
-            if "-" in part[1:]:
-                lo, hi = part.split("-", 1)
-                lo, hi = int(lo), int(hi)
-                if hi < lo:
-                    raise ValueError
-                seeds.update(range(lo, hi + 1))
-            else:
-                seeds.add(int(part))
+            lo, hi = (int(x) for x in part.split("-", 1)) if "-" in part[1:] else (int(part), int(part))
         except ValueError:
-            raise GlagError(f"--seeds '{text}' is invalid; use a range like 0-4 or a list like 0,1,2 of seeds >= 0") \
-                from None
-    if not seeds or min(seeds) < 0:
-        raise GlagError(f"--seeds '{text}' is invalid; use a range like 0-4 or a list like 0,1,2 of seeds >= 0")
+            raise GlagError(f"--seeds '{text}' is invalid; {usage}") from None
+        if lo < 0 or hi < lo or hi >= 2**32 or hi - lo + 1 + len(seeds) > MAX_SEEDS:
+            raise GlagError(f"--seeds '{text}' is invalid; {usage}")
+        seeds.update(range(lo, hi + 1))
+    if not seeds or len(seeds) > MAX_SEEDS:
+        raise GlagError(f"--seeds '{text}' is invalid; {usage}")
     return sorted(seeds)
 
 

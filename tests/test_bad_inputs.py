@@ -122,7 +122,7 @@ CASES = [
     (["extract", "--weights", "{w}/missing.pt"], "--weights file '{w}/missing.pt' does not exist"),
     (["extract", "--weights", "{evil}"], "evil.pt' is not a readable glag --weights file (it asks to run exec, which glag never does)"),
     (["extract", "--checkpoint", "{evil}"], "is not a readable glag stage-one checkpoint (it asks to run exec, which glag never does)"),
-    (["extract", "--checkpoint", "{notes}"], "is not a readable glag stage-one checkpoint (not a torch file"),
+    (["extract", "--checkpoint", "{notes}"], "is not a readable glag stage-one checkpoint (a text file, not a torch file)"),
     (["extract", "--checkpoint", "{model}"], "is not a final glag stage-one checkpoint"),
     (["extract", "--checkpoint", "{w}/missing.pt"], "does not exist"),
     (["extract", "--cache-dir", "{notes}/c"], "--cache-dir '{notes}/c' cannot be created"),

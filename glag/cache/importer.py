@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -16,15 +18,54 @@ MAX_ABS = 1e6  # |feature| bound: squares and covariances stay well inside float
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
+def _npz_limit() -> int:
+    """Bytes one npz may unpack to: a quarter of this machine's memory (so a zip bomb is refused unread)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+def _check_npz(path: Path, role: str) -> None:
+    """Refuse what is not an .npz archive, and any member whose array header asks for more memory than
+    ``_npz_limit`` (read from the headers, before any array is decompressed)."""
+    with open(path, "rb") as fh:
+        head = fh.read(6)
+    if head.startswith(b"\x93NUMPY"):
+        raise GlagError(f"--{role} file '{path}' is a single .npy array, not an .npz archive; save the split with "
+                        "np.savez(path, features=..., labels=...)")
+    if not head.startswith(b"PK"):
+        raise GlagError(f"--{role} file '{path}' is not an .npz archive (it starts with {head!r}, not a zip header)")
+    limit, total = _npz_limit(), 0
+    try:
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                with z.open(info) as member:
+                    version = np.lib.format.read_magic(member)
+                    shape, _, dtype = (np.lib.format.read_array_header_1_0(member) if version == (1, 0)
+                                       else np.lib.format.read_array_header_2_0(member))
+                total += int(np.prod(shape, dtype=object)) * dtype.itemsize
+                if total > limit:
+                    raise GlagError(f"--{role} file '{path}': its arrays would unpack to {total / 2**30:.3g} GiB, over "
+                                    f"the {limit / 2**30:.3g} GiB glag reads from one file (a zip bomb?)")
+    except GlagError:
+        raise
+    except Exception as exc:  # BadZipFile, a truncated member, a member that is no .npy
+        raise GlagError(f"--{role} file '{path}' is not a readable .npz file ({type(exc).__name__}: "
+                        f"{str(exc).strip()[:120]})") from None
+
+
 def _load_npz(path: Path, role: str, keys: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict:
     path = Path(path)
     if not path.is_file():
         raise GlagError(f"--{role} file '{path}' does not exist")
+    _check_npz(path, role)
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as exc:
-        raise GlagError(f"--{role} file '{path}' is not a readable .npz file ({exc})") from exc
+    except Exception as exc:  # ValueError (object arrays), BadZipFile, EOFError, zlib.error, ...
+        raise GlagError(f"--{role} file '{path}' is not a readable .npz file ({type(exc).__name__}: "
+                        f"{str(exc).strip()[:120]})") from None
     missing = [k for k in keys if k not in arrays]
     if missing:
         raise GlagError(f"--{role} file '{path}' lacks {', '.join(missing)}; it has: {', '.join(sorted(arrays)) or 'nothing'}")
@@ -35,11 +76,15 @@ def load_split(path: Path, role: str) -> tuple[np.ndarray, np.ndarray, np.ndarra
     """(features float32 [N, d], labels int64 [N], index int64 [N]) of one npz, checked."""
     a = _load_npz(path, role, ("features", "labels"), ("index",))
     f, y = a["features"], a["labels"]
-    if f.ndim != 2 or not np.issubdtype(f.dtype, np.number):
-        raise GlagError(f"--{role} '{path}': features must be a numeric [N, d] array, got {f.dtype} {f.shape}")
+    if f.ndim != 2 or f.shape[1] < 1 or not np.issubdtype(f.dtype, np.number) or np.iscomplexobj(f):
+        raise GlagError(f"--{role} '{path}': features must be a real numeric [N, d] array with d >= 1, got {f.dtype} "
+                        f"{list(f.shape)}")
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
         raise GlagError(f"--{role} '{path}': labels must be an integer [N] array, got {y.dtype} {y.shape}")
     index = a.get("index", np.arange(len(y)))
+    if index.ndim != 1 or not np.issubdtype(index.dtype, np.integer) or (len(index) and index.min() < 0):
+        raise GlagError(f"--{role} '{path}': index must be a non-negative integer [N] array (each row's position in "
+                        f"its source), got {index.dtype} {list(index.shape)}")
     if len(f) != len(y) or len(index) != len(y):
         raise GlagError(f"--{role} '{path}': lengths differ: features {len(f)}, labels {len(y)}, index {len(index)}")
     if len(y) == 0:

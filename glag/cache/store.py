@@ -9,7 +9,8 @@ from glag.errors import GlagError
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("GLAG_CACHE_DIR", "~/.cache/glag")).expanduser()
+    # an empty GLAG_CACHE_DIR= is unset, not the working folder
+    return Path(os.environ.get("GLAG_CACHE_DIR", "").strip() or "~/.cache/glag").expanduser()
 
 
 def list_caches(cache_dir: Path) -> list[dict]:

@@ -19,6 +19,50 @@ BUNDLE_KEYS = {"backbone", "num_classes", "in_channels", "input_size", "norm", "
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
+def _finite_tensor(t, shape=None) -> bool:
+    return isinstance(t, torch.Tensor) and t.is_floating_point() and bool(torch.isfinite(t).all()) and \
+        (shape is None or tuple(t.shape) == tuple(shape))
+
+
+def check_bundle(bundle: dict, path: Path) -> None:
+    """Refuse an exported model whose fields have the wrong type, shape or non-finite values, in one line."""
+    def bad(what):
+        raise GlagError(f"'{path}' is not a usable glag exported model: {what}")
+
+    c, ch = bundle["num_classes"], bundle["in_channels"]
+    if isinstance(c, bool) or not isinstance(c, int) or not 1 <= c <= 10**6:
+        bad(f"num_classes is {c!r}, expected an integer in [1, 10^6]")
+    if ch not in (1, 3) or isinstance(ch, bool):
+        bad(f"in_channels is {ch!r}, expected 1 or 3")
+    size = bundle["input_size"]
+    if not isinstance(size, (list, tuple)) or len(size) != 2 or not all(
+            isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 4096 for v in size):
+        bad(f"input_size is {size!r}, expected two integers in [1, 4096]")
+    norm = bundle["norm"]
+    try:
+        mean, std = (np.asarray(v, dtype=np.float64) for v in norm)
+        ok = mean.shape == std.shape == (ch,) and np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        bad(f"norm is not a (mean, std) pair of {ch} finite numbers with std > 0")
+    lt = bundle["lt"]
+    if isinstance(lt, bool) or not isinstance(lt, (int, float)) or not 0 < lt <= 1:
+        bad(f"lt (the Tukey power) is {lt!r}, expected a number in (0, 1]")
+    w, b = bundle["weight"], bundle["bias"]
+    if not _finite_tensor(w) or w.ndim != 2 or w.shape[0] != c or not _finite_tensor(b, (c,)):
+        bad(f"the classifier must be finite float weight [{c}, d] and bias [{c}]")
+    names = bundle["class_names"]
+    if not isinstance(names, list) or len(names) != c or not all(isinstance(n, str) for n in names):
+        bad(f"class_names must list {c} names")
+    state = bundle["backbone_state"]
+    if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
+        bad("backbone_state is not a state dict of tensors")
+    nonfinite = [k for k, t in state.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if nonfinite:
+        bad(f"backbone weight '{nonfinite[0]}' is not finite")
+
+
 class ExportedModel(torch.nn.Module):
     """``logits = g(tukey(backbone(x)))`` on normalised image tensors."""
 
@@ -94,10 +138,22 @@ def predict_folder(model_path: Path, folder: Path) -> list[dict]:
     bundle = safe_load(model_path, "exported model (model.pt)")
     if not isinstance(bundle, dict) or not BUNDLE_KEYS <= set(bundle):
         raise GlagError(f"'{model_path}' is not a model exported by 'glag classify' (a run folder's model.pt)")
-    model = ExportedModel(bundle).eval()
+    check_bundle(bundle, model_path)
+    try:
+        model = ExportedModel(bundle).eval()
+    except (RuntimeError, KeyError, ValueError, TypeError) as exc:  # shapes that do not fit the backbone
+        why = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise GlagError(f"'{model_path}' holds weights that do not fit its backbone '{bundle['backbone']}' ({why})") \
+            from None
     files, x = load_images(folder, bundle["input_size"], bundle["in_channels"], bundle["norm"],
                            preprocess_of(bundle["backbone"]))
-    probs = torch.cat([model(x[i:i + 256]).softmax(1) for i in range(0, len(x), 256)])
+    try:
+        probs = torch.cat([model(x[i:i + 256]).softmax(1) for i in range(0, len(x), 256)])
+    except RuntimeError as exc:  # e.g. a classifier whose width is not the backbone's feature size
+        raise GlagError(f"'{model_path}' holds weights that do not fit together "
+                        f"({str(exc).strip().splitlines()[0][:160]})") from None
+    if not torch.isfinite(probs).all():
+        raise GlagError(f"'{model_path}' gives non-finite predictions on these images; its weights are damaged")
     conf, pred = probs.max(1)
     names = bundle["class_names"]
     return [{"file": str(f), "class": int(p), "name": names[int(p)], "confidence": round(float(c), 4)}

@@ -72,6 +72,10 @@ def plot_stage_one_curves(run: dict) -> Path | None:
         recs = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     except (OSError, ValueError, TypeError, AttributeError):
         return None
+    # a record from another tool, or with a field missing, is skipped, not a KeyError
+    num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+    recs = [r for r in recs if isinstance(r, dict) and num(r.get("epoch"))]
+    recs = [{**r, **{k: (r[k] if num(r.get(k)) else None) for k in ("loss", "val_acc", "lam", "lr")}} for r in recs]
     if out.is_file() or not recs:
         return out if out.is_file() else None
     plt = _plt()

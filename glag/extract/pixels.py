@@ -43,7 +43,7 @@ def open_image(source, name, mode: str = "RGB"):
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         size = re.search(r"\((\d+) pixels\)", str(exc))
         raise GlagError(f"'{name}' declares {size.group(1) + ' pixels' if size else 'a size'}, over Pillow's "
-                        f"safety limit of {Image.MAX_IMAGE_PIXELS // 2} (a decompression bomb?); remove or resize it") \
+                        f"safety limit of {Image.MAX_IMAGE_PIXELS} (a decompression bomb?); remove or resize it") \
             from None
     except UnidentifiedImageError:
         raise GlagError(f"'{name}' is not an image Pillow can read; remove or replace it") from None
