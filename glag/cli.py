@@ -1,4 +1,5 @@
 """The ``glag`` command line."""
+
 from __future__ import annotations
 
 import json
@@ -9,19 +10,30 @@ import click
 from tabulate import tabulate
 
 from glag import __version__
-from glag.cli_options import cache_dir_option, dataset_options, generator_options, stage_two_options, train_options
+from glag.cli_options import (
+    cache_dir_option,
+    dataset_options,
+    generator_options,
+    stage_two_options,
+    train_options,
+)
 from glag.errors import GlagError
 from glag.options import Number, check_writable
-from glag.pipeline import TRAIN_KEYS, build_generator, build_spec, build_train_config, run_stage_one, stage_two_run
+from glag.pipeline import (
+    build_generator,
+    build_spec,
+    run_stage_one,
+    stage_two_run,
+)
 from glag.pipeline import log as _log
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="glag")
 def cli():
-    """GLAG long-tailed classification: dataset inspection (data), stage-one training and feature dump (extract),
-    the adaptive feature generator (generate), classifier-only stage two (classify),
-    the whole pipeline (run), multi-seed paired grids (sweep), cache management (cache), run comparison (report) and
+    """GLAG long-tailed classification: dataset inspection (data), stage-one training and feature dump
+    (extract), the adaptive feature generator (generate), classifier-only stage two (classify), the whole
+    pipeline (run), multi-seed paired grids (sweep), cache management (cache), run comparison (report) and
     prediction with an exported model (predict)."""
 
 
@@ -67,8 +79,7 @@ def cache_info(target: str, cache_dir: Path):
 def cache_verify(targets: tuple[str, ...], cache_dir: Path):
     """Check every stored array's checksum (naming each damaged one), shapes, label range, class
     offsets and finiteness, for each cache and the generator statistics beside it; exit 1 on any problem."""
-    from glag.cache.format import verify
-    from glag.cache.format import STATS_MARK
+    from glag.cache.format import STATS_MARK, verify
     from glag.cache.store import related_files, resolve
     from glag.generate.afg import stats_problems
 
@@ -86,15 +97,36 @@ def cache_verify(targets: tuple[str, ...], cache_dir: Path):
 
 
 @cache.command("import")
-@click.option("--train", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="npz with 'features' [N, d] and 'labels' [N] (and optionally 'index' [N]).")
-@click.option("--val", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Validation split, same form.")
-@click.option("--test", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Test split, same form.")
-@click.option("--head", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="npz with the stage-one head: 'weight' [C, d] and optionally 'bias' [C]; fitted (CE) when absent.")
-@click.option("--class-names", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="JSON list of class names (default: 0..C-1, C = largest label + 1).")
-@click.option("--name", required=True, help="Dataset name for the cache file (letters, digits, '.', '_', '-').")
+@click.option(
+    "--train",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="npz with 'features' [N, d] and 'labels' [N] (and optionally 'index' [N]).",
+)
+@click.option(
+    "--val",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Validation split, same form.",
+)
+@click.option(
+    "--test", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Test split, same form."
+)
+@click.option(
+    "--head",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="npz with the stage-one head: 'weight' [C, d] and optionally 'bias' [C]; fitted (CE) when absent.",
+)
+@click.option(
+    "--class-names",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="JSON list of class names (default: 0..C-1, C = largest label + 1).",
+)
+@click.option(
+    "--name", required=True, help="Dataset name for the cache file (letters, digits, '.', '_', '-')."
+)
 @cache_dir_option
 def cache_import(train, val, test, head, class_names, name, cache_dir):
     """Make a cache from features computed elsewhere; prints its path as JSON.
@@ -114,7 +146,8 @@ def cache_import(train, val, test, head, class_names, name, cache_dir):
 @cache_dir_option
 @click.option("--keep-derived", is_flag=True, help="Keep generator statistics derived from the cache.")
 def cache_rm(targets: tuple[str, ...], cache_dir: Path, keep_derived: bool):
-    """Remove caches (TARGETS: files or key prefixes) and the statistics and stage-one report derived from them.
+    """Remove caches (TARGETS: files or key prefixes) and the statistics and stage-one report derived from
+    them.
 
     Only files that glag wrote are removed, recognised by their content; any other path is refused.
     """
@@ -129,20 +162,28 @@ def cache_rm(targets: tuple[str, ...], cache_dir: Path, keep_derived: bool):
 
 @cli.command("data")
 @dataset_options
-@click.option("--indices", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write split,index,label for every train/val/test image to this CSV (index: position in the source "
-                   "files), plus path (relative to --data-root) for image folders.")
-@click.option("--export", type=click.Path(path_type=Path), default=None,
-              help="Copy the subset's train/val/test images to this new folder; '--dataset folder --profile all' on it "
-                   "trains on the same images in the same order (image folders only).")
+@click.option(
+    "--indices",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write split,index,label for every train/val/test image to this CSV (index: position in the source "
+    "files), plus path (relative to --data-root) for image folders.",
+)
+@click.option(
+    "--export",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Copy the subset's train/val/test images to this new folder; '--dataset folder --profile all' on it "
+    "trains on the same images in the same order (image folders only).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def data_cmd(indices, export, as_json, **kw):
     """Show a dataset's per-class train/val/test counts and Many/Medium/Few groups, without training.
 
     Takes the same dataset options as 'glag extract', so what it prints is what extract trains on.
     """
-    from glag.extract.datasets import load_dataset
     from glag.extract.dataset_report import class_table, lent_rows, totals, write_indices
+    from glag.extract.datasets import load_dataset
 
     check_writable(indices, "--indices", folder=False)
     if export:  # checked before the images are read, which can take minutes
@@ -152,8 +193,12 @@ def data_cmd(indices, export, as_json, **kw):
     data = load_dataset(build_spec(kw), download=kw["download"], progress=not as_json)
     spec = data.spec
     rows = class_table(data)
-    summary = {"dataset": spec.label(), "spec": spec.identity(), "totals": totals(rows),
-               "val_rows": {"rule": spec.val_rows or "given", "from_train": lent_rows(data)}}
+    summary = {
+        "dataset": spec.label(),
+        "spec": spec.identity(),
+        "totals": totals(rows),
+        "val_rows": {"rule": spec.val_rows or "given", "from_train": lent_rows(data)},
+    }
     if spec.content:
         summary["digest"] = spec.content
     if indices:
@@ -167,33 +212,54 @@ def data_cmd(indices, export, as_json, **kw):
         return
     click.echo(tabulate(rows, headers="keys"))
     t = summary["totals"]
-    click.echo(f"{summary['dataset']}: train {t['train']}, val {t['val']}, test {t['test']} images; "
-               f"{t['many_classes']} many / {t['medium_classes']} medium / {t['few_classes']} few classes")
+    click.echo(
+        f"{summary['dataset']}: train {t['train']}, val {t['val']}, test {t['test']} images; "
+        f"{t['many_classes']} many / {t['medium_classes']} medium / {t['few_classes']} few classes"
+    )
     lent = summary["val_rows"]["from_train"]
     if lent:
-        click.echo("validation rows taken from the end of the training part (--val-rows every-class): "
-                   + ", ".join(f"{name} {n}" for name, n in lent.items()))
+        click.echo(
+            "validation rows taken from the end of the training part (--val-rows every-class): "
+            + ", ".join(f"{name} {n}" for name, n in lent.items())
+        )
     elif spec.val_rows == "leftovers":
-        click.echo("validation rows: leftovers only (--val-rows leftovers); classes without leftovers have none")
+        click.echo(
+            "validation rows: leftovers only (--val-rows leftovers); classes without leftovers have none"
+        )
     if spec.content:
         click.echo(f"content digest (sha256): {spec.content}")
     if indices:
         click.echo(f"wrote {summary['indices']['rows']} rows to {indices}")
     if export:
-        click.echo(f"exported {sum(summary['export']['files'].values())} images to {export} "
-                   "(use: --dataset folder --profile all)")
+        click.echo(
+            f"exported {sum(summary['export']['files'].values())} images to {export} "
+            "(use: --dataset folder --profile all)"
+        )
 
 
 @cli.command()
 @dataset_options
 @train_options
 @cache_dir_option
-@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Dump features of this stage-one checkpoint instead of training.")
-@click.option("--views", type=Number(int, 0), default=0, show_default=True,
-              help="Also dump this many augmented views of the train split.")
-@click.option("--resume/--no-resume", default=True, show_default=True,
-              help="Continue an interrupted training run from its last epoch checkpoint, or start it over.")
+@click.option(
+    "--checkpoint",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Dump features of this stage-one checkpoint instead of training.",
+)
+@click.option(
+    "--views",
+    type=Number(int, 0),
+    default=0,
+    show_default=True,
+    help="Also dump this many augmented views of the train split.",
+)
+@click.option(
+    "--resume/--no-resume",
+    default=True,
+    show_default=True,
+    help="Continue an interrupted training run from its last epoch checkpoint, or start it over.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or log lines.")
 def extract(cache_dir, checkpoint, views, resume, quiet, **kw):
     """Train a backbone (stage one) and dump train/val/test features to the cache.
@@ -213,7 +279,9 @@ def extract(cache_dir, checkpoint, views, resume, quiet, **kw):
 @click.option("--cache", "target", required=True, help="Cache file or key prefix.")
 @cache_dir_option
 @generator_options
-@click.option("--n-target", type=Number(int, 0), default=0, help="Rows per class after top-up (0 = largest class).")
+@click.option(
+    "--n-target", type=Number(int, 0), default=0, help="Rows per class after top-up (0 = largest class)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def generate(target, cache_dir, n_target, as_json, **kw):
     """Compute Tukey-space class statistics and tail support sets for a cache.
@@ -230,7 +298,10 @@ def generate(target, cache_dir, n_target, as_json, **kw):
         click.echo(json.dumps({**describe(afg), "groups": rows}, indent=2))
     else:
         info = describe(afg)
-        click.echo(f"statistics: {info['stats_file']}  ({info['mode']} factors, {info['factor_MB']} MB, {info['backend']})")
+        click.echo(
+            f"statistics: {info['stats_file']}  ({info['mode']} factors, {info['factor_MB']} MB, "
+            f"{info['backend']})"
+        )
         click.echo(tabulate(rows, headers="keys"))
 
 
@@ -244,28 +315,44 @@ def _check_methods(methods, variants=()) -> None:
 
     bad = [m for m in methods if m not in METHODS and m not in variants]
     if bad:
-        allowed = ", ".join([*METHODS, *variants]) + (" (the last from the config's [variants])" if variants else "")
+        allowed = ", ".join([*METHODS, *variants]) + (
+            " (the last from the config's [variants])" if variants else ""
+        )
         raise click.BadParameter(f"{', '.join(bad)} (choose from {allowed})", param_hint="'--method'")
 
 
 def _print_results(records, extra_rows=()):
     from glag.metrics import summary_row
 
-    rows = list(extra_rows) + [{"method": r["method"], **summary_row(r["test"]), "seconds": r["seconds"], "run": r["dir"]}
-                               for r in records]
+    rows = list(extra_rows) + [
+        {"method": r["method"], **summary_row(r["test"]), "seconds": r["seconds"], "run": r["dir"]}
+        for r in records
+    ]
     click.echo(tabulate(rows, headers="keys", floatfmt=".2f", missingval="-"))
 
 
 @cli.command()
 @click.option("--cache", "target", required=True, help="Cache file or key prefix.")
 @cache_dir_option
-@click.option("--method", "methods", multiple=True, default=["glag"], show_default=True,
-              help="glag, stage-one, crt, lws, tau-norm, logit-adjust or probe; repeat for several.")
+@click.option(
+    "--method",
+    "methods",
+    multiple=True,
+    default=["glag"],
+    show_default=True,
+    help="glag, stage-one, crt, lws, tau-norm, logit-adjust or probe; repeat for several.",
+)
 @generator_options
 @stage_two_options
-@click.option("--seed", type=Number(int, 0, 2**32, hi_open=True), default=0, show_default=True, help="Random seed.")
-@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Stage-one checkpoint for the exported model (default: the one recorded beside the cache).")
+@click.option(
+    "--seed", type=Number(int, 0, 2**32, hi_open=True), default=0, show_default=True, help="Random seed."
+)
+@click.option(
+    "--checkpoint",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Stage-one checkpoint for the exported model (default: the one recorded beside the cache).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def classify(target, cache_dir, methods, checkpoint, quiet, **kw):
     """Train stage-two classifiers on a cache and report test top-1 (overall, Many/Medium/Few).
@@ -290,14 +377,27 @@ def classify(target, cache_dir, methods, checkpoint, quiet, **kw):
 @cache_dir_option
 @generator_options
 @stage_two_options
-@click.option("--method", "methods", multiple=True, default=["stage-one", "crt", "glag"], show_default=True,
-              help="Stage-two methods to run on the cache; repeat for several.")
+@click.option(
+    "--method",
+    "methods",
+    multiple=True,
+    default=["stage-one", "crt", "glag"],
+    show_default=True,
+    help="Stage-two methods to run on the cache; repeat for several.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or log lines.")
-@click.option("--config", type=click.Path(dir_okay=False, path_type=Path), is_eager=True, expose_value=False,
-              callback=lambda ctx, _, v: _use_config(ctx, v),
-              help="A recipe file (TOML; configs/ has the literature's): its keys set these options' values, "
-                   "and flags given here override them.")
-@click.option("--print-config", is_flag=True, help="Print the effective config (recipe + flags) as TOML and exit.")
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    is_eager=True,
+    expose_value=False,
+    callback=lambda ctx, _, v: _use_config(ctx, v),
+    help="A recipe file (TOML; configs/ has the literature's): its keys set these options' values, "
+    "and flags given here override them.",
+)
+@click.option(
+    "--print-config", is_flag=True, help="Print the effective config (recipe + flags) as TOML and exit."
+)
 def run(cache_dir, methods, quiet, print_config, **kw):
     """Run the whole pipeline: extract -> generate -> classify, and print a result table.
 
@@ -341,15 +441,31 @@ def _variant_kw(kw: dict, name: str, overrides: dict) -> dict:
 
 @cli.command()
 @click.argument("config", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--seeds", default="0-2", show_default=True, help="Seeds of stage one and stage two: 0-4 or 0,1,2.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Sweep folder: cells/<cell>/ (config.toml and run folders), cells.csv, summary.md, groups.png.")
-@click.option("--set", "sets", multiple=True, metavar="KEY=V1,V2",
-              help="Vary a config key over values (one stage-one cache per combination and seed); repeatable.")
+@click.option(
+    "--seeds", default="0-2", show_default=True, help="Seeds of stage one and stage two: 0-4 or 0,1,2."
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Sweep folder: cells/<cell>/ (config.toml and run folders), cells.csv, summary.md, groups.png.",
+)
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="KEY=V1,V2",
+    help="Vary a config key over values (one stage-one cache per combination and seed); repeatable.",
+)
 @cache_dir_option
-@click.option("--jobs", type=Number(int, 1, 64), default=1, show_default=True,
-              help="Cells run side by side in separate processes: packed runs on one GPU. Cells that share a "
-                   "stage-one cache run one after another in one worker.")
+@click.option(
+    "--jobs",
+    type=Number(int, 1, 64),
+    default=1,
+    show_default=True,
+    help="Cells run side by side in separate processes: packed runs on one GPU. Cells that share a "
+    "stage-one cache run one after another in one worker.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def sweep(config, seeds, out, sets, cache_dir, jobs, quiet):
     """Run CONFIG's stage-one caches (seeds x --set values) x its stage-two methods, cell by cell.
@@ -379,14 +495,27 @@ def _use_config(ctx, path):
 
 @cli.command()
 @click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["markdown", "csv"]), default="markdown", show_default=True)
-@click.option("--plots", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Write per_class.png (accuracy vs training count) and beta.png (beta_c over epochs) here.")
-@click.option("--tsne", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write a t-SNE plot of real and generated features of a few tail classes and their support "
-                   "classes, from the first GLAG run given.")
-@click.option("--paired", is_flag=True,
-              help="Also print GLAG minus each method, paired on the same cache, with 95 % t-intervals.")
+@click.option(
+    "--format", "fmt", type=click.Choice(["markdown", "csv"]), default="markdown", show_default=True
+)
+@click.option(
+    "--plots",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Write per_class.png (accuracy vs training count) and beta.png (beta_c over epochs) here.",
+)
+@click.option(
+    "--tsne",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write a t-SNE plot of real and generated features of a few tail classes and their support "
+    "classes, from the first GLAG run given.",
+)
+@click.option(
+    "--paired",
+    is_flag=True,
+    help="Also print GLAG minus each method, paired on the same cache, with 95 % t-intervals.",
+)
 def report(runs, fmt, plots, tsne, paired):
     """Compare run folders in one table (markdown or CSV), optionally with plots.
 
@@ -400,7 +529,9 @@ def report(runs, fmt, plots, tsne, paired):
     recs = [load_run(r) for r in runs]
     tables = [summary_table(recs)] + ([paired_table(recs)] if paired else [])
     for table in tables:
-        click.echo(table.to_markdown(index=False) if fmt == "markdown" else table.to_csv(index=False).rstrip())
+        click.echo(
+            table.to_markdown(index=False) if fmt == "markdown" else table.to_csv(index=False).rstrip()
+        )
     if tsne and not any(r["method"] == "glag" for r in recs):
         raise GlagError("--tsne needs a GLAG run folder among RUNS (method 'glag')")
     if plots:

@@ -8,6 +8,7 @@ Named stage-two variants (ablations) are ``[variants.<name>]`` tables of [genera
 keys; a variant runs ``method`` (default ``glag``) with those keys changed, and ``[stage_two] method``
 may list it by name, beside the plain methods.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,15 +25,54 @@ except ModuleNotFoundError:  # Python 3.10
 
 MAX_CONFIG_BYTES = 1 << 20
 SECTIONS = {
-    "dataset": ["dataset", "imbalance", "profile", "n_max", "subset_seed", "val_per_class", "val_rows", "data_root", "full_split"],
-    "stage_one": ["loss", "a", "g", "tau", "backbone", "weights", "epochs", "batch_size", "lr", "warmup", "seed",
-                  "compile"],
+    "dataset": [
+        "dataset",
+        "imbalance",
+        "profile",
+        "n_max",
+        "subset_seed",
+        "val_per_class",
+        "val_rows",
+        "data_root",
+        "full_split",
+    ],
+    "stage_one": [
+        "loss",
+        "a",
+        "g",
+        "tau",
+        "backbone",
+        "weights",
+        "epochs",
+        "batch_size",
+        "lr",
+        "warmup",
+        "seed",
+        "compile",
+    ],
     "generator": ["lt", "k", "tail_below", "weighting", "mode", "max_dense_gb", "device"],
-    "stage_two": ["method", "gen_epochs", "gen_batch_size", "gen_lr", "kd", "adaptive", "generate", "beta_init",
-                  "posthoc_la", "beta_delta", "alpha", "dispersion", "n_target"],
+    "stage_two": [
+        "method",
+        "gen_epochs",
+        "gen_batch_size",
+        "gen_lr",
+        "kd",
+        "adaptive",
+        "generate",
+        "beta_init",
+        "posthoc_la",
+        "beta_delta",
+        "alpha",
+        "dispersion",
+        "n_target",
+    ],
 }
 VARIANT_KEYS = SECTIONS["generator"] + SECTIONS["stage_two"]
-PARAM = {"method": "methods", "generate": "gen_features", "compile": "compile_model"}  # config key -> the command's parameter name
+PARAM = {
+    "method": "methods",
+    "generate": "gen_features",
+    "compile": "compile_model",
+}  # config key -> the command's parameter name
 KEY = {v: k for k, v in PARAM.items()}
 
 
@@ -45,7 +85,9 @@ def read_config(path: Path) -> dict:
         with open(path, "rb") as fh:  # bounded: a recipe is a few KB, /dev/zero or a huge file is refused
             data = fh.read(MAX_CONFIG_BYTES + 1)
         if len(data) > MAX_CONFIG_BYTES:
-            raise GlagError(f"--config '{path}' is over {MAX_CONFIG_BYTES // 1024} KiB; a recipe is a small TOML file")
+            raise GlagError(
+                f"--config '{path}' is over {MAX_CONFIG_BYTES // 1024} KiB; a recipe is a small TOML file"
+            )
         raw = tomllib.loads(data.decode("utf-8"))
     except OSError as exc:
         raise GlagError(f"--config '{path}' cannot be read ({exc.strerror or exc})") from None
@@ -57,14 +99,19 @@ def read_config(path: Path) -> dict:
             out["variants"] = _variants(path, body)
             continue
         if section not in SECTIONS:
-            raise GlagError(f"--config '{path}': unknown section [{section}]; allowed: "
-                            + ", ".join(f"[{s}]" for s in SECTIONS) + ", [variants.<name>]")
+            raise GlagError(
+                f"--config '{path}': unknown section [{section}]; allowed: "
+                + ", ".join(f"[{s}]" for s in SECTIONS)
+                + ", [variants.<name>]"
+            )
         if not isinstance(body, dict):
             raise GlagError(f"--config '{path}': '{section}' must be a [section] of keys")
         for key, value in body.items():
             if key not in SECTIONS[section]:
-                raise GlagError(f"--config '{path}': unknown key '{key}' in [{section}]; allowed: "
-                                + ", ".join(SECTIONS[section]))
+                raise GlagError(
+                    f"--config '{path}': unknown key '{key}' in [{section}]; allowed: "
+                    + ", ".join(SECTIONS[section])
+                )
             if key == "method":
                 value = [value] if isinstance(value, str) else value
                 if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -74,7 +121,8 @@ def read_config(path: Path) -> dict:
 
 
 def _variants(path: Path, body) -> dict[str, dict]:
-    """``[variants.<name>]`` tables -> {name: {parameter name: value}}, each with its 'methods' (one method)."""
+    """``[variants.<name>]`` tables -> {name: {parameter name: value}}, each with its 'methods' (one
+    method)."""
     from glag.classify.runner import METHODS
 
     if not isinstance(body, dict) or not all(isinstance(v, dict) for v in body.values()):
@@ -86,12 +134,16 @@ def _variants(path: Path, body) -> dict[str, dict]:
             raise GlagError(f"--config '{path}': variant name '{name}' is a method's name; choose another")
         unknown = [k for k in keys if k not in VARIANT_KEYS]
         if unknown:
-            raise GlagError(f"--config '{path}': unknown key '{unknown[0]}' in [variants.{name}]; allowed: "
-                            + ", ".join(VARIANT_KEYS))
+            raise GlagError(
+                f"--config '{path}': unknown key '{unknown[0]}' in [variants.{name}]; allowed: "
+                + ", ".join(VARIANT_KEYS)
+            )
         method = keys.get("method", "glag")
         if method not in METHODS:
-            raise GlagError(f"--config '{path}': [variants.{name}] method '{method}' is not a method; choose from: "
-                            + ", ".join(METHODS))
+            raise GlagError(
+                f"--config '{path}': [variants.{name}] method '{method}' is not a method; choose from: "
+                + ", ".join(METHODS)
+            )
         out[name] = {PARAM.get(k, k): v for k, v in keys.items()} | {"methods": (method,)}
     return out
 
@@ -136,7 +188,9 @@ def to_toml(cfg: dict) -> str:
             lines.append("")
         for name, table in body.items():
             if isinstance(table, dict):
-                lines.append(f"[{section}.{name if re.fullmatch(r'[A-Za-z0-9_-]+', name) else json.dumps(name)}]")
+                lines.append(
+                    f"[{section}.{name if re.fullmatch(r'[A-Za-z0-9_-]+', name) else json.dumps(name)}]"
+                )
                 lines += [f"{k} = {_toml_value(v)}" for k, v in table.items()]
                 lines.append("")
     return "\n".join(lines)

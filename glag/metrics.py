@@ -1,6 +1,7 @@
 """Top-1 accuracy overall, per Many/Medium/Few group (by training count) and per class.
 
 Below extract, generate and classify: it imports nothing from them."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,7 +19,8 @@ def per_class_accuracy(pred: np.ndarray, labels: np.ndarray, num_classes: int) -
 
 
 def evaluate(pred: np.ndarray, labels: np.ndarray, train_counts: np.ndarray) -> dict:
-    """``top1`` over all rows, the mean per-class accuracy of each group (NaN if the group is empty), per class."""
+    """``top1`` over all rows, the mean per-class accuracy of each group (NaN if the group is empty), per
+    class."""
     train_counts = np.asarray(train_counts)
     acc = per_class_accuracy(pred, labels, len(train_counts))
     out = {"top1": float(np.mean(np.asarray(pred) == np.asarray(labels))) if len(labels) else float("nan")}

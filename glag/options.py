@@ -2,6 +2,7 @@
 
 Errors name the flag, the value and what is allowed, and come before any data is read or work is done.
 """
+
 from __future__ import annotations
 
 import errno
@@ -22,7 +23,14 @@ class Number(click.ParamType):
     """A finite int or float within ``[lo, hi]`` (``lo_open``/``hi_open`` exclude the bound)."""
 
     def __init__(self, kind=float, lo=None, hi=None, lo_open=False, hi_open=False, extra: str = ""):
-        self.kind, self.lo, self.hi, self.lo_open, self.hi_open, self.extra = kind, lo, hi, lo_open, hi_open, extra
+        self.kind, self.lo, self.hi, self.lo_open, self.hi_open, self.extra = (
+            kind,
+            lo,
+            hi,
+            lo_open,
+            hi_open,
+            extra,
+        )
         self.name = "integer" if kind is int else "number"
 
     def allowed(self) -> str:
@@ -32,7 +40,9 @@ class Number(click.ParamType):
         if self.hi is not None:
             parts.append(f"{'<' if self.hi_open else '<='} {_fmt(self.hi)}")
         what = "a finite " + ("integer" if self.kind is int else "number")
-        return what + (" " + " and ".join(parts) if parts else "") + (f" ({self.extra})" if self.extra else "")
+        return (
+            what + (" " + " and ".join(parts) if parts else "") + (f" ({self.extra})" if self.extra else "")
+        )
 
     def convert(self, value, param, ctx):
         if isinstance(value, (int, float)) and not isinstance(value, bool):  # from a config file or a default
@@ -46,8 +56,12 @@ class Number(click.ParamType):
             try:
                 v = self.kind(str(value).strip())
             except ValueError:
-                self.fail(f"{value!r} is not {'an integer' if self.kind is int else 'a number'}; allowed: "
-                          f"{self.allowed()}", param, ctx)
+                self.fail(
+                    f"{value!r} is not {'an integer' if self.kind is int else 'a number'}; allowed: "
+                    f"{self.allowed()}",
+                    param,
+                    ctx,
+                )
         bad = not math.isfinite(v)
         if not bad and self.lo is not None:
             bad = v <= self.lo if self.lo_open else v < self.lo
@@ -87,4 +101,6 @@ def check_writable(path: Path | None, flag: str, *, folder: bool) -> None:
         why = exc.strerror or str(exc)
         if exc.errno == errno.ENOENT and target.is_dir():  # /proc, /sys: folders that take no new files
             why = "a folder that takes no new files (a virtual file system such as /proc?)"
-        raise GlagError(f"{flag} '{path}' is not writable ('{target}': {why}); choose another place") from None
+        raise GlagError(
+            f"{flag} '{path}' is not writable ('{target}': {why}); choose another place"
+        ) from None

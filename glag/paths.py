@@ -4,6 +4,7 @@ A recipe's variant names and ``--set`` values turn into folder names; a name suc
 otherwise write outside ``--out``. Names are checked where they are read, and every run folder is
 checked to resolve inside its base before it is written.
 """
+
 from __future__ import annotations
 
 import re

@@ -5,6 +5,7 @@ A cell is one stage-one cache: its folder holds the cell's effective config (``c
 folder per stage-two method. A cell whose every method has a finished run folder is never run again; a
 killed sweep re-runs only the missing methods of unfinished cells (stage one resumes from its checkpoint).
 """
+
 from __future__ import annotations
 
 import csv
@@ -16,12 +17,12 @@ import statistics
 from pathlib import Path
 
 from glag.cache.format import atomic_path, json_hash
+from glag.classify.results import label
 from glag.config import SECTIONS, read_config, to_toml, tomllib
 from glag.errors import GlagError
+from glag.metrics import paired_differences, t_interval, verdict
 from glag.paths import check_safe_name
 from glag.sweep_folder import claim, describe, record_sweep
-from glag.classify.results import label
-from glag.metrics import paired_differences, t_interval, verdict
 
 METRICS = ("top1", "many", "medium", "few")
 SECTION_OF = {k: section for section, keys in SECTIONS.items() for k in keys}
@@ -79,8 +80,10 @@ def parse_sets(items) -> dict[str, list]:
         seen = []
         for v in vals:
             if _same(v) in seen:
-                raise GlagError(f"--set {key}={values} lists {v!r} twice; each value makes its own cells "
-                                "(use --seeds for replicates)")
+                raise GlagError(
+                    f"--set {key}={values} lists {v!r} twice; each value makes its own cells "
+                    "(use --seeds for replicates)"
+                )
             seen.append(_same(v))
         out[key] = vals
     return out
@@ -108,7 +111,7 @@ def plan(seeds: list[int], sets: dict[str, list]) -> list[dict]:
     keys = list(sets)
     cells = []
     for combo in itertools.product(*(sets[k] for k in keys)):
-        setting = dict(zip(keys, combo))
+        setting = dict(zip(keys, combo, strict=False))
         for seed in seeds:
             cells.append({"name": cell_name(seed, setting), "seed": seed, "setting": setting})
     return cells
@@ -177,13 +180,24 @@ def locate(out: Path, cells: list[dict], config: Path) -> list[dict]:
                 if cell["dir"] != out / "cells" / cell["name"]:  # a legacy name that another cell mapped onto
                     cell["dir"] = out / "cells" / cell["name"]
                     continue
-                raise GlagError(f"cell folder '{cell['dir']}' holds another recipe's cell (its config.toml differs "
-                                "from this sweep's); sweep into a new --out")
+                raise GlagError(
+                    f"cell folder '{cell['dir']}' holds another recipe's cell (its config.toml differs "
+                    "from this sweep's); sweep into a new --out"
+                )
     return cells
 
 
-def run_sweep(config: Path, seeds: list[int], out: Path, sets: dict[str, list], *, cache_dir: Path,
-              quiet: bool = False, jobs: int = 1, log=None) -> list[dict]:
+def run_sweep(
+    config: Path,
+    seeds: list[int],
+    out: Path,
+    sets: dict[str, list],
+    *,
+    cache_dir: Path,
+    quiet: bool = False,
+    jobs: int = 1,
+    log=None,
+) -> list[dict]:
     """Run every unfinished cell; returns the rows of cells.csv (every cell the folder holds). Every cell's
     config and the folder's record (sweep.json) are checked first, so a bad --set value or a different
     sweep into the same --out is refused before anything is written. With ``jobs`` > 1, cells run side by
@@ -219,13 +233,34 @@ def run_sweep(config: Path, seeds: list[int], out: Path, sets: dict[str, list], 
             continue
         cell_dir.mkdir(parents=True, exist_ok=True)
         cfg_file = cell_dir / "config.toml"
-        if not cfg_file.is_file() or cfg_file.read_text() != cell["config"]:  # new: or this sweep's methods grew
+        if (
+            not cfg_file.is_file() or cfg_file.read_text() != cell["config"]
+        ):  # new: or this sweep's methods grew
             with atomic_path(cfg_file) as t:
                 t.write_text(cell["config"])
-        todo.append((cell, ["run", "--config", str(cfg_file), "--out", str(cell_dir / "runs"), "--cache-dir",
-                            str(cache_dir), "-q", *[a for m in missing for a in ("--method", m)]]))
-    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="sweep cells", unit="cell",
-               disable=True if quiet else None)
+        todo.append(
+            (
+                cell,
+                [
+                    "run",
+                    "--config",
+                    str(cfg_file),
+                    "--out",
+                    str(cell_dir / "runs"),
+                    "--cache-dir",
+                    str(cache_dir),
+                    "-q",
+                    *[a for m in missing for a in ("--method", m)],
+                ],
+            )
+        )
+    bar = tqdm(
+        total=len(cells),
+        initial=len(cells) - len(todo),
+        desc="sweep cells",
+        unit="cell",
+        disable=True if quiet else None,
+    )
 
     def finished():
         write_outputs(out, record["methods"], every, record["sets"])
@@ -243,8 +278,9 @@ def run_sweep(config: Path, seeds: list[int], out: Path, sets: dict[str, list], 
 
 def stage_one_group(cell: dict) -> tuple:
     """What decides a cell's stage-one cache: its seed and its dataset and stage-one --set values."""
-    return cell["seed"], tuple((k, str(v)) for k, v in cell["setting"].items()
-                               if SECTION_OF[k] in ("dataset", "stage_one"))
+    return cell["seed"], tuple(
+        (k, str(v)) for k, v in cell["setting"].items() if SECTION_OF[k] in ("dataset", "stage_one")
+    )
 
 
 def _run_packed(todo, jobs: int, finished) -> None:
@@ -272,7 +308,9 @@ def _run_packed(todo, jobs: int, finished) -> None:
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         list(pool.map(work, groups.values()))
     if failed:
-        raise GlagError(f"{len(failed)} cell(s) failed (the others are kept; run again to retry): {failed[0]}")
+        raise GlagError(
+            f"{len(failed)} cell(s) failed (the others are kept; run again to retry): {failed[0]}"
+        )
 
 
 def collect(out: Path, methods, cells: list[dict], sets) -> list[dict]:
@@ -284,9 +322,17 @@ def collect(out: Path, methods, cells: list[dict], sets) -> list[dict]:
                 continue
             rec = json.loads((found[m] / "result.json").read_text())
             s, v = rec["summary"], rec.get("val_summary", {})
-            rows.append({"cell": cell["name"], "seed": cell["seed"], **{k: cell["setting"][k] for k in sets},
-                         "method": m, **{k: s.get(k) for k in METRICS}, "val_top1": v.get("top1"),
-                         "run": str(found[m].relative_to(out))})
+            rows.append(
+                {
+                    "cell": cell["name"],
+                    "seed": cell["seed"],
+                    **{k: cell["setting"][k] for k in sets},
+                    "method": m,
+                    **{k: s.get(k) for k in METRICS},
+                    "val_top1": v.get("top1"),
+                    "run": str(found[m].relative_to(out)),
+                }
+            )
     return rows
 
 
@@ -297,21 +343,34 @@ def _num(v):
 def summary(rows: list[dict], methods, sets) -> str:
     keys = list(sets)
     groups = sorted({tuple(r[k] for k in keys) for r in rows}, key=str)
-    lines = ["# Sweep summary", "", "Mean ± std over seeds; paired differences are GLAG minus each method on the same "
-             "stage-one cache (same seed), mean [95 % t-interval]; 'tie' when the interval holds 0.", ""]
+    lines = [
+        "# Sweep summary",
+        "",
+        "Mean ± std over seeds; paired differences are GLAG minus each method on the same "
+        "stage-one cache (same seed), mean [95 % t-interval]; 'tie' when the interval holds 0.",
+        "",
+    ]
     for g in groups:
         rs = [r for r in rows if tuple(r[k] for k in keys) == g]
-        title = ", ".join(f"{k}={v}" for k, v in zip(keys, g)) or "all cells"
-        lines += [f"## {title}", "", "| method | n | " + " | ".join(METRICS) + " | val top1 |",
-                  "|---|---|" + "---|" * (len(METRICS) + 1)]
+        title = ", ".join(f"{k}={v}" for k, v in zip(keys, g, strict=False)) or "all cells"
+        lines += [
+            f"## {title}",
+            "",
+            "| method | n | " + " | ".join(METRICS) + " | val top1 |",
+            "|---|---|" + "---|" * (len(METRICS) + 1),
+        ]
         for m in methods:
             mr = [r for r in rs if r["method"] == m]
             if mr:
                 cells = []
                 for k in (*METRICS, "val_top1"):
                     vals = [_num(r[k]) for r in mr if _num(r[k]) is not None]
-                    cells.append("—" if not vals else f"{statistics.fmean(vals):.2f}" +
-                                 (f" ± {statistics.stdev(vals):.2f}" if len(vals) > 1 else ""))
+                    cells.append(
+                        "—"
+                        if not vals
+                        else f"{statistics.fmean(vals):.2f}"
+                        + (f" ± {statistics.stdev(vals):.2f}" if len(vals) > 1 else "")
+                    )
                 lines.append(f"| {m} | {len(mr)} | " + " | ".join(cells) + " |")
         if "glag" in methods:
             lines += ["", "| GLAG minus | top-1 | verdict |", "|---|---|---|"]
@@ -319,7 +378,10 @@ def summary(rows: list[dict], methods, sets) -> str:
             for m in methods:
                 if m in diffs and m != "probe":  # the probe trains on another (the full balanced) set
                     mean, lo, hi = t_interval(diffs[m])
-                    lines.append(f"| {m} | {mean:+.2f} [{lo:+.2f}, {hi:+.2f}] (n={len(diffs[m])}) | {verdict(lo, hi)} |")
+                    lines.append(
+                        f"| {m} | {mean:+.2f} [{lo:+.2f}, {hi:+.2f}] (n={len(diffs[m])}) | "
+                        f"{verdict(lo, hi)} |"
+                    )
         lines.append("")
     lines += ["![Many / Medium / Few per method](groups.png)", ""]
     return "\n".join(lines)
@@ -335,9 +397,17 @@ def plot_groups(rows: list[dict], methods, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 4))
     width = 0.8 / max(len(methods), 1)
     for i, m in enumerate(methods):
-        vals = [[_num(r[g]) for r in rows if r["method"] == m and _num(r[g]) is not None] for g in METRICS[1:]]
-        ax.bar(np.arange(3) + (i - len(methods) / 2 + 0.5) * width, [np.mean(v) if v else np.nan for v in vals],
-               width, yerr=[np.std(v, ddof=1) if len(v) > 1 else 0 for v in vals], capsize=2, label=m)
+        vals = [
+            [_num(r[g]) for r in rows if r["method"] == m and _num(r[g]) is not None] for g in METRICS[1:]
+        ]
+        ax.bar(
+            np.arange(3) + (i - len(methods) / 2 + 0.5) * width,
+            [np.mean(v) if v else np.nan for v in vals],
+            width,
+            yerr=[np.std(v, ddof=1) if len(v) > 1 else 0 for v in vals],
+            capsize=2,
+            label=m,
+        )
     ax.set_xticks(range(3), ["Many", "Medium", "Few"])
     ax.set_ylabel("test accuracy (%)")
     ax.legend(fontsize=8, ncol=4)
@@ -348,7 +418,8 @@ def plot_groups(rows: list[dict], methods, path: Path) -> None:
 
 
 def write_outputs(out: Path, methods, cells: list[dict], sets) -> list[dict]:
-    """cells.csv, summary.md and groups.png from the finished run folders (each written whole, then renamed)."""
+    """cells.csv, summary.md and groups.png from the finished run folders (each written whole, then
+    renamed)."""
     rows = collect(out, methods, cells, sets)
     cols = ["cell", "seed", *sets, "method", *METRICS, "val_top1", "run"]
     with atomic_path(out / "cells.csv") as tmp:

@@ -5,6 +5,7 @@ A sweep writes only into a folder that does not exist, is empty, or is a sweep f
 ``sweep.json``, or a folder of an older glag that has only ``cells/`` and the sweep's outputs). The same
 recipe may be extended with more seeds, ``--set`` values, methods or variants; the sweep says so.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,14 @@ def describe(config: Path, methods, seeds, sets) -> dict:
     raw = tomllib.loads(Path(config).read_text())
     variants = raw.pop("variants", {})
     raw.get("stage_two", {}).pop("method", None)
-    return {"glag_sweep": 1, "recipe": raw, "variants": variants, "methods": list(methods),
-            "sets": {k: list(v) for k, v in sets.items()}, "seeds": list(seeds)}
+    return {
+        "glag_sweep": 1,
+        "recipe": raw,
+        "variants": variants,
+        "methods": list(methods),
+        "sets": {k: list(v) for k, v in sets.items()},
+        "seeds": list(seeds),
+    }
 
 
 def _first_difference(old: dict, new: dict, where: str = "") -> str | None:
@@ -53,14 +60,24 @@ def claim(out: Path, record: dict, log) -> dict:
         try:
             old = json.loads(marker.read_text())
         except (ValueError, OSError) as exc:
-            raise GlagError(f"'{marker}' is not a readable sweep record ({exc}); sweep into a new --out") from None
+            raise GlagError(
+                f"'{marker}' is not a readable sweep record ({exc}); sweep into a new --out"
+            ) from None
     elif out.is_dir() and any(out.iterdir()):
-        foreign = sorted(p.name for p in out.iterdir() if p.name not in OUTPUTS and not p.name.startswith("."))
+        foreign = sorted(
+            p.name for p in out.iterdir() if p.name not in OUTPUTS and not p.name.startswith(".")
+        )
         if foreign or not (out / "cells").is_dir():
-            raise GlagError(f"--out '{out}' is not empty and is not a sweep folder (it holds "
-                            f"'{(foreign or sorted(p.name for p in out.iterdir()))[0]}'); sweep into a new or empty folder")
-        log(f"adopting the sweep folder '{out}' of an older glag (no {MARKER}); each existing cell's config.toml "
-            "is checked against this sweep's")
+            raise GlagError(
+                f"--out '{out}' is not empty and is not a sweep folder (it holds "
+                f"'{(foreign or sorted(p.name for p in out.iterdir()))[0]}'); sweep into a new or empty "
+                f"folder"
+            )
+        log(
+            f"adopting the sweep folder '{out}' of an older glag (no {MARKER}); each existing cell's "
+            f"config.toml "
+            "is checked against this sweep's"
+        )
         return record
     else:
         return record
@@ -70,23 +87,37 @@ def claim(out: Path, record: dict, log) -> dict:
     if diff:
         raise GlagError(f"--out '{out}' holds a sweep of another recipe ({diff}); sweep into a new --out")
     if list(old.get("sets", {})) != list(record["sets"]):
-        raise GlagError(f"--out '{out}' holds a sweep that varies {', '.join(old.get('sets')) or 'nothing'} "
-                        f"(--set), this one varies {', '.join(record['sets']) or 'nothing'}; sweep into a new --out")
+        raise GlagError(
+            f"--out '{out}' holds a sweep that varies {', '.join(old.get('sets')) or 'nothing'} "
+            f"(--set), this one varies {', '.join(record['sets']) or 'nothing'}; sweep into a new --out"
+        )
     for name in set(old.get("variants", {})) & set(record["variants"]):
         if old["variants"][name] != record["variants"][name]:
             diff = _first_difference(old["variants"][name], record["variants"][name], f"[variants.{name}] ")
-            raise GlagError(f"--out '{out}' ran variant '{name}' with other settings ({diff}); rename the variant "
-                            "or sweep into a new --out")
-    merged = {**record, "variants": {**old.get("variants", {}), **record["variants"]},
-              "methods": _union(old.get("methods", []), record["methods"]),
-              "sets": {k: _union(old["sets"][k], record["sets"][k]) for k in record["sets"]},
-              "seeds": sorted(set(old.get("seeds", [])) | set(record["seeds"]))}
-    added = [f"seeds {', '.join(map(str, sorted(set(record['seeds']) - set(old.get('seeds', [])))))}"
-             if set(record["seeds"]) - set(old.get("seeds", [])) else "",
-             *[f"{k} values {', '.join(map(str, [v for v in record['sets'][k] if v not in old['sets'][k]]))}"
-               for k in record["sets"] if any(v not in old["sets"][k] for v in record["sets"][k])],
-             "methods " + ", ".join(m for m in record["methods"] if m not in old.get("methods", []))
-             if any(m not in old.get("methods", []) for m in record["methods"]) else ""]
+            raise GlagError(
+                f"--out '{out}' ran variant '{name}' with other settings ({diff}); rename the variant "
+                "or sweep into a new --out"
+            )
+    merged = {
+        **record,
+        "variants": {**old.get("variants", {}), **record["variants"]},
+        "methods": _union(old.get("methods", []), record["methods"]),
+        "sets": {k: _union(old["sets"][k], record["sets"][k]) for k in record["sets"]},
+        "seeds": sorted(set(old.get("seeds", [])) | set(record["seeds"])),
+    }
+    added = [
+        f"seeds {', '.join(map(str, sorted(set(record['seeds']) - set(old.get('seeds', [])))))}"
+        if set(record["seeds"]) - set(old.get("seeds", []))
+        else "",
+        *[
+            f"{k} values {', '.join(map(str, [v for v in record['sets'][k] if v not in old['sets'][k]]))}"
+            for k in record["sets"]
+            if any(v not in old["sets"][k] for v in record["sets"][k])
+        ],
+        "methods " + ", ".join(m for m in record["methods"] if m not in old.get("methods", []))
+        if any(m not in old.get("methods", []) for m in record["methods"])
+        else "",
+    ]
     if any(added):
         log(f"extending the sweep in '{out}' with " + "; ".join(a for a in added if a))
     return merged

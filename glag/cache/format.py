@@ -1,4 +1,5 @@
 """The HDF5 feature cache (SPEC section 6): atomic writes, checked reads, per-class views."""
+
 from __future__ import annotations
 
 import hashlib
@@ -53,8 +54,12 @@ def group_by_class(features: np.ndarray, labels: np.ndarray, index: np.ndarray, 
     order = np.argsort(labels, kind="stable")
     offsets = np.zeros(num_classes + 1, dtype=np.int64)
     np.cumsum(np.bincount(labels, minlength=num_classes), out=offsets[1:])
-    return (np.ascontiguousarray(features[order], dtype=np.float32), labels[order],
-            np.asarray(index, dtype=np.int64)[order], offsets)
+    return (
+        np.ascontiguousarray(features[order], dtype=np.float32),
+        labels[order],
+        np.asarray(index, dtype=np.int64)[order],
+        offsets,
+    )
 
 
 @contextmanager
@@ -67,18 +72,31 @@ def atomic_path(path: Path):
         yield tmp
         os.replace(tmp, path)
     except OSError as exc:  # disk full, quota, read-only: name the file, never leave the partial one
-        raise GlagError(f"could not write '{path}': {exc.strerror or exc}; the partial file was removed") from exc
+        raise GlagError(
+            f"could not write '{path}': {exc.strerror or exc}; the partial file was removed"
+        ) from exc
     finally:
         if tmp.exists():
             tmp.unlink()
 
 
-def write_cache(path: Path, *, key_parts: dict, dataset: str, num_classes: int, class_names: list[str],
-                splits: dict[str, tuple], classifier: tuple[np.ndarray, np.ndarray], provenance: dict | None = None,
-                head: dict | None = None, _fail_after_split: str | None = None) -> Path:
+def write_cache(
+    path: Path,
+    *,
+    key_parts: dict,
+    dataset: str,
+    num_classes: int,
+    class_names: list[str],
+    splits: dict[str, tuple],
+    classifier: tuple[np.ndarray, np.ndarray],
+    provenance: dict | None = None,
+    head: dict | None = None,
+    _fail_after_split: str | None = None,
+) -> Path:
     """Write a complete cache file atomically.
 
-    ``splits`` maps split name to ``(features [N, d], labels [N], index [N])``; rows are grouped by class here.
+    ``splits`` maps split name to ``(features [N, d], labels [N], index [N])``; rows are grouped by
+    class here.
     ``key_parts`` is ``key_payload(...)``; the key is derived from it and stored. ``provenance`` (the
     training recipe, for people reading ``glag cache ls``) is stored beside it, outside the key.
     ``head`` says how ``classifier`` turns features into logits: ``{"head": "linear"}`` (the default,
@@ -94,26 +112,42 @@ def write_cache(path: Path, *, key_parts: dict, dataset: str, num_classes: int, 
     if weight.shape[0] != num_classes or bias.shape != (num_classes,):
         raise GlagError(f"classifier shapes {weight.shape}, {bias.shape} do not match {num_classes} classes")
     if not (np.isfinite(weight).all() and np.isfinite(bias).all()):
-        raise GlagError("the stage-one classifier has non-finite weights (training diverged?); nothing was written")
+        raise GlagError(
+            "the stage-one classifier has non-finite weights (training diverged?); nothing was written"
+        )
     key = json_hash(key_parts)
     sums: dict = {}
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
-            f.attrs.update({
-                "format_version": FORMAT_VERSION, "key": key, "dataset": dataset,
-                "num_classes": num_classes, "feature_dim": dims.pop(),
-                "class_names": canonical_json(list(class_names)), "config": canonical_json(key_parts),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "complete": False,
-                "provenance": canonical_json(provenance or {}), "head": head["head"],
-                "head_scale": float(head["scale"]),
-            })
+            f.attrs.update(
+                {
+                    "format_version": FORMAT_VERSION,
+                    "key": key,
+                    "dataset": dataset,
+                    "num_classes": num_classes,
+                    "feature_dim": dims.pop(),
+                    "class_names": canonical_json(list(class_names)),
+                    "config": canonical_json(key_parts),
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "complete": False,
+                    "provenance": canonical_json(provenance or {}),
+                    "head": head["head"],
+                    "head_scale": float(head["scale"]),
+                }
+            )
             for name, (feats, labels, index) in splits.items():
                 feats, labels, index, offsets = group_by_class(np.asarray(feats), labels, index, num_classes)
                 if not np.isfinite(feats).all():
-                    raise GlagError(f"split '{name}' has non-finite features (backbone diverged?); nothing was written")
+                    raise GlagError(
+                        f"split '{name}' has non-finite features (backbone diverged?); nothing was written"
+                    )
                 g = f.create_group(name)
-                for arr_name, arr in (("features", feats), ("labels", labels), ("index", index),
-                                      ("class_offsets", offsets)):
+                for arr_name, arr in (
+                    ("features", feats),
+                    ("labels", labels),
+                    ("index", index),
+                    ("class_offsets", offsets),
+                ):
                     write_array(g, arr_name, arr, sums)
                 if name == _fail_after_split:  # test hook: simulate a crash mid-write
                     raise RuntimeError(f"simulated failure after writing split '{name}'")
@@ -139,7 +173,7 @@ class SplitView:
 
     def of_class(self, c: int) -> np.ndarray:
         """Zero-copy view of class ``c``'s rows."""
-        return self.features[self.offsets[c]:self.offsets[c + 1]]
+        return self.features[self.offsets[c] : self.offsets[c + 1]]
 
     @property
     def counts(self) -> np.ndarray:
@@ -161,7 +195,9 @@ def read_rows(features: np.ndarray, start: int, stop: int, out: np.ndarray | Non
     with open(features.filename, "rb") as fh:
         fh.seek(features.offset + start * row_bytes)
         if fh.readinto(memoryview(out).cast("B")) != (stop - start) * row_bytes:
-            raise GlagError(f"cache '{features.filename}' is truncated (rows {start}:{stop} are missing); re-extract it")
+            raise GlagError(
+                f"cache '{features.filename}' is truncated (rows {start}:{stop} are missing); re-extract it"
+            )
     return out
 
 
@@ -192,10 +228,14 @@ class FeatureCache:
             with open(self.path, "rb") as fh:
                 is_hdf5 = fh.read(4) == HDF5_SIGNATURE[:4]  # even a header cut short starts so
             if not is_hdf5:  # someone else's file: never advise deleting it
-                raise GlagError(f"'{self.path}' is not an HDF5 file, so not a glag cache; pass a cache file or key "
-                                "prefix ('glag cache ls')") from None
-            raise GlagError(f"'{self.path}' is not a readable HDF5 cache (incomplete, truncated or corrupt file); "
-                            f"delete it ('glag cache rm') and re-extract") from None
+                raise GlagError(
+                    f"'{self.path}' is not an HDF5 file, so not a glag cache; pass a cache file or key "
+                    "prefix ('glag cache ls')"
+                ) from None
+            raise GlagError(
+                f"'{self.path}' is not a readable HDF5 cache (incomplete, truncated or corrupt file); "
+                f"delete it ('glag cache rm') and re-extract"
+            ) from None
         try:
             with f:
                 attrs = self._read_header(f, key)
@@ -205,29 +245,41 @@ class FeatureCache:
                 if problems:
                     if self._verifier is not None:
                         self.ensure_sound()  # names the damaged arrays, if checksums tell
-                    raise GlagError(f"cache '{self.path}' is damaged: {problems[0]}; delete it and re-extract")
+                    raise GlagError(
+                        f"cache '{self.path}' is damaged: {problems[0]}; delete it and re-extract"
+                    )
                 if self._verifier is not None:
                     # Hashed in the background while the caller reads; ensure_sound() joins.
                     self._verifier.start()
         except (OSError, KeyError, ValueError, TypeError) as exc:  # h5py's ways of saying the file is broken
-            raise GlagError(f"cache '{self.path}' is damaged or truncated ({type(exc).__name__}: {exc}); "
-                            f"delete it and re-extract") from exc
+            raise GlagError(
+                f"cache '{self.path}' is damaged or truncated ({type(exc).__name__}: {exc}); "
+                f"delete it and re-extract"
+            ) from exc
 
     def _read_header(self, f: h5py.File, key: str | None) -> dict:
         a = dict(f.attrs)
         if STATS_MARK in self.path.name and "version" in a and "format_version" not in a:
             cache = self.path.name.split(STATS_MARK)[0] + SUFFIX
-            raise GlagError(f"'{self.path}' is a generator statistics file, not a feature cache; pass the cache it "
-                            f"was made from ('{cache}')")
+            raise GlagError(
+                f"'{self.path}' is a generator statistics file, not a feature cache; pass the cache it "
+                f"was made from ('{cache}')"
+            )
         if not {"format_version", "key", "config"} <= set(a):
-            raise GlagError(f"'{self.path}' is an HDF5 file but not a glag feature cache; pass a file made by "
-                            "'glag extract' or 'glag cache import'")
+            raise GlagError(
+                f"'{self.path}' is an HDF5 file but not a glag feature cache; pass a file made by "
+                "'glag extract' or 'glag cache import'"
+            )
         if not a.get("complete", False):
-            raise GlagError(f"cache '{self.path}' is incomplete (its writer did not finish); delete it and re-extract")
+            raise GlagError(
+                f"cache '{self.path}' is incomplete (its writer did not finish); delete it and re-extract"
+            )
         version = int(a.get("format_version", -1))
         if version != FORMAT_VERSION:
-            raise GlagError(f"cache '{self.path}' has format version {version}; this glag reads version "
-                            f"{FORMAT_VERSION}: delete it and re-make it with the 'glag extract' command that made it")
+            raise GlagError(
+                f"cache '{self.path}' has format version {version}; this glag reads version "
+                f"{FORMAT_VERSION}: delete it and re-make it with the 'glag extract' command that made it"
+            )
         stored = str(a["key"])
         if hashlib.sha256(str(a["config"]).encode()).hexdigest() != stored:
             raise GlagError(f"cache '{self.path}' key does not match its stored config (file altered?)")
@@ -252,18 +304,21 @@ class FeatureCache:
         self._splits = {}
         for name in self.split_names:
             g = f[name]
-            self._splits[name] = SplitView(_memmap(self.path, g["features"]), g["labels"][()],
-                                           g["index"][()], g["class_offsets"][()])
+            self._splits[name] = SplitView(
+                _memmap(self.path, g["features"]), g["labels"][()], g["index"][()], g["class_offsets"][()]
+            )
 
-    def ensure_sound(self) -> "FeatureCache":
+    def ensure_sound(self) -> FeatureCache:
         """Wait for the checksum check started at open; raise GlagError if any array is damaged."""
         if self._verifier is None:
             raise GlagError(f"cache '{self.path}' was opened without checking its data; reopen it to use it")
         bad = self._verifier.wait()
         if bad:
-            raise GlagError(f"cache '{self.path}' is damaged: {', '.join(bad)} "
-                            f"{'fails its' if len(bad) == 1 else 'fail their'} checksum; "
-                            f"delete it ('glag cache rm') and re-extract")
+            raise GlagError(
+                f"cache '{self.path}' is damaged: {', '.join(bad)} "
+                f"{'fails its' if len(bad) == 1 else 'fail their'} checksum; "
+                f"delete it ('glag cache rm') and re-extract"
+            )
         return self
 
     def head_fn(self, device=None):
@@ -286,7 +341,9 @@ class FeatureCache:
 
     def split(self, name: str) -> SplitView:
         if name not in self._splits:
-            raise GlagError(f"cache '{self.path}' has no split '{name}'; it has: {', '.join(self.split_names)}")
+            raise GlagError(
+                f"cache '{self.path}' has no split '{name}'; it has: {', '.join(self.split_names)}"
+            )
         return self._splits[name]
 
     def has_split(self, name: str) -> bool:
@@ -297,10 +354,17 @@ class FeatureCache:
         return self.split("train").counts
 
     def info(self) -> dict:
-        return {"path": str(self.path), "key": self.key, "dataset": self.dataset, "recipe": recipe(self.provenance),
-                "num_classes": self.num_classes,
-                "feature_dim": self.feature_dim, "created": self.created,
-                "rows": {k: len(v) for k, v in self._splits.items()}, "size_mb": round(self.path.stat().st_size / 2**20, 2)}
+        return {
+            "path": str(self.path),
+            "key": self.key,
+            "dataset": self.dataset,
+            "recipe": recipe(self.provenance),
+            "num_classes": self.num_classes,
+            "feature_dim": self.feature_dim,
+            "created": self.created,
+            "rows": {k: len(v) for k, v in self._splits.items()},
+            "size_mb": round(self.path.stat().st_size / 2**20, 2),
+        }
 
 
 def recipe(provenance: dict) -> str:
@@ -312,32 +376,43 @@ def recipe(provenance: dict) -> str:
     loss = provenance.get("loss", "?")
     params = {"graloss": ("a", "g"), "la": ("tau",), "focal": ("gamma",)}.get(loss, ())
     args = ",".join(f"{p}={provenance[p]:g}" for p in params if p in provenance)
-    return (f"{provenance.get('backbone', '?')} {loss}{f'({args})' if args else ''} "
-            f"{provenance.get('epochs', '?')}ep seed{provenance.get('seed', '?')}")
+    return (
+        f"{provenance.get('backbone', '?')} {loss}{f'({args})' if args else ''} "
+        f"{provenance.get('epochs', '?')}ep seed{provenance.get('seed', '?')}"
+    )
 
 
-def structure_problems(cache: "FeatureCache") -> list[str]:
+def structure_problems(cache: FeatureCache) -> list[str]:
     """Shape and consistency problems of an opened cache (cheap: no feature is read)."""
     problems = []
     C, d = cache.num_classes, cache.feature_dim
     if cache.head not in HEADS or not cache.head_scale > 0:
-        problems.append(f"classifier head '{cache.head}' (scale {cache.head_scale}) is not one of {', '.join(HEADS)}")
+        problems.append(
+            f"classifier head '{cache.head}' (scale {cache.head_scale}) is not one of {', '.join(HEADS)}"
+        )
     if cache.weight.shape != (C, d) or cache.bias.shape != (C,):
-        problems.append(f"classifier has shapes {cache.weight.shape}/{cache.bias.shape}, expected ({C}, {d})/({C},)")
+        problems.append(
+            f"classifier has shapes {cache.weight.shape}/{cache.bias.shape}, expected ({C}, {d})/({C},)"
+        )
     for name in cache.split_names:
         s = cache.split(name)
         n = len(s.labels)
         if s.features.shape != (n, d) or s.index.shape != (n,):
-            problems.append(f"{name}: features {s.features.shape} / index {s.index.shape} do not match {n} labels of dim {d}")
+            problems.append(
+                f"{name}: features {s.features.shape} / index {s.index.shape} do not match {n} labels of "
+                f"dim {d}"
+            )
             continue
         if n and (s.labels.min() < 0 or s.labels.max() >= C):
             problems.append(f"{name}: labels outside [0, {C})")
             continue
         off = s.offsets
         if off.shape != (C + 1,) or off[0] != 0 or off[-1] != n or np.any(np.diff(off) < 0):
-            problems.append(f"{name}: class_offsets are not a non-decreasing [0..{n}] array of length {C + 1}")
+            problems.append(
+                f"{name}: class_offsets are not a non-decreasing [0..{n}] array of length {C + 1}"
+            )
         elif not np.array_equal(s.labels, np.repeat(np.arange(C), np.diff(off))):
-            bad = [c for c in range(C) if np.any(s.labels[off[c]:off[c + 1]] != c)]
+            bad = [c for c in range(C) if np.any(s.labels[off[c] : off[c + 1]] != c)]
             problems.append(f"{name}: class_offsets disagree with labels for classes {bad[:10]}")
     return problems
 
@@ -348,8 +423,10 @@ def verify(path) -> list[str]:
     path = Path(path)
     try:
         with h5py.File(path, "r") as f:
-            problems = [f"{name}: checksum mismatch (its stored bytes changed since the cache was written)"
-                        for name in damaged(f, path)]
+            problems = [
+                f"{name}: checksum mismatch (its stored bytes changed since the cache was written)"
+                for name in damaged(f, path)
+            ]
     except OSError:
         problems = []  # FeatureCache below says what is wrong with the file itself
     try:
@@ -359,9 +436,11 @@ def verify(path) -> list[str]:
     for name in cache.split_names:
         s = cache.split(name)
         for start in range(0, len(s), 65536):
-            block = np.asarray(s.features[start:start + 65536])
+            block = np.asarray(s.features[start : start + 65536])
             rows = np.flatnonzero(~np.isfinite(block).all(axis=1))
             if rows.size:
-                problems.append(f"{name}: non-finite features in row {start + int(rows[0])} ({rows.size} rows in block)")
+                problems.append(
+                    f"{name}: non-finite features in row {start + int(rows[0])} ({rows.size} rows in block)"
+                )
                 break
     return problems

@@ -1,4 +1,5 @@
 """Make a cache from feature arrays computed elsewhere (``glag cache import``)."""
+
 from __future__ import annotations
 
 import json
@@ -32,27 +33,38 @@ def _check_npz(path: Path, role: str) -> None:
     with open(path, "rb") as fh:
         head = fh.read(6)
     if head.startswith(b"\x93NUMPY"):
-        raise GlagError(f"--{role} file '{path}' is a single .npy array, not an .npz archive; save the split with "
-                        "np.savez(path, features=..., labels=...)")
+        raise GlagError(
+            f"--{role} file '{path}' is a single .npy array, not an .npz archive; save the split with "
+            "np.savez(path, features=..., labels=...)"
+        )
     if not head.startswith(b"PK"):
-        raise GlagError(f"--{role} file '{path}' is not an .npz archive (it starts with {head!r}, not a zip header)")
+        raise GlagError(
+            f"--{role} file '{path}' is not an .npz archive (it starts with {head!r}, not a zip header)"
+        )
     limit, total = _npz_limit(), 0
     try:
         with zipfile.ZipFile(path) as z:
             for info in z.infolist():
                 with z.open(info) as member:
                     version = np.lib.format.read_magic(member)
-                    shape, _, dtype = (np.lib.format.read_array_header_1_0(member) if version == (1, 0)
-                                       else np.lib.format.read_array_header_2_0(member))
+                    shape, _, dtype = (
+                        np.lib.format.read_array_header_1_0(member)
+                        if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0(member)
+                    )
                 total += int(np.prod(shape, dtype=object)) * dtype.itemsize
                 if total > limit:
-                    raise GlagError(f"--{role} file '{path}': its arrays would unpack to {total / 2**30:.3g} GiB, over "
-                                    f"the {limit / 2**30:.3g} GiB glag reads from one file (a zip bomb?)")
+                    raise GlagError(
+                        f"--{role} file '{path}': its arrays would unpack to {total / 2**30:.3g} GiB, over "
+                        f"the {limit / 2**30:.3g} GiB glag reads from one file (a zip bomb?)"
+                    )
     except GlagError:
         raise
     except Exception as exc:  # BadZipFile, a truncated member, a member that is no .npy
-        raise GlagError(f"--{role} file '{path}' is not a readable .npz file ({type(exc).__name__}: "
-                        f"{str(exc).strip()[:120]})") from None
+        raise GlagError(
+            f"--{role} file '{path}' is not a readable .npz file ({type(exc).__name__}: "
+            f"{str(exc).strip()[:120]})"
+        ) from None
 
 
 def _load_npz(path: Path, role: str, keys: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict:
@@ -64,11 +76,16 @@ def _load_npz(path: Path, role: str, keys: tuple[str, ...], optional: tuple[str,
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except Exception as exc:  # ValueError (object arrays), BadZipFile, EOFError, zlib.error, ...
-        raise GlagError(f"--{role} file '{path}' is not a readable .npz file ({type(exc).__name__}: "
-                        f"{str(exc).strip()[:120]})") from None
+        raise GlagError(
+            f"--{role} file '{path}' is not a readable .npz file ({type(exc).__name__}: "
+            f"{str(exc).strip()[:120]})"
+        ) from None
     missing = [k for k in keys if k not in arrays]
     if missing:
-        raise GlagError(f"--{role} file '{path}' lacks {', '.join(missing)}; it has: {', '.join(sorted(arrays)) or 'nothing'}")
+        raise GlagError(
+            f"--{role} file '{path}' lacks {', '.join(missing)}; it has: "
+            f"{', '.join(sorted(arrays)) or 'nothing'}"
+        )
     return {k: arrays[k] for k in keys + optional if k in arrays}
 
 
@@ -77,16 +94,22 @@ def load_split(path: Path, role: str) -> tuple[np.ndarray, np.ndarray, np.ndarra
     a = _load_npz(path, role, ("features", "labels"), ("index",))
     f, y = a["features"], a["labels"]
     if f.ndim != 2 or f.shape[1] < 1 or not np.issubdtype(f.dtype, np.number) or np.iscomplexobj(f):
-        raise GlagError(f"--{role} '{path}': features must be a real numeric [N, d] array with d >= 1, got {f.dtype} "
-                        f"{list(f.shape)}")
+        raise GlagError(
+            f"--{role} '{path}': features must be a real numeric [N, d] array with d >= 1, got {f.dtype} "
+            f"{list(f.shape)}"
+        )
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
         raise GlagError(f"--{role} '{path}': labels must be an integer [N] array, got {y.dtype} {y.shape}")
     index = a.get("index", np.arange(len(y)))
     if index.ndim != 1 or not np.issubdtype(index.dtype, np.integer) or (len(index) and index.min() < 0):
-        raise GlagError(f"--{role} '{path}': index must be a non-negative integer [N] array (each row's position in "
-                        f"its source), got {index.dtype} {list(index.shape)}")
+        raise GlagError(
+            f"--{role} '{path}': index must be a non-negative integer [N] array (each row's position in "
+            f"its source), got {index.dtype} {list(index.shape)}"
+        )
     if len(f) != len(y) or len(index) != len(y):
-        raise GlagError(f"--{role} '{path}': lengths differ: features {len(f)}, labels {len(y)}, index {len(index)}")
+        raise GlagError(
+            f"--{role} '{path}': lengths differ: features {len(f)}, labels {len(y)}, index {len(index)}"
+        )
     if len(y) == 0:
         raise GlagError(f"--{role} '{path}' has no rows; every split needs at least one")
     f = f.astype(np.float32)
@@ -95,13 +118,22 @@ def load_split(path: Path, role: str) -> tuple[np.ndarray, np.ndarray, np.ndarra
         raise GlagError(f"--{role} '{path}': {bad} rows of features are not finite (NaN or inf)")
     big = float(np.abs(f).max())
     if big > MAX_ABS:
-        raise GlagError(f"--{role} '{path}': features reach {big:.3g}; allowed: |f| <= {MAX_ABS:g} (float32 statistics "
-                        "and the fitted head lose all precision beyond); rescale them")
+        raise GlagError(
+            f"--{role} '{path}': features reach {big:.3g}; allowed: |f| <= {MAX_ABS:g} (float32 statistics "
+            "and the fitted head lose all precision beyond); rescale them"
+        )
     return f, y.astype(np.int64), np.asarray(index, dtype=np.int64)
 
 
-def import_cache(cache_dir: Path, name: str, train: Path, val: Path, test: Path, head: Path | None = None,
-                 class_names: Path | None = None) -> tuple[Path, bool]:
+def import_cache(
+    cache_dir: Path,
+    name: str,
+    train: Path,
+    val: Path,
+    test: Path,
+    head: Path | None = None,
+    class_names: Path | None = None,
+) -> tuple[Path, bool]:
     """Write (or find) the cache for these arrays; returns its path and whether it already existed."""
     if not NAME_RE.match(name or ""):
         raise GlagError(f"--name '{name}' is invalid; use letters, digits, '.', '_' or '-' (not first)")
@@ -124,28 +156,52 @@ def import_cache(cache_dir: Path, name: str, train: Path, val: Path, test: Path,
         W = np.asarray(h["weight"], dtype=np.float32)
         b = np.asarray(h.get("bias", np.zeros(len(W))), dtype=np.float32)
         if W.ndim != 2 or W.shape[1] != d or b.shape != (W.shape[0],):
-            raise GlagError(f"--head '{head}': weight {W.shape} / bias {b.shape} do not fit features of dim {d}")
+            raise GlagError(
+                f"--head '{head}': weight {W.shape} / bias {b.shape} do not fit features of dim {d}"
+            )
         if not (np.isfinite(W).all() and np.isfinite(b).all()):
             raise GlagError(f"--head '{head}': weight or bias is not finite")
-    C = len(names) if names else (len(W) if W is not None else int(max(s[1].max() for s in splits.values())) + 1)
+    C = (
+        len(names)
+        if names
+        else (len(W) if W is not None else int(max(s[1].max() for s in splits.values())) + 1)
+    )
     if W is not None and len(W) != C:
         raise GlagError(f"--head '{head}' has {len(W)} classes but --class-names lists {C}")
-    source = (f"--class-names lists {C} classes" if names else f"--head has {C} classes" if W is not None
-              else f"the largest label sets {C} classes")
+    source = (
+        f"--class-names lists {C} classes"
+        if names
+        else f"--head has {C} classes"
+        if W is not None
+        else f"the largest label sets {C} classes"
+    )
     for role, (_, y, _) in splits.items():
         if y.min() < 0 or y.max() >= C:
-            raise GlagError(f"--{role}: labels must lie in [0, {C}) ({source}), got range [{y.min()}, {y.max()}]")
+            raise GlagError(
+                f"--{role}: labels must lie in [0, {C}) ({source}), got range [{y.min()}, {y.max()}]"
+            )
     empty = np.flatnonzero(np.bincount(splits["train"][1], minlength=C) == 0)
     if len(empty):
-        raise GlagError(f"--train has no row of class(es) {empty[:10].tolist()}; every class needs a train row")
+        raise GlagError(
+            f"--train has no row of class(es) {empty[:10].tolist()}; every class needs a train row"
+        )
     # The key covers every array (and the head when given), so other features can never share it.
-    arrays = {f"{role}/{k}": a for role, s in splits.items() for k, a in zip(("features", "labels", "index"), s)}
+    arrays = {
+        f"{role}/{k}": a
+        for role, s in splits.items()
+        for k, a in zip(("features", "labels", "index"), s, strict=False)
+    }
     if W is not None:
         arrays.update({"head/weight": W, "head/bias": b})
-    weights_hash = digest(np.frombuffer("".join(f"{k}:{digest(v)}" for k, v in sorted(arrays.items())).encode(), np.uint8))
+    weights_hash = digest(
+        np.frombuffer("".join(f"{k}:{digest(v)}" for k, v in sorted(arrays.items())).encode(), np.uint8)
+    )
     names = names or [str(c) for c in range(C)]
-    parts = key_payload({"imported": name, "num_classes": C, "class_names": names}, weights_hash,
-                        {"source": "import", "head": "given" if W is not None else HEAD_FIT})
+    parts = key_payload(
+        {"imported": name, "num_classes": C, "class_names": names},
+        weights_hash,
+        {"source": "import", "head": "given" if W is not None else HEAD_FIT},
+    )
     key = json_hash(parts)
     path = Path(cache_dir) / cache_filename(name, key)
     if path.is_file():
@@ -153,7 +209,18 @@ def import_cache(cache_dir: Path, name: str, train: Path, val: Path, test: Path,
         return path, True
     if W is None:
         W, b = fit_linear_head(splits["train"][0], splits["train"][1], C)
-    write_cache(path, key_parts=parts, dataset=name, num_classes=C, class_names=names, splits=splits,
-                classifier=(W, b), provenance={"source": "import", "head": parts["extraction"]["head"],
-                                               "files": {r: str(p) for r, p in (("train", train), ("val", val), ("test", test))}})
+    write_cache(
+        path,
+        key_parts=parts,
+        dataset=name,
+        num_classes=C,
+        class_names=names,
+        splits=splits,
+        classifier=(W, b),
+        provenance={
+            "source": "import",
+            "head": parts["extraction"]["head"],
+            "files": {r: str(p) for r, p in (("train", train), ("val", val), ("test", test))},
+        },
+    )
     return path, False

@@ -6,6 +6,7 @@ in any array or in the header is caught. sha256 over contiguous storage was chos
 fletcher32 filter by measurement (docs/benchmarks.md): fletcher32 needs chunked storage, which
 rules out memory-mapped reads.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -96,7 +97,7 @@ class Verifier:
             else:
                 self._jobs.append((name, offset, nbytes, want))
 
-    def start(self) -> "Verifier":
+    def start(self) -> Verifier:
         """Hash the arrays: at once when they are small (a thread would only add GIL hand-offs),
         else in a background thread."""
         if sum(job[2] for job in self._jobs) <= SYNC_BYTES:
@@ -120,7 +121,7 @@ class Verifier:
                     fh.seek(offset)
                     left = nbytes
                     while left:
-                        got = fh.readinto(view[:min(left, len(buf))])
+                        got = fh.readinto(view[: min(left, len(buf))])
                         if not got:
                             raise OSError("short read")
                         h.update(view[:got])

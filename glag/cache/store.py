@@ -1,4 +1,5 @@
 """The cache folder: where files live, listing and removal."""
+
 from __future__ import annotations
 
 import os
@@ -21,10 +22,19 @@ def list_caches(cache_dir: Path) -> list[dict]:
             continue
         try:
             info = FeatureCache(path, check_data=False).info()
-            rows.append({"file": path.name, "dataset": info["dataset"], "recipe": info["recipe"], "key": info["key"][:16],
-                         "classes": info["num_classes"], "dim": info["feature_dim"],
-                         "rows": " ".join(f"{k}={v}" for k, v in info["rows"].items()),
-                         "MB": info["size_mb"], "created": info["created"]})
+            rows.append(
+                {
+                    "file": path.name,
+                    "dataset": info["dataset"],
+                    "recipe": info["recipe"],
+                    "key": info["key"][:16],
+                    "classes": info["num_classes"],
+                    "dim": info["feature_dim"],
+                    "rows": " ".join(f"{k}={v}" for k, v in info["rows"].items()),
+                    "MB": info["size_mb"],
+                    "created": info["created"],
+                }
+            )
         except GlagError as exc:
             rows.append({"file": path.name, "dataset": "?", "key": "?", "error": str(exc)})
     return rows
@@ -94,7 +104,11 @@ def related_files(path: Path) -> list[Path]:
     path = Path(path)
     stats = [q for q in path.parent.glob(f"{path.stem}{STATS_MARK}*{SUFFIX}") if glag_file_kind(q) == "stats"]
     report = path.with_suffix(".stage1.json")
-    reports = [report] if report.is_file() and not report.is_symlink() and _is_stage_one_report(report, path) else []
+    reports = (
+        [report]
+        if report.is_file() and not report.is_symlink() and _is_stage_one_report(report, path)
+        else []
+    )
     return sorted(set(stats + reports) - {path})
 
 
@@ -103,7 +117,9 @@ def removable(target: str, cache_dir: Path) -> Path:
     p = Path(target)
     if p.exists() or p.is_symlink():
         if glag_file_kind(p) is None:
-            raise GlagError(f"'{target}' is not a glag cache or statistics file; 'glag cache rm' removes only those "
-                            "(nothing was removed)")
+            raise GlagError(
+                f"'{target}' is not a glag cache or statistics file; 'glag cache rm' removes only those "
+                "(nothing was removed)"
+            )
         return p
     return resolve(target, cache_dir)

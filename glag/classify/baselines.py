@@ -1,19 +1,23 @@
 """Classifier-only baselines on the same cache: cRT, LWS, tau-normalisation, post-hoc logit
 adjustment, and the probe protocol. Hyper-parameters are picked on val only; test is read once."""
+
 from __future__ import annotations
 
 import torch
 
-from glag.classify.common import log_prior, pick_on_val, split_metrics, train_linear
 from glag.cache.format import FeatureCache
+from glag.classify.common import log_prior, pick_on_val, split_metrics, train_linear
 from glag.errors import GlagError
-
 
 
 def _result(method: str, logits_fn, cache: FeatureCache, device, **extra) -> dict:
     counts = cache.train_counts
-    return {"method": method, "val": split_metrics(logits_fn, cache.split("val"), counts, device),
-            "test": split_metrics(logits_fn, cache.split("test"), counts, device), **extra}
+    return {
+        "method": method,
+        "val": split_metrics(logits_fn, cache.split("val"), counts, device),
+        "test": split_metrics(logits_fn, cache.split("test"), counts, device),
+        **extra,
+    }
 
 
 def stage_one(cache: FeatureCache, device=torch.device("cpu")) -> dict:
@@ -21,36 +25,80 @@ def stage_one(cache: FeatureCache, device=torch.device("cpu")) -> dict:
     return _result("stage-one", cache.head_fn(device), cache, device)
 
 
-def _fresh_linear(cache: FeatureCache, split: str, balanced: bool, *, epochs, batch_size, lr, weight_decay, seed,
-                  device) -> torch.nn.Linear:
+def _fresh_linear(
+    cache: FeatureCache, split: str, balanced: bool, *, epochs, batch_size, lr, weight_decay, seed, device
+) -> torch.nn.Linear:
     """A new linear classifier trained by SGD on one split's cached features."""
     torch.manual_seed(seed)
     rows = cache.split(split)
     g = torch.nn.Linear(cache.feature_dim, cache.num_classes).to(device)
-    train_linear(g.parameters(), g, rows.features, rows.labels, epochs=epochs, batch_size=batch_size, lr=lr,
-                 weight_decay=weight_decay, momentum=0.9, seed=seed, device=device, balanced=balanced,
-                 num_classes=cache.num_classes)
+    train_linear(
+        g.parameters(),
+        g,
+        rows.features,
+        rows.labels,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        momentum=0.9,
+        seed=seed,
+        device=device,
+        balanced=balanced,
+        num_classes=cache.num_classes,
+    )
     return g
 
 
-def crt(cache: FeatureCache, *, epochs=10, batch_size=512, lr=0.1, weight_decay=5e-4, seed=0,
-        device=torch.device("cpu")) -> dict:
+def crt(
+    cache: FeatureCache,
+    *,
+    epochs=10,
+    batch_size=512,
+    lr=0.1,
+    weight_decay=5e-4,
+    seed=0,
+    device=torch.device("cpu"),
+) -> dict:
     """Classifier re-training: a fresh linear layer on class-balanced batches of the frozen features."""
-    g = _fresh_linear(cache, "train", True, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                      seed=seed, device=device)
+    g = _fresh_linear(
+        cache,
+        "train",
+        True,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        seed=seed,
+        device=device,
+    )
     return _result("crt", g, cache, device, config={"epochs": epochs, "batch_size": batch_size, "lr": lr})
 
 
-def lws(cache: FeatureCache, *, epochs=10, batch_size=512, lr=0.1, seed=0, device=torch.device("cpu")) -> dict:
+def lws(
+    cache: FeatureCache, *, epochs=10, batch_size=512, lr=0.1, seed=0, device=torch.device("cpu")
+) -> dict:
     """Learnable weight scaling: per-class scales of the stage-one logits, trained class-balanced."""
     torch.manual_seed(seed)
     head = cache.head_fn(device)
     scale = torch.nn.Parameter(torch.ones(cache.num_classes, device=device))
     train = cache.split("train")
     fn = lambda x: head(x) * scale  # noqa: E731
-    train_linear([scale], fn, train.features, train.labels, epochs=epochs, batch_size=batch_size, lr=lr,
-                 weight_decay=0.0, momentum=0.9, seed=seed, device=device, balanced=True,
-                 num_classes=cache.num_classes)
+    train_linear(
+        [scale],
+        fn,
+        train.features,
+        train.labels,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=0.0,
+        momentum=0.9,
+        seed=seed,
+        device=device,
+        balanced=True,
+        num_classes=cache.num_classes,
+    )
     return _result("lws", fn, cache, device, scales=scale.detach().cpu().tolist())
 
 
@@ -60,10 +108,11 @@ def _pick_on_val(cache: FeatureCache, make_fn, device):
 
 
 def tau_norm(cache: FeatureCache, device=torch.device("cpu")) -> dict:
-    """``w_c / ||w_c||^tau`` without bias, tau picked on val (a no-op on a cosine head, whose weights are unit norm)."""
+    """``w_c / ||w_c||^tau`` without bias, tau picked on val (a no-op on a cosine head, whose weights are
+    unit norm)."""
     W = torch.as_tensor(cache.weight, device=device)
     norms = W.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    make = lambda tau: (lambda x: x @ (W / norms ** tau).T)  # noqa: E731
+    make = lambda tau: lambda x: x @ (W / norms**tau).T  # noqa: E731
     tau, scores = _pick_on_val(cache, make, device)
     return _result("tau-norm", make(tau), cache, device, tau=tau, val_scores=scores)
 
@@ -72,20 +121,45 @@ def logit_adjust(cache: FeatureCache, device=torch.device("cpu")) -> dict:
     """Post-hoc logit adjustment ``z - tau log(pi)``, tau picked on val."""
     head = cache.head_fn(device)
     lp = log_prior(cache.train_counts, device)
-    make = lambda tau: (lambda x: head(x) - tau * lp)  # noqa: E731
+    make = lambda tau: lambda x: head(x) - tau * lp  # noqa: E731
     tau, scores = _pick_on_val(cache, make, device)
     return _result("logit-adjust", make(tau), cache, device, tau=tau, val_scores=scores)
 
 
-def probe(cache: FeatureCache, *, epochs=30, batch_size=512, lr=0.1, weight_decay=5e-4, seed=0,
-          device=torch.device("cpu")) -> dict:
+def probe(
+    cache: FeatureCache,
+    *,
+    epochs=30,
+    batch_size=512,
+    lr=0.1,
+    weight_decay=5e-4,
+    seed=0,
+    device=torch.device("cpu"),
+) -> dict:
     """Probe protocol: a fresh linear classifier on the full balanced training set's features."""
     if not cache.has_split("full"):
-        raise GlagError(f"cache '{cache.path}' has no 'full' split; re-extract with --full-split for the probe")
-    g = _fresh_linear(cache, "full", False, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                      seed=seed, device=device)
+        raise GlagError(
+            f"cache '{cache.path}' has no 'full' split; re-extract with --full-split for the probe"
+        )
+    g = _fresh_linear(
+        cache,
+        "full",
+        False,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        seed=seed,
+        device=device,
+    )
     return _result("probe", g, cache, device, config={"epochs": epochs, "batch_size": batch_size, "lr": lr})
 
 
-BASELINES = {"stage-one": stage_one, "crt": crt, "lws": lws, "tau-norm": tau_norm, "logit-adjust": logit_adjust,
-             "probe": probe}
+BASELINES = {
+    "stage-one": stage_one,
+    "crt": crt,
+    "lws": lws,
+    "tau-norm": tau_norm,
+    "logit-adjust": logit_adjust,
+    "probe": probe,
+}

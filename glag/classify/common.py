@@ -1,4 +1,5 @@
 """Pieces shared by stage-two methods: linear training loops, evaluation, cosine lr."""
+
 from __future__ import annotations
 
 import math
@@ -30,8 +31,12 @@ def predict(logits_fn, features: np.ndarray, device, batch: int = 8192) -> np.nd
     """argmax of ``logits_fn`` over ``features`` in chunks."""
     out = []
     for s in range(0, len(features), batch):
-        x = features[s:s + batch]
-        x = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.array(x, dtype=np.float32), device=device)
+        x = features[s : s + batch]
+        x = (
+            x
+            if isinstance(x, torch.Tensor)
+            else torch.as_tensor(np.array(x, dtype=np.float32), device=device)
+        )
         out.append(logits_fn(x).argmax(1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0, np.int64)
 
@@ -49,14 +54,16 @@ def pick_on_val(make_fn, features, labels, device, grid=TAU_GRID) -> tuple[float
     """The value of ``grid`` whose ``make_fn(value)`` scores the best top-1 on these (val) rows, the
     first (smallest) among ties, and every value's score."""
     scores = [float(np.mean(predict(make_fn(v), features, device) == labels)) for v in grid]
-    return float(grid[int(np.argmax(scores))]), dict(zip(map(float, grid), scores))
+    return float(grid[int(np.argmax(scores))]), dict(zip(map(float, grid), scores, strict=False))
 
 
 def split_metrics(logits_fn, split, train_counts, device) -> dict:
     return evaluate(predict(logits_fn, split.features, device), split.labels, train_counts)
 
 
-def class_balanced_indices(labels: np.ndarray, num_classes: int, n: int, rng: np.random.Generator) -> np.ndarray:
+def class_balanced_indices(
+    labels: np.ndarray, num_classes: int, n: int, rng: np.random.Generator
+) -> np.ndarray:
     """``n`` row indices drawn with every class equally likely, uniform within a class."""
     counts = np.bincount(labels, minlength=num_classes)
     present = np.flatnonzero(counts)
@@ -67,9 +74,24 @@ def class_balanced_indices(labels: np.ndarray, num_classes: int, n: int, rng: np
     return order[offsets[cls] + pos]
 
 
-def train_linear(params, logits_fn, features, labels, *, epochs: int, batch_size: int, lr: float,
-                 weight_decay: float, momentum: float, seed: int, device, balanced: bool, num_classes: int,
-                 transform=None, progress=None) -> None:
+def train_linear(
+    params,
+    logits_fn,
+    features,
+    labels,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    momentum: float,
+    seed: int,
+    device,
+    balanced: bool,
+    num_classes: int,
+    transform=None,
+    progress=None,
+) -> None:
     """SGD with cosine lr over (optionally class-balanced) batches of cached features."""
     opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     rng = np.random.default_rng(seed)
@@ -78,7 +100,7 @@ def train_linear(params, logits_fn, features, labels, *, epochs: int, batch_size
     for e in range(epochs):
         idx = class_balanced_indices(labels, num_classes, n, rng) if balanced else rng.permutation(n)
         for s in range(steps):
-            sel = np.sort(idx[s * batch_size:(s + 1) * batch_size])
+            sel = np.sort(idx[s * batch_size : (s + 1) * batch_size])
             if len(sel) == 0:
                 continue
             for g in opt.param_groups:

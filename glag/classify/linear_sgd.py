@@ -8,27 +8,42 @@ took 1.6x plain SGD, these fused operations about 1.0x. The block loop is compil
 TorchScript when it is available, so it runs without the GIL and a generator thread beside it
 does not stall it (docs/benchmarks.md); otherwise the same function runs as Python.
 """
+
 from __future__ import annotations
 
 import warnings
-from typing import List
 
 import torch
 
 
-def _block_steps(weight: torch.Tensor, bias: torch.Tensor, buf_w: torch.Tensor, buf_b: torch.Tensor,
-                 x: torch.Tensor, mix: torch.Tensor, y: torch.Tensor, lrs: List[float], lam2s: List[float],
-                 kd_rows: torch.Tensor, kd_bounds: List[int], kd_p: torch.Tensor, kd_neg_ent: torch.Tensor,
-                 batch_size: int, momentum: float, weight_decay: float, temperature: float,
-                 sums: torch.Tensor) -> None:
+def _block_steps(
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    buf_w: torch.Tensor,
+    buf_b: torch.Tensor,
+    x: torch.Tensor,
+    mix: torch.Tensor,
+    y: torch.Tensor,
+    lrs: list[float],
+    lam2s: list[float],
+    kd_rows: torch.Tensor,
+    kd_bounds: list[int],
+    kd_p: torch.Tensor,
+    kd_neg_ent: torch.Tensor,
+    batch_size: int,
+    momentum: float,
+    weight_decay: float,
+    temperature: float,
+    sums: torch.Tensor,
+) -> None:
     """SGD steps over batch i = ``x[mix[i*B:(i+1)*B]]`` with labels ``y[i*B:(i+1)*B]`` and learning
     rate ``lrs[i]``; rows ``kd_rows[kd_bounds[i]:kd_bounds[i+1]]`` of batch i (batch-local) get
     ``lam2s[i] * T^2 KL(kd_p || softmax(logits / T))`` over those rows. ``sums`` += (CE, KD)."""
     t = temperature
     for i in range(len(lrs)):
-        sel = mix[i * batch_size:(i + 1) * batch_size]
+        sel = mix[i * batch_size : (i + 1) * batch_size]
         xb = x.index_select(0, sel)
-        yb = y[i * batch_size:(i + 1) * batch_size]
+        yb = y[i * batch_size : (i + 1) * batch_size]
         n = xb.shape[0]
         z = torch.addmm(bias, xb, weight.t())
         grad = torch.log_softmax(z, 1)
@@ -62,8 +77,17 @@ def _compiled():
 class LinearSGD:
     """``logits = x W^T + b`` trained by ``steps`` (a block of batches at a time)."""
 
-    def __init__(self, d: int, C: int, *, momentum: float, weight_decay: float, device, seed: int | None = None,
-                 compiled: bool = True):
+    def __init__(
+        self,
+        d: int,
+        C: int,
+        *,
+        momentum: float,
+        weight_decay: float,
+        device,
+        seed: int | None = None,
+        compiled: bool = True,
+    ):
         if seed is not None:
             torch.manual_seed(seed)
         init = torch.nn.Linear(d, C)  # torch's own initialisation
@@ -80,16 +104,45 @@ class LinearSGD:
         return torch.addmm(self.bias, x, self.weight.t())
 
     @torch.no_grad()
-    def steps(self, x, mix, y, lrs, lam2s=None, kd_rows=None, kd_bounds=None, kd_p=None, kd_neg_ent=None,
-              batch_size: int = 512, temperature: float = 2.0) -> None:
+    def steps(
+        self,
+        x,
+        mix,
+        y,
+        lrs,
+        lam2s=None,
+        kd_rows=None,
+        kd_bounds=None,
+        kd_p=None,
+        kd_neg_ent=None,
+        batch_size: int = 512,
+        temperature: float = 2.0,
+    ) -> None:
         """``len(lrs)`` updates over the batches of ``x[mix]`` (see ``_block_steps``)."""
         lrs = [float(v) for v in lrs]
         if lam2s is None or kd_rows is None:
             lam2s, kd_bounds = [0.0] * len(lrs), [0] * (len(lrs) + 1)
             kd_rows, kd_p, kd_neg_ent = self._none, self.sums.new_zeros((0, 1)), self.sums.new_zeros(len(lrs))
-        self._run(self.weight, self.bias, self.buf_w, self.buf_b, x, mix, y, lrs, [float(v) for v in lam2s],
-                  kd_rows, [int(v) for v in kd_bounds], kd_p, kd_neg_ent, int(batch_size), float(self.momentum),
-                  float(self.weight_decay), float(temperature), self.sums)
+        self._run(
+            self.weight,
+            self.bias,
+            self.buf_w,
+            self.buf_b,
+            x,
+            mix,
+            y,
+            lrs,
+            [float(v) for v in lam2s],
+            kd_rows,
+            [int(v) for v in kd_bounds],
+            kd_p,
+            kd_neg_ent,
+            int(batch_size),
+            float(self.momentum),
+            float(self.weight_decay),
+            float(temperature),
+            self.sums,
+        )
 
     def take_sums(self) -> tuple[float, float]:
         """The summed batch-mean CE and KD since the last call (one device sync)."""

@@ -1,4 +1,5 @@
 """Run folders: ``result.json`` (metrics, config, cache key, beta history) and ``per_class.csv``."""
+
 from __future__ import annotations
 
 import json
@@ -6,16 +7,15 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 
 from glag.cache.format import FeatureCache
-from glag.metrics import summary_row
 from glag.errors import GlagError
-from glag.metrics import group_of
+from glag.metrics import group_of, summary_row
 
 
 def _clean(obj):
@@ -47,8 +47,14 @@ def claim_dir(base: Path) -> Path:
             path = Path(f"{base}-{i}")
 
 
-def write_run(out: Path, cache: FeatureCache, method: str, result: dict, extra: dict | None = None,
-              model_writer: Callable[[Path], object] | None = None) -> Path:
+def write_run(
+    out: Path,
+    cache: FeatureCache,
+    method: str,
+    result: dict,
+    extra: dict | None = None,
+    model_writer: Callable[[Path], object] | None = None,
+) -> Path:
     """Write a run folder at ``out`` (or ``out-2``, ...) and return it. Weights (if any) go to
     ``classifier.npz``; ``model_writer(folder)`` adds the exported model.
 
@@ -60,14 +66,28 @@ def write_run(out: Path, cache: FeatureCache, method: str, result: dict, extra: 
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
         counts = cache.train_counts
-        record = {"method": method, "cache": str(cache.path), "cache_key": cache.key, "dataset": cache.dataset,
-                  "summary": summary_row(result["test"]), "val_summary": summary_row(result["val"]),
-                  "train_counts": counts, **{k: v for k, v in result.items() if k not in ("weight", "bias")},
-                  **(extra or {})}
+        record = {
+            "method": method,
+            "cache": str(cache.path),
+            "cache_key": cache.key,
+            "dataset": cache.dataset,
+            "summary": summary_row(result["test"]),
+            "val_summary": summary_row(result["val"]),
+            "train_counts": counts,
+            **{k: v for k, v in result.items() if k not in ("weight", "bias")},
+            **(extra or {}),
+        }
         (tmp / "result.json").write_text(json.dumps(_clean(record), indent=2))
-        pd.DataFrame({"class": np.arange(cache.num_classes), "name": cache.class_names, "train_count": counts,
-                      "group": group_of(counts), "test_acc": result["test"]["per_class"],
-                      "val_acc": result["val"]["per_class"]}).to_csv(tmp / "per_class.csv", index=False)
+        pd.DataFrame(
+            {
+                "class": np.arange(cache.num_classes),
+                "name": cache.class_names,
+                "train_count": counts,
+                "group": group_of(counts),
+                "test_acc": result["test"]["per_class"],
+                "val_acc": result["val"]["per_class"],
+            }
+        ).to_csv(tmp / "per_class.csv", index=False)
         if "weight" in result:
             np.savez(tmp / "classifier.npz", weight=result["weight"], bias=result["bias"])
         if model_writer is not None:
@@ -76,8 +96,9 @@ def write_run(out: Path, cache: FeatureCache, method: str, result: dict, extra: 
         os.replace(tmp, dest)  # onto the empty folder just claimed: atomic, and never onto another run
         return dest
     except OSError as exc:  # disk full, quota: name the folder; the temporary one goes in `finally`
-        raise GlagError(f"could not write run folder '{final}': {exc.strerror or exc}; nothing was left of it") \
-            from None
+        raise GlagError(
+            f"could not write run folder '{final}': {exc.strerror or exc}; nothing was left of it"
+        ) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -91,9 +112,13 @@ def load_run(path: Path) -> dict:
     try:
         rec = json.loads(f.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise GlagError(f"'{f}' is not valid JSON ({exc}); it is not a glag run's result")
-    if not isinstance(rec, dict) or not isinstance(rec.get("summary"), dict) or "method" not in rec or \
-            not {"top1", "many", "medium", "few"} <= set(rec["summary"]):
+        raise GlagError(f"'{f}' is not valid JSON ({exc}); it is not a glag run's result") from None
+    if (
+        not isinstance(rec, dict)
+        or not isinstance(rec.get("summary"), dict)
+        or "method" not in rec
+        or not {"top1", "many", "medium", "few"} <= set(rec["summary"])
+    ):
         raise GlagError(f"'{f}' is not a glag run's result.json (it lacks method or summary metrics)")
     rec["_dir"] = str(f.parent)
     return rec
@@ -108,9 +133,18 @@ def summary_table(runs: list[dict]) -> pd.DataFrame:
     rows = []
     for r in runs:
         s = r["summary"]
-        rows.append({"run": Path(r["_dir"]).name, "method": label(r), "dataset": r.get("dataset", ""),
-                     "top1": s["top1"], "many": s["many"], "medium": s["medium"], "few": s["few"],
-                     "cache": r.get("cache_key", "")[:12]})
+        rows.append(
+            {
+                "run": Path(r["_dir"]).name,
+                "method": label(r),
+                "dataset": r.get("dataset", ""),
+                "top1": s["top1"],
+                "many": s["many"],
+                "medium": s["medium"],
+                "few": s["few"],
+                "cache": r.get("cache_key", "")[:12],
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -126,8 +160,18 @@ def paired_table(runs: list[dict], metric: str = "top1") -> pd.DataFrame:
     rows = []
     for method, d in sorted(paired_differences(by).items()):
         mean, lo, hi = t_interval(d)
-        rows.append({"GLAG minus": method, "caches": len(d), f"mean {metric}": round(mean, 2),
-                     "95% low": round(lo, 2), "95% high": round(hi, 2), "verdict": verdict(lo, hi)})
+        rows.append(
+            {
+                "GLAG minus": method,
+                "caches": len(d),
+                f"mean {metric}": round(mean, 2),
+                "95% low": round(lo, 2),
+                "95% high": round(hi, 2),
+                "verdict": verdict(lo, hi),
+            }
+        )
     if not rows:
-        raise GlagError("--paired found no method run on the same cache as a GLAG run; pass both runs of each cache")
+        raise GlagError(
+            "--paired found no method run on the same cache as a GLAG run; pass both runs of each cache"
+        )
     return pd.DataFrame(rows)

@@ -1,5 +1,6 @@
 """GLAG stage two (Eq. 11): a fresh linear classifier on Tukey-space real + streamed synthetic
 features, CE + lam2(e) * KD on real head-class rows, adaptive per-class confidence beta_c."""
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -13,13 +14,13 @@ from tqdm.auto import tqdm
 
 from glag.classify.common import as_tensor, cosine_lr, log_prior, pick_on_val, predict, torch_device
 from glag.classify.linear_sgd import LinearSGD
-from glag.metrics import evaluate, per_class_accuracy
 from glag.errors import GlagError
 from glag.extract.losses import gradual_lambda
 from glag.generate.afg import AFG, SamplingConfig
-from glag.generate.stats import tukey, untukey
 from glag.generate.feed import feed
+from glag.generate.stats import tukey, untukey
 from glag.generate.stream import FeatureStream
+from glag.metrics import evaluate, per_class_accuracy
 
 
 @dataclass(frozen=True)
@@ -31,23 +32,31 @@ class StageTwoConfig:
     weight_decay: float = 5e-4
     kd: bool = True
     kd_temperature: float = 2.0
-    kd_a: float = 1.0      # lam2(e) = kd_a * (e / E) ** kd_g
+    kd_a: float = 1.0  # lam2(e) = kd_a * (e / E) ** kd_g
     kd_g: float = 3.0
     adaptive: bool = True
     generate: bool = True  # False: real rows only (the 'GLAG without generated features' ablation)
-    posthoc_la: bool = True  # measured: docs/ablations.md (val-tuned logit adjustment of the final classifier)
-    beta_init: float = 0.0  # measured: docs/ablations.md (SPEC said 0.6, to be confirmed; 0.4 until the evidence protocol)
+    posthoc_la: bool = (
+        True  # measured: docs/ablations.md (val-tuned logit adjustment of the final classifier)
+    )
+    beta_init: float = (
+        0.0  # measured: docs/ablations.md (SPEC said 0.6, to be confirmed; 0.4 until the evidence protocol)
+    )
     beta_delta: float = 0.05
     beta_min: float = 0.0
     beta_max: float = 0.9
     seed: int = 0
 
-    def check(self) -> "StageTwoConfig":
+    def check(self) -> StageTwoConfig:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise GlagError(f"epochs={self.epochs}, batch_size={self.batch_size}, lr={self.lr}: all must be positive")
+            raise GlagError(
+                f"epochs={self.epochs}, batch_size={self.batch_size}, lr={self.lr}: all must be positive"
+            )
         if not (0.0 <= self.beta_min <= self.beta_init <= self.beta_max <= 1.0):
-            raise GlagError(f"need 0 <= beta_min <= beta_init <= beta_max <= 1, got "
-                            f"{self.beta_min}, {self.beta_init}, {self.beta_max}")
+            raise GlagError(
+                f"need 0 <= beta_min <= beta_init <= beta_max <= 1, got "
+                f"{self.beta_min}, {self.beta_init}, {self.beta_max}"
+            )
         if self.kd_temperature <= 0:
             raise GlagError(f"kd_temperature={self.kd_temperature} is invalid; it must be > 0")
         return self
@@ -56,8 +65,16 @@ class StageTwoConfig:
 def kd_loss(student_logits, teacher_logits, temperature: float):
     """``T^2 KL(softmax(teacher/T) || softmax(student/T))``, averaged over rows."""
     t = temperature
-    return F.kl_div(F.log_softmax(student_logits / t, 1), F.log_softmax(teacher_logits / t, 1),
-                    reduction="batchmean", log_target=True) * t * t
+    return (
+        F.kl_div(
+            F.log_softmax(student_logits / t, 1),
+            F.log_softmax(teacher_logits / t, 1),
+            reduction="batchmean",
+            log_target=True,
+        )
+        * t
+        * t
+    )
 
 
 def update_beta(beta, acc_now, acc_prev, tail_mask, cfg: StageTwoConfig):
@@ -98,6 +115,7 @@ def kd_targets(afg: AFG, teacher, batch_size: int, temperature: float, device):
     temperature T for a block's real head-class rows, in batch order, with their batch-local
     positions, per-batch bounds and per-batch sums of ``p log p``. When a table of every train
     row's outputs fits ``TEACHER_TABLE_BYTES`` it is computed once, else per block."""
+
     def outputs(tukey_rows):
         f = untukey(tukey_rows, afg.cfg.lt, afg.xp)  # the cached features, back from Tukey space
         logp = torch.log_softmax(teacher(as_tensor(f, device)) / temperature, 1)
@@ -118,17 +136,23 @@ def kd_targets(afg: AFG, teacher, batch_size: int, temperature: float, device):
                 at = torch.as_tensor(block.rows[block.mix[pos]], device=device)
                 p, row_ne = table[0][at], table[1][at]
             else:
-                p, row_ne = outputs(block.x[:block.n_head])
+                p, row_ne = outputs(block.x[: block.n_head])
                 at = torch.as_tensor(block.mix[pos], device=device)
                 p, row_ne = p[at], row_ne[at]
             neg_ent = torch.zeros(len(bounds) - 1, dtype=torch.float32, device=device)
             neg_ent.index_add_(0, torch.as_tensor(pos // batch_size, device=device), row_ne)
         return torch.as_tensor(pos % batch_size, device=device), bounds, p, neg_ent
+
     return prepare
 
 
-def train_glag(afg: AFG, cfg: StageTwoConfig, sampling: SamplingConfig = SamplingConfig(),
-               progress: bool = True, log=None) -> dict:
+def train_glag(
+    afg: AFG,
+    cfg: StageTwoConfig,
+    sampling: SamplingConfig = SamplingConfig(),
+    progress: bool = True,
+    log=None,
+) -> dict:
     """Train the stage-two classifier; returns its weights, the beta history and val/test metrics.
 
     Only train and val rows inform training and the beta updates; test is read once, at the end.
@@ -149,9 +173,13 @@ def train_glag(afg: AFG, cfg: StageTwoConfig, sampling: SamplingConfig = Samplin
     val_x = torch.as_tensor(val_tukey, device=device)
     has_val = np.bincount(val.labels, minlength=C) > 0
     history, prev_acc = [], None
-    prepare = kd_targets(afg, cache.head_fn(device), cfg.batch_size, cfg.kd_temperature, device) if cfg.kd else None
+    prepare = (
+        kd_targets(afg, cache.head_fn(device), cfg.batch_size, cfg.kd_temperature, device) if cfg.kd else None
+    )
     per_epoch = stream.blocks_per_epoch()
-    bar = tqdm(range(cfg.epochs), desc="stage two", leave=False, disable=None if progress else True)  # None: off when not a terminal
+    bar = tqdm(
+        range(cfg.epochs), desc="stage two", leave=False, disable=None if progress else True
+    )  # None: off when not a terminal
     blocks = feed(stream, cfg.epochs, prepare)
     B = cfg.batch_size
     with cpu_threads_beside_generator(xp, cfg.batch_size * d * C):
@@ -167,35 +195,62 @@ def train_glag(afg: AFG, cfg: StageTwoConfig, sampling: SamplingConfig = Samplin
                 if cfg.kd:
                     kd_rows, bounds, kd_p, kd_ne = block.extra
                     lam2s = [gradual_lambda(t, cfg.epochs, cfg.kd_a, cfg.kd_g) for t in ts]
-                    g.steps(x, mix, y, lrs, lam2s, kd_rows, bounds.tolist(), kd_p, kd_ne,
-                            batch_size=B, temperature=cfg.kd_temperature)
+                    g.steps(
+                        x,
+                        mix,
+                        y,
+                        lrs,
+                        lam2s,
+                        kd_rows,
+                        bounds.tolist(),
+                        kd_p,
+                        kd_ne,
+                        batch_size=B,
+                        temperature=cfg.kd_temperature,
+                    )
                 else:
                     g.steps(x, mix, y, lrs, batch_size=B)
             ce_sum, kd_sum = g.take_sums()
             val_pred = predict(g.logits, val_x, device)
             acc = per_class_accuracy(val_pred, val.labels, C)
-            rec = {"epoch": e + 1, "ce": ce_sum / steps, "kd": kd_sum / steps,
-                   "val_top1": float(np.mean(val_pred == val.labels)), "beta": beta[tail].round(4).tolist()}
+            rec = {
+                "epoch": e + 1,
+                "ce": ce_sum / steps,
+                "kd": kd_sum / steps,
+                "val_top1": float(np.mean(val_pred == val.labels)),
+                "beta": beta[tail].round(4).tolist(),
+            }
             if cfg.adaptive and prev_acc is not None:
                 beta = update_beta(beta, acc, prev_acc, tail & has_val, cfg)
             prev_acc = acc
             history.append(rec)
             bar.set_postfix(val=f"{rec['val_top1']:.3f}")
             if log:
-                log(f"epoch {e + 1:>3}/{cfg.epochs}  ce {rec['ce']:.4f}  kd {rec['kd']:.4f}  val_top1 {rec['val_top1']:.4f}")
+                log(
+                    f"epoch {e + 1:>3}/{cfg.epochs}  ce {rec['ce']:.4f}  kd {rec['kd']:.4f}  val_top1 "
+                    f"{rec['val_top1']:.4f}"
+                )
         for _ in blocks:  # exhausts the feed, which lets its thread finish
             raise RuntimeError("the block feed made more blocks than the epochs hold")
     weight, bias = g.weight, g.bias
     tau = 0.0
     if cfg.posthoc_la:  # a prior bias left in the classifier, removed with tau picked on val only
         lp = log_prior(counts, device)
-        tau, _ = pick_on_val(lambda t: (lambda x: g.logits(x) - t * lp), val_x, val.labels, device)
+        tau, _ = pick_on_val(lambda t: lambda x: g.logits(x) - t * lp, val_x, val.labels, device)
         bias = bias - tau * lp  # folded into the classifier, so the export predicts the same
     head = lambda x: x @ weight.T + bias  # noqa: E731
     val_pred = predict(head, val_x, device)
     test = cache.split("test")
     test_pred = predict(head, tukey(np.asarray(test.features, dtype=np.float32), afg.cfg.lt), device)
-    return {"weight": weight.cpu().numpy(), "bias": bias.cpu().numpy(), "posthoc_tau": tau,
-            "beta_final": beta.tolist(), "tail_classes": np.flatnonzero(tail).tolist(), "history": history,
-            "val": evaluate(val_pred, val.labels, counts), "test": evaluate(test_pred, test.labels, counts),
-            "config": asdict(cfg), "sampling": asdict(sampling)}
+    return {
+        "weight": weight.cpu().numpy(),
+        "bias": bias.cpu().numpy(),
+        "posthoc_tau": tau,
+        "beta_final": beta.tolist(),
+        "tail_classes": np.flatnonzero(tail).tolist(),
+        "history": history,
+        "val": evaluate(val_pred, val.labels, counts),
+        "test": evaluate(test_pred, test.labels, counts),
+        "config": asdict(cfg),
+        "sampling": asdict(sampling),
+    }

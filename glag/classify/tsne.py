@@ -1,5 +1,6 @@
 """t-SNE of real and generated features: a few tail classes, the samples the generator draws for
 them, and their support classes (the paper's feature-distribution figure)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,7 +14,8 @@ from glag.generate.stats import tukey
 
 
 def tsne_data(rec: dict, tail_classes: int = 3, per_class: int = 200, seed: int = 0):
-    """Points to embed for a GLAG run record: (features, class, kind) with kind 'real', 'generated' or 'support'."""
+    """Points to embed for a GLAG run record: (features, class, kind) with kind 'real', 'generated' or
+    'support'."""
     if rec.get("method") != "glag" or "generator" not in rec:
         raise GlagError(f"--tsne needs a GLAG run folder; '{rec.get('_dir')}' is a '{rec.get('method')}' run")
     cache = FeatureCache(rec["cache"], key=rec["cache_key"])
@@ -28,7 +30,9 @@ def tsne_data(rec: dict, tail_classes: int = 3, per_class: int = 200, seed: int 
     # support classes: those the chosen tails' samples draw on most
     used = sup.support[np.isin(sup.classes, tails)]
     used = used[used >= 0]
-    support = [c for c in np.bincount(used, minlength=len(counts)).argsort()[::-1] if c not in tails][:tail_classes]
+    support = [c for c in np.bincount(used, minlength=len(counts)).argsort()[::-1] if c not in tails][
+        :tail_classes
+    ]
     support = [int(c) for c in support if (used == c).any()]
     train = cache.split("train")
     feats, cls, kind = [], [], []
@@ -38,7 +42,9 @@ def tsne_data(rec: dict, tail_classes: int = 3, per_class: int = 200, seed: int 
         cls.extend([c] * len(x))
         kind.extend([k] * len(x))
 
-    sampling = SamplingConfig(**{k: v for k, v in rec.get("sampling", {}).items() if k in ("alpha", "dispersion")})
+    sampling = SamplingConfig(
+        **{k: v for k, v in rec.get("sampling", {}).items() if k in ("alpha", "dispersion")}
+    )
     beta = np.asarray(rec.get("beta_final") or np.zeros(len(counts)), dtype=np.float64)
     for c in list(map(int, tails)) + support:
         rows = np.asarray(train.of_class(c))
@@ -58,7 +64,9 @@ def plot_tsne(rec: dict, path: Path, seed: int = 0, per_class: int = 200) -> Pat
     from glag.classify.report import _plt
 
     x, cls, kind, names = tsne_data(rec, per_class=per_class, seed=seed)
-    emb = TSNE(n_components=2, init="pca", perplexity=min(30.0, max(5.0, len(x) / 20)), random_state=seed).fit_transform(x)
+    emb = TSNE(
+        n_components=2, init="pca", perplexity=min(30.0, max(5.0, len(x) / 20)), random_state=seed
+    ).fit_transform(x)
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 6))
     colours = plt.get_cmap("tab10")
@@ -67,8 +75,15 @@ def plot_tsne(rec: dict, path: Path, seed: int = 0, per_class: int = 200) -> Pat
         for k in ("support", "generated", "real"):
             m = (cls == c) & (kind == k)
             if m.any():
-                ax.scatter(emb[m, 0], emb[m, 1], s=28 if k == "real" else 10, marker=marker[k], color=colours(i % 10),
-                           alpha=0.9 if k == "real" else 0.45, label=f"{names[c]} ({k})")
+                ax.scatter(
+                    emb[m, 0],
+                    emb[m, 1],
+                    s=28 if k == "real" else 10,
+                    marker=marker[k],
+                    color=colours(i % 10),
+                    alpha=0.9 if k == "real" else 0.45,
+                    label=f"{names[c]} ({k})",
+                )
     ax.set_title("t-SNE, Tukey space: tail classes (real o, generated x), support classes (.)", fontsize=10)
     ax.legend(fontsize=7, ncol=2)
     ax.set_xticks([])

@@ -4,6 +4,7 @@ In-memory datasets are normalised and augmented on whole tensor batches (random
 crop with zero padding + horizontal flip), which is far faster than per-image
 PIL transforms; list-file datasets go through a DataLoader with PIL transforms.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,8 +12,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-
-IMAGENET_PREPROCESS = {"resize": 256, "crop": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+IMAGENET_PREPROCESS = {
+    "resize": 256,
+    "crop": 224,
+    "mean": [0.485, 0.456, 0.406],
+    "std": [0.229, 0.224, 0.225],
+}
 
 
 @dataclass(frozen=True)
@@ -62,8 +67,12 @@ def random_crop_flip(x: torch.Tensor, aug: Augment, gen: torch.Generator) -> tor
         ox = torch.randint(0, 2 * p + 1, (b,), generator=gen).to(dev)
         rows = (oy[:, None] + torch.arange(h, device=dev))[:, None, :, None]
         cols = (ox[:, None] + torch.arange(w, device=dev))[:, None, None, :]
-        x = padded[torch.arange(b, device=dev)[:, None, None, None],
-                   torch.arange(x.shape[1], device=dev)[None, :, None, None], rows, cols]
+        x = padded[
+            torch.arange(b, device=dev)[:, None, None, None],
+            torch.arange(x.shape[1], device=dev)[None, :, None, None],
+            rows,
+            cols,
+        ]
     if aug.flip:
         flip = (torch.rand(b, generator=gen) < 0.5).to(dev)
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
@@ -74,10 +83,15 @@ def resize_crop(x: torch.Tensor, resize: int, crop: int) -> torch.Tensor:
     """Shorter side to ``resize`` (bilinear, antialiased), then the centre ``crop`` x ``crop``; 3 channels."""
     h, w = x.shape[-2:]
     s = resize / min(h, w)
-    x = torch.nn.functional.interpolate(x, size=(max(crop, round(h * s)), max(crop, round(w * s))), mode="bilinear",
-                                        antialias=True, align_corners=False)
+    x = torch.nn.functional.interpolate(
+        x,
+        size=(max(crop, round(h * s)), max(crop, round(w * s))),
+        mode="bilinear",
+        antialias=True,
+        align_corners=False,
+    )
     top, left = (x.shape[-2] - crop) // 2, (x.shape[-1] - crop) // 2
-    x = x[..., top:top + crop, left:left + crop]
+    x = x[..., top : top + crop, left : left + crop]
     return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
 
 
@@ -88,10 +102,23 @@ class ArrayBatches:
     there: a GPU gets no host copy per step. Shuffling and augmentation draw from CPU generators, so the
     batches are the same on every device."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, mean, std, *,
-                 shuffle: bool = False, augment: Augment | None = None, seed: int = 0,
-                 rank: int = 0, world: int = 1, drop_last: bool = False, preprocess: dict | None = None,
-                 device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        batch_size: int,
+        mean,
+        std,
+        *,
+        shuffle: bool = False,
+        augment: Augment | None = None,
+        seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        drop_last: bool = False,
+        preprocess: dict | None = None,
+        device: torch.device | str = "cpu",
+    ):
         self.x = to_tensor(images).to(device)
         self.preprocess = preprocess  # resize + centre crop (and 3 channels) for torchvision weights
         self.y = torch.as_tensor(np.asarray(labels, dtype=np.int64)).to(device)
@@ -107,9 +134,11 @@ class ArrayBatches:
             order = torch.randperm(n, generator=gen)
         else:
             order = torch.arange(n)
-        if self.world > 1:  # each rank takes every world-th row of a padded permutation, as DistributedSampler
+        if (
+            self.world > 1
+        ):  # each rank takes every world-th row of a padded permutation, as DistributedSampler
             pad = (-n) % self.world
-            order = torch.cat([order, order[:pad]])[self.rank::self.world]
+            order = torch.cat([order, order[:pad]])[self.rank :: self.world]
         return order
 
     def __len__(self) -> int:
@@ -120,7 +149,7 @@ class ArrayBatches:
         order = self._order()
         gen = torch.Generator().manual_seed(self.seed + 7919)
         for i in range(len(self)):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size].to(self.x.device)
+            idx = order[i * self.batch_size : (i + 1) * self.batch_size].to(self.x.device)
             x = self.x[idx].float()
             if self.preprocess:
                 x = resize_crop(x, self.preprocess["resize"], self.preprocess["crop"])
@@ -142,18 +171,41 @@ class _Files(torch.utils.data.Dataset):
         return self.transform(open_image(self.paths[i], self.paths[i])), int(self.labels[i])
 
 
-def file_batches(paths, labels, batch_size: int, *, train: bool, seed: int = 0, rank: int = 0, world: int = 1,
-                 workers: int = 4, preprocess: dict | None = None):
+def file_batches(
+    paths,
+    labels,
+    batch_size: int,
+    *,
+    train: bool,
+    seed: int = 0,
+    rank: int = 0,
+    world: int = 1,
+    workers: int = 4,
+    preprocess: dict | None = None,
+):
     """DataLoader over image files with the standard ImageNet transforms (or those of ``preprocess``)."""
     import torchvision.transforms as T
 
     p = preprocess or IMAGENET_PREPROCESS
     norm = T.Normalize(p["mean"], p["std"])
-    tf = (T.Compose([T.RandomResizedCrop(p["crop"]), T.RandomHorizontalFlip(), T.ToTensor(), norm]) if train
-          else T.Compose([T.Resize(p["resize"]), T.CenterCrop(p["crop"]), T.ToTensor(), norm]))
+    tf = (
+        T.Compose([T.RandomResizedCrop(p["crop"]), T.RandomHorizontalFlip(), T.ToTensor(), norm])
+        if train
+        else T.Compose([T.Resize(p["resize"]), T.CenterCrop(p["crop"]), T.ToTensor(), norm])
+    )
     ds = _Files(paths, labels, tf)
-    sampler = torch.utils.data.DistributedSampler(ds, world, rank, shuffle=train, seed=seed) if world > 1 else None
+    sampler = (
+        torch.utils.data.DistributedSampler(ds, world, rank, shuffle=train, seed=seed) if world > 1 else None
+    )
     gen = torch.Generator().manual_seed(seed)
-    return torch.utils.data.DataLoader(ds, batch_size, shuffle=(train and sampler is None), sampler=sampler,
-                                       num_workers=workers, pin_memory=torch.cuda.is_available(),
-                                       drop_last=train, generator=gen, persistent_workers=False)
+    return torch.utils.data.DataLoader(
+        ds,
+        batch_size,
+        shuffle=(train and sampler is None),
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available(),
+        drop_last=train,
+        generator=gen,
+        persistent_workers=False,
+    )

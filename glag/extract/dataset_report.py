@@ -1,5 +1,6 @@
 """What a long-tailed dataset holds before any training: per-class counts and groups, and the
 source position of every image in each split (to check a subset against another codebase)."""
+
 from __future__ import annotations
 
 import csv
@@ -19,12 +20,20 @@ def class_table(data: LTData) -> list[dict]:
     """One row per class: its name, train/val/test counts and Many/Medium/Few group (by train count)."""
     counts = {s: class_counts(data.splits[s].labels, data.num_classes) for s in INDEX_SPLITS}
     groups = group_of(counts["train"])
-    return [{"class": c, "name": data.class_names[c], **{s: int(counts[s][c]) for s in INDEX_SPLITS},
-             "group": str(groups[c])} for c in range(data.num_classes)]
+    return [
+        {
+            "class": c,
+            "name": data.class_names[c],
+            **{s: int(counts[s][c]) for s in INDEX_SPLITS},
+            "group": str(groups[c]),
+        }
+        for c in range(data.num_classes)
+    ]
 
 
 def lent_rows(data: LTData) -> dict[str, int]:
-    """{class name: training rows it gave to validation} for the classes that gave any (--val-rows every-class)."""
+    """{class name: training rows it gave to validation} for the classes that gave any (--val-rows
+    every-class)."""
     if data.lent is None:
         return {}
     return {data.class_names[c]: int(n) for c, n in enumerate(data.lent) if n}
@@ -52,6 +61,6 @@ def write_indices(data: LTData, path: Path) -> int:
                 cols = [[s] * len(split), split.index.tolist(), np.asarray(split.labels).tolist()]
                 if data.paths:
                     cols.append([data.paths[split.source][i] for i in split.index])
-                w.writerows(zip(*cols))
+                w.writerows(zip(*cols, strict=False))
                 n += len(split)
     return n

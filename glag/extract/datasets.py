@@ -5,6 +5,7 @@ list-file datasets) plus index *splits* into them: ``train`` (the LT subset),
 ``val`` (held-out training images, never test), ``test`` and optionally ``full``
 (the whole balanced training source, for the probe protocol).
 """
+
 from __future__ import annotations
 
 import json
@@ -38,17 +39,18 @@ VAL_ROWS = ("every-class", "leftovers")
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """What identifies a long-tailed dataset; ``data_root`` is where it is read from, not part of its identity."""
+    """What identifies a long-tailed dataset; ``data_root`` is where it is read from, not part of its
+    identity."""
 
     name: str = "digits"
     imbalance: float = 0.0  # 0 = the dataset's default (100, or 20 for digits)
     val_per_class: int = 20
     full_split: bool = False
     data_root: str | None = field(default=None, compare=False)
-    profile: str = "exp"   # exp: n_max * IM^(-c/(C-1)); step: first C/2 classes n_max, the rest n_max/IM;
+    profile: str = "exp"  # exp: n_max * IM^(-c/(C-1)); step: first C/2 classes n_max, the rest n_max/IM;
     #                        all: an image folder that is the subset already (every image, its val/ folder)
-    n_max: int = 0         # 0 = the dataset's default (N_MAX)
-    subset_seed: int = 0   # seeds LDAM-DRW's per-class shuffle that picks the LT subset
+    n_max: int = 0  # 0 = the dataset's default (N_MAX)
+    subset_seed: int = 0  # seeds LDAM-DRW's per-class shuffle that picks the LT subset
     # Names the rule that picks the subset, so caches made by the old "first n_c in file order" rule
     # (which had no such field) can never share a key with caches made by this one.
     subset_rule: str = "ldam-shuffle"
@@ -60,7 +62,7 @@ class DatasetSpec:
     # 'leftovers' and '' are left out of the identity, so caches made before the field keep their keys.
     val_rows: str = "every-class"
 
-    def resolved(self) -> "DatasetSpec":
+    def resolved(self) -> DatasetSpec:
         if self.name not in DATASETS:
             raise GlagError(f"unknown dataset '{self.name}'; choose one of: {', '.join(DATASETS)}")
         if self.val_per_class < 0:
@@ -68,25 +70,43 @@ class DatasetSpec:
         if self.val_rows not in VAL_ROWS + ("",):
             raise GlagError(f"--val-rows '{self.val_rows}' is unknown; choose one of: {', '.join(VAL_ROWS)}")
         if self.name in LIST_DATASETS:  # subset fixed by the published lists
-            return replace(self, imbalance=0.0, profile="list", n_max=0, subset_seed=0, subset_rule="list-file",
-                           val_rows="")
+            return replace(
+                self,
+                imbalance=0.0,
+                profile="list",
+                n_max=0,
+                subset_seed=0,
+                subset_rule="list-file",
+                val_rows="",
+            )
         if self.profile not in PROFILES:
             raise GlagError(f"--profile '{self.profile}' is unknown; choose one of: {', '.join(PROFILES)}")
         if self.profile == "all":  # the folder is the subset: its digest identifies it, no formula picks
             if self.name != FOLDER:
-                raise GlagError(f"--profile all applies to --dataset folder only (a folder that is already long-tailed), "
-                                f"not '{self.name}'; use --profile exp or step")
+                raise GlagError(
+                    f"--profile all applies to --dataset folder only (a folder that is already long-tailed), "
+                    f"not '{self.name}'; use --profile exp or step"
+                )
             return replace(self, imbalance=0.0, n_max=0, subset_seed=0, val_rows="")
-        if isinstance(self.subset_seed, bool) or not isinstance(self.subset_seed, (int, np.integer)) \
-                or not 0 <= self.subset_seed < 2**32:
-            raise GlagError(f"--subset-seed {self.subset_seed} is invalid; it must be an integer in [0, 2^32)")
-        if self.name == FOLDER and not self.n_max:  # the default needs the folder's class sizes: set by load_dataset
+        if (
+            isinstance(self.subset_seed, bool)
+            or not isinstance(self.subset_seed, (int, np.integer))
+            or not 0 <= self.subset_seed < 2**32
+        ):
+            raise GlagError(
+                f"--subset-seed {self.subset_seed} is invalid; it must be an integer in [0, 2^32)"
+            )
+        if (
+            self.name == FOLDER and not self.n_max
+        ):  # the default needs the folder's class sizes: set by load_dataset
             im = check_imbalance(self.imbalance or 100.0)
             return replace(self, imbalance=im, subset_seed=int(self.subset_seed))
         n_max = self.n_max or N_MAX[self.name]
         if n_max < 1:
             default = "the smallest class" if self.name == FOLDER else N_MAX[self.name]
-            raise GlagError(f"--n-max {self.n_max} is invalid; it must be >= 1 (0 = the dataset's default, {default})")
+            raise GlagError(
+                f"--n-max {self.n_max} is invalid; it must be >= 1 (0 = the dataset's default, {default})"
+            )
         im = check_imbalance(self.imbalance or DEFAULT_IMBALANCE.get(self.name, 100.0))
         return replace(self, imbalance=im, n_max=int(n_max), subset_seed=int(self.subset_seed))
 
@@ -108,8 +128,9 @@ class DatasetSpec:
         if r.name == FOLDER and r.profile == "all":
             return f"folder-{r.content[:8] or 'unread'}-all"
         if r.name == FOLDER:
-            return f"folder-{r.content[:8] or 'unread'}-im{r.imbalance:g}{extra}-n{r.n_max}" + \
-                ("" if r.subset_seed == 0 else f"-s{r.subset_seed}")
+            return f"folder-{r.content[:8] or 'unread'}-im{r.imbalance:g}{extra}-n{r.n_max}" + (
+                "" if r.subset_seed == 0 else f"-s{r.subset_seed}"
+            )
         extra += "" if r.n_max == N_MAX[r.name] else f"-n{r.n_max}"
         extra += "" if r.subset_seed == 0 else f"-s{r.subset_seed}"
         return f"{r.name}-im{r.imbalance:g}{extra}"
@@ -156,12 +177,21 @@ class LTData:
         return [src[i] for i in s.index]
 
     def summary(self) -> dict:
-        return {"dataset": self.spec.label(), "num_classes": self.num_classes,
-                **{f"{k}_rows": len(v) for k, v in self.splits.items()}}
+        return {
+            "dataset": self.spec.label(),
+            "num_classes": self.num_classes,
+            **{f"{k}_rows": len(v) for k, v in self.splits.items()},
+        }
 
 
-def lt_indices(labels: np.ndarray, counts: np.ndarray, val_per_class: int, seed: int = 0, class_names=None,
-               val_rows: str = "leftovers"):
+def lt_indices(
+    labels: np.ndarray,
+    counts: np.ndarray,
+    val_per_class: int,
+    seed: int = 0,
+    class_names=None,
+    val_rows: str = "leftovers",
+):
     """LDAM-DRW's subset rule: one legacy MT19937 stream seeded with ``seed``; for each class c in
     order, shuffle its indices and keep the first ``counts[c]`` for train and up to ``val_per_class``
     of the rest (the leftovers) for validation. With ``val_rows='every-class'`` a class with fewer
@@ -177,16 +207,20 @@ def lt_indices(labels: np.ndarray, counts: np.ndarray, val_per_class: int, seed:
         rng.shuffle(idx)
         name = f"class {c}" if class_names is None else f"class {c} ('{class_names[c]}')"
         if len(idx) < n:
-            raise GlagError(f"{name} has {len(idx)} training images but the profile asks for {n}; "
-                            "lower n_max or raise the imbalance ratio")
+            raise GlagError(
+                f"{name} has {len(idx)} training images but the profile asks for {n}; "
+                "lower n_max or raise the imbalance ratio"
+            )
         short = max(0, val_per_class - (len(idx) - n)) if val_rows == "every-class" else 0
         if short >= n:
-            raise GlagError(f"{name} keeps {n} training images with {len(idx) - n} left over, so {val_per_class} "
-                            f"validation rows would leave it no training image; lower val_per_class or use "
-                            "val_rows 'leftovers'")
+            raise GlagError(
+                f"{name} keeps {n} training images with {len(idx) - n} left over, so {val_per_class} "
+                f"validation rows would leave it no training image; lower val_per_class or use "
+                "val_rows 'leftovers'"
+            )
         keep = n - short  # the validation rows are the next val_per_class after the training part
         train.append(idx[:keep])
-        val.append(idx[keep:keep + val_per_class])
+        val.append(idx[keep : keep + val_per_class])
         lent.append(short)
     return np.concatenate(train), np.concatenate(val), np.asarray(lent, dtype=np.int64)
 
@@ -196,8 +230,10 @@ def check_n_max(n_max: int, labels: np.ndarray, num_classes: int) -> None:
     avail = class_counts(labels, num_classes)
     c = int(np.argmin(avail))
     if n_max > avail[c]:
-        raise GlagError(f"--n-max {n_max} is larger than the {avail[c]} training images of class {c}; "
-                        f"use --n-max <= {avail[c]}")
+        raise GlagError(
+            f"--n-max {n_max} is larger than the {avail[c]} training images of class {c}; "
+            f"use --n-max <= {avail[c]}"
+        )
 
 
 def _split(source: str, index: np.ndarray, labels: np.ndarray) -> Split:
@@ -231,7 +267,9 @@ def _array_dataset(spec: DatasetSpec, root: Path | None) -> LTData:
     pool_labels = train_labels[train_pool]
     check_n_max(spec.n_max, pool_labels, num_classes)
     counts = profile_counts(spec.profile, spec.n_max, num_classes, spec.imbalance)
-    tr, va, lent = lt_indices(pool_labels, counts, spec.val_per_class, spec.subset_seed, val_rows=spec.val_rows)
+    tr, va, lent = lt_indices(
+        pool_labels, counts, spec.val_per_class, spec.subset_seed, val_rows=spec.val_rows
+    )
     splits = {
         "train": _split("train", train_pool[tr], train_labels),
         "val": _split("train", train_pool[va], train_labels),
@@ -263,16 +301,20 @@ def read_list_file(path: Path) -> tuple[list[str], np.ndarray]:
 
 def _list_dataset(spec: DatasetSpec, root: Path | None) -> LTData:
     if root is None or not root.is_dir():
-        raise GlagError(f"dataset '{spec.name}' needs --data-root pointing at an existing folder, got '{root}'")
+        raise GlagError(
+            f"dataset '{spec.name}' needs --data-root pointing at an existing folder, got '{root}'"
+        )
     names = LIST_DATASETS[spec.name]
     srcs, splits = {}, {}
-    for split, fname in zip(("train", "val", "test"), names):
+    for split, fname in zip(("train", "val", "test"), names, strict=False):
         paths, labels = read_list_file(root / fname)
         srcs[split] = [str(root / p) for p in paths]
         splits[split] = Split(split, np.arange(len(paths), dtype=np.int64), labels)
     num_classes = int(max(s.labels.max() for s in splits.values())) + 1
     names_file = root / "class_names.json"
-    class_names = json.loads(names_file.read_text()) if names_file.is_file() else [str(i) for i in range(num_classes)]
+    class_names = (
+        json.loads(names_file.read_text()) if names_file.is_file() else [str(i) for i in range(num_classes)]
+    )
     return LTData(spec, num_classes, class_names, srcs, splits, root)
 
 
@@ -280,7 +322,9 @@ def _folder_dataset(spec: DatasetSpec, root: Path | None, progress: bool) -> LTD
     from glag.extract.folder import load_folder
 
     if root is None:
-        raise GlagError("--dataset folder needs --data-root PATH (a folder holding train/<class>/* and test/<class>/*)")
+        raise GlagError(
+            "--dataset folder needs --data-root PATH (a folder holding train/<class>/* and test/<class>/*)"
+        )
     fd = load_folder(root, progress=progress)
     splits, spec, lent = (_whole_folder if spec.profile == "all" else _lt_subset)(spec, root, fd)
     train_labels = fd.splits["train"].labels
@@ -300,14 +344,22 @@ def _lt_subset(spec: DatasetSpec, root: Path, fd) -> tuple[dict, DatasetSpec, np
     n_max = spec.n_max or int(avail.min())
     if n_max > avail.max():
         c = int(np.argmax(avail))
-        raise GlagError(f"--n-max {n_max} is larger than the largest class ('{fd.classes[c]}', {avail[c]} training "
-                        f"images); use --n-max <= {avail[c]}")
+        raise GlagError(
+            f"--n-max {n_max} is larger than the largest class ('{fd.classes[c]}', {avail[c]} training "
+            f"images); use --n-max <= {avail[c]}"
+        )
     val_rows = "" if "val" in fd.splits else spec.val_rows
-    spec = replace(spec, n_max=int(n_max), content=fd.digest, image_size=int(fd.image_size), val_rows=val_rows).resolved()
+    spec = replace(
+        spec, n_max=int(n_max), content=fd.digest, image_size=int(fd.image_size), val_rows=val_rows
+    ).resolved()
     counts = profile_counts(spec.profile, spec.n_max, num_classes, spec.imbalance)
-    tr, va, lent = lt_indices(train_labels, counts, spec.val_per_class, spec.subset_seed, fd.classes, val_rows)
-    splits = {"train": _split("train", tr, train_labels), "test": _split("test", np.arange(len(fd.splits["test"].labels)),
-                                                                         fd.splits["test"].labels)}
+    tr, va, lent = lt_indices(
+        train_labels, counts, spec.val_per_class, spec.subset_seed, fd.classes, val_rows
+    )
+    splits = {
+        "train": _split("train", tr, train_labels),
+        "test": _split("test", np.arange(len(fd.splits["test"].labels)), fd.splits["test"].labels),
+    }
     if "val" in fd.splits:  # a val folder is used whole; without one, validation comes from the leftovers
         splits["val"] = _split("val", np.arange(len(fd.splits["val"].labels)), fd.splits["val"].labels)
     else:
@@ -318,8 +370,10 @@ def _lt_subset(spec: DatasetSpec, root: Path, fd) -> tuple[dict, DatasetSpec, np
 def _whole_folder(spec: DatasetSpec, root: Path, fd) -> tuple[dict, DatasetSpec, None]:
     """``--profile all``: every image of the folder in file order, validation from its val/ folder."""
     if "val" not in fd.splits:
-        raise GlagError(f"--profile all keeps every training image of '{root}', so validation needs a "
-                        f"'{root / 'val'}' folder (glag data --export writes one)")
+        raise GlagError(
+            f"--profile all keeps every training image of '{root}', so validation needs a "
+            f"'{root / 'val'}' folder (glag data --export writes one)"
+        )
     spec = replace(spec, content=fd.digest, image_size=int(fd.image_size)).resolved()
     return {s: _split(s, np.arange(len(sp.labels)), sp.labels) for s, sp in fd.splits.items()}, spec, None
 

@@ -5,6 +5,7 @@ read once: its bytes feed the content digest (the dataset's identity) and are de
 images (at most ``SMALL_MAX`` px a side, all one size) are kept in memory as one uint8 array, so
 training never decodes again; larger ones are kept as paths and decoded by the loader.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,7 +26,7 @@ SMALL_MAX = 64  # images up to this size get the CIFAR recipe (ResNet-32, pad-4 
 class FolderSplit:
     """One split's files in order (class by class, names sorted) and their labels."""
 
-    paths: list[str]          # relative to the data root, '/'-separated
+    paths: list[str]  # relative to the data root, '/'-separated
     labels: np.ndarray
 
 
@@ -33,9 +34,9 @@ class FolderSplit:
 class FolderData:
     classes: list[str]
     splits: dict[str, FolderSplit]
-    digest: str               # sha256 over sorted relative paths, each + NUL + sha256(file bytes)
+    digest: str  # sha256 over sorted relative paths, each + NUL + sha256(file bytes)
     images: dict[str, np.ndarray] | None  # split -> uint8 [N, H, W, 3] for small images, else None
-    image_size: int           # largest side of the largest image
+    image_size: int  # largest side of the largest image
 
 
 def _visible(p: Path) -> bool:
@@ -43,7 +44,8 @@ def _visible(p: Path) -> bool:
 
 
 def _check_name(p: Path) -> None:
-    """Refuse a file or folder name that is not valid UTF-8 (it could not be recorded in --indices or a digest)."""
+    """Refuse a file or folder name that is not valid UTF-8 (it could not be recorded in --indices or a
+    digest)."""
     try:
         p.name.encode("utf-8")
     except UnicodeEncodeError:
@@ -64,8 +66,10 @@ def list_folder(root: Path) -> tuple[list[str], dict[str, FolderSplit]]:
         raise GlagError(f"--data-root '{root}' does not exist or is not a folder")
     missing = [s for s in ("train", "test") if not (root / s).is_dir()]
     if missing:
-        raise GlagError(f"image folder '{root}' has no {' or '.join(m + '/' for m in missing)} sub-folder; "
-                        "expected <root>/train/<class>/* and <root>/test/<class>/* (optionally <root>/val/<class>/*)")
+        raise GlagError(
+            f"image folder '{root}' has no {' or '.join(m + '/' for m in missing)} sub-folder; "
+            "expected <root>/train/<class>/* and <root>/test/<class>/* (optionally <root>/val/<class>/*)"
+        )
     present = [s for s in SPLITS if (root / s).is_dir()]
     per_split = {s: _class_dirs(root / s) for s in present}
     classes = per_split["train"]
@@ -76,11 +80,16 @@ def list_folder(root: Path) -> tuple[list[str], dict[str, FolderSplit]]:
         if per_split[s] != classes and not (s == "val" and set(per_split[s]) < set(classes)):
             only_train = sorted(set(classes) - set(per_split[s]))
             only_other = sorted(set(per_split[s]) - set(classes))
-            parts = ([f"only in train/: {', '.join(only_train)}"] if only_train else []) + \
-                    ([f"only in {s}/: {', '.join(only_other)}"] if only_other else [])
-            raise GlagError(f"image folder '{root}': train/ and {s}/ hold different classes ({'; '.join(parts)})")
+            parts = ([f"only in train/: {', '.join(only_train)}"] if only_train else []) + (
+                [f"only in {s}/: {', '.join(only_other)}"] if only_other else []
+            )
+            raise GlagError(
+                f"image folder '{root}': train/ and {s}/ hold different classes ({'; '.join(parts)})"
+            )
     if "val" in per_split and not per_split["val"]:
-        raise GlagError(f"'{root / 'val'}' holds no class folders; fill it (val/<class>/<image>) or remove it")
+        raise GlagError(
+            f"'{root / 'val'}' holds no class folders; fill it (val/<class>/<image>) or remove it"
+        )
     splits = {}
     for s in present:
         paths, labels = [], []
@@ -91,11 +100,15 @@ def list_folder(root: Path) -> tuple[list[str], dict[str, FolderSplit]]:
             for p in entries:
                 _check_name(p)
                 if p.is_dir():
-                    raise GlagError(f"'{p}' is a folder inside class folder '{root / s / name}'; glag reads the "
-                                    "images directly in each class folder: move its images up or remove it")
+                    raise GlagError(
+                        f"'{p}' is a folder inside class folder '{root / s / name}'; glag reads the "
+                        "images directly in each class folder: move its images up or remove it"
+                    )
             files = sorted(p.name for p in entries if p.is_file())
             if not files:
-                raise GlagError(f"class '{name}' has no images in '{root / s / name}'; every class needs at least one")
+                raise GlagError(
+                    f"class '{name}' has no images in '{root / s / name}'; every class needs at least one"
+                )
             paths += [f"{s}/{name}/{f}" for f in files]
             labels += [c] * len(files)
         splits[s] = FolderSplit(paths, np.asarray(labels, dtype=np.int64))
@@ -120,8 +133,17 @@ def load_folder(root: Path, *, progress: bool = True, workers: int = 2) -> Folde
     digests: dict[str, bytes] = {}
     shapes, arrays = set(), []
     with ThreadPoolExecutor(max(1, workers)) as pool:  # PIL and hashlib release the GIL while they work
-        for rel, (dig, shape, arr) in zip(rels, tqdm(pool.map(lambda r: _read(root, r), rels, chunksize=64), total=len(rels),
-                                              desc="decoding images", unit="img", disable=None if progress else True)):
+        for rel, (dig, shape, arr) in zip(
+            rels,
+            tqdm(
+                pool.map(lambda r: _read(root, r), rels, chunksize=64),
+                total=len(rels),
+                desc="decoding images",
+                unit="img",
+                disable=None if progress else True,
+            ),
+            strict=False,
+        ):
             digests[rel] = dig
             shapes.add(shape)
             arrays.append(arr)
@@ -133,9 +155,11 @@ def load_folder(root: Path, *, progress: bool = True, workers: int = 2) -> Folde
     if size <= SMALL_MAX and len(shapes) == 1:
         images, start = {}, 0
         for s, sp in splits.items():
-            images[s] = np.stack(arrays[start:start + len(sp.paths)])
+            images[s] = np.stack(arrays[start : start + len(sp.paths)])
             start += len(sp.paths)
     elif size <= SMALL_MAX:
-        raise GlagError(f"image folder '{root}' mixes image sizes {sorted({sh[:2] for sh in shapes})[:4]}; "
-                        f"images up to {SMALL_MAX} px must all have one size (resize them first)")
+        raise GlagError(
+            f"image folder '{root}' mixes image sizes {sorted({sh[:2] for sh in shapes})[:4]}; "
+            f"images up to {SMALL_MAX} px must all have one size (resize them first)"
+        )
     return FolderData(classes, splits, h.hexdigest(), images, size)

@@ -1,4 +1,5 @@
 """Stage-one losses. Each takes ``(logits, target, t)`` with ``t`` the training progress in epochs."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,7 +13,7 @@ from glag.errors import GlagError
 def gradual_lambda(t: float, total: float, a: float, g: float) -> float:
     """Eq. 4: ``lam(t) = a * (t / T) ** g``, with t clipped to [0, T]."""
     frac = min(max(t / total, 0.0), 1.0) if total > 0 else 1.0
-    return a * frac ** g
+    return a * frac**g
 
 
 class LogitAdjusted(nn.Module):
@@ -37,7 +38,9 @@ class GraLoss(LogitAdjusted):
     def __init__(self, counts, total_epochs: float, a: float = 1.0, g: float = 3.0):
         super().__init__(counts, tau=a)
         if g <= 0:
-            raise GlagError(f"GraLoss exponent g={g} is invalid; it must be > 0 (g<1 concave, 1 linear, >1 convex)")
+            raise GlagError(
+                f"GraLoss exponent g={g} is invalid; it must be > 0 (g<1 concave, 1 linear, >1 convex)"
+            )
         self.total, self.a, self.g = total_epochs, a, g
 
     def lam(self, t: float) -> float:
@@ -61,7 +64,7 @@ class Focal(CrossEntropy):
 
     def forward(self, logits, target, t: float = 0.0):
         logp = F.log_softmax(logits.float(), dim=1).gather(1, target[:, None]).squeeze(1)
-        return (-(1 - logp.exp()) ** self.gamma * logp).mean()
+        return (-((1 - logp.exp()) ** self.gamma) * logp).mean()
 
 
 class LDAM(CrossEntropy):
@@ -69,7 +72,9 @@ class LDAM(CrossEntropy):
     cosine loses its margin ``m_c ∝ n_c^(-1/4)`` (largest = max_m), i.e. its logit loses ``s * m_c``.
     DRW re-weights classes by effective number (beta 0.9999) from epoch ``drw_at`` on, when given."""
 
-    def __init__(self, counts, max_m: float = 0.5, s: float = 30.0, drw_at: float | None = None, beta: float = 0.9999):
+    def __init__(
+        self, counts, max_m: float = 0.5, s: float = 30.0, drw_at: float | None = None, beta: float = 0.9999
+    ):
         super().__init__()
         counts = np.asarray(counts, dtype=np.float64)
         m = 1.0 / np.sqrt(np.sqrt(counts))
@@ -95,8 +100,16 @@ def head_for(loss: str) -> str:
     return "cosine" if loss in COSINE_LOSSES else "linear"
 
 
-def make_loss(name: str, counts, total_epochs: float, *, tau: float = 1.0, a: float = 1.0, g: float = 3.0,
-              gamma: float = 1.0) -> nn.Module:
+def make_loss(
+    name: str,
+    counts,
+    total_epochs: float,
+    *,
+    tau: float = 1.0,
+    a: float = 1.0,
+    g: float = 3.0,
+    gamma: float = 1.0,
+) -> nn.Module:
     """Build a stage-one loss by name (see ``LOSSES``)."""
     if name == "ce":
         return CrossEntropy()

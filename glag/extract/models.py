@@ -1,4 +1,5 @@
 """Backbones returning pooled, post-ReLU features (so features are >= 0), plus a linear head."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -26,7 +27,9 @@ class _BasicBlockA(nn.Module):
         out = self.bn2(self.conv2(out))
         short = x
         if self.stride != 1 or self.pad:
-            short = F.pad(x[:, :, ::self.stride, ::self.stride], (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
+            short = F.pad(
+                x[:, :, :: self.stride, :: self.stride], (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2)
+            )
         return F.relu(out + short)
 
 
@@ -59,9 +62,16 @@ class SmallCNN(nn.Module):
     def __init__(self, in_channels: int = 1, width: int = 64):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(in_channels, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
-            nn.Conv2d(32, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.Conv2d(in_channels, 32, 3, padding=1, bias=False),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.Conv2d(32, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(width, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
         )
         self.feature_dim = width
 
@@ -97,7 +107,8 @@ BACKBONES = {
 
 
 class CosineHead(nn.Module):
-    """``s * cos(f, w_c)``: features and class weights L2-normalised, no bias (LDAM's NormedLinear, scaled)."""
+    """``s * cos(f, w_c)``: features and class weights L2-normalised, no bias (LDAM's NormedLinear,
+    scaled)."""
 
     def __init__(self, in_features: int, num_classes: int, scale: float = 30.0):
         super().__init__()
@@ -121,7 +132,8 @@ def make_head(head: str, in_features: int, num_classes: int) -> nn.Module:
 
 
 class Classifier(nn.Module):
-    """Backbone + head (linear, or cosine for LDAM); ``forward`` returns logits, ``features`` the pooled features."""
+    """Backbone + head (linear, or cosine for LDAM); ``forward`` returns logits, ``features`` the pooled
+    features."""
 
     def __init__(self, backbone: str, num_classes: int, in_channels: int, head: str = "linear"):
         super().__init__()
@@ -132,7 +144,9 @@ class Classifier(nn.Module):
         elif backbone in BACKBONES:
             self.backbone = BACKBONES[backbone](in_channels)
         else:
-            raise GlagError(f"unknown backbone '{backbone}'; choose one of: {', '.join(BACKBONES)} or torchvision:NAME")
+            raise GlagError(
+                f"unknown backbone '{backbone}'; choose one of: {', '.join(BACKBONES)} or torchvision:NAME"
+            )
         self.head_type = head
         self.head = make_head(head, self.backbone.feature_dim, num_classes)
 

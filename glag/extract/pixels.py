@@ -4,6 +4,7 @@ Refused in one line naming the file: what Pillow cannot read, a truncated file, 
 (an image that declares more pixels than Pillow's safety limit, e.g. a 1 KB PNG of 50000 x 50000).
 16-bit greyscale (Pillow's I;16 and I modes) is scaled to 8 bits (value / 257), not clipped to white.
 """
+
 from __future__ import annotations
 
 import re
@@ -25,7 +26,9 @@ def to_8bit(im):
         return im
     a = np.asarray(im).astype(np.int64)
     if a.size and (a.min() < 0 or a.max() > 65535):
-        raise ValueError(f"{im.mode} values span {a.min()}..{a.max()}, outside the 16-bit range glag converts")
+        raise ValueError(
+            f"{im.mode} values span {a.min()}..{a.max()}, outside the 16-bit range glag converts"
+        )
     return Image.fromarray(np.rint(a / 257.0).astype(np.uint8), mode="L")
 
 
@@ -42,9 +45,10 @@ def open_image(source, name, mode: str = "RGB"):
                 return to_8bit(im).convert(mode)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         size = re.search(r"\((\d+) pixels\)", str(exc))
-        raise GlagError(f"'{name}' declares {size.group(1) + ' pixels' if size else 'a size'}, over Pillow's "
-                        f"safety limit of {Image.MAX_IMAGE_PIXELS} (a decompression bomb?); remove or resize it") \
-            from None
+        raise GlagError(
+            f"'{name}' declares {size.group(1) + ' pixels' if size else 'a size'}, over Pillow's "
+            f"safety limit of {Image.MAX_IMAGE_PIXELS} (a decompression bomb?); remove or resize it"
+        ) from None
     except UnidentifiedImageError:
         raise GlagError(f"'{name}' is not an image Pillow can read; remove or replace it") from None
     except (OSError, ValueError, SyntaxError) as exc:

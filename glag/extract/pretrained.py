@@ -1,5 +1,6 @@
 """Backbones from torchvision (``--backbone torchvision:NAME``) and initial weights for any backbone
 (``--weights FILE`` or ``--weights torchvision:DEFAULT``), with the weights' own preprocessing."""
+
 from __future__ import annotations
 
 import hashlib
@@ -22,11 +23,13 @@ def model_name(backbone: str) -> str:
     """The torchvision classification model a ``torchvision:NAME`` backbone names (checked)."""
     import torchvision.models as tvm
 
-    name = backbone[len(PREFIX):]
+    name = backbone[len(PREFIX) :]
     known = tvm.list_models(module=tvm)
     if name not in known:
-        raise GlagError(f"--backbone '{backbone}': torchvision has no classification model '{name}'; "
-                        f"e.g. {', '.join(PREFIX + n for n in ('resnet18', 'resnet50', 'efficientnet_b0', 'vit_b_16'))}")
+        raise GlagError(
+            f"--backbone '{backbone}': torchvision has no classification model '{name}'; "
+            f"e.g. {', '.join(PREFIX + n for n in ('resnet18', 'resnet50', 'efficientnet_b0', 'vit_b_16'))}"
+        )
     return name
 
 
@@ -61,8 +64,12 @@ def preprocess_of(backbone: str) -> dict | None:
     import torchvision.models as tvm
 
     t = tvm.get_model_weights(model_name(backbone)).DEFAULT.transforms()
-    return {"resize": int(t.resize_size[0]), "crop": int(t.crop_size[0]), "mean": list(map(float, t.mean)),
-            "std": list(map(float, t.std))}
+    return {
+        "resize": int(t.resize_size[0]),
+        "crop": int(t.crop_size[0]),
+        "mean": list(map(float, t.mean)),
+        "std": list(map(float, t.std)),
+    }
 
 
 def weights_identity(spec: str) -> str:
@@ -87,13 +94,15 @@ def _state_dict_of(obj, spec: str) -> dict:
             obj = obj[key]
             break
     if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
-        raise GlagError(f"--weights '{spec}' holds no state dict (a dict of tensors, or one under "
-                        f"'state_dict' / 'model')")
+        raise GlagError(
+            f"--weights '{spec}' holds no state dict (a dict of tensors, or one under 'state_dict' / 'model')"
+        )
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
 def load_initial_weights(backbone: nn.Module, name: str, spec: str) -> None:
-    """Load ``spec`` into ``backbone`` (in place): a state dict / checkpoint file, or torchvision's DEFAULT."""
+    """Load ``spec`` into ``backbone`` (in place): a state dict / checkpoint file, or torchvision's
+    DEFAULT."""
     if not spec:
         return
     target = backbone.net if isinstance(backbone, TorchvisionBackbone) else backbone
@@ -106,20 +115,27 @@ def load_initial_weights(backbone: nn.Module, name: str, spec: str) -> None:
         try:
             state = weights.get_state_dict(progress=False)
         except Exception as exc:  # urllib / socket errors come in many types
-            raise GlagError(f"could not download torchvision's {weights} for '{name}' ({type(exc).__name__}: {exc}); "
-                            f"on a machine with a network they are cached under ~/.cache/torch/hub/checkpoints, "
-                            f"or pass --weights FILE") from exc
+            raise GlagError(
+                f"could not download torchvision's {weights} for '{name}' ({type(exc).__name__}: {exc}); "
+                f"on a machine with a network they are cached under ~/.cache/torch/hub/checkpoints, "
+                f"or pass --weights FILE"
+            ) from exc
     else:
         from glag.extract.torchfile import safe_load
 
         state = _state_dict_of(safe_load(Path(spec), "--weights file"), spec)
     head = getattr(backbone, "head_name", None)
-    state = {k: v for k, v in state.items() if not (head and k.startswith(head + "."))}  # the dropped classifier
+    state = {
+        k: v for k, v in state.items() if not (head and k.startswith(head + "."))
+    }  # the dropped classifier
     try:
         missing, unexpected = target.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatches
         first = str(exc).split("\n\t")[1] if "\n\t" in str(exc) else str(exc)
         raise GlagError(f"--weights '{spec}' does not fit backbone '{name}': {first.strip()}") from exc
     if missing or unexpected:
-        raise GlagError(f"--weights '{spec}' does not fit backbone '{name}': "
-                        f"{len(missing)} missing (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})")
+        raise GlagError(
+            f"--weights '{spec}' does not fit backbone '{name}': "
+            f"{len(missing)} missing (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. "
+            f"{unexpected[:2]})"
+        )

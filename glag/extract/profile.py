@@ -1,4 +1,5 @@
 """Long-tail class profiles (SPEC section 5): how many training images each class keeps."""
+
 from __future__ import annotations
 
 import math
@@ -15,7 +16,9 @@ def check_imbalance(imbalance: float) -> float:
     try:
         value = float(imbalance)
     except (TypeError, ValueError):
-        raise GlagError(f"--imbalance {imbalance!r} is not a number; use a value >= 1 (e.g. 10, 50, 100, 200)")
+        raise GlagError(
+            f"--imbalance {imbalance!r} is not a number; use a value >= 1 (e.g. 10, 50, 100, 200)"
+        ) from None
     if not math.isfinite(value) or value < 1:
         raise GlagError(f"--imbalance {imbalance!r} is invalid; it must be >= 1 (e.g. 10, 50, 100, 200)")
     return value

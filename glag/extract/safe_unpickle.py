@@ -5,6 +5,7 @@ This unpickler resolves only what the official CIFAR files (and NumPy arrays pic
 need: NumPy's array reconstruction, dtypes and the latin1 codec; builtin containers, bytes, str and
 numbers need no callable at all. Anything else is refused in one line naming the file.
 """
+
 from __future__ import annotations
 
 import pickle
@@ -13,11 +14,19 @@ from pathlib import Path
 from glag.errors import GlagError
 
 ALLOWED = {
-    ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.numeric", "_frombuffer"), ("numpy.core.numeric", "_frombuffer"),
-    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
-    ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "bytearray"),
-    ("__builtin__", "set"), ("__builtin__", "frozenset"), ("__builtin__", "bytearray"),  # Python 2 pickles
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),
+    ("builtins", "set"),
+    ("builtins", "frozenset"),
+    ("builtins", "bytearray"),
+    ("__builtin__", "set"),
+    ("__builtin__", "frozenset"),
+    ("__builtin__", "bytearray"),  # Python 2 pickles
 }
 
 
@@ -28,8 +37,10 @@ class _Restricted(pickle.Unpickler):
 
     def find_class(self, module: str, name: str):
         if (module, name) not in ALLOWED:
-            raise GlagError(f"'{self.path}' is not a dataset file glag can read safely: it asks to load "
-                            f"{module}.{name}, which no CIFAR batch holds; refusing it (nothing was run)")
+            raise GlagError(
+                f"'{self.path}' is not a dataset file glag can read safely: it asks to load "
+                f"{module}.{name}, which no CIFAR batch holds; refusing it (nothing was run)"
+            )
         return super().find_class(module, name)
 
 
@@ -44,5 +55,7 @@ def load_data_pickle(path: Path):
     except OSError as exc:
         raise GlagError(f"'{path}' cannot be read ({exc.strerror or exc})") from None
     except Exception as exc:  # truncated or not a pickle: UnpicklingError, EOFError, ValueError, ...
-        raise GlagError(f"'{path}' is not a readable CIFAR batch file ({type(exc).__name__}: {exc}); "
-                        "re-download it (--download) or check the data root") from None
+        raise GlagError(
+            f"'{path}' is not a readable CIFAR batch file ({type(exc).__name__}: {exc}); "
+            "re-download it (--download) or check the data root"
+        ) from None

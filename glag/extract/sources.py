@@ -3,6 +3,7 @@
 Each reader returns ``(images uint8 [N, H, W] or [N, H, W, 3], labels int64 [N])``
 in file order.  torchvision is used only to download (``--download``).
 """
+
 from __future__ import annotations
 
 import gzip
@@ -34,8 +35,18 @@ FASHION_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
-FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FASHION_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 
 
 def _md5(path: Path) -> str:
@@ -48,7 +59,10 @@ def _md5(path: Path) -> str:
 
 def _warn_md5(path: Path, expected: str) -> None:
     if _md5(path) != expected:
-        warnings.warn(f"{path}: md5 differs from the official release ({expected}); results may not be comparable")
+        warnings.warn(
+            f"{path}: md5 differs from the official release ({expected}); results may not be comparable",
+            stacklevel=2,
+        )
 
 
 def find_cifar_dir(root: Path, num_classes: int) -> Path:
@@ -57,14 +71,20 @@ def find_cifar_dir(root: Path, num_classes: int) -> Path:
     for cand in (root / name, root):
         if cand.is_dir() and all((cand / f).is_file() for f in CIFAR_MD5[name]):
             return cand
-    raise GlagError(f"no {name} folder with files {sorted(CIFAR_MD5[name])} under data root '{root}'; "
-                    f"point --data-root at its parent, or pass --download")
+    raise GlagError(
+        f"no {name} folder with files {sorted(CIFAR_MD5[name])} under data root '{root}'; "
+        f"point --data-root at its parent, or pass --download"
+    )
 
 
 def read_cifar(root: Path, num_classes: int, train: bool, check_md5: bool = True):
     """CIFAR-10/100 images ``[N, 32, 32, 3]`` uint8 and labels, plus class names."""
     folder = find_cifar_dir(root, num_classes)
-    name = folder.name if folder.name in CIFAR_MD5 else ("cifar-100-python" if num_classes == 100 else "cifar-10-batches-py")
+    name = (
+        folder.name
+        if folder.name in CIFAR_MD5
+        else ("cifar-100-python" if num_classes == 100 else "cifar-10-batches-py")
+    )
     files = [f for f in CIFAR_MD5[name] if (f.startswith("test") != train)]
     images, labels = [], []
     for f in sorted(files):
@@ -72,12 +92,19 @@ def read_cifar(root: Path, num_classes: int, train: bool, check_md5: bool = True
         if check_md5:
             _warn_md5(folder / f, CIFAR_MD5[name][f])
         if not isinstance(entry, dict) or "data" not in entry or not ({"labels", "fine_labels"} & set(entry)):
-            raise GlagError(f"'{folder / f}' is not a CIFAR batch (expected a dict with 'data' and 'labels' or "
-                            "'fine_labels')")
-        data, lab = np.asarray(entry["data"]), entry["fine_labels"] if "fine_labels" in entry else entry["labels"]
+            raise GlagError(
+                f"'{folder / f}' is not a CIFAR batch (expected a dict with 'data' and 'labels' or "
+                "'fine_labels')"
+            )
+        data, lab = (
+            np.asarray(entry["data"]),
+            entry["fine_labels"] if "fine_labels" in entry else entry["labels"],
+        )
         if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(lab):
-            raise GlagError(f"'{folder / f}' is not a CIFAR batch: 'data' is {data.dtype} {list(data.shape)} for "
-                            f"{len(lab)} labels, expected uint8 [{len(lab)}, 3072]")
+            raise GlagError(
+                f"'{folder / f}' is not a CIFAR batch: 'data' is {data.dtype} {list(data.shape)} for "
+                f"{len(lab)} labels, expected uint8 [{len(lab)}, 3072]"
+            )
         images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
         labels.extend(lab)
     meta_file = folder / ("meta" if num_classes == 100 else "batches.meta")
@@ -96,7 +123,7 @@ def _read_idx(path: Path) -> np.ndarray:
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 8:
         raise GlagError(f"{path} is not an IDX file of unsigned bytes")
     ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
@@ -106,8 +133,10 @@ def find_fashion_dir(root: Path) -> Path:
     for cand in (root, root / "fashion-mnist", root / "FashionMNIST" / "raw"):
         if all((cand / f).is_file() or (cand / f[:-3]).is_file() for f in wanted):
             return cand
-    raise GlagError(f"no Fashion-MNIST IDX files ({', '.join(wanted)}) under data root '{root}'; "
-                    f"point --data-root at their folder, or pass --download")
+    raise GlagError(
+        f"no Fashion-MNIST IDX files ({', '.join(wanted)}) under data root '{root}'; "
+        f"point --data-root at their folder, or pass --download"
+    )
 
 
 def read_fashion(root: Path, train: bool):
@@ -137,7 +166,9 @@ def download(name: str, root: Path) -> None:
     import torchvision.datasets as tvd
 
     root.mkdir(parents=True, exist_ok=True)
-    cls = {"cifar10-lt": tvd.CIFAR10, "cifar100-lt": tvd.CIFAR100, "fashion-mnist-lt": tvd.FashionMNIST}.get(name)
+    cls = {"cifar10-lt": tvd.CIFAR10, "cifar100-lt": tvd.CIFAR100, "fashion-mnist-lt": tvd.FashionMNIST}.get(
+        name
+    )
     if cls is None:
         raise GlagError(f"--download is not available for '{name}'; fetch its files by hand")
     try:

@@ -1,4 +1,5 @@
 """Stage one end to end: train (or load) a backbone, dump the cache, report stage-one accuracy."""
+
 from __future__ import annotations
 
 import json
@@ -17,14 +18,26 @@ def workdir_for(cfg: TrainConfig, cache_dir: Path) -> Path:
     keyed the way glag did before float fields were canonical (``warmup`` 5 and 5.0 keyed apart) is used
     when it exists and the canonical one does not, so no finished training is silently redone."""
     cfg = cfg.resolved()
-    name = lambda identity: Path(cache_dir) / "stage1" / f"{cfg.dataset.label()}-{cfg.loss}-{json_hash(identity)[:16]}"  # noqa: E731
+
+    def name(identity):
+        return Path(cache_dir) / "stage1" / f"{cfg.dataset.label()}-{cfg.loss}-{json_hash(identity)[:16]}"
+
     canonical, legacy = name(cfg.identity()), name(cfg.identity(legacy=True))
     return legacy if not canonical.exists() and legacy.exists() else canonical
 
 
-def stage_one(cfg: TrainConfig, data: LTData, cache_dir: Path, *, checkpoint: Path | None = None, views: int = 0,
-              resume: bool = True, progress: bool = True, log=print,
-              compile_model: bool = False) -> tuple[Path, dict, bool] | None:
+def stage_one(
+    cfg: TrainConfig,
+    data: LTData,
+    cache_dir: Path,
+    *,
+    checkpoint: Path | None = None,
+    views: int = 0,
+    resume: bool = True,
+    progress: bool = True,
+    log=print,
+    compile_model: bool = False,
+) -> tuple[Path, dict, bool] | None:
     """Return (cache path, stage-one report, whether an existing cache was reused).
 
     Under torchrun every rank trains; only rank 0 dumps and reports (others return None).
@@ -39,8 +52,10 @@ def stage_one(cfg: TrainConfig, data: LTData, cache_dir: Path, *, checkpoint: Pa
 
             state = load_checkpoint(final)  # read once: checked here, dumped below
             if not finite_weights(state["model"]):
-                raise GlagError(f"'{final}' holds non-finite weights (a diverged run of an older glag); delete the "
-                                f"folder '{wd}' and retrain")
+                raise GlagError(
+                    f"'{final}' holds non-finite weights (a diverged run of an older glag); delete the "
+                    f"folder '{wd}' and retrain"
+                )
             log(f"reusing trained weights {final}")
         else:
             log(f"training {cfg.resolved().backbone} with {cfg.loss} in {wd}")
@@ -51,5 +66,7 @@ def stage_one(cfg: TrainConfig, data: LTData, cache_dir: Path, *, checkpoint: Pa
     state = state if state is not None else load_checkpoint(checkpoint)
     path, reused = dump(state, data, cache_dir, views=views, progress=progress)
     report_file = path.with_suffix(".stage1.json")
-    report = json.loads(report_file.read_text()) if report_file.is_file() else stage_one_report(path, checkpoint)
+    report = (
+        json.loads(report_file.read_text()) if report_file.is_file() else stage_one_report(path, checkpoint)
+    )
     return path, report, reused

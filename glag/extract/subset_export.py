@@ -5,6 +5,7 @@ The copy holds exactly the subset's train, val and test files, byte for byte, so
 files get a ``<row>_`` prefix that keeps each class's row order when names are sorted. It is small
 enough to carry where the whole folder is not (a GPU machine with a size limit on what travels).
 """
+
 from __future__ import annotations
 
 import json
@@ -20,10 +21,13 @@ def check_new_folder(dest: Path, source: Path | None = None) -> None:
     """Refuse an export target that exists (glag never writes into or over a folder), or that lies inside the
     source image folder (it would become part of the folder it copies, and break it)."""
     if Path(dest).exists():
-        raise GlagError(f"--export '{dest}' already exists; choose a new folder (glag never writes into or over one)")
+        raise GlagError(
+            f"--export '{dest}' already exists; choose a new folder (glag never writes into or over one)"
+        )
     if source is not None and Path(source).resolve() in Path(dest).resolve().parents:
-        raise GlagError(f"--export '{dest}' lies inside the image folder '{source}' it copies; choose a folder "
-                        "outside it")
+        raise GlagError(
+            f"--export '{dest}' lies inside the image folder '{source}' it copies; choose a folder outside it"
+        )
 
 
 def export_subset(data: LTData, dest: Path) -> dict:
@@ -39,7 +43,7 @@ def export_subset(data: LTData, dest: Path) -> dict:
         for split in ("train", "val", "test"):
             sp = data.splits[split]
             rank = {}
-            for i, c in zip(sp.index, sp.labels):
+            for i, c in zip(sp.index, sp.labels, strict=False):
                 rel = data.paths[sp.source][i]
                 name, cls = Path(rel).name, data.class_names[c]
                 r = rank[c] = rank.get(c, -1) + 1
@@ -47,11 +51,23 @@ def export_subset(data: LTData, dest: Path) -> dict:
                 out.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(data.root / rel, out)
             counts[split] = len(sp)
-        (tmp / "export.json").write_text(json.dumps({"source": data.spec.label(), "source_spec": data.spec.identity(),
-                                                     "files": counts, "use": "--dataset folder --profile all"}, indent=2) + "\n")
+        (tmp / "export.json").write_text(
+            json.dumps(
+                {
+                    "source": data.spec.label(),
+                    "source_spec": data.spec.identity(),
+                    "files": counts,
+                    "use": "--dataset folder --profile all",
+                },
+                indent=2,
+            )
+            + "\n"
+        )
         os.rename(tmp, dest)
     except OSError as exc:
-        raise GlagError(f"could not write '{dest}': {exc.strerror or exc}; the partial copy was removed") from exc
+        raise GlagError(
+            f"could not write '{dest}': {exc.strerror or exc}; the partial copy was removed"
+        ) from exc
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

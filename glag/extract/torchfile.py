@@ -1,4 +1,5 @@
 """Loading torch files safely: tensors and plain data only, with one-line errors."""
+
 from __future__ import annotations
 
 import re
@@ -7,7 +8,6 @@ from pathlib import Path
 import torch
 
 from glag.errors import GlagError
-
 
 UNKNOWN = "not a torch file, or a truncated one"
 

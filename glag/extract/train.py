@@ -1,13 +1,14 @@
 """Stage-one training: SGD + warm-up/cosine, per-step loss schedules, checkpoints, resume, DDP."""
+
 from __future__ import annotations
 
 import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -15,17 +16,33 @@ from tqdm.auto import tqdm
 
 from glag.cache.format import atomic_path
 from glag.errors import GlagError
-from glag.extract.batches import IMAGENET_PREPROCESS, ArrayBatches, Augment, channel_stats, file_batches, to_tensor
+from glag.extract.batches import (
+    IMAGENET_PREPROCESS,
+    ArrayBatches,
+    Augment,
+    channel_stats,
+    file_batches,
+    to_tensor,
+)
 from glag.extract.datasets import DatasetSpec, LTData
 from glag.extract.losses import head_for, make_loss
 from glag.extract.models import Classifier
+from glag.extract.pretrained import (
+    is_torchvision,
+    load_initial_weights,
+    model_name,
+    preprocess_of,
+    weights_identity,
+)
 from glag.extract.torchfile import safe_load
-from glag.extract.pretrained import is_torchvision, load_initial_weights, model_name, preprocess_of, weights_identity
 
-# Per-dataset recipe defaults; CIFAR follows SPEC section 1 (ResNet-32, 200 epochs, batch 128, lr 0.1, 5 warm-up).
+# Per-dataset recipe defaults; CIFAR follows SPEC section 1 (ResNet-32, 200 epochs, batch 128, lr 0.1, 5
+# warm-up).
 PRESETS = {
     "digits": dict(backbone="cnn", epochs=30, batch_size=64, lr=0.05, warmup=2, pad=1, flip=False),
-    "fashion-mnist-lt": dict(backbone="resnet32", epochs=200, batch_size=128, lr=0.1, warmup=5, pad=4, flip=True),
+    "fashion-mnist-lt": dict(
+        backbone="resnet32", epochs=200, batch_size=128, lr=0.1, warmup=5, pad=4, flip=True
+    ),
     "cifar10-lt": dict(backbone="resnet32", epochs=200, batch_size=128, lr=0.1, warmup=5, pad=4, flip=True),
     "cifar100-lt": dict(backbone="resnet32", epochs=200, batch_size=128, lr=0.1, warmup=5, pad=4, flip=True),
     "imagenet-lt": dict(backbone="resnet10", epochs=200, batch_size=256, lr=0.1, warmup=5, pad=0, flip=True),
@@ -56,11 +73,11 @@ class TrainConfig:
     dataset: DatasetSpec = field(default_factory=DatasetSpec)
     backbone: str = ""
     loss: str = "graloss"
-    a: float = 1.0        # GraLoss scale (Eq. 4)
-    g: float = 3.0        # GraLoss exponent: <1 concave, 1 linear, >1 convex
-    tau: float = 1.0      # fixed logit-adjustment strength for loss 'la'
-    gamma: float = 1.0    # focal loss
-    epochs: int = -1      # -1: the preset; 0: no training (dump the initial weights' features, fit a head)
+    a: float = 1.0  # GraLoss scale (Eq. 4)
+    g: float = 3.0  # GraLoss exponent: <1 concave, 1 linear, >1 convex
+    tau: float = 1.0  # fixed logit-adjustment strength for loss 'la'
+    gamma: float = 1.0  # focal loss
+    epochs: int = -1  # -1: the preset; 0: no training (dump the initial weights' features, fit a head)
     batch_size: int = 0
     lr: float = 0.0
     warmup: float = -1.0
@@ -69,17 +86,23 @@ class TrainConfig:
     pad: int = -1
     flip: bool | None = None
     seed: int = 0
-    weights: str = ""     # initial backbone weights: '' (random), a state-dict file, or torchvision:DEFAULT
+    weights: str = ""  # initial backbone weights: '' (random), a state-dict file, or torchvision:DEFAULT
 
-    def resolved(self) -> "TrainConfig":
+    def resolved(self) -> TrainConfig:
         """Fill unset fields (0 / -1 / None) from the dataset's preset and validate."""
         ds = self.dataset.resolved()
         p = preset_for(ds)
         cfg = replace(
-            self, dataset=ds, backbone=self.backbone or p["backbone"], epochs=p["epochs"] if self.epochs < 0 else self.epochs,
-            batch_size=self.batch_size or p["batch_size"], lr=self.lr or p["lr"],
-            warmup=p["warmup"] if self.warmup < 0 else self.warmup, pad=p["pad"] if self.pad < 0 else self.pad,
-            flip=p["flip"] if self.flip is None else self.flip)
+            self,
+            dataset=ds,
+            backbone=self.backbone or p["backbone"],
+            epochs=p["epochs"] if self.epochs < 0 else self.epochs,
+            batch_size=self.batch_size or p["batch_size"],
+            lr=self.lr or p["lr"],
+            warmup=p["warmup"] if self.warmup < 0 else self.warmup,
+            pad=p["pad"] if self.pad < 0 else self.pad,
+            flip=p["flip"] if self.flip is None else self.flip,
+        )
         for name, ok in (("batch_size", cfg.batch_size >= 1), ("lr", cfg.lr > 0)):
             if not ok:
                 raise GlagError(f"{name}={getattr(cfg, name)} is invalid; it must be positive")
@@ -89,8 +112,10 @@ class TrainConfig:
             from glag.extract.models import BACKBONES
 
             if cfg.backbone not in BACKBONES:
-                raise GlagError(f"--backbone '{cfg.backbone}' is unknown; choose one of: {', '.join(sorted(BACKBONES))}, "
-                                "or torchvision:NAME")
+                raise GlagError(
+                    f"--backbone '{cfg.backbone}' is unknown; choose one of: {', '.join(sorted(BACKBONES))}, "
+                    "or torchvision:NAME"
+                )
         return replace(cfg, warmup=min(cfg.warmup, cfg.epochs))
 
     def identity(self, legacy: bool = False) -> dict:
@@ -109,7 +134,8 @@ class TrainConfig:
 
 
 def canonical(identity: dict) -> dict:
-    """A stored identity (a checkpoint's ``config``) with float fields as floats, as ``identity()`` gives them."""
+    """A stored identity (a checkpoint's ``config``) with float fields as floats, as ``identity()`` gives
+    them."""
     return {**identity, **{k: float(identity[k]) for k in FLOAT_FIELDS if k in identity}}
 
 
@@ -153,8 +179,20 @@ def input_size(data: LTData, backbone: str = "") -> list[int]:
     return list(data.sources["train"].shape[1:3]) if data.is_array else [224, 224]
 
 
-def epoch_batches(data: LTData, cfg: TrainConfig, split: str, *, train: bool, seed: int, norm, rank=0, world=1,
-                  batch_size: int | None = None, device: torch.device | str = "cpu", images: torch.Tensor | None = None):
+def epoch_batches(
+    data: LTData,
+    cfg: TrainConfig,
+    split: str,
+    *,
+    train: bool,
+    seed: int,
+    norm,
+    rank=0,
+    world=1,
+    batch_size: int | None = None,
+    device: torch.device | str = "cpu",
+    images: torch.Tensor | None = None,
+):
     """An epoch's batches; in-memory images are batched and augmented on ``device`` (``images``: the split's
     images already there, from ``resident_images``, so they are not copied again each epoch)."""
     s = data.splits[split]
@@ -162,10 +200,22 @@ def epoch_batches(data: LTData, cfg: TrainConfig, split: str, *, train: bool, se
     pre = preprocess_of(cfg.backbone)
     if data.is_array:
         aug = Augment(cfg.pad, cfg.flip) if train else None
-        return ArrayBatches(data.images(split) if images is None else images, s.labels, bs, *norm, shuffle=train, augment=aug, seed=seed,
-                            rank=rank, world=world, preprocess=pre, device=device)
-    return file_batches(data.images(split), s.labels, bs, train=train, seed=seed, rank=rank, world=world,
-                        preprocess=pre)
+        return ArrayBatches(
+            data.images(split) if images is None else images,
+            s.labels,
+            bs,
+            *norm,
+            shuffle=train,
+            augment=aug,
+            seed=seed,
+            rank=rank,
+            world=world,
+            preprocess=pre,
+            device=device,
+        )
+    return file_batches(
+        data.images(split), s.labels, bs, train=train, seed=seed, rank=rank, world=world, preprocess=pre
+    )
 
 
 def resident_images(data: LTData, device) -> dict[str, torch.Tensor]:
@@ -178,7 +228,11 @@ def normalisation(cfg: TrainConfig, data: LTData):
     pre = preprocess_of(cfg.backbone)
     if pre:
         return pre["mean"], pre["std"]
-    return channel_stats(data.images("train")) if data.is_array else (IMAGENET_PREPROCESS["mean"], IMAGENET_PREPROCESS["std"])
+    return (
+        channel_stats(data.images("train"))
+        if data.is_array
+        else (IMAGENET_PREPROCESS["mean"], IMAGENET_PREPROCESS["std"])
+    )
 
 
 @torch.no_grad()
@@ -197,7 +251,11 @@ def accuracy(model, batches, device, amp: bool) -> float:
 
 def finite_weights(state_dict: dict) -> bool:
     """True when every floating tensor of a state dict is finite (a diverged run's are not)."""
-    return all(bool(torch.isfinite(v).all()) for v in state_dict.values() if torch.is_tensor(v) and v.is_floating_point())
+    return all(
+        bool(torch.isfinite(v).all())
+        for v in state_dict.values()
+        if torch.is_tensor(v) and v.is_floating_point()
+    )
 
 
 def _set_seed(seed: int) -> None:
@@ -217,9 +275,17 @@ def _step(net, loss_fn, opt, x, y, t: float, device, amp: bool) -> torch.Tensor:
     return loss
 
 
-def train(cfg: TrainConfig, data: LTData, workdir: Path, *, resume: bool = True, progress: bool = True,
-          on_epoch_end: Callable[[int, dict], None] | None = None, log: Callable[[str], None] = print,
-          compile_model: bool = False) -> Path:
+def train(
+    cfg: TrainConfig,
+    data: LTData,
+    workdir: Path,
+    *,
+    resume: bool = True,
+    progress: bool = True,
+    on_epoch_end: Callable[[int, dict], None] | None = None,
+    log: Callable[[str], None] = print,
+    compile_model: bool = False,
+) -> Path:
     """Train and return the path of the final checkpoint (``workdir/final.pt``).
 
     A checkpoint is written after every epoch; with ``resume`` a run continues from it.
@@ -239,7 +305,9 @@ def train(cfg: TrainConfig, data: LTData, workdir: Path, *, resume: bool = True,
     load_initial_weights(model.backbone, cfg.backbone, cfg.weights)
     # channels-last on CPU too: 1.3-1.7x faster steps for ResNet-32 on 2 cores (docs/benchmarks.md)
     model = model.to(device, memory_format=torch.channels_last)
-    loss_fn = make_loss(cfg.loss, counts, cfg.epochs, tau=cfg.tau, a=cfg.a, g=cfg.g, gamma=cfg.gamma).to(device)
+    loss_fn = make_loss(cfg.loss, counts, cfg.epochs, tau=cfg.tau, a=cfg.a, g=cfg.g, gamma=cfg.gamma).to(
+        device
+    )
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     norm = normalisation(cfg, data)
     start, history = 0, []
@@ -249,7 +317,9 @@ def train(cfg: TrainConfig, data: LTData, workdir: Path, *, resume: bool = True,
     if resume and last.is_file():
         state = safe_load(last, "training checkpoint", map_location=device)
         if canonical(state["config"]) != cfg.identity():
-            raise GlagError(f"checkpoint '{last}' was made with another config; remove it or use another --workdir")
+            raise GlagError(
+                f"checkpoint '{last}' was made with another config; remove it or use another --workdir"
+            )
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start, history = state["epoch"], state["history"]
@@ -262,48 +332,104 @@ def train(cfg: TrainConfig, data: LTData, workdir: Path, *, resume: bool = True,
     resident = resident_images(data, device)
     for epoch in range(start, cfg.epochs):
         _set_seed(cfg.seed * 100003 + epoch)
-        batches = epoch_batches(data, cfg, "train", train=True, seed=cfg.seed * 100003 + epoch, norm=norm,
-                                rank=rank, world=world, device=device, images=resident.get("train"))
+        batches = epoch_batches(
+            data,
+            cfg,
+            "train",
+            train=True,
+            seed=cfg.seed * 100003 + epoch,
+            norm=norm,
+            rank=rank,
+            world=world,
+            device=device,
+            images=resident.get("train"),
+        )
         steps = len(batches)
         # the epoch's loss is summed on the device (float64, as a Python float would): no host sync per step
-        total_loss, seen, t_epoch = torch.zeros((), dtype=torch.float64, device=device), 0, time.perf_counter()
-        bar = tqdm(batches, total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                   disable=None if (progress and rank == 0) else True)  # None: off when not a terminal
+        total_loss, seen, t_epoch = (
+            torch.zeros((), dtype=torch.float64, device=device),
+            0,
+            time.perf_counter(),
+        )
+        bar = tqdm(
+            batches,
+            total=steps,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            leave=False,
+            disable=None if (progress and rank == 0) else True,
+        )  # None: off when not a terminal
         for step, (x, y) in enumerate(bar):
             t = epoch + step / steps
             for group in opt.param_groups:
                 group["lr"] = lr_at(t, cfg, 1.0 / steps)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             x = x.contiguous(memory_format=torch.channels_last)
-            # a compiled step may (re)compile and fail part-way, after its forward moved the BatchNorm statistics
+            # a compiled step may (re)compile and fail part-way, after its forward moved the BatchNorm
+            # statistics
             saved = [b.detach().clone() for b in model.buffers()] if net is not eager else None
             try:
                 loss = _step(net, loss_fn, opt, x, y, t, device, amp)
             except Exception as exc:  # noqa: BLE001 -- any failure of a compiled step means: train eagerly
                 if saved is None:
                     raise
-                log(f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); training eagerly")
+                log(
+                    f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+                    f"training eagerly"
+                )
                 with torch.no_grad():
-                    for b, v in zip(model.buffers(), saved):
+                    for b, v in zip(model.buffers(), saved, strict=False):
                         b.copy_(v)
                 net = eager
                 loss = _step(net, loss_fn, opt, x, y, t, device, amp)
             total_loss += loss.detach().double() * len(y)
             seen += len(y)
-        val = accuracy(model, epoch_batches(data, cfg, "val", train=False, seed=0, norm=norm, batch_size=512,
-                                            device=device, images=resident.get("val")), device, amp) \
-            if len(data.splits["val"]) else float("nan")
-        rec = {"epoch": epoch + 1, "loss": float(total_loss) / max(seen, 1), "lr": lr_at(epoch + 1 - 1e-9, cfg),
-               "lam": float(loss_fn.lam(epoch + 1)), "val_acc": val, "seconds": round(time.perf_counter() - t_epoch, 2)}
+        val = (
+            accuracy(
+                model,
+                epoch_batches(
+                    data,
+                    cfg,
+                    "val",
+                    train=False,
+                    seed=0,
+                    norm=norm,
+                    batch_size=512,
+                    device=device,
+                    images=resident.get("val"),
+                ),
+                device,
+                amp,
+            )
+            if len(data.splits["val"])
+            else float("nan")
+        )
+        rec = {
+            "epoch": epoch + 1,
+            "loss": float(total_loss) / max(seen, 1),
+            "lr": lr_at(epoch + 1 - 1e-9, cfg),
+            "lam": float(loss_fn.lam(epoch + 1)),
+            "val_acc": val,
+            "seconds": round(time.perf_counter() - t_epoch, 2),
+        }
         history.append(rec)
         if not math.isfinite(rec["loss"]) or not finite_weights(model.state_dict()):
-            raise GlagError(f"stage one diverged at epoch {epoch + 1} (loss {rec['loss']:.4g}, non-finite weights); "
-                            f"no checkpoint of it was kept; lower --lr or check --a/--g/--tau")
+            raise GlagError(
+                f"stage one diverged at epoch {epoch + 1} (loss {rec['loss']:.4g}, non-finite weights); "
+                f"no checkpoint of it was kept; lower --lr or check --a/--g/--tau"
+            )
         if rank == 0:
-            log(f"epoch {rec['epoch']:>3}/{cfg.epochs}  loss {rec['loss']:.4f}  lr {rec['lr']:.4g}  "
-                f"lam {rec['lam']:.3f}  val_acc {val:.4f}  {rec['seconds']:.0f} s")
-            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
-                     "history": history, "config": cfg.identity(), "norm": norm}
+            log(
+                f"epoch {rec['epoch']:>3}/{cfg.epochs}  loss {rec['loss']:.4f}  lr {rec['lr']:.4g}  "
+                f"lam {rec['lam']:.3f}  val_acc {val:.4f}  {rec['seconds']:.0f} s"
+            )
+            state = {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "epoch": epoch + 1,
+                "history": history,
+                "config": cfg.identity(),
+                "norm": norm,
+            }
             with atomic_path(last) as tmp:
                 torch.save(state, tmp)
             with open(workdir / "train_log.jsonl", "a") as f:
@@ -311,9 +437,18 @@ def train(cfg: TrainConfig, data: LTData, workdir: Path, *, resume: bool = True,
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, rec)
     if rank == 0:
-        state = {"model": model.state_dict(), "epoch": cfg.epochs, "history": history, "config": cfg.identity(),
-                 "norm": norm, "backbone": cfg.backbone, "head": head_for(cfg.loss), "num_classes": data.num_classes,
-                 "in_channels": in_channels(data), "input_size": input_size(data, cfg.backbone)}
+        state = {
+            "model": model.state_dict(),
+            "epoch": cfg.epochs,
+            "history": history,
+            "config": cfg.identity(),
+            "norm": norm,
+            "backbone": cfg.backbone,
+            "head": head_for(cfg.loss),
+            "num_classes": data.num_classes,
+            "in_channels": in_channels(data),
+            "input_size": input_size(data, cfg.backbone),
+        }
         with atomic_path(final) as tmp:
             torch.save(state, tmp)
         last.unlink(missing_ok=True)

@@ -1,4 +1,5 @@
 """The Adaptive Feature Generator: statistics + support sets for a cache, stored in their own file."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,16 @@ from glag.cache.format import STATS_MARK, FeatureCache, atomic_path, canonical_j
 from glag.cache.integrity import damaged, seal, write_array
 from glag.errors import GlagError
 from glag.generate.backend import get_xp, to_numpy
-from glag.generate.sampler import (DISPERSIONS, Factors, Normals, add_rows, dense_classes, dispersion_noise, sort_key,
-                                   take_rows)
+from glag.generate.sampler import (
+    DISPERSIONS,
+    Factors,
+    Normals,
+    add_rows,
+    dense_classes,
+    dispersion_noise,
+    sort_key,
+    take_rows,
+)
 from glag.generate.stats import ClassStats, check_lt, class_stats, tukey_rows
 from glag.generate.support import SupportSets, faiss_gpu_available, support_sets
 
@@ -42,29 +51,41 @@ class SamplingConfig:
     dispersion: str = "identity"
     n_target: int = 0  # 0 = n_max
 
-    def check(self) -> "SamplingConfig":
+    def check(self) -> SamplingConfig:
         if self.alpha < 0:
             raise GlagError(f"--alpha {self.alpha} is invalid; it must be >= 0 (the paper uses 0.0 or 0.1)")
         if self.dispersion not in DISPERSIONS:
-            raise GlagError(f"dispersion '{self.dispersion}' is invalid; choose one of: {', '.join(DISPERSIONS)}")
+            raise GlagError(
+                f"dispersion '{self.dispersion}' is invalid; choose one of: {', '.join(DISPERSIONS)}"
+            )
         if self.n_target < 0:
-            raise GlagError(f"--n-target {self.n_target} is invalid; it must be >= 0 (0 = the largest class count)")
+            raise GlagError(
+                f"--n-target {self.n_target} is invalid; it must be >= 0 (0 = the largest class count)"
+            )
         return self
 
 
-MAX_TOP_UP = 100  # --n-target at most this many times the largest class: beyond, an epoch is mostly noise and RAM
+MAX_TOP_UP = (
+    100  # --n-target at most this many times the largest class: beyond, an epoch is mostly noise and RAM
+)
 
 
-def check_for_cache(cache: FeatureCache, gen: GeneratorConfig, sampling: SamplingConfig | None = None) -> None:
+def check_for_cache(
+    cache: FeatureCache, gen: GeneratorConfig, sampling: SamplingConfig | None = None
+) -> None:
     """Refuse generator settings that do not fit this cache, naming the flag and what is allowed."""
     others = cache.num_classes - 1
     if gen.k > max(others, 1):
-        raise GlagError(f"--k {gen.k} is more than the {others} other classes of cache '{cache.path.name}'; "
-                        f"allowed: 1 to {max(others, 1)}")
+        raise GlagError(
+            f"--k {gen.k} is more than the {others} other classes of cache '{cache.path.name}'; "
+            f"allowed: 1 to {max(others, 1)}"
+        )
     n_max = int(cache.train_counts.max())
     if sampling is not None and sampling.n_target > MAX_TOP_UP * n_max:
-        raise GlagError(f"--n-target {sampling.n_target} is over {MAX_TOP_UP} x the largest class ({n_max} rows) of "
-                        f"cache '{cache.path.name}'; allowed: 0 (= {n_max}) to {MAX_TOP_UP * n_max}")
+        raise GlagError(
+            f"--n-target {sampling.n_target} is over {MAX_TOP_UP} x the largest class ({n_max} rows) of "
+            f"cache '{cache.path.name}'; allowed: 0 (= {n_max}) to {MAX_TOP_UP * n_max}"
+        )
 
 
 def stats_path(cache: FeatureCache, cfg: GeneratorConfig) -> Path:
@@ -79,15 +100,35 @@ class AFG:
     support sets, the factor-mode factors, the tail samples' own features and the stream's real
     rows all read it, so the cache's pages are read once and never mapped."""
 
-    def __init__(self, cache: FeatureCache, cfg: GeneratorConfig, stats: ClassStats, supports: SupportSets,
-                 factors: Factors, rows, xp):
-        self.cache, self.cfg, self.stats, self.supports, self.factors, self.rows, self.xp = \
-            cache, cfg, stats, supports, factors, rows, xp
+    def __init__(
+        self,
+        cache: FeatureCache,
+        cfg: GeneratorConfig,
+        stats: ClassStats,
+        supports: SupportSets,
+        factors: Factors,
+        rows,
+        xp,
+    ):
+        self.cache, self.cfg, self.stats, self.supports, self.factors, self.rows, self.xp = (
+            cache,
+            cfg,
+            stats,
+            supports,
+            factors,
+            rows,
+            xp,
+        )
 
     # -- construction -----------------------------------------------------------------------------
     @classmethod
-    def build(cls, cache: FeatureCache, cfg: GeneratorConfig = GeneratorConfig(), device: str = "auto",
-              save: bool = True) -> "AFG":
+    def build(
+        cls,
+        cache: FeatureCache,
+        cfg: GeneratorConfig = GeneratorConfig(),
+        device: str = "auto",
+        save: bool = True,
+    ) -> AFG:
         """Load the statistics file for (cache, cfg) if present, else compute it (and store it)."""
         check_lt(cfg.lt)
         xp = get_xp(device)
@@ -104,9 +145,16 @@ class AFG:
             stats = ClassStats(counts, xp.asarray(means), None if covs is None else xp.asarray(covs))
         else:
             stats = class_stats(rows, train.offsets, xp, dense=(cfg.mode == "dense"))
-            sup = support_sets(_HostRows(rows), train.labels, stats.counts, to_numpy(stats.means), k=cfg.k,
-                               tail_below=cfg.tail_below, weighting=cfg.weighting,
-                               use_gpu=(xp is not np and faiss_gpu_available()))
+            sup = support_sets(
+                _HostRows(rows),
+                train.labels,
+                stats.counts,
+                to_numpy(stats.means),
+                k=cfg.k,
+                tail_below=cfg.tail_below,
+                weighting=cfg.weighting,
+                use_gpu=(xp is not np and faiss_gpu_available()),
+            )
             if save:
                 cache.ensure_sound()  # statistics of a damaged cache must never be stored
                 _write_stats(path, cfg.key(cache.key), cfg, stats, sup)
@@ -124,7 +172,7 @@ class AFG:
         mu = (1 - beta) * u + beta * (w[keep] @ means[s[keep]])
         d = means.shape[1]
         sigma = np.zeros((d, d))
-        for c, wc in zip(s[keep], w[keep]):
+        for c, wc in zip(s[keep], w[keep], strict=False):
             sigma += wc * self.factors.cov(int(c))
         sigma += alpha * (np.eye(d) if dispersion == "identity" else np.ones((d, d)))
         return mu, sigma
@@ -167,10 +215,14 @@ class AFG:
             mix = xp.zeros_like(u)
             for s in range(k):  # sum_s w_s mu_{support_s}: the support mean mixture
                 w = xp.asarray(sup.weights[uniq, s].astype(np.float32))
-                mix += w[:, None] * take_rows(xp, self.stats.means, xp.asarray(np.maximum(sup.support[uniq, s], 0)))
+                mix += w[:, None] * take_rows(
+                    xp, self.stats.means, xp.asarray(np.maximum(sup.support[uniq, s], 0))
+                )
             centre = take_rows(xp, u, inv)
             if sampling.alpha > 0:
-                centre += dispersion_noise(len(tpos), u.shape[1], sampling.alpha, sampling.dispersion, normals)
+                centre += dispersion_noise(
+                    len(tpos), u.shape[1], sampling.alpha, sampling.dispersion, normals
+                )
             add_rows(xp, x, xp.asarray(tpos), centre)
             delta = take_rows(xp, mix - u, inv)
         if len(hpos):
@@ -179,7 +231,11 @@ class AFG:
 
     def sample_tail(self, j, beta_per_class, sampling: SamplingConfig = SamplingConfig(), seed: int = 0):
         """One draw per entry of ``j`` (indices of tail samples) from their calibrated distributions."""
-        return self.draws(to_numpy(j), sampling.check(), Normals(self.xp, seed)).finish(beta_per_class).in_input_order()
+        return (
+            self.draws(to_numpy(j), sampling.check(), Normals(self.xp, seed))
+            .finish(beta_per_class)
+            .in_input_order()
+        )
 
     def sample_class(self, classes, seed: int = 0):
         """One draw per entry of ``classes`` from that class's own ``N(mu_c, Sigma_c)``."""
@@ -197,10 +253,22 @@ class AFG:
         rows = []
         for g in ("many", "medium", "few"):
             m = groups == g
-            rows.append({"group": g, "classes": int(m.sum()), "real rows": int(counts[m].sum()),
-                         "synthetic rows / epoch": int(syn[m].sum())})
-        rows.append({"group": "all", "classes": len(counts), "real rows": int(counts.sum()),
-                     "synthetic rows / epoch": int(syn.sum())})
+            rows.append(
+                {
+                    "group": g,
+                    "classes": int(m.sum()),
+                    "real rows": int(counts[m].sum()),
+                    "synthetic rows / epoch": int(syn[m].sum()),
+                }
+            )
+        rows.append(
+            {
+                "group": "all",
+                "classes": len(counts),
+                "real rows": int(counts.sum()),
+                "synthetic rows / epoch": int(syn.sum()),
+            }
+        )
         return rows
 
 
@@ -209,9 +277,16 @@ class Draws:
     ``finish(beta)`` adds the confidence term in place."""
 
     def __init__(self, x, labels, tail_pos, delta, order, xp):
-        self.x, self.labels, self.tail_pos, self.delta, self.order, self.xp = x, labels, tail_pos, delta, order, xp
+        self.x, self.labels, self.tail_pos, self.delta, self.order, self.xp = (
+            x,
+            labels,
+            tail_pos,
+            delta,
+            order,
+            xp,
+        )
 
-    def finish(self, beta_per_class) -> "Draws":
+    def finish(self, beta_per_class) -> Draws:
         """``x[tail] += beta_c (mix - u)``, once."""
         if self.delta is not None:
             xp = self.xp
@@ -239,7 +314,14 @@ class _HostRows:
 def _write_stats(path: Path, key: str, cfg: GeneratorConfig, stats: ClassStats, sup: SupportSets) -> None:
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
-            f.attrs.update({"version": STATS_VERSION, "key": key, "config": canonical_json(asdict(cfg)), "complete": False})
+            f.attrs.update(
+                {
+                    "version": STATS_VERSION,
+                    "key": key,
+                    "config": canonical_json(asdict(cfg)),
+                    "complete": False,
+                }
+            )
             sums: dict = {}
             write_array(f, "counts", stats.counts, sums)
             write_array(f, "means", to_numpy(stats.means), sums)
@@ -270,27 +352,42 @@ def stats_problems(path: Path, key: str | None = None) -> list[str]:
 def _read_stats(path: Path, key: str, cache: FeatureCache):
     problems = stats_problems(path, key)
     if problems:
-        raise GlagError(f"statistics file '{path}' is unusable: {'; '.join(problems)}; delete it (rm '{path}') and "
-                        f"rerun to recompute it from its cache")
+        raise GlagError(
+            f"statistics file '{path}' is unusable: {'; '.join(problems)}; delete it (rm '{path}') and "
+            f"rerun to recompute it from its cache"
+        )
     with h5py.File(path, "r") as f:
         covs = f["covs"][()] if "covs" in f else None
         sup = SupportSets(*(f[f"support/{n}"][()] for n in ("rows", "classes", "support", "weights")))
         counts, means = f["counts"][()], f["means"][()]
     C, d = cache.num_classes, cache.feature_dim
-    shapes_ok = (counts.shape == (C,) and np.array_equal(counts, cache.train_counts) and means.shape == (C, d)
-                 and (covs is None or covs.shape == (C, d, d)) and len(sup.classes) == len(sup.rows)
-                 and sup.support.shape[0] == len(sup.rows) and sup.weights.shape == sup.support.shape
-                 and (len(sup.rows) == 0 or (sup.rows.min() >= 0 and sup.rows.max() < len(cache.split("train"))))
-                 and (sup.support.size == 0 or sup.support.max() < C))
+    shapes_ok = (
+        counts.shape == (C,)
+        and np.array_equal(counts, cache.train_counts)
+        and means.shape == (C, d)
+        and (covs is None or covs.shape == (C, d, d))
+        and len(sup.classes) == len(sup.rows)
+        and sup.support.shape[0] == len(sup.rows)
+        and sup.weights.shape == sup.support.shape
+        and (len(sup.rows) == 0 or (sup.rows.min() >= 0 and sup.rows.max() < len(cache.split("train"))))
+        and (sup.support.size == 0 or sup.support.max() < C)
+    )
     if not shapes_ok:
-        raise GlagError(f"statistics file '{path}' does not fit its cache (shapes or counts differ); delete it "
-                        f"(rm '{path}') and rerun to recompute it")
+        raise GlagError(
+            f"statistics file '{path}' does not fit its cache (shapes or counts differ); delete it "
+            f"(rm '{path}') and rerun to recompute it"
+        )
     return counts, means, covs, sup
 
 
 def describe(afg: AFG) -> dict:
-    return {"stats_file": str(stats_path(afg.cache, afg.cfg)), "mode": afg.factors.mode,
-            "dense_classes": int(len(afg.factors.chol_t)),
-            "factor_MB": round(afg.factors.nbytes() / 2**20, 2),
-            "tukey_rows_MB": round(int(afg.rows.nbytes) / 2**20, 2), "tail_samples": len(afg.supports),
-            "backend": afg.xp.__name__, "config": json.loads(canonical_json(asdict(afg.cfg)))}
+    return {
+        "stats_file": str(stats_path(afg.cache, afg.cfg)),
+        "mode": afg.factors.mode,
+        "dense_classes": int(len(afg.factors.chol_t)),
+        "factor_MB": round(afg.factors.nbytes() / 2**20, 2),
+        "tukey_rows_MB": round(int(afg.rows.nbytes) / 2**20, 2),
+        "tail_samples": len(afg.supports),
+        "backend": afg.xp.__name__,
+        "config": json.loads(canonical_json(asdict(afg.cfg))),
+    }

@@ -1,4 +1,5 @@
 """Array backend: CuPy on a usable CUDA device, NumPy otherwise; the generator is written against ``xp``."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -27,7 +28,9 @@ def get_xp(device: str = "auto"):
         return np
     cp = _cupy()
     if cp is None and device == "gpu":
-        raise GlagError("--device gpu needs CuPy and a CUDA device; install the 'gpu' extra or use --device cpu")
+        raise GlagError(
+            "--device gpu needs CuPy and a CUDA device; install the 'gpu' extra or use --device cpu"
+        )
     return cp or np
 
 

@@ -2,6 +2,7 @@
 on beta, so the thread runs ahead across epoch boundaries; the trainer adds the beta term
 (``Block.finish``) when it takes a block.
 """
+
 from __future__ import annotations
 
 import queue
@@ -14,12 +15,14 @@ def feed(stream: FeatureStream, epochs: int, prepare=None, ahead: int = 1):
     """Iterator over the unfinished blocks of ``epochs`` epochs, in order, made ``ahead`` blocks
     in advance by a background thread (0: made here, on demand). ``prepare(block)`` runs in the
     thread too and its result is attached as ``block.extra``."""
+
     def blocks():
         for e in range(epochs):
             for block in stream.blocks(e):
                 if prepare is not None:
                     block.extra = prepare(block)
                 yield block
+
     return _threaded(blocks(), ahead) if ahead > 0 else blocks()
 
 

@@ -10,6 +10,7 @@ All normals of a call come from one RNG call, the (draw, support class) pairs ar
 class, each class's segment is one GEMM into a class-ordered buffer, and the results are added
 back to their draws slot by slot (no scatter with repeated indices).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -36,7 +37,9 @@ def add_rows(xp, out, idx, vals) -> None:
     """``out[idx] += vals`` for distinct ``idx`` (NumPy arrays through torch's ``index_add_``,
     about 2x NumPy's fancy-indexed add at random rows, measured)."""
     if xp is np:
-        torch.from_numpy(out).index_add_(0, torch.from_numpy(np.asarray(idx, dtype=np.int64)), torch.from_numpy(vals))
+        torch.from_numpy(out).index_add_(
+            0, torch.from_numpy(np.asarray(idx, dtype=np.int64)), torch.from_numpy(vals)
+        )
     else:
         out[idx] += vals
 
@@ -75,7 +78,7 @@ class Factors:
         self.inv_scale = np.where(n > 1, 1.0 / np.sqrt(np.maximum(n - 1, 1)), 0.0).astype(np.float32)
 
     @classmethod
-    def build(cls, rows, offsets, means, xp, dense: np.ndarray, eps: float, covs=None) -> "Factors":
+    def build(cls, rows, offsets, means, xp, dense: np.ndarray, eps: float, covs=None) -> Factors:
         """Cholesky factors of ``Sigma_c + eps I`` for the classes in ``dense`` [C] bool (from
         ``covs`` when given, else from the class's rows, in float64); the others use their rows."""
         offsets = np.asarray(offsets, dtype=np.int64)
@@ -86,7 +89,11 @@ class Factors:
         chol_t = xp.empty((len(idx), d, d), dtype=xp.float32)
         jitter = eps * xp.eye(d, dtype=xp.float64)
         for i, c in enumerate(idx.tolist()):
-            cov = covs[c].astype(xp.float64) if covs is not None else class_cov(rows[offsets[c]:offsets[c + 1]].astype(xp.float64), xp)
+            cov = (
+                covs[c].astype(xp.float64)
+                if covs is not None
+                else class_cov(rows[offsets[c] : offsets[c + 1]].astype(xp.float64), xp)
+            )
             chol_t[i] = xp.linalg.cholesky(cov + jitter).T
         return cls(xp, rows, offsets, means, chol_t, dense_of)
 
@@ -106,7 +113,7 @@ class Factors:
         if self.dense_of[c] >= 0:
             Lt = to_numpy(self.chol_t[self.dense_of[c]]).astype(np.float64)
             return Lt.T @ Lt
-        return class_cov(to_numpy(self.rows[self.offsets[c]:self.offsets[c + 1]]).astype(np.float64))
+        return class_cov(to_numpy(self.rows[self.offsets[c] : self.offsets[c + 1]]).astype(np.float64))
 
     def dim(self) -> int:
         return int(self.rows.shape[1])
@@ -153,18 +160,22 @@ class Factors:
         n = self.offsets[seg_cls + 1] - self.offsets[seg_cls]
         cols = np.where(dense_at >= 0, d, n)  # normals per draw of each segment
         zs = normals((int(((np.asarray(ends) - np.asarray(starts)) * cols).sum()),))
-        scale = coef.astype(np.float32) * np.where(self.dense_of[cls] >= 0, 1.0, self.inv_scale[cls]).astype(np.float32)
+        scale = coef.astype(np.float32) * np.where(self.dense_of[cls] >= 0, 1.0, self.inv_scale[cls]).astype(
+            np.float32
+        )
         scale = xp.asarray(scale)
         at = 0
-        for s, e, c, k, di in zip(starts, ends, seg_cls.tolist(), cols.tolist(), dense_at.tolist()):
-            z = zs[at:at + (e - s) * k].reshape(e - s, k)
+        for s, e, c, k, di in zip(
+            starts, ends, seg_cls.tolist(), cols.tolist(), dense_at.tolist(), strict=False
+        ):
+            z = zs[at : at + (e - s) * k].reshape(e - s, k)
             at += (e - s) * k
             z *= scale[s:e, None]
             if di >= 0:
                 xp.matmul(z, self.chol_t[di], out=out[s:e])
             else:
                 a = int(self.offsets[c])
-                xp.matmul(z, self.rows[a:a + k], out=out[s:e])
+                xp.matmul(z, self.rows[a : a + k], out=out[s:e])
                 out[s:e] -= z.sum(axis=1)[:, None] * self.means[c]  # centring, folded in
 
 

@@ -1,4 +1,5 @@
 """Per-class statistics in Tukey space (Eq. 5-6), from one in-memory Tukey copy of the train rows."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ def tukey_rows(features, lt: float, xp=np):
     buf = np.empty((min(step, n), d), dtype=np.float32) if features.dtype == np.float32 else None
     for a in range(0, n, step):
         b = min(n, a + step)
-        rows = read_rows(features, a, b, None if buf is None else buf[:b - a]).astype(np.float32, copy=False)
+        rows = read_rows(features, a, b, None if buf is None else buf[: b - a]).astype(np.float32, copy=False)
         chunk = xp.asarray(rows)
         if lt != 1.0:
             chunk = tukey(chunk, lt, xp)
@@ -60,7 +61,8 @@ def class_cov(x, xp=np):
 
 @dataclass
 class ClassStats:
-    """Counts ``[C]``, means ``[C, d]`` and, in dense mode, covariances ``[C, d, d]`` (all float32 except counts)."""
+    """Counts ``[C]``, means ``[C, d]`` and, in dense mode, covariances ``[C, d, d]`` (all float32 except
+    counts)."""
 
     counts: np.ndarray
     means: object
@@ -79,7 +81,7 @@ def class_stats(rows, offsets, xp=np, dense: bool = True) -> ClassStats:
         n = int(counts[c])
         if n == 0:
             continue
-        x = rows[offsets[c]:offsets[c + 1]].astype(xp.float64)
+        x = rows[offsets[c] : offsets[c + 1]].astype(xp.float64)
         means[c] = x.mean(axis=0)
         if dense:
             covs[c] = class_cov(x, xp)

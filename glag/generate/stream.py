@@ -7,6 +7,7 @@ any scale. Each block is a pure function of (seed, epoch, block index), so block
 any order, ahead of training. Their draws do not depend on the epoch's confidences (beta): the
 consumer adds the beta term with ``finish`` (``glag.generate.feed`` moves blocks to the trainer).
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -18,10 +19,10 @@ from glag.generate.sampler import Normals
 
 
 class Batch(NamedTuple):
-    x: object            # [B, d] float32 Tukey-space features (NumPy or CuPy)
-    y: np.ndarray        # [B] int64 labels
+    x: object  # [B, d] float32 Tukey-space features (NumPy or CuPy)
+    y: np.ndarray  # [B] int64 labels
     synthetic: np.ndarray  # [B] bool
-    rows: np.ndarray     # [B] int64 row of the cache's train split (-1 for synthetic rows)
+    rows: np.ndarray  # [B] int64 row of the cache's train split (-1 for synthetic rows)
 
 
 class Block:
@@ -35,7 +36,7 @@ class Block:
         self.epoch, self.x, self.y, self.rows, self.n_head, self.mix = epoch, x, y, rows, n_head, mix
         self.draws, self.xp, self.extra = draws, xp, None
 
-    def finish(self, beta) -> "Block":
+    def finish(self, beta) -> Block:
         if self.draws is not None:
             self.draws.finish(beta)
             self.draws = None
@@ -43,7 +44,7 @@ class Block:
 
     def batches(self, batch_size: int):
         for b in range(0, len(self.y), batch_size):
-            sel = self.mix[b:b + batch_size]
+            sel = self.mix[b : b + batch_size]
             yield Batch(self.x[self.xp.asarray(sel)], self.y[sel], self.rows[sel] < 0, self.rows[sel])
 
 
@@ -76,8 +77,15 @@ def epoch_plan(afg: AFG, n_target: int, rng: np.random.Generator) -> np.ndarray:
 class FeatureStream:
     """Blocks for stage two: Tukey-space real train rows plus a fresh synthetic set each epoch."""
 
-    def __init__(self, afg: AFG, sampling: SamplingConfig = SamplingConfig(), batch_size: int = 512,
-                 seed: int = 0, synthetic: bool = True, block_mb: float = 64.0):
+    def __init__(
+        self,
+        afg: AFG,
+        sampling: SamplingConfig = SamplingConfig(),
+        batch_size: int = 512,
+        seed: int = 0,
+        synthetic: bool = True,
+        block_mb: float = 64.0,
+    ):
         self.afg, self.sampling, self.batch_size, self.seed = afg, sampling.check(), batch_size, seed
         d = afg.cache.feature_dim
         self.block_rows = batch_size * max(1, int(block_mb * 2**20 / (4 * d * batch_size)))
@@ -103,7 +111,7 @@ class FeatureStream:
         head = afg.stats.counts >= afg.cfg.tail_below
         for b, start in enumerate(range(0, len(order), self.block_rows)):
             block_rng = np.random.default_rng([self.seed, e, b])
-            idx = order[start:start + self.block_rows]
+            idx = order[start : start + self.block_rows]
             real = idx[idx < n_real]
             is_head = head[self.labels[real]]
             real = np.concatenate([real[is_head], real[~is_head]])  # head rows first: the KD rows
@@ -115,7 +123,9 @@ class FeatureStream:
             y[:nr] = self.labels[real]
             draws = None
             if len(codes):
-                draws = afg.draws(codes, self.sampling, Normals(xp, int(block_rng.integers(2**63))), out=x[nr:])
+                draws = afg.draws(
+                    codes, self.sampling, Normals(xp, int(block_rng.integers(2**63))), out=x[nr:]
+                )
                 y[nr:] = draws.labels
             rows = np.concatenate([real, np.full(len(codes), -1, dtype=np.int64)])
             yield Block(e, x, y, rows, int(is_head.sum()), block_rng.permutation(len(idx)), draws, xp)

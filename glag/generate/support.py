@@ -5,6 +5,7 @@ by count (descending) makes every candidate set a *prefix* of that order, so eac
 group of tail classes with the same count is one exact brute-force k-NN search
 (``faiss.knn`` on CPU, ``faiss.knn_gpu`` on a GPU) against a contiguous slice of means.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -50,9 +51,17 @@ def faiss_gpu_available() -> bool:
         return False
 
 
-def support_sets(tukey_rows: np.ndarray, labels: np.ndarray, counts: np.ndarray, means: np.ndarray, *,
-                 k: int = 2, tail_below: int = 100, weighting: str = "count-distance",
-                 use_gpu: bool = False) -> SupportSets:
+def support_sets(
+    tukey_rows: np.ndarray,
+    labels: np.ndarray,
+    counts: np.ndarray,
+    means: np.ndarray,
+    *,
+    k: int = 2,
+    tail_below: int = 100,
+    weighting: str = "count-distance",
+    use_gpu: bool = False,
+) -> SupportSets:
     """Support sets for the rows of tail classes (``counts < tail_below``).
 
     ``tukey_rows`` [N, d] are the Tukey-space train features with ``labels`` [N]; ``means`` [C, d].
