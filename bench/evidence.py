@@ -217,7 +217,7 @@ def plot_val_curves(cache_dir: Path, path: Path, epochs: int) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    colours = dict(zip(LOSS_ARGS, plt.get_cmap("tab10").colors))
+    colours = dict(zip(CELLS[100][0], plt.get_cmap("tab10").colors))  # a colour per stage-one loss
     seen = set()
     for log in sorted(Path(cache_dir).glob(f"stage1/{DATASET}-im100-n{N_MAX}-*/train_log.jsonl")):
         recs = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
