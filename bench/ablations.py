@@ -6,6 +6,7 @@
 
 Prints JSON rows; docs/ablations.md records what was run and measured.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,7 +31,9 @@ from glag.generate.afg import AFG, GeneratorConfig, SamplingConfig  # noqa: E402
 def graloss(args):
     data = load_dataset(DatasetSpec())
     rows = []
-    grid = [("ce", 0.0, 1.0)] + [("graloss", a, g) for a, g in itertools.product((0.5, 1.0, 1.5), (0.5, 1.0, 3.0, 5.0))]
+    grid = [("ce", 0.0, 1.0)] + [
+        ("graloss", a, g) for a, g in itertools.product((0.5, 1.0, 1.5), (0.5, 1.0, 3.0, 5.0))
+    ]
     for loss, a, g in grid:
         s1, crt = [], []
         for seed in args.seeds:
@@ -39,9 +42,16 @@ def graloss(args):
             cache = FeatureCache(path)
             s1.append(baselines.stage_one(cache)["val"]["top1"])
             crt.append(baselines.crt(cache, seed=seed)["val"]["top1"])
-        rows.append({"loss": loss, "a": a, "g": g, "seeds": len(args.seeds),
-                     "val_stage_one_median": round(100 * statistics.median(s1), 2),
-                     "val_crt_median": round(100 * statistics.median(crt), 2)})
+        rows.append(
+            {
+                "loss": loss,
+                "a": a,
+                "g": g,
+                "seeds": len(args.seeds),
+                "val_stage_one_median": round(100 * statistics.median(s1), 2),
+                "val_crt_median": round(100 * statistics.median(crt), 2),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -50,17 +60,35 @@ def stage_two(args):
     rows = []
     for cache_path in args.cache:
         cache = FeatureCache(cache_path)
-        for form, weighting in (("identity", "count-distance"), ("all-entries", "count-distance"), ("identity", "uniform")):
+        for form, weighting in (
+            ("identity", "count-distance"),
+            ("all-entries", "count-distance"),
+            ("identity", "uniform"),
+        ):
             afg = AFG.build(cache, GeneratorConfig(weighting=weighting), device="cpu")
             for beta_init, alpha in itertools.product((0.4, 0.6), (0.0, 0.1)):
                 if form == "all-entries" and alpha == 0.0:
                     continue  # identical to identity at alpha 0
-                vals = [train_glag(afg, StageTwoConfig(beta_init=beta_init, seed=s, epochs=args.gen_epochs),
-                                   SamplingConfig(alpha=alpha, dispersion=form), progress=False)["val"]["top1"]
-                        for s in args.seeds]
-                rows.append({"cache": Path(cache_path).name, "dispersion": form, "weighting": weighting,
-                             "beta_init": beta_init, "alpha": alpha, "seeds": len(args.seeds),
-                             "val_top1_median": round(100 * statistics.median(vals), 2)})
+                vals = [
+                    train_glag(
+                        afg,
+                        StageTwoConfig(beta_init=beta_init, seed=s, epochs=args.gen_epochs),
+                        SamplingConfig(alpha=alpha, dispersion=form),
+                        progress=False,
+                    )["val"]["top1"]
+                    for s in args.seeds
+                ]
+                rows.append(
+                    {
+                        "cache": Path(cache_path).name,
+                        "dispersion": form,
+                        "weighting": weighting,
+                        "beta_init": beta_init,
+                        "alpha": alpha,
+                        "seeds": len(args.seeds),
+                        "val_top1_median": round(100 * statistics.median(vals), 2),
+                    }
+                )
                 print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -131,22 +159,43 @@ def glag_val(args):
                 sam_kw["n_target"] = int(counts.max()) // 2
             afg = AFG.build(cache, GeneratorConfig(**gen_kw), device="cpu", save=False)
             # without stage two's own adjustment, so the '+LA' row below is the one adjustment
-            res = train_glag(afg, StageTwoConfig(**{"seed": seed, "epochs": args.gen_epochs, "posthoc_la": False,
-                                                    **st_kw}), SamplingConfig(**sam_kw), progress=False)
+            res = train_glag(
+                afg,
+                StageTwoConfig(**{"seed": seed, "epochs": args.gen_epochs, "posthoc_la": False, **st_kw}),
+                SamplingConfig(**sam_kw),
+                progress=False,
+            )
             add(name, res["val"]["top1"], res["val"]["few"])
             W, bias = torch.as_tensor(res["weight"]), torch.as_tensor(res["bias"])
             lp = log_prior(counts, cpu)
             x = tukey(np.asarray(val.features, dtype=np.float32), afg.cfg.lt)
-            make = lambda tau: (lambda z: z @ W.T + bias - tau * lp)  # noqa: E731
+            make = lambda tau, W=W, bias=bias, lp=lp: lambda z: z @ W.T + bias - tau * lp  # noqa: E731
             tau, _ = pick_on_val(make, x, val.labels, cpu)
             best = evaluate(predict(make(tau), x, cpu), val.labels, counts)
             add(name + " +LA", best["top1"], best["few"])
-            print(json.dumps({"cache": cache.path.name, "probe": name, "val_top1": round(100 * res["val"]["top1"], 2),
-                              "val_few": round(100 * res["val"]["few"], 2),
-                              "val_top1_plus_la": round(100 * best["top1"], 2), "la_tau": tau}),
-                  file=sys.stderr, flush=True)
-    rows = [{"probe": k, "caches": len(v), "val_top1_mean": round(statistics.fmean(t for t, _ in v), 2),
-             "val_few_mean": round(statistics.fmean(f for _, f in v), 2)} for k, v in scores.items()]
+            print(
+                json.dumps(
+                    {
+                        "cache": cache.path.name,
+                        "probe": name,
+                        "val_top1": round(100 * res["val"]["top1"], 2),
+                        "val_few": round(100 * res["val"]["few"], 2),
+                        "val_top1_plus_la": round(100 * best["top1"], 2),
+                        "la_tau": tau,
+                    }
+                ),
+                file=sys.stderr,
+                flush=True,
+            )
+    rows = [
+        {
+            "probe": k,
+            "caches": len(v),
+            "val_top1_mean": round(statistics.fmean(t for t, _ in v), 2),
+            "val_few_mean": round(statistics.fmean(f for _, f in v), 2),
+        }
+        for k, v in scores.items()
+    ]
     for r in rows:
         print(json.dumps(r), flush=True)
     return rows
@@ -166,8 +215,15 @@ def main():
     if args.which in ("stage-two", "glag-val") and not args.cache:
         ap.error(f"{args.which} ablations need --cache FILE")
     rows = {"graloss": graloss, "stage-two": stage_two, "glag-val": glag_val}[args.which](args)
-    print(json.dumps({"bench": f"ablations-{args.which}", "command": " ".join(["python", "bench/ablations.py", *sys.argv[1:]]),
-                      "results": rows}))
+    print(
+        json.dumps(
+            {
+                "bench": f"ablations-{args.which}",
+                "command": " ".join(["python", "bench/ablations.py", *sys.argv[1:]]),
+                "results": rows,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

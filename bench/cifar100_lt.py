@@ -1,6 +1,7 @@
 """CIFAR-100-LT: the paper's tables (SPEC section 7) as `glag sweep`s of the shipped recipes.
 
-    .venv/bin/python bench/reproduce.py cifar100-lt --data-root DIR [--ims 10,50,100,200] [--seeds 0-2] [--set k=v ...]
+    .venv/bin/python bench/reproduce.py cifar100-lt --data-root DIR [--ims 10,50,100,200] [--seeds 0-2] \
+        [--set k=v ...]
     .venv/bin/python bench/reproduce.py cifar100-lt-probe --data-root DIR [--seeds 0-2] [--set k=v ...]
 
 cifar100-lt: per imbalance ratio, one sweep of configs/cifar100-lt-im<IM>.toml over the stage-one losses CE,
@@ -12,6 +13,7 @@ recipe key in every sweep (``--set epochs=30`` for a reduced budget; it is in th
 Writes results/<protocol>.csv (every cell) and results/<protocol>.md (mean ± std over seeds beside the
 paper's figure, paired intervals of GLAG against each method, and the commands).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,9 +23,10 @@ import time
 from pathlib import Path
 
 from evidence import _mean_std
+from protocol import ROOT, check_data, glag, rel, shown
+
 from glag.metrics import paired_differences, t_interval, verdict
 from glag.sweep import parse_seeds
-from protocol import ROOT, check_data, glag, rel, shown
 
 # SPEC section 7 (ResNet-32, 200 epochs): (stage one, stage two) -> {IM: test top-1}
 PAPER = {
@@ -34,9 +37,19 @@ PAPER = {
     ("graloss", "stage-one"): {100: 50.4},
     ("ce", "stage-one"): {100: 45.3},
 }
-PAPER_GROUPS = {("graloss", "glag"): "65.8 / 52.9 / 33.9", ("graloss", "stage-one"): "70.1 / 49.0 / 29.0"}  # IM 100
-PAPER_PROBE = {"ce": 57.33, "la0.5": 57.35, "la1": 56.63, "la1.5": 57.16, "graloss-linear": 57.26,
-               "graloss-concave": 56.73, "graloss": 57.69}
+PAPER_GROUPS = {
+    ("graloss", "glag"): "65.8 / 52.9 / 33.9",
+    ("graloss", "stage-one"): "70.1 / 49.0 / 29.0",
+}  # IM 100
+PAPER_PROBE = {
+    "ce": 57.33,
+    "la0.5": 57.35,
+    "la1": 56.63,
+    "la1.5": 57.16,
+    "graloss-linear": 57.26,
+    "graloss-concave": 56.73,
+    "graloss": 57.69,
+}
 GRALOSS_SHAPE = {3.0: "graloss", 1.0: "graloss-linear", 0.5: "graloss-concave"}
 PROBE = "configs/cifar100-lt-probe.toml"
 
@@ -44,9 +57,14 @@ PROBE = "configs/cifar100-lt-probe.toml"
 def sweeps(protocol: str, ims: list[float]) -> list[tuple[str, float, str, dict]]:
     """(name, IM, recipe, --set values) of each sweep of a protocol."""
     if protocol == "cifar100-lt":
-        return [(f"im{im:g}", im, f"configs/cifar100-lt-im{im:g}.toml", {"loss": "ce,la,graloss"}) for im in ims]
-    return [("probe-ce", 100, PROBE, {"loss": "ce"}), ("probe-la", 100, PROBE, {"loss": "la", "tau": "0.5,1,1.5"}),
-            ("probe-graloss", 100, PROBE, {"loss": "graloss", "g": "0.5,1,3"})]
+        return [
+            (f"im{im:g}", im, f"configs/cifar100-lt-im{im:g}.toml", {"loss": "ce,la,graloss"}) for im in ims
+        ]
+    return [
+        ("probe-ce", 100, PROBE, {"loss": "ce"}),
+        ("probe-la", 100, PROBE, {"loss": "la", "tau": "0.5,1,1.5"}),
+        ("probe-graloss", 100, PROBE, {"loss": "graloss", "g": "0.5,1,3"}),
+    ]
 
 
 def stage_one_label(row: dict) -> str:
@@ -62,8 +80,18 @@ def stage_one_label(row: dict) -> str:
 
 def sweep_args(args, name: str, recipe: str, sets: dict) -> list[str]:
     sets = {**sets, "data_root": rel(args.data_root), **dict(s.split("=", 1) for s in args.set)}
-    return ["sweep", recipe, "--seeds", args.seeds, "--out", rel(args.results / "runs" / args.protocol / name),
-            *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")], "--cache-dir", rel(args.cache_dir), "-q"]
+    return [
+        "sweep",
+        recipe,
+        "--seeds",
+        args.seeds,
+        "--out",
+        rel(args.results / "runs" / args.protocol / name),
+        *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")],
+        "--cache-dir",
+        rel(args.cache_dir),
+        "-q",
+    ]
 
 
 def collect(args) -> list[dict]:
@@ -74,9 +102,19 @@ def collect(args) -> list[dict]:
         if path.is_file():
             with open(path, newline="") as f:
                 for r in csv.DictReader(f):
-                    rows.append({"sweep": name, "im": im, "stage_one": stage_one_label(r), "method": r["method"],
-                                 "seed": int(r["seed"]), **{k: float(r[k]) if r[k] else None
-                                                            for k in ("top1", "many", "medium", "few", "val_top1")}})
+                    rows.append(
+                        {
+                            "sweep": name,
+                            "im": im,
+                            "stage_one": stage_one_label(r),
+                            "method": r["method"],
+                            "seed": int(r["seed"]),
+                            **{
+                                k: float(r[k]) if r[k] else None
+                                for k in ("top1", "many", "medium", "few", "val_top1")
+                            },
+                        }
+                    )
     return rows
 
 
@@ -90,39 +128,67 @@ def paper_figure(protocol: str, im: float, loss: str, method: str) -> str:
 
 def markdown(args, rows: list[dict], commands: list[str]) -> str:
     keys = list(dict.fromkeys((r["im"], r["stage_one"], r["method"]) for r in rows))
-    lines = [f"# Protocol `{args.protocol}`", "",
-             "CIFAR-100-LT (SPEC section 5: LDAM-DRW's seeded subset), ResNet-32, the recipes in configs/; mean ± std "
-             f"over seeds {args.seeds}; the paper's single-run figure beside (SPEC section 7; Many / Medium / Few in "
-             "brackets where it gives them).", "",
-             "| IM | stage one | stage two | n | top-1 | many | medium | few | paper |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Protocol `{args.protocol}`",
+        "",
+        "CIFAR-100-LT (SPEC section 5: LDAM-DRW's seeded subset), ResNet-32, the recipes in configs/; mean "
+        "± std "
+        f"over seeds {args.seeds}; the paper's single-run figure beside (SPEC section 7; Many / Medium / "
+        f"Few in "
+        "brackets where it gives them).",
+        "",
+        "| IM | stage one | stage two | n | top-1 | many | medium | few | paper |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for im, loss, method in keys:
         rs = [r for r in rows if (r["im"], r["stage_one"], r["method"]) == (im, loss, method)]
-        lines.append(f"| {im:g} | {loss} | {method} | {len(rs)} | " + " | ".join(
-            _mean_std([r[k] for r in rs]) for k in ("top1", "many", "medium", "few")) +
-            f" | {paper_figure(args.protocol, im, loss, method)} |")
+        lines.append(
+            f"| {im:g} | {loss} | {method} | {len(rs)} | "
+            + " | ".join(_mean_std([r[k] for r in rs]) for k in ("top1", "many", "medium", "few"))
+            + f" | {paper_figure(args.protocol, im, loss, method)} |"
+        )
     paired = []
     for im, loss in dict.fromkeys((k[0], k[1]) for k in keys):
-        values = {(r["method"], r["seed"]): r["top1"] for r in rows if (r["im"], r["stage_one"]) == (im, loss)}
+        values = {
+            (r["method"], r["seed"]): r["top1"] for r in rows if (r["im"], r["stage_one"]) == (im, loss)
+        }
         for method, d in paired_differences(values).items():
             m, lo, hi = t_interval(d)
-            paired.append(f"| {im:g} | {loss} | {method} | {m:+.2f} [{lo:+.2f}, {hi:+.2f}] (n={len(d)}) | {verdict(lo, hi)} |")
+            paired.append(
+                f"| {im:g} | {loss} | {method} | {m:+.2f} [{lo:+.2f}, {hi:+.2f}] (n={len(d)}) | "
+                f"{verdict(lo, hi)} |"
+            )
     if paired:
-        lines += ["", "GLAG minus each method on the same stage-one cache (same seed), test top-1, mean [95 % t-interval]:",
-                  "", "| IM | stage one | GLAG minus | difference | verdict |", "|---|---|---|---|---|", *paired]
+        lines += [
+            "",
+            "GLAG minus each method on the same stage-one cache (same seed), test top-1, mean [95 % "
+            "t-interval]:",
+            "",
+            "| IM | stage one | GLAG minus | difference | verdict |",
+            "|---|---|---|---|---|",
+            *paired,
+        ]
     lines += ["", "## Commands", "", *(f"    {c}" for c in commands), ""]
     return "\n".join(lines)
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="reproduce.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="reproduce.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("protocol", choices=["cifar100-lt", "cifar100-lt-probe"])
     ap.add_argument("--data-root", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--cache-dir", type=Path, default=ROOT / "glag-cache")
     ap.add_argument("--results", type=Path, default=ROOT / "results")
     ap.add_argument("--ims", default="10,50,100,200", help="comma-separated imbalance ratios (cifar100-lt)")
     ap.add_argument("--seeds", default="0-2", help="seeds of every cell: 0-2 or 0,1,2")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a recipe key in every sweep (repeatable), e.g. epochs=30")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe key in every sweep (repeatable), e.g. epochs=30",
+    )
     ap.add_argument("--report-only", action="store_true", help="only write the tables from finished cells")
     args = ap.parse_args(argv)
     args.ims = [float(x) for x in args.ims.split(",")]
@@ -136,9 +202,12 @@ def main(argv=None):
     def log(msg):
         print(f"[{time.time() - t0:7.0f}s] {msg}", file=sys.stderr, flush=True)
 
-    plan = [(name, sweep_args(args, name, recipe, sets)) for name, _, recipe, sets in sweeps(args.protocol, args.ims)]
+    plan = [
+        (name, sweep_args(args, name, recipe, sets))
+        for name, _, recipe, sets in sweeps(args.protocol, args.ims)
+    ]
     commands = [shown(a) for _, a in plan]
-    for name, a in ([] if args.report_only else plan):
+    for name, a in [] if args.report_only else plan:
         glag(a, log)
         log(f"sweep {name} done")
     rows = collect(args)

@@ -10,6 +10,7 @@ The recipe is configs/fashion-mnist-lt-evidence.toml, and each imbalance ratio's
 those sweeps and turns their cells.csv into results/evidence.csv, results/evidence.md and
 results/evidence.png.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,8 +22,9 @@ import sys
 import time
 from pathlib import Path
 
-from glag.metrics import t_interval, verdict  # noqa: F401 (tests read them here)
 from protocol import ROOT, glag, rel
+
+from glag.metrics import t_interval, verdict  # noqa: F401 (tests read them here)
 
 DATASET = "fashion-mnist-lt"
 N_MAX = 500
@@ -41,9 +43,23 @@ COLUMNS = ["dataset", "imbalance", "stage_one", "method", "seed", "top1", "many"
 
 def sweep_args(im: int, args) -> list[str]:
     losses, seeds = CELLS[im]
-    return ["sweep", rel(CONFIG), "--seeds", ",".join(map(str, seeds)), "--out", rel(sweep_dir(args.results, im)),
-            "--set", f"imbalance={im}", "--set", "loss=" + ",".join(LOSS.get(x, x) for x in losses),
-            "--set", f"epochs={args.epochs}", "--cache-dir", rel(args.cache_dir), "-q"]
+    return [
+        "sweep",
+        rel(CONFIG),
+        "--seeds",
+        ",".join(map(str, seeds)),
+        "--out",
+        rel(sweep_dir(args.results, im)),
+        "--set",
+        f"imbalance={im}",
+        "--set",
+        "loss=" + ",".join(LOSS.get(x, x) for x in losses),
+        "--set",
+        f"epochs={args.epochs}",
+        "--cache-dir",
+        rel(args.cache_dir),
+        "-q",
+    ]
 
 
 def sweep_dir(results: Path, im: int) -> Path:
@@ -60,12 +76,26 @@ def collect(results: Path) -> list[dict]:
             continue
         with open(f, newline="") as fh:
             for r in csv.DictReader(fh):
-                rows.append({"dataset": DATASET, "imbalance": im, "stage_one": ours.get(r["loss"], r["loss"]),
-                             "method": r["method"], "seed": int(r["seed"]),
-                             **{k: _num(float(r[k]) if r[k] else None) for k in ("top1", "many", "medium", "few")}})
+                rows.append(
+                    {
+                        "dataset": DATASET,
+                        "imbalance": im,
+                        "stage_one": ours.get(r["loss"], r["loss"]),
+                        "method": r["method"],
+                        "seed": int(r["seed"]),
+                        **{k: _num(float(r[k]) if r[k] else None) for k in ("top1", "many", "medium", "few")},
+                    }
+                )
     order = {m: i for i, m in enumerate(METHODS)}
-    return sorted(rows, key=lambda r: (list(CELLS).index(r["imbalance"]), CELLS[r["imbalance"]][0].index(r["stage_one"]),
-                                       r["seed"], order.get(r["method"], len(order))))
+    return sorted(
+        rows,
+        key=lambda r: (
+            list(CELLS).index(r["imbalance"]),
+            CELLS[r["imbalance"]][0].index(r["stage_one"]),
+            r["seed"],
+            order.get(r["method"], len(order)),
+        ),
+    )
 
 
 def _num(v):
@@ -76,15 +106,20 @@ def _mean_std(vals):
     vals = [v for v in vals if v is not None]
     if not vals:
         return "—"
-    return f"{statistics.fmean(vals):.2f} ± {statistics.stdev(vals):.2f}" if len(vals) > 1 else f"{vals[0]:.2f}"
+    return (
+        f"{statistics.fmean(vals):.2f} ± {statistics.stdev(vals):.2f}" if len(vals) > 1 else f"{vals[0]:.2f}"
+    )
 
 
 def paired(rows, im, loss, a, b, metric):
     """Differences a - b over the seeds where both have the metric (same seed = same stage-one cache)."""
-    by = {(r["method"], r["seed"]): r[metric] for r in rows if r["imbalance"] == im and r["stage_one"] == loss}
+    by = {
+        (r["method"], r["seed"]): r[metric] for r in rows if r["imbalance"] == im and r["stage_one"] == loss
+    }
     seeds = sorted({s for (_, s) in by})
-    return [by[(a, s)] - by[(b, s)] for s in seeds
-            if by.get((a, s)) is not None and by.get((b, s)) is not None]
+    return [
+        by[(a, s)] - by[(b, s)] for s in seeds if by.get((a, s)) is not None and by.get((b, s)) is not None
+    ]
 
 
 DECOUPLED = ["crt", "lws", "tau-norm", "logit-adjust"]
@@ -95,8 +130,11 @@ def headline(rows) -> list[str]:
     out = []
     for im in CELLS:
         rs = [r for r in rows if r["imbalance"] == im and r["stage_one"] == "graloss"]
-        means = {m: statistics.fmean([r["top1"] for r in rs if r["method"] == m])
-                 for m in DECOUPLED + ["glag"] if any(r["method"] == m for r in rs)}
+        means = {
+            m: statistics.fmean([r["top1"] for r in rs if r["method"] == m])
+            for m in DECOUPLED + ["glag"]
+            if any(r["method"] == m for r in rs)
+        }
         if "glag" not in means or len(means) < 2:
             continue
         best = max((m for m in means if m != "glag"), key=means.get)
@@ -105,20 +143,31 @@ def headline(rows) -> list[str]:
             d = paired(rows, im, "graloss", "glag", best, metric)
             if d:
                 m, lo, hi = t_interval(d)
-                parts.append(f"{'top-1' if metric == 'top1' else 'Few'} {m:+.2f} [{lo:+.2f}, {hi:+.2f}] ({verdict(lo, hi)})")
+                parts.append(
+                    f"{'top-1' if metric == 'top1' else 'Few'} {m:+.2f} [{lo:+.2f}, {hi:+.2f}] "
+                    f"({verdict(lo, hi)})"
+                )
         n = len({r["seed"] for r in rs})
-        out.append(f"* IM {im}, GraLoss features, {n} seeds: GLAG {means['glag']:.2f} vs the best decoupled baseline, "
-                   f"{best} {means[best]:.2f}: " + "; ".join(parts) + ".")
+        out.append(
+            f"* IM {im}, GraLoss features, {n} seeds: GLAG {means['glag']:.2f} vs the best decoupled "
+            f"baseline, "
+            f"{best} {means[best]:.2f}: " + "; ".join(parts) + "."
+        )
     by_loss = []
     for loss in CELLS[100][0]:
         rs = [r for r in rows if r["imbalance"] == 100 and r["stage_one"] == loss]
         vals = {m: [r["top1"] for r in rs if r["method"] == m] for m in ("stage-one", "glag")}
         if all(vals.values()):
-            by_loss.append(f"{loss} {statistics.fmean(vals['stage-one']):.2f} -> {statistics.fmean(vals['glag']):.2f}")
+            by_loss.append(
+                f"{loss} {statistics.fmean(vals['stage-one']):.2f} -> {statistics.fmean(vals['glag']):.2f}"
+            )
     if by_loss:
-        out.append("* IM 100, stage one -> GLAG on each stage-one loss (mean top-1): " + ", ".join(by_loss) +
-                   ". Stage-one losses are not paired (different caches); on this dataset and budget GraLoss's "
-                   "stage one is not the best one (see docs/ablations.md on g).")
+        out.append(
+            "* IM 100, stage one -> GLAG on each stage-one loss (mean top-1): "
+            + ", ".join(by_loss)
+            + ". Stage-one losses are not paired (different caches); on this dataset and budget GraLoss's "
+            "stage one is not the best one (see docs/ablations.md on g)."
+        )
     return out
 
 
@@ -128,34 +177,57 @@ def markdown(rows, epochs, gen_epochs) -> str:
 
     import glag as glag_pkg
 
-    lines = ["# Protocol `evidence`", "",
-             f"Fashion-MNIST-LT with `--n-max {N_MAX}` (CIFAR-100-LT's class sizes: at IM 100 the counts are "
-             "500, 299, 179, 107, 64, 38, 23, 13, 8, 5, so Many, Medium and Few classes are all present), "
-             f"{BACKBONE}, stage one {epochs} epochs, stage two {gen_epochs} generation epochs; the seed drives stage "
-             f"one and stage two. CPU only; glag {glag_pkg.__version__}, torch {torch.__version__}, "
-             f"numpy {numpy.__version__}. Test top-1 and Many / Medium / Few (%), mean ± std over seeds.", "",
-             "Made by `python bench/reproduce.py evidence`, which runs the `glag sweep` commands listed at the end; "
-             "each cell's config is in its folder under results/runs/evidence. GLAG here is glag's default stage two: beta_init 0.0 "
-             "and a val-tuned post-hoc logit adjustment, both chosen on validation splits only "
-             "(docs/ablations.md); `glag-no-la` is the same without the adjustment.", "",
-             "Headline (paired by seed on the same stage-one cache, 95 % t-interval):", "", *headline(rows), ""]
+    lines = [
+        "# Protocol `evidence`",
+        "",
+        f"Fashion-MNIST-LT with `--n-max {N_MAX}` (CIFAR-100-LT's class sizes: at IM 100 the counts are "
+        "500, 299, 179, 107, 64, 38, 23, 13, 8, 5, so Many, Medium and Few classes are all present), "
+        f"{BACKBONE}, stage one {epochs} epochs, stage two {gen_epochs} generation epochs; the seed drives "
+        f"stage "
+        f"one and stage two. CPU only; glag {glag_pkg.__version__}, torch {torch.__version__}, "
+        f"numpy {numpy.__version__}. Test top-1 and Many / Medium / Few (%), mean ± std over seeds.",
+        "",
+        "Made by `python bench/reproduce.py evidence`, which runs the `glag sweep` commands listed at the "
+        "end; "
+        "each cell's config is in its folder under results/runs/evidence. GLAG here is glag's default stage "
+        "two: beta_init 0.0 "
+        "and a val-tuned post-hoc logit adjustment, both chosen on validation splits only "
+        "(docs/ablations.md); `glag-no-la` is the same without the adjustment.",
+        "",
+        "Headline (paired by seed on the same stage-one cache, 95 % t-interval):",
+        "",
+        *headline(rows),
+        "",
+    ]
     for im, (losses, seeds) in CELLS.items():
         cell_rows = [r for r in rows if r["imbalance"] == im]
         if not cell_rows:
             continue
         if im == 100:
             lines.append("<!-- readme:start -->")
-        lines += [f"## IM {im} ({len(seeds)} seeds)", "",
-                  "| stage one | method | n | top-1 | many | medium | few |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## IM {im} ({len(seeds)} seeds)",
+            "",
+            "| stage one | method | n | top-1 | many | medium | few |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for loss in losses:
             for m in METHODS:
                 rs = [r for r in cell_rows if r["stage_one"] == loss and r["method"] == m]
                 if rs:
-                    lines.append(f"| {loss} | {m} | {len(rs)} | " + " | ".join(
-                        _mean_std([r[k] for r in rs]) for k in ("top1", "many", "medium", "few")) + " |")
-        lines += ["", f"Paired differences at IM {im}: GLAG minus each other method on the same stage-one cache "
-                  "(same seed), mean [95 % t-interval], in points.", "",
-                  "| stage one | GLAG minus | top-1 | verdict | few | verdict |", "|---|---|---|---|---|---|"]
+                    lines.append(
+                        f"| {loss} | {m} | {len(rs)} | "
+                        + " | ".join(_mean_std([r[k] for r in rs]) for k in ("top1", "many", "medium", "few"))
+                        + " |"
+                    )
+        lines += [
+            "",
+            f"Paired differences at IM {im}: GLAG minus each other method on the same stage-one cache "
+            "(same seed), mean [95 % t-interval], in points.",
+            "",
+            "| stage one | GLAG minus | top-1 | verdict | few | verdict |",
+            "|---|---|---|---|---|---|",
+        ]
         for loss in losses:
             for b in METHODS:
                 if b == "glag":
@@ -171,12 +243,18 @@ def markdown(rows, epochs, gen_epochs) -> str:
                 if any(c != "—" for c in cells):
                     lines.append(f"| {loss} | {b} | " + " | ".join(cells) + " |")
         if im == 100:
-            lines += ["", "![Many / Medium / Few per method, GraLoss stage one, IM 100](evidence.png)", "",
-                      "Real and generated features of the three smallest classes and the classes they draw on "
-                      "(GraLoss, seed 0; `glag report results/runs/evidence/im100/cells/imbalance=100_loss=graloss_epochs=30_seed=0/runs/*-glag "
-                      "--tsne results/evidence_tsne.png`):", "",
-                      "![t-SNE of real and generated tail features](evidence_tsne.png)",
-                      "<!-- readme:end -->"]
+            lines += [
+                "",
+                "![Many / Medium / Few per method, GraLoss stage one, IM 100](evidence.png)",
+                "",
+                "Real and generated features of the three smallest classes and the classes they draw on "
+                "(GraLoss, seed 0; `glag report "
+                "results/runs/evidence/im100/cells/imbalance=100_loss=graloss_epochs=30_seed=0/runs/*-glag "
+                "--tsne results/evidence_tsne.png`):",
+                "",
+                "![t-SNE of real and generated tail features](evidence_tsne.png)",
+                "<!-- readme:end -->",
+            ]
         lines.append("")
     return "\n".join(lines)
 
@@ -198,7 +276,9 @@ def plot(rows, path: Path) -> None:
         vals = [[r[g] for r in rs if r["method"] == m and r[g] is not None] for g in groups]
         means = [np.mean(v) if v else np.nan for v in vals]
         stds = [np.std(v, ddof=1) if len(v) > 1 else 0 for v in vals]
-        ax.bar(np.arange(3) + (i - len(METHODS) / 2 + 0.5) * width, means, width, yerr=stds, capsize=2, label=m)
+        ax.bar(
+            np.arange(3) + (i - len(METHODS) / 2 + 0.5) * width, means, width, yerr=stds, capsize=2, label=m
+        )
     ax.set_xticks(range(3), ["Many", "Medium", "Few"])
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("Fashion-MNIST-LT (n_max 500) IM 100, GraLoss stage one: mean ± std over seeds")
@@ -217,7 +297,9 @@ def plot_val_curves(cache_dir: Path, path: Path, epochs: int) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    colours = dict(zip(CELLS[100][0], plt.get_cmap("tab10").colors))  # a colour per stage-one loss
+    colours = dict(
+        zip(CELLS[100][0], plt.get_cmap("tab10").colors, strict=False)
+    )  # a colour per stage-one loss
     seen = set()
     for log in sorted(Path(cache_dir).glob(f"stage1/{DATASET}-im100-n{N_MAX}-*/train_log.jsonl")):
         recs = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
@@ -225,12 +307,20 @@ def plot_val_curves(cache_dir: Path, path: Path, epochs: int) -> None:
             continue
         loss = next((k for k in ("ldam-drw", "graloss", "la", "ce") if f"-{k}-" in log.parent.name), "?")
         loss = "la1" if loss == "la" else loss
-        ax.plot([r["epoch"] for r in recs], [100 * r["val_acc"] for r in recs], color=colours.get(loss), alpha=0.6,
-                lw=1, label=None if loss in seen else loss)
+        ax.plot(
+            [r["epoch"] for r in recs],
+            [100 * r["val_acc"] for r in recs],
+            color=colours.get(loss),
+            alpha=0.6,
+            lw=1,
+            label=None if loss in seen else loss,
+        )
         seen.add(loss)
     ax.set_xlabel("stage-one epoch")
     ax.set_ylabel("val top-1 (%)")
-    ax.set_title(f"Fashion-MNIST-LT n_max {N_MAX} IM 100, {BACKBONE}: stage-one val top-1, every seed", fontsize=10)
+    ax.set_title(
+        f"Fashion-MNIST-LT n_max {N_MAX} IM 100, {BACKBONE}: stage-one val top-1, every seed", fontsize=10
+    )
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -244,20 +334,31 @@ def write(results: Path, rows: list[dict], epochs: int, gen_epochs: int, command
         w.writeheader()
         w.writerows({k: ("" if r[k] is None else r[k]) for k in COLUMNS} for r in rows)
     md = markdown(rows, epochs, gen_epochs)
-    md += ("\n## Commands\n\nOne `glag sweep` per imbalance ratio (the recipe: configs/fashion-mnist-lt-evidence.toml; "
-           "each cell's own config is results/runs/evidence/im<IM>/cells/<cell>/config.toml):\n\n" +
-           "\n".join(f"    {c}" for c in commands) + "\n")
+    md += (
+        "\n## Commands\n\nOne `glag sweep` per imbalance ratio (the recipe: "
+        "configs/fashion-mnist-lt-evidence.toml; "
+        "each cell's own config is results/runs/evidence/im<IM>/cells/<cell>/config.toml):\n\n"
+        + "\n".join(f"    {c}" for c in commands)
+        + "\n"
+    )
     (results / "evidence.md").write_text(md)
     plot(rows, results / "evidence.png")
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="reproduce.py evidence", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="reproduce.py evidence",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--cache-dir", type=Path, default=ROOT / "glag-cache")
     ap.add_argument("--results", type=Path, default=ROOT / "results")
-    ap.add_argument("--epochs", type=int, default=30, help="stage-one epochs (docs/ablations.md: the val curve)")
-    ap.add_argument("--report-only", action="store_true", help="only write the tables and plot from finished cells")
+    ap.add_argument(
+        "--epochs", type=int, default=30, help="stage-one epochs (docs/ablations.md: the val curve)"
+    )
+    ap.add_argument(
+        "--report-only", action="store_true", help="only write the tables and plot from finished cells"
+    )
     args = ap.parse_args(argv)
     t0 = time.time()
 

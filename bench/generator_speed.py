@@ -3,6 +3,7 @@ tail sample), same statistics and number of features; plus dense vs factor memor
 
     .venv/bin/python bench/generator_speed.py [--quick]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,7 +14,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import emit, synthetic_cache
 
 from glag.cache.format import FeatureCache
@@ -30,7 +30,9 @@ def reference(afg: AFG, js, per_sample: int, beta: float, rng) -> int:
     for j in js:
         s, w = afg.supports.support[j], afg.supports.weights[j]
         keep = s >= 0
-        mu = (1 - beta) * np.asarray(afg.rows[afg.supports.rows[j]], np.float64) + beta * (w[keep] @ means[s[keep]])
+        mu = (1 - beta) * np.asarray(afg.rows[afg.supports.rows[j]], np.float64) + beta * (
+            w[keep] @ means[s[keep]]
+        )
         sigma = np.tensordot(w[keep], covs[s[keep]], axes=1) + 0.1 * eye
         rng.multivariate_normal(mu, sigma, size=per_sample)
         n += per_sample
@@ -52,12 +54,19 @@ def one_dim(dim: int, C: int, n_ref_samples: int, per_sample: int, tmp: Path) ->
     beta = np.full(C, 0.6)
     t = time.perf_counter()
     for s in range(0, len(jj), 8192):
-        afg.sample_tail(jj[s:s + 8192], beta, SamplingConfig(alpha=0.1), seed=s)
+        afg.sample_tail(jj[s : s + 8192], beta, SamplingConfig(alpha=0.1), seed=s)
     bat_s = time.perf_counter() - t
     ref_fps, bat_fps = n_ref / ref_s, len(jj) / bat_s
-    return {"d": dim, "classes": C, "tail_samples_timed": n_ref_samples, "features_reference": n_ref,
-            "features_batched": len(jj), "reference_features_per_s": round(ref_fps, 1),
-            "batched_features_per_s": round(bat_fps, 1), "speedup": round(bat_fps / ref_fps, 1)}
+    return {
+        "d": dim,
+        "classes": C,
+        "tail_samples_timed": n_ref_samples,
+        "features_reference": n_ref,
+        "features_batched": len(jj),
+        "reference_features_per_s": round(ref_fps, 1),
+        "batched_features_per_s": round(bat_fps, 1),
+        "speedup": round(bat_fps / ref_fps, 1),
+    }
 
 
 MEM_SNIPPET = """
@@ -77,14 +86,32 @@ print(hwm() - base, afg.factors.nbytes())
 
 
 def memory(C: int, mode: str, dim: int, rows_per_class: int, tmp: Path) -> dict:
-    path = synthetic_cache(tmp / f"m{C}-{dim}-{rows_per_class}.h5", [rows_per_class] * (C // 2) + [20] * (C - C // 2), dim,
-                           val_per_class=1, test_per_class=1)
+    path = synthetic_cache(
+        tmp / f"m{C}-{dim}-{rows_per_class}.h5",
+        [rows_per_class] * (C // 2) + [20] * (C - C // 2),
+        dim,
+        val_per_class=1,
+        test_per_class=1,
+    )
     root = str(Path(__file__).resolve().parents[1])
-    out = subprocess.run([sys.executable, "-c", MEM_SNIPPET.format(root=root, bench=str(Path(__file__).parent),
-                                                                   path=str(path), mode=mode)],
-                         capture_output=True, text=True, check=True).stdout.split()
-    return {"mode": mode, "C": C, "d": dim, "train_rows": FeatureCache(path).train_counts.sum().item(),
-            "peak_rss_increase_MB": round(int(out[0]) / 1024, 1), "factor_MB": round(int(out[1]) / 2**20, 1)}
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            MEM_SNIPPET.format(root=root, bench=str(Path(__file__).parent), path=str(path), mode=mode),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    return {
+        "mode": mode,
+        "C": C,
+        "d": dim,
+        "train_rows": FeatureCache(path).train_counts.sum().item(),
+        "peak_rss_increase_MB": round(int(out[0]) / 1024, 1),
+        "factor_MB": round(int(out[1]) / 2**20, 1),
+    }
 
 
 def main():
@@ -100,9 +127,18 @@ def main():
         # average); dense measured at C = 50 and extrapolated linearly in C (C d^2 floats).
         mem = [memory(1000, "factor", 2048, 212, tmp), memory(50, "dense", 2048, 212, tmp)]
         dense_per_class = mem[1]["factor_MB"] / 50
-        mem.append({"mode": "dense (extrapolated)", "C": 1000, "d": 2048, "factor_MB": round(dense_per_class * 1000, 1),
-                    "note": "C*d^2*4 bytes; Cholesky runs in float64, so its peak is about 3x this"})
-    emit("generator_speed", rows + mem, "python bench/generator_speed.py" + (" --quick" if args.quick else ""))
+        mem.append(
+            {
+                "mode": "dense (extrapolated)",
+                "C": 1000,
+                "d": 2048,
+                "factor_MB": round(dense_per_class * 1000, 1),
+                "note": "C*d^2*4 bytes; Cholesky runs in float64, so its peak is about 3x this",
+            }
+        )
+    emit(
+        "generator_speed", rows + mem, "python bench/generator_speed.py" + (" --quick" if args.quick else "")
+    )
 
 
 if __name__ == "__main__":

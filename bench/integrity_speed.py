@@ -8,6 +8,7 @@ same number of images at the throughput measured here, plus the write), opening,
 every feature once, a KD-style gather of random train rows, opening plus building the generator
 (where stage two joins the background checksum check), and (CIFAR shape) stage two end to end.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,7 +19,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
-
 from common import cifar100_lt_counts, emit, synthetic_splits, timed
 
 from glag.cache.format import FeatureCache, key_payload, write_cache
@@ -32,8 +32,15 @@ SHAPES = {
 
 def write_checked(path, splits, head):
     C = len(head[1])
-    write_cache(path, key_parts=key_payload({"bench": C}, "0" * 64, {}), dataset="bench", num_classes=C,
-                class_names=[str(i) for i in range(C)], splits=splits, classifier=head)
+    write_cache(
+        path,
+        key_parts=key_payload({"bench": C}, "0" * 64, {}),
+        dataset="bench",
+        num_classes=C,
+        class_names=[str(i) for i in range(C)],
+        splits=splits,
+        classifier=head,
+    )
 
 
 def write_plain(path, splits, head, fletcher=False):
@@ -46,7 +53,12 @@ def write_plain(path, splits, head, fletcher=False):
         for name, (feats, labels, index) in splits.items():
             feats, labels, index, offsets = group_by_class(feats, labels, index, C)
             g = f.create_group(name)
-            for n, a in (("features", feats), ("labels", labels), ("index", index), ("class_offsets", offsets)):
+            for n, a in (
+                ("features", feats),
+                ("labels", labels),
+                ("index", index),
+                ("class_offsets", offsets),
+            ):
                 g.create_dataset(n, data=a, **kw)
         g = f.create_group("classifier")
         g.create_dataset("weight", data=head[0], **kw)
@@ -121,33 +133,50 @@ def stage_two_total(path, check, epochs):
 
 def bench_shape(name, spec, repeats, tmp, rate, stage_two_epochs):
     counts = spec["counts"]()
-    splits, head = synthetic_splits(counts, spec["dim"], val_per_class=spec["val"], test_per_class=spec["test"])
+    splits, head = synthetic_splits(
+        counts, spec["dim"], val_per_class=spec["val"], test_per_class=spec["test"]
+    )
     rows_total = sum(len(s[1]) for s in splits.values())
     mb = sum(s[0].nbytes for s in splits.values()) / 2**20
     p = {v: Path(tmp) / f"{name}-{v}.h5" for v in ("sha256", "none", "fletcher32")}
-    r = {"shape": name, "C": len(counts), "d": spec["dim"], "train_rows": int(counts.sum()), "rows": rows_total,
-         "feature_MB": round(mb, 1)}
-    writes = {"sha256": lambda: write_checked(p["sha256"], splits, head),
-              "none": lambda: write_plain(p["none"], splits, head),
-              "fletcher32": lambda: write_plain(p["fletcher32"], splits, head, fletcher=True)}
+    r = {
+        "shape": name,
+        "C": len(counts),
+        "d": spec["dim"],
+        "train_rows": int(counts.sum()),
+        "rows": rows_total,
+        "feature_MB": round(mb, 1),
+    }
+    writes = {
+        "sha256": lambda: write_checked(p["sha256"], splits, head),
+        "none": lambda: write_plain(p["none"], splits, head),
+        "fletcher32": lambda: write_plain(p["fletcher32"], splits, head, fletcher=True),
+    }
     for v, fn in writes.items():
         r[f"write_{v}_s"] = round(timed(fn, repeats)[0], 4)
     fwd = rows_total / rate
     r["dump_forward_s_est"] = round(fwd, 2)
     for v in ("sha256", "fletcher32"):
-        r[f"dump_overhead_{v}"] = round((r[f"write_{v}_s"] - r["write_none_s"]) / (fwd + r["write_none_s"]), 4)
+        r[f"dump_overhead_{v}"] = round(
+            (r[f"write_{v}_s"] - r["write_none_s"]) / (fwd + r["write_none_s"]), 4
+        )
     # open: glag's open starts the checksum check in the background and returns; unchecked open maps
     # the file; open_verified waits for every checksum (the cost if nothing else ran beside it).
     r["open_sha256_s"] = round(open_only(p["sha256"], repeats), 4)
     r["open_unchecked_s"] = round(timed(lambda: FeatureCache(p["sha256"], check_data=False), repeats)[0], 4)
     r["open_verified_s"] = round(timed(lambda: FeatureCache(p["sha256"]).ensure_sound(), repeats)[0], 4)
     r["open_overhead_sha256"] = round(r["open_sha256_s"] / r["open_unchecked_s"] - 1, 3)
-    r["open_read_sha256_s"] = round(timed(lambda: read_all_cache(FeatureCache(p["sha256"]), True), repeats)[0], 4)
+    r["open_read_sha256_s"] = round(
+        timed(lambda: read_all_cache(FeatureCache(p["sha256"]), True), repeats)[0], 4
+    )
     r["open_read_unchecked_s"] = round(
-        timed(lambda: read_all_cache(FeatureCache(p["sha256"], check_data=False), False), repeats)[0], 4)
+        timed(lambda: read_all_cache(FeatureCache(p["sha256"], check_data=False), False), repeats)[0], 4
+    )
     r["open_read_fletcher32_s"] = round(timed(lambda: read_all_h5(p["fletcher32"]), repeats)[0], 4)
     r["open_read_overhead_sha256"] = round(r["open_read_sha256_s"] / r["open_read_unchecked_s"] - 1, 3)
-    r["open_read_overhead_fletcher32"] = round(r["open_read_fletcher32_s"] / r["open_read_unchecked_s"] - 1, 3)
+    r["open_read_overhead_fletcher32"] = round(
+        r["open_read_fletcher32_s"] / r["open_read_unchecked_s"] - 1, 3
+    )
     rng = np.random.default_rng(0)
     idx = [rng.choice(int(counts.sum()), 384, replace=False) for _ in range(100)]
     feats = FeatureCache(p["sha256"], check_data=False).split("train").features
@@ -159,9 +188,12 @@ def bench_shape(name, spec, repeats, tmp, rate, stage_two_epochs):
     if stage_two_epochs:
         stage_two_total(p["sha256"], False, 1)  # warm-up
         r["stage_two_epochs"] = stage_two_epochs
-        r["stage_two_checked_s"] = round(timed(lambda: stage_two_total(p["sha256"], True, stage_two_epochs), repeats)[0], 2)
+        r["stage_two_checked_s"] = round(
+            timed(lambda: stage_two_total(p["sha256"], True, stage_two_epochs), repeats)[0], 2
+        )
         r["stage_two_unchecked_s"] = round(
-            timed(lambda: stage_two_total(p["sha256"], False, stage_two_epochs), repeats)[0], 2)
+            timed(lambda: stage_two_total(p["sha256"], False, stage_two_epochs), repeats)[0], 2
+        )
         r["stage_two_overhead"] = round(r["stage_two_checked_s"] / r["stage_two_unchecked_s"] - 1, 3)
     return r
 
@@ -176,12 +208,24 @@ def main():
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.shapes:
-            rows.append(bench_shape(name, SHAPES[name], args.repeats, tmp,
-                                    rate, args.stage_two_epochs if name == "cifar100-lt" else 0))
+            rows.append(
+                bench_shape(
+                    name,
+                    SHAPES[name],
+                    args.repeats,
+                    tmp,
+                    rate,
+                    args.stage_two_epochs if name == "cifar100-lt" else 0,
+                )
+            )
     for r in rows:
         r["resnet32_forward_images_per_s"] = round(rate, 1)
-    emit("integrity_speed", rows, f"python bench/integrity_speed.py --repeats {args.repeats} "
-                                  f"--shapes {' '.join(args.shapes)} --stage-two-epochs {args.stage_two_epochs}")
+    emit(
+        "integrity_speed",
+        rows,
+        f"python bench/integrity_speed.py --repeats {args.repeats} "
+        f"--shapes {' '.join(args.shapes)} --stage-two-epochs {args.stage_two_epochs}",
+    )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ on a CIFAR-100-LT-shaped synthetic cache (d = 64, C = 100, 50,000 rows per epoch
 
     .venv/bin/python bench/profile_stage_two.py [--epochs 10] [--top 15]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,10 @@ def main():
                 for _ in stream.blocks(e):
                     pass
 
-        for name, fn in (("stage two", lambda: train_glag(afg, StageTwoConfig(epochs=args.epochs), progress=False)),
-                         ("generator blocks alone", blocks_only)):
+        for name, fn in (
+            ("stage two", lambda: train_glag(afg, StageTwoConfig(epochs=args.epochs), progress=False)),
+            ("generator blocks alone", blocks_only),
+        ):
             prof = cProfile.Profile()
             t = time.perf_counter()
             prof.runcall(fn)

@@ -1,4 +1,5 @@
 """What the reproduction protocols share: the project root, running `glag` commands and recording them."""
+
 from __future__ import annotations
 
 import os

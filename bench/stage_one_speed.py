@@ -16,6 +16,7 @@ For each shape, interleaved in one process and repeated (median reported):
 The ratio default / floor is what a user pays over the arithmetic. ``--steps`` caps an epoch (CPU runs of
 the ImageNet-LT shape); ImageNet-LT here is in-memory arrays, not the JPEG loader of a real list dataset.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,10 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import common  # noqa: F401  (puts the project on sys.path)
 import numpy as np
 import torch
 
-import common  # noqa: F401  (puts the project on sys.path)
 from glag.extract.datasets import DatasetSpec, LTData, Split
 from glag.extract.losses import make_loss
 from glag.extract.models import Classifier
@@ -38,10 +39,20 @@ from glag.extract.train import TrainConfig, train
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {
     # CIFAR-10-LT IM 100: 12,406 train images, 180 val rows (20 per class but class 0), ResNet-32, batch 128
-    "cifar10-lt": dict(backbone="resnet32", classes=10, n_max=5000, hw=32, batch=128, val_per_class=20, pad=4),
+    "cifar10-lt": dict(
+        backbone="resnet32", classes=10, n_max=5000, hw=32, batch=128, val_per_class=20, pad=4
+    ),
     # ImageNet-LT: 1000 classes, n_max 1280, IM 256 (115.8k images), ResNet-10 at 224 px, batch 256
-    "imagenet-lt": dict(backbone="resnet10", classes=1000, n_max=1280, hw=224, batch=256, val_per_class=20, pad=0,
-                        imbalance=256),
+    "imagenet-lt": dict(
+        backbone="resnet10",
+        classes=1000,
+        n_max=1280,
+        hw=224,
+        batch=256,
+        val_per_class=20,
+        pad=0,
+        imbalance=256,
+    ),
 }
 
 
@@ -51,28 +62,52 @@ def synthetic(shape: dict, steps: int | None, seed: int = 0) -> LTData:
     if steps:  # keep the class profile, cap the epoch at `steps` batches; validation shrinks alike
         factor = min(1.0, steps * shape["batch"] / counts.sum())
         counts = np.maximum(np.floor(counts * factor), 1).astype(np.int64)
-        val = np.random.default_rng(seed).permutation(val)[:max(1, int(np.ceil(len(val) * factor)))]
+        val = np.random.default_rng(seed).permutation(val)[: max(1, int(np.ceil(len(val) * factor)))]
     labels = np.repeat(np.arange(shape["classes"]), counts)
     rng = np.random.default_rng(seed)
     hw = shape["hw"]
     train_x = rng.integers(0, 256, (len(labels), hw, hw, 3), dtype=np.uint8)
     val_x = rng.integers(0, 256, (len(val), hw, hw, 3), dtype=np.uint8)
     spec = DatasetSpec("digits")  # identity unused: the bench trains in a temporary folder
-    splits = {"train": Split("train", np.arange(len(labels)), labels), "val": Split("val", np.arange(len(val)), val),
-              "test": Split("val", np.arange(0), np.zeros(0, np.int64))}
-    return LTData(spec, shape["classes"], [str(c) for c in range(shape["classes"])],
-                  {"train": train_x, "val": val_x}, splits)
+    splits = {
+        "train": Split("train", np.arange(len(labels)), labels),
+        "val": Split("val", np.arange(len(val)), val),
+        "test": Split("val", np.arange(0), np.zeros(0, np.int64)),
+    }
+    return LTData(
+        spec,
+        shape["classes"],
+        [str(c) for c in range(shape["classes"])],
+        {"train": train_x, "val": val_x},
+        splits,
+    )
 
 
 def time_default(shape: dict, data: LTData, compile_model: bool = False) -> tuple[float, float]:
     """(first epoch, second epoch) wall seconds of a default two-epoch run, from the start of ``train``."""
-    cfg = TrainConfig(dataset=DatasetSpec("digits"), backbone=shape["backbone"], loss="graloss", epochs=2,
-                      batch_size=shape["batch"], lr=0.1, warmup=0.0, pad=shape["pad"], flip=True)
+    cfg = TrainConfig(
+        dataset=DatasetSpec("digits"),
+        backbone=shape["backbone"],
+        loss="graloss",
+        epochs=2,
+        batch_size=shape["batch"],
+        lr=0.1,
+        warmup=0.0,
+        pad=shape["pad"],
+        flip=True,
+    )
     ends = []
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        train(cfg, data, Path(tmp), progress=False, log=lambda m: None, compile_model=compile_model,
-              on_epoch_end=lambda e, rec: ends.append(time.perf_counter()))
+        train(
+            cfg,
+            data,
+            Path(tmp),
+            progress=False,
+            log=lambda m: None,
+            compile_model=compile_model,
+            on_epoch_end=lambda e, rec: ends.append(time.perf_counter()),
+        )
     return ends[0] - t0, ends[1] - ends[0]
 
 
@@ -81,17 +116,32 @@ def time_overheads(shape: dict, data: LTData, device: torch.device) -> dict:
     validation pass and the epoch checkpoint, each timed alone as train() runs it."""
     from glag.extract.train import accuracy, epoch_batches, normalisation
 
-    cfg = TrainConfig(dataset=DatasetSpec("digits"), backbone=shape["backbone"], loss="graloss", epochs=1,
-                      batch_size=shape["batch"], lr=0.1, warmup=0.0, pad=shape["pad"], flip=True).resolved()
+    cfg = TrainConfig(
+        dataset=DatasetSpec("digits"),
+        backbone=shape["backbone"],
+        loss="graloss",
+        epochs=1,
+        batch_size=shape["batch"],
+        lr=0.1,
+        warmup=0.0,
+        pad=shape["pad"],
+        flip=True,
+    ).resolved()
     norm = normalisation(cfg, data)
     t0 = time.perf_counter()
     for _ in epoch_batches(data, cfg, "train", train=True, seed=1, norm=norm, device=device):
         pass
     out = {"batches_s": time.perf_counter() - t0}
-    model = Classifier(shape["backbone"], shape["classes"], 3, "linear").to(device, memory_format=torch.channels_last)
+    model = Classifier(shape["backbone"], shape["classes"], 3, "linear").to(
+        device, memory_format=torch.channels_last
+    )
     t0 = time.perf_counter()
-    accuracy(model, epoch_batches(data, cfg, "val", train=False, seed=0, norm=norm, batch_size=512, device=device),
-             device, device.type == "cuda")
+    accuracy(
+        model,
+        epoch_batches(data, cfg, "val", train=False, seed=0, norm=norm, batch_size=512, device=device),
+        device,
+        device.type == "cuda",
+    )
     out["validation_s"] = time.perf_counter() - t0
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     with tempfile.TemporaryDirectory() as tmp:
@@ -178,7 +228,9 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--steps", type=int, default=None, help="cap each epoch at this many batches")
     ap.add_argument("--batch", type=int, default=None, help="override the shapes' batch size (dry runs)")
-    ap.add_argument("--graphs", action="store_true", help="also time the floor as one replayed CUDA graph (GPU only)")
+    ap.add_argument(
+        "--graphs", action="store_true", help="also time the floor as one replayed CUDA graph (GPU only)"
+    )
     ap.add_argument("--compile", action="store_true", help="also time the run with --compile (torch.compile)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "stage_one_speed.json")
     args = ap.parse_args(argv)
@@ -192,28 +244,52 @@ def main(argv=None):
         for _ in range(args.repeats):  # interleaved: default then floor, so drift hits both
             first, d = time_default(shape, data)
             f = time_floor(shape, steps, device)
-            runs.append({"default_s": d, "default_first_epoch_s": first, **{f"floor_{k}_s": v for k, v in f.items()},
-                         "floor_s": min(f.values())})
+            runs.append(
+                {
+                    "default_s": d,
+                    "default_first_epoch_s": first,
+                    **{f"floor_{k}_s": v for k, v in f.items()},
+                    "floor_s": min(f.values()),
+                }
+            )
             if args.compile:
                 runs[-1]["compiled_first_epoch_s"], runs[-1]["compiled_s"] = time_default(shape, data, True)
             runs[-1].update(time_overheads(shape, data, device))
         med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
         graphed = time_graphed_floor(shape, steps, device) if args.graphs else None
         if isinstance(graphed, float):
-            graphed = {"graphed_floor_s": round(graphed, 3), "eager_floor_over_graphed": round(med["floor_s"] / graphed, 2)}
+            graphed = {
+                "graphed_floor_s": round(graphed, 3),
+                "eager_floor_over_graphed": round(med["floor_s"] / graphed, 2),
+            }
         elif graphed is not None:
             graphed = {"graphed_floor_s": None, "graphed_floor_error": graphed}
-        results.append({"shape": name, "backbone": shape["backbone"], "images": len(data.splits["train"]),
-                        "steps_per_epoch": steps, "batch": shape["batch"], "repeats": runs,
-                        **{f"median_{k}": round(v, 3) for k, v in med.items()},
-                        "ratio": round(med["default_s"] / med["floor_s"], 3),
-                        **({"compiled_ratio": round(med["compiled_s"] / med["floor_s"], 3)} if args.compile else {}),
-                        **(graphed or {})})
+        results.append(
+            {
+                "shape": name,
+                "backbone": shape["backbone"],
+                "images": len(data.splits["train"]),
+                "steps_per_epoch": steps,
+                "batch": shape["batch"],
+                "repeats": runs,
+                **{f"median_{k}": round(v, 3) for k, v in med.items()},
+                "ratio": round(med["default_s"] / med["floor_s"], 3),
+                **({"compiled_ratio": round(med["compiled_s"] / med["floor_s"], 3)} if args.compile else {}),
+                **(graphed or {}),
+            }
+        )
     import platform
 
-    report = {"bench": "stage_one_speed", "command": "python bench/stage_one_speed.py " + " ".join(argv or []),
-              "device": torch.cuda.get_device_name(0) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
-              "torch": torch.__version__, "python": platform.python_version(), "results": results}
+    report = {
+        "bench": "stage_one_speed",
+        "command": "python bench/stage_one_speed.py " + " ".join(argv or []),
+        "device": torch.cuda.get_device_name(0)
+        if device.type == "cuda"
+        else f"cpu ({torch.get_num_threads()} threads)",
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "results": results,
+    }
     text = json.dumps(report, indent=2)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -53,13 +53,28 @@ def make_cache(path, *, num_classes=4, dim=6, counts=(30, 12, 5, 2), seed=0, fai
     for split, cnt in (("train", counts), ("val", (3,) * num_classes), ("test", (4,) * num_classes)):
         labels = np.repeat(np.arange(num_classes), cnt)
         perm = rng.permutation(len(labels))
-        splits[split] = (rng.random((len(labels), dim)).astype(np.float32), labels[perm], np.arange(len(labels)))
+        splits[split] = (
+            rng.random((len(labels), dim)).astype(np.float32),
+            labels[perm],
+            np.arange(len(labels)),
+        )
     parts = key_payload({"name": "toy"}, "w" * 64, {"seed": seed})
     w = rng.standard_normal((num_classes, dim)).astype(np.float32)
     b = rng.standard_normal(num_classes).astype(np.float32)
-    return write_cache(path, key_parts=parts, dataset="toy", num_classes=num_classes,
-                       class_names=[f"c{i}" for i in range(num_classes)], splits=splits, classifier=(w, b),
-                       _fail_after_split=fail_after), splits, (w, b)
+    return (
+        write_cache(
+            path,
+            key_parts=parts,
+            dataset="toy",
+            num_classes=num_classes,
+            class_names=[f"c{i}" for i in range(num_classes)],
+            splits=splits,
+            classifier=(w, b),
+            _fail_after_split=fail_after,
+        ),
+        splits,
+        (w, b),
+    )
 
 
 def mixture_cache(path, counts=(400, 300, 200, 60, 12, 1), dim=4, seed=0):
@@ -75,6 +90,13 @@ def mixture_cache(path, counts=(400, 300, 200, 60, 12, 1), dim=4, seed=0):
         feats = np.abs(centers[labels] + 0.5 * rng.standard_normal((len(labels), dim))).astype(np.float32)
         splits[split] = (feats, labels, np.arange(len(labels)))
     # stage-one head: the nearest-centre rule written as a linear layer (a sound KD teacher)
-    w, b = centers.astype(np.float32), (-0.5 * (centers ** 2).sum(1)).astype(np.float32)
-    return write_cache(path, key_parts=key_payload({"name": "mix", "seed": seed}, "0" * 64, {}), dataset="mix",
-                       num_classes=C, class_names=[str(i) for i in range(C)], splits=splits, classifier=(w, b))
+    w, b = centers.astype(np.float32), (-0.5 * (centers**2).sum(1)).astype(np.float32)
+    return write_cache(
+        path,
+        key_parts=key_payload({"name": "mix", "seed": seed}, "0" * 64, {}),
+        dataset="mix",
+        num_classes=C,
+        class_names=[str(i) for i in range(C)],
+        splits=splits,
+        classifier=(w, b),
+    )

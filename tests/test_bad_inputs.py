@@ -1,6 +1,7 @@
 """Every bad input gets one line and a non-zero exit: no traceback, no new, changed or deleted file,
 and no code run from a file glag loads. Table-driven over all subcommands, plus the concurrency race,
 Ctrl-C and a diverged stage one."""
+
 import json
 import os
 import signal
@@ -41,16 +42,32 @@ def world(tmp_path_factory):
     try:
         assert main(["extract", "--epochs", "2", "-q"]) == 0
         cache = next(p for p in cache_dir.glob("digits-*.h5") if ".afg-" not in p.name)
-        assert main(["classify", "--cache", str(cache), "--gen-epochs", "2", "-q", "--out", str(w / "runs")]) == 0
+        assert (
+            main(["classify", "--cache", str(cache), "--gen-epochs", "2", "-q", "--out", str(w / "runs")])
+            == 0
+        )
     finally:
         os.chdir(old)
     run = next((w / "runs").iterdir())
-    f = {"cache": cache, "run": run, "model": run / "model.pt", "stats": next(cache_dir.glob("*.afg-*.h5")),
-         "final": next((cache_dir / "stage1").glob("*/final.pt")), "notes": w / "notes.txt",
-         "other_h5": w / "other.h5", "evil": w / "evil.pt", "trunc_model": w / "trunc.pt", "marker": w / MARKER,
-         "images": w / "images", "bad_images": w / "bad_images", "trunc_images": w / "trunc_images",
-         "empty": w / "empty", "bad_json": w / "bad_json_run", "no_summary": w / "no_summary_run",
-         "unfinished": w / "runs" / ".x.tmp-123"}
+    f = {
+        "cache": cache,
+        "run": run,
+        "model": run / "model.pt",
+        "stats": next(cache_dir.glob("*.afg-*.h5")),
+        "final": next((cache_dir / "stage1").glob("*/final.pt")),
+        "notes": w / "notes.txt",
+        "other_h5": w / "other.h5",
+        "evil": w / "evil.pt",
+        "trunc_model": w / "trunc.pt",
+        "marker": w / MARKER,
+        "images": w / "images",
+        "bad_images": w / "bad_images",
+        "trunc_images": w / "trunc_images",
+        "empty": w / "empty",
+        "bad_json": w / "bad_json_run",
+        "no_summary": w / "no_summary_run",
+        "unfinished": w / "runs" / ".x.tmp-123",
+    }
     f["notes"].write_text("my notes\n")
     (w / "notes.stage1.json").write_text('{"mine": true}\n')
     import h5py
@@ -71,8 +88,14 @@ def world(tmp_path_factory):
     for name, text in (("bad_json", "{not json"), ("no_summary", '{"method": "glag"}'), ("unfinished", "{}")):
         f[name].mkdir()
         (f[name] / "result.json").write_text(text)
-    for split, n, lab, scale in (("train", 30, 3, 1.0), ("val", 5, 3, 1.0), ("test", 5, 3, 1.0), ("empty", 0, 3, 1.0),
-                                 ("huge", 30, 3, 1e30), ("test9", 5, 10, 1.0)):
+    for split, n, lab, scale in (
+        ("train", 30, 3, 1.0),
+        ("val", 5, 3, 1.0),
+        ("test", 5, 3, 1.0),
+        ("empty", 0, 3, 1.0),
+        ("huge", 30, 3, 1e30),
+        ("test9", 5, 10, 1.0),
+    ):
         np.savez(w / f"{split}.npz", features=rng.random((n, 4)) * scale, labels=np.arange(n) % lab)
     (w / "names2.json").write_text('["a", "b"]')
     (w / "names3.json").write_text('["a", "b", "c"]')
@@ -80,8 +103,11 @@ def world(tmp_path_factory):
 
 
 def snapshot(root: Path) -> dict:
-    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()} | \
-        {str(p.relative_to(root)) + "/": 0 for p in root.rglob("*") if p.is_dir()}
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in root.rglob("*")
+        if p.is_file()
+    } | {str(p.relative_to(root)) + "/": 0 for p in root.rglob("*") if p.is_dir()}
 
 
 C, RUN, MODEL = "{cache}", "{run}", "{model}"
@@ -120,16 +146,28 @@ CASES = [
     (["extract", "--backbone", "nonsense"], "--backbone 'nonsense' is unknown"),
     (["extract", "--backbone", "torchvision:nonsense"], "torchvision has no classification model 'nonsense'"),
     (["extract", "--weights", "{w}/missing.pt"], "--weights file '{w}/missing.pt' does not exist"),
-    (["extract", "--weights", "{evil}"], "evil.pt' is not a readable glag --weights file (it asks to run exec, which glag never does)"),
-    (["extract", "--checkpoint", "{evil}"], "is not a readable glag stage-one checkpoint (it asks to run exec, which glag never does)"),
-    (["extract", "--checkpoint", "{notes}"], "is not a readable glag stage-one checkpoint (a text file, not a torch file)"),
+    (
+        ["extract", "--weights", "{evil}"],
+        "evil.pt' is not a readable glag --weights file (it asks to run exec, which glag never does)",
+    ),
+    (
+        ["extract", "--checkpoint", "{evil}"],
+        "is not a readable glag stage-one checkpoint (it asks to run exec, which glag never does)",
+    ),
+    (
+        ["extract", "--checkpoint", "{notes}"],
+        "is not a readable glag stage-one checkpoint (a text file, not a torch file)",
+    ),
     (["extract", "--checkpoint", "{model}"], "is not a final glag stage-one checkpoint"),
     (["extract", "--checkpoint", "{w}/missing.pt"], "does not exist"),
     (["extract", "--cache-dir", "{notes}/c"], "--cache-dir '{notes}/c' cannot be created"),
     (["extract", "--cache-dir", "{notes}"], "'--cache-dir': Directory '{notes}' is a file"),
     # generate: generator options and wrong files
     (["generate", "--cache", "{notes}"], "is not an HDF5 file, so not a glag cache"),
-    (["generate", "--cache", "{trunc_cache}"], "is not a readable HDF5 cache (incomplete, truncated or corrupt"),
+    (
+        ["generate", "--cache", "{trunc_cache}"],
+        "is not a readable HDF5 cache (incomplete, truncated or corrupt",
+    ),
     (["generate", "--cache", "{other_h5}"], "is an HDF5 file but not a glag feature cache"),
     (["generate", "--cache", "{stats}"], "is a generator statistics file, not a feature cache"),
     (["generate", "--cache", "deadbeef00"], "neither a cache file nor a key prefix"),
@@ -140,7 +178,10 @@ CASES = [
     (["generate", "--cache", C, "--tail-below", "0"], "'--tail-below': 0 is out of range"),
     (["generate", "--cache", C, "--max-dense-gb", "nan"], "'--max-dense-gb': nan is not finite"),
     (["generate", "--cache", C, "--max-dense-gb", "-1"], "'--max-dense-gb': -1 is out of range"),
-    (["generate", "--cache", C, "--n-target", "100000000"], "--n-target 100000000 is over 100 x the largest class"),
+    (
+        ["generate", "--cache", C, "--n-target", "100000000"],
+        "--n-target 100000000 is over 100 x the largest class",
+    ),
     (["generate", "--cache", C, "--mode", "huge"], "'huge' is not one of"),
     (["generate", "--cache", C, "--device", "tpu"], "'tpu' is not one of"),
     # classify: stage-two options
@@ -180,7 +221,10 @@ CASES = [
     (["predict", "{notes}", "{images}"], "is not a readable glag exported model"),
     (["predict", "{final}", "{images}"], "is not a model exported by 'glag classify'"),
     (["predict", "{trunc_model}", "{images}"], "is not a readable glag exported model"),
-    (["predict", "{evil}", "{images}"], "is not a readable glag exported model (model.pt) (it asks to run exec, which glag never does)"),
+    (
+        ["predict", "{evil}", "{images}"],
+        "is not a readable glag exported model (model.pt) (it asks to run exec, which glag never does)",
+    ),
     (["predict", MODEL, "{bad_images}"], "b.png' is not an image"),
     (["predict", MODEL, "{trunc_images}"], "b.png' cannot be decoded"),
     (["predict", MODEL, "{w}/missing"], "does not exist"),
@@ -191,16 +235,85 @@ CASES = [
     (["cache", "rm", C, "{notes}"], "is not a glag cache or statistics file"),
     (["cache", "rm", "deadbeef00"], "neither a cache file nor a key prefix"),
     (["cache", "info", "{notes}"], "is not an HDF5 file, so not a glag cache"),
-    (["cache", "import", "--train", "{w}/empty.npz", "--val", "{w}/val.npz", "--test", "{w}/test.npz", "--name", "x"],
-     "--train '{w}/empty.npz' has no rows"),
-    (["cache", "import", "--train", "{w}/huge.npz", "--val", "{w}/val.npz", "--test", "{w}/test.npz", "--name", "x"],
-     "features reach 9.97e+29; allowed: |f| <= 1e+06"),
-    (["cache", "import", "--train", "{w}/train.npz", "--val", "{w}/val.npz", "--test", "{w}/test9.npz", "--name", "x",
-      "--class-names", "{w}/names3.json"], "--test: labels must lie in [0, 3) (--class-names lists 3 classes)"),
-    (["cache", "import", "--train", "{w}/train.npz", "--val", "{w}/val.npz", "--test", "{w}/test.npz", "--name", "x",
-      "--class-names", "{w}/names2.json"], "--train: labels must lie in [0, 2) (--class-names lists 2 classes)"),
-    (["cache", "import", "--train", "{w}/train.npz", "--val", "{w}/val.npz", "--test", "{w}/test.npz", "--name", "../x"],
-     "--name '../x' is invalid"),
+    (
+        [
+            "cache",
+            "import",
+            "--train",
+            "{w}/empty.npz",
+            "--val",
+            "{w}/val.npz",
+            "--test",
+            "{w}/test.npz",
+            "--name",
+            "x",
+        ],
+        "--train '{w}/empty.npz' has no rows",
+    ),
+    (
+        [
+            "cache",
+            "import",
+            "--train",
+            "{w}/huge.npz",
+            "--val",
+            "{w}/val.npz",
+            "--test",
+            "{w}/test.npz",
+            "--name",
+            "x",
+        ],
+        "features reach 9.97e+29; allowed: |f| <= 1e+06",
+    ),
+    (
+        [
+            "cache",
+            "import",
+            "--train",
+            "{w}/train.npz",
+            "--val",
+            "{w}/val.npz",
+            "--test",
+            "{w}/test9.npz",
+            "--name",
+            "x",
+            "--class-names",
+            "{w}/names3.json",
+        ],
+        "--test: labels must lie in [0, 3) (--class-names lists 3 classes)",
+    ),
+    (
+        [
+            "cache",
+            "import",
+            "--train",
+            "{w}/train.npz",
+            "--val",
+            "{w}/val.npz",
+            "--test",
+            "{w}/test.npz",
+            "--name",
+            "x",
+            "--class-names",
+            "{w}/names2.json",
+        ],
+        "--train: labels must lie in [0, 2) (--class-names lists 2 classes)",
+    ),
+    (
+        [
+            "cache",
+            "import",
+            "--train",
+            "{w}/train.npz",
+            "--val",
+            "{w}/val.npz",
+            "--test",
+            "{w}/test.npz",
+            "--name",
+            "../x",
+        ],
+        "--name '../x' is invalid",
+    ),
 ]
 
 
@@ -225,7 +338,16 @@ def test_bad_input_one_line_nothing_touched(world, glag_cli, monkeypatch, args, 
 
 def test_enough_cases():
     assert len(CASES) >= 60
-    assert {a[0] for a, _ in CASES} >= {"data", "extract", "generate", "classify", "run", "report", "predict", "cache"}
+    assert {a[0] for a, _ in CASES} >= {
+        "data",
+        "extract",
+        "generate",
+        "classify",
+        "run",
+        "report",
+        "predict",
+        "cache",
+    }
 
 
 def test_cache_rm_removes_only_its_own_files(world, glag_cli, tmp_path):
@@ -252,16 +374,24 @@ def test_cache_rm_removes_only_its_own_files(world, glag_cli, tmp_path):
 def _cli(*args, **kw):
     # SIGINT back to its default in the child: a runner that starts the tests in the background (bash's `&`)
     # passes SIGINT on as ignored, and Python then never turns Ctrl-C into KeyboardInterrupt
-    return subprocess.Popen([sys.executable, "-m", "glag.cli", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "glag.cli", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        **kw,
+    )
 
 
 def test_concurrent_runs_to_one_out_each_land(world, tmp_path):
     w, f = world
     out = tmp_path / "runs"
-    procs = [_cli("classify", "--cache", f["cache"], "--method", "crt", "--method", "lws", "-q", "--out", out)
-             for _ in range(3)]
+    procs = [
+        _cli("classify", "--cache", f["cache"], "--method", "crt", "--method", "lws", "-q", "--out", out)
+        for _ in range(3)
+    ]
     for p in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err
@@ -311,8 +441,9 @@ def test_disk_full_one_line_and_no_partial_file(world, glag_cli, monkeypatch, tm
     """A full disk while a cache or a run folder is written: one line naming the path, nothing left behind."""
     import errno
 
-    import glag.cache.format as fmt
     import pandas as pd
+
+    import glag.cache.format as fmt
 
     w, f = world
 
@@ -323,11 +454,22 @@ def test_disk_full_one_line_and_no_partial_file(world, glag_cli, monkeypatch, tm
     monkeypatch.setattr(fmt, "write_array", full)
     code, _, err = glag_cli("extract", "--checkpoint", f["final"], "-q")
     lines = err.strip().splitlines()
-    assert code == 1 and len(lines) == 1 and "could not write" in lines[0] and "No space left on device" in lines[0]
-    assert str(tmp_path / "cache") in lines[0] and not list(tmp_path.rglob("*.h5")) and not list(tmp_path.rglob("*tmp*"))
+    assert (
+        code == 1
+        and len(lines) == 1
+        and "could not write" in lines[0]
+        and "No space left on device" in lines[0]
+    )
+    assert (
+        str(tmp_path / "cache") in lines[0]
+        and not list(tmp_path.rglob("*.h5"))
+        and not list(tmp_path.rglob("*tmp*"))
+    )
     monkeypatch.undo()
     monkeypatch.setattr(pd.DataFrame, "to_csv", full)
-    code, _, err = glag_cli("classify", "--cache", f["cache"], "--method", "crt", "-q", "--out", tmp_path / "runs")
+    code, _, err = glag_cli(
+        "classify", "--cache", f["cache"], "--method", "crt", "-q", "--out", tmp_path / "runs"
+    )
     lines = err.strip().splitlines()
     assert code == 1 and len(lines) == 1 and "No space left on device" in lines[0] and "Traceback" not in err
     assert f"could not write run folder '{tmp_path / 'runs'}/" in lines[0]

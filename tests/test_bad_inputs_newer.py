@@ -1,6 +1,7 @@
 """Bad input on the newer surfaces (sweeps, recipes, image folders, npz import, model files): one line, a
 non-zero exit, no traceback, and no created, changed or deleted file; or, where the input is fine, the right
 result. Cases are written per class of defect."""
+
 import io
 import json
 import os
@@ -26,7 +27,7 @@ def _png(path, size=8, mode="RGB", value=None):
 
 def _folder(root, per=(6, 5, 4)):
     for split, counts in (("train", per), ("test", (2, 2, 2))):
-        for c, n in zip("abc", counts):
+        for c, n in zip("abc", counts, strict=False):
             for i in range(n):
                 _png(root / split / c / f"{i}.png")
     return root
@@ -42,7 +43,23 @@ def world(tmp_path_factory):
     os.chdir(w)
     os.environ["GLAG_CACHE_DIR"] = str(w / "cache")
     try:
-        assert main(["run", "--epochs", "1", "--gen-epochs", "1", "--method", "glag", "-q", "--out", str(w / "runs")]) == 0
+        assert (
+            main(
+                [
+                    "run",
+                    "--epochs",
+                    "1",
+                    "--gen-epochs",
+                    "1",
+                    "--method",
+                    "glag",
+                    "-q",
+                    "--out",
+                    str(w / "runs"),
+                ]
+            )
+            == 0
+        )
     finally:
         os.chdir(old)
     model = next((w / "runs").glob("*/model.pt"))
@@ -55,9 +72,17 @@ def world(tmp_path_factory):
         "zero_std": {**bundle, "norm": [[0.5], [0.0]]},
         "names": {**bundle, "class_names": ["a"]},
         "lt": {**bundle, "lt": 2.5},
-        "bad_state": {**bundle, "backbone_state": {k: (v[..., :1] if v.ndim else v) for k, v in bundle["backbone_state"].items()}},
-        "nan_state": {**bundle, "backbone_state": {k: v * float("nan") if v.is_floating_point() else v
-                                                   for k, v in bundle["backbone_state"].items()}},
+        "bad_state": {
+            **bundle,
+            "backbone_state": {k: (v[..., :1] if v.ndim else v) for k, v in bundle["backbone_state"].items()},
+        },
+        "nan_state": {
+            **bundle,
+            "backbone_state": {
+                k: v * float("nan") if v.is_floating_point() else v
+                for k, v in bundle["backbone_state"].items()
+            },
+        },
     }
     for name, b in variants.items():
         torch.save(b, w / f"{name}.pt")
@@ -82,7 +107,9 @@ def world(tmp_path_factory):
     # npz splits
     rng = np.random.default_rng(0)
     np.savez(w / "ok.npz", features=rng.random((9, 4)), labels=np.arange(9) % 3)
-    np.savez(w / "idx2.npz", features=rng.random((9, 4)), labels=np.arange(9) % 3, index=np.zeros((9, 2), int))
+    np.savez(
+        w / "idx2.npz", features=rng.random((9, 4)), labels=np.arange(9) % 3, index=np.zeros((9, 2), int)
+    )
     np.savez(w / "idxneg.npz", features=rng.random((9, 4)), labels=np.arange(9) % 3, index=-np.ones(9, int))
     np.savez(w / "zerod.npz", features=rng.random((9, 0)), labels=np.arange(9) % 3)
     np.savez(w / "complex.npz", features=rng.random((9, 4)) * 1j, labels=np.arange(9) % 3)
@@ -92,7 +119,9 @@ def world(tmp_path_factory):
     data = (w / "ok.npz").read_bytes()
     (w / "trunc.npz").write_bytes(data[: len(data) // 2])
     hdr = io.BytesIO()
-    np.lib.format.write_array_header_1_0(hdr, {"descr": "<f4", "fortran_order": False, "shape": (10**7, 10**5)})
+    np.lib.format.write_array_header_1_0(
+        hdr, {"descr": "<f4", "fortran_order": False, "shape": (10**7, 10**5)}
+    )
     with zipfile.ZipFile(w / "zipbomb.npz", "w", zipfile.ZIP_DEFLATED) as z:
         with z.open("features.npy", "w", force_zip64=True) as m:
             m.write(hdr.getvalue() + b"\0" * (1 << 20))
@@ -119,20 +148,35 @@ CASES = [
     ([*FOLDER, "{w}/bomb"], "9.png' declares 400000000 pixels, over Pillow's safety limit"),
     (["predict", "{w}/runs/MODEL", "{w}/bombs"], "b.png' declares 400000000 pixels"),
     # image folders
-    ([*FOLDER, "{w}/emptyval"], "emptyval/val' holds no class folders; fill it (val/<class>/<image>) or remove it"),
+    (
+        [*FOLDER, "{w}/emptyval"],
+        "emptyval/val' holds no class folders; fill it (val/<class>/<image>) or remove it",
+    ),
     ([*FOLDER, "{w}/subdir"], "subdir/train/a/more' is a folder inside class folder"),
     ([*FOLDER, "{w}/badname"], "is not valid UTF-8; rename it"),
-    ([*FOLDER, "{w}/ok", "--export", "{w}/ok/inside"], "--export '{w}/ok/inside' lies inside the image folder"),
+    (
+        [*FOLDER, "{w}/ok", "--export", "{w}/ok/inside"],
+        "--export '{w}/ok/inside' lies inside the image folder",
+    ),
     ([*FOLDER, "{w}/ok", "--export", "{w}/ok/train/deeper"], "lies inside the image folder"),
     # npz import: every array validated before anything is written
     ([*IMPORT, "{w}/trunc.npz"], "trunc.npz' is not a readable .npz file (BadZipFile"),
     ([*IMPORT, "{w}/single.npz"], "single.npz' is a single .npy array, not an .npz archive"),
-    ([*IMPORT, "{w}/text.npz"], "text.npz' is not an .npz archive (it starts with b'featur', not a zip header)"),
-    ([*IMPORT, "{w}/zerod.npz"], "features must be a real numeric [N, d] array with d >= 1, got float64 [9, 0]"),
+    (
+        [*IMPORT, "{w}/text.npz"],
+        "text.npz' is not an .npz archive (it starts with b'featur', not a zip header)",
+    ),
+    (
+        [*IMPORT, "{w}/zerod.npz"],
+        "features must be a real numeric [N, d] array with d >= 1, got float64 [9, 0]",
+    ),
     ([*IMPORT, "{w}/complex.npz"], "features must be a real numeric [N, d] array"),
     ([*IMPORT, "{w}/idx2.npz"], "index must be a non-negative integer [N] array"),
     ([*IMPORT, "{w}/idxneg.npz"], "index must be a non-negative integer [N] array"),
-    ([*IMPORT, "{w}/ok.npz", "--cache-dir", "/proc/c"], "not writable ('/proc': a folder that takes no new files"),
+    (
+        [*IMPORT, "{w}/ok.npz", "--cache-dir", "/proc/c"],
+        "not writable ('/proc': a folder that takes no new files",
+    ),
     # model files: refused in one line, never NaN predictions with exit 0
     (["predict", "{w}/nan_head.pt", "{w}/imgs"], "the classifier must be finite float weight"),
     (["predict", "{w}/short_bias.pt", "{w}/imgs"], "the classifier must be finite float weight"),
@@ -147,7 +191,10 @@ CASES = [
     (["predict", "{w}/pickle.pt", "{w}/imgs"], "(a plain Python pickle, not a torch file)"),
     (["predict", "{w}/text.pt", "{w}/imgs"], "(a text file, not a torch file)"),
     (["predict", "{w}/empty.pt", "{w}/imgs"], "(an empty file)"),
-    (["sweep", DIGITS, "--out", "/proc/sw"], "a folder that takes no new files (a virtual file system such as /proc?)"),
+    (
+        ["sweep", DIGITS, "--out", "/proc/sw"],
+        "a folder that takes no new files (a virtual file system such as /proc?)",
+    ),
 ]
 
 
@@ -170,13 +217,15 @@ def test_newer_surfaces_one_line_nothing_touched(world, glag_cli, monkeypatch, a
 def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
     from glag.extract.pixels import read_rgb
 
-    ramp = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)  # 0 .. 63000
+    ramp = np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000  # 0 .. 63000
     Image.fromarray(ramp).save(tmp_path / "deep.png")  # a 16-bit greyscale PNG
     with Image.open(tmp_path / "deep.png") as im:
         assert im.mode.startswith("I")
     got = read_rgb(tmp_path / "deep.png")
     assert got.shape == (8, 8, 3) and (got[..., 0] == got[..., 1]).all()
-    assert np.array_equal(got[..., 0], np.rint(ramp / 257.0).astype(np.uint8))  # 63000 -> 245, not clipped to 255
+    assert np.array_equal(
+        got[..., 0], np.rint(ramp / 257.0).astype(np.uint8)
+    )  # 63000 -> 245, not clipped to 255
 
 
 def test_empty_cache_dir_variable_means_unset(tmp_path, glag_cli, monkeypatch):
@@ -198,9 +247,13 @@ def test_refused_tsne_writes_no_curves_and_bad_log_records_are_skipped(world, gl
     rec["method"] = "crt"  # not a GLAG run: --tsne is refused
     (run / "result.json").write_text(json.dumps(rec))
     code, _, err = glag_cli("report", run, "--tsne", tmp_path / "t.png")
-    assert code != 0 and "--tsne needs a GLAG run folder" in err and not (run / "stage_one_curves.png").exists()
-    log = Path(json.loads(Path(rec["cache"]).with_suffix(".stage1.json").read_text())["checkpoint"]).parent \
+    assert (
+        code != 0 and "--tsne needs a GLAG run folder" in err and not (run / "stage_one_curves.png").exists()
+    )
+    log = (
+        Path(json.loads(Path(rec["cache"]).with_suffix(".stage1.json").read_text())["checkpoint"]).parent
         / "train_log.jsonl"
+    )
     saved = log.read_text()
     try:
         log.write_text(saved + '{"loss": 1.0}\n["not a record"]\n{"epoch": 9, "loss": "x"}\n')

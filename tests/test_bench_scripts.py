@@ -7,21 +7,50 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_reproduce_refuses_missing_data(tmp_path):
-    r = subprocess.run([sys.executable, str(ROOT / "bench" / "reproduce.py"), "cifar100-lt", "--data-root",
-                        str(tmp_path), "--results", str(tmp_path / "res")], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "reproduce.py"),
+            "cifar100-lt",
+            "--data-root",
+            str(tmp_path),
+            "--results",
+            str(tmp_path / "res"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode != 0
     lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and "protocol 'cifar100-lt' needs its data" in lines[0] and "cifar-100-python" in lines[0]
+    assert (
+        len(lines) == 1
+        and "protocol 'cifar100-lt' needs its data" in lines[0]
+        and "cifar-100-python" in lines[0]
+    )
     assert not (tmp_path / "res" / "cifar100-lt.csv").exists()
 
 
 def test_cifar100_lt_protocol_is_sweeps_of_the_recipe(tmp_path, fake_cifar100):
     """The paper-table protocol only runs `glag sweep` of configs/cifar100-lt-im100.toml (at toy size through
-    --set) and tabulates the cells: every loss x method once, the paper's figure beside, the commands recorded."""
+    --set) and tabulates the cells: every loss x method once, the paper's figure beside, the commands
+    recorded."""
     sets = ["n_max=12", "epochs=1", "warmup=0", "gen_epochs=1", "val_per_class=2"]
-    cmd = [sys.executable, str(ROOT / "bench" / "reproduce.py"), "cifar100-lt", "--data-root", str(fake_cifar100),
-           "--ims", "100", "--seeds", "0", "--results", str(tmp_path / "res"), "--cache-dir", str(tmp_path / "c"),
-           *[a for s in sets for a in ("--set", s)]]
+    cmd = [
+        sys.executable,
+        str(ROOT / "bench" / "reproduce.py"),
+        "cifar100-lt",
+        "--data-root",
+        str(fake_cifar100),
+        "--ims",
+        "100",
+        "--seeds",
+        "0",
+        "--results",
+        str(tmp_path / "res"),
+        "--cache-dir",
+        str(tmp_path / "c"),
+        *[a for s in sets for a in ("--set", s)],
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     import csv
@@ -45,9 +74,13 @@ def _evidence():
 def test_evidence_paired_t_interval():
     ev = _evidence()
     m, lo, hi = ev.t_interval([1.0, 2.0, 3.0])
-    half = 4.302652729911275 / 3 ** 0.5  # t(0.975, 2) * sd / sqrt(n), sd = 1
+    half = 4.302652729911275 / 3**0.5  # t(0.975, 2) * sd / sqrt(n), sd = 1
     assert m == 2.0 and abs(lo - (2 - half)) < 1e-9 and abs(hi - (2 + half)) < 1e-9
-    assert ev.verdict(lo, hi) == "tie" and ev.verdict(0.1, 2) == "GLAG better" and ev.verdict(-2, -0.1) == "GLAG worse"
+    assert (
+        ev.verdict(lo, hi) == "tie"
+        and ev.verdict(0.1, 2) == "GLAG better"
+        and ev.verdict(-2, -0.1) == "GLAG worse"
+    )
 
 
 def test_evidence_tables_pair_by_seed(tmp_path):
@@ -55,8 +88,19 @@ def test_evidence_tables_pair_by_seed(tmp_path):
     rows = []
     for seed, (g, c) in enumerate([(60.0, 55.0), (61.0, 57.0), (59.5, 54.0)]):
         for method, top1, few in (("glag", g, 30.0 + seed), ("crt", c, 20.0 + seed)):
-            rows.append({"dataset": "fashion-mnist-lt", "imbalance": 100, "stage_one": "graloss", "method": method,
-                         "seed": seed, "top1": top1, "many": 70.0, "medium": 50.0, "few": few})
+            rows.append(
+                {
+                    "dataset": "fashion-mnist-lt",
+                    "imbalance": 100,
+                    "stage_one": "graloss",
+                    "method": method,
+                    "seed": seed,
+                    "top1": top1,
+                    "many": 70.0,
+                    "medium": 50.0,
+                    "few": few,
+                }
+            )
     rows.append({**rows[0], "imbalance": 10, "few": None})  # an empty group stays empty
     assert ev.paired(rows, 100, "graloss", "glag", "crt", "top1") == [5.0, 4.0, 5.5]
     ev.write(tmp_path, rows, 30, 40)
@@ -74,22 +118,48 @@ def test_cifar10_lt_protocol_runs_resumes_and_says_its_budget(tmp_path):
     from test_folder import make_folder
 
     root = make_folder(tmp_path / "f", train=(40, 30, 20), test=4, size=16)
-    cmd = [sys.executable, str(ROOT / "bench" / "reproduce.py"), "cifar10-lt", "--data-root", str(root),
-           "--results", str(tmp_path / "res"), "--cache-dir", str(tmp_path / "cache"), "--epochs", "1",
-           "--seeds", "0,1", "--ims", "4", "--losses", "ce", "--gen-epochs", "2", "--set", "val_per_class=5"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "bench" / "reproduce.py"),
+        "cifar10-lt",
+        "--data-root",
+        str(root),
+        "--results",
+        str(tmp_path / "res"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--epochs",
+        "1",
+        "--seeds",
+        "0,1",
+        "--ims",
+        "4",
+        "--losses",
+        "ce",
+        "--gen-epochs",
+        "2",
+        "--set",
+        "val_per_class=5",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     rows = (tmp_path / "res" / "cifar10-lt.csv").read_text().splitlines()
-    assert rows[0] == "dataset,imbalance,stage_one,method,seed,top1,many,medium,few,budget,val_top1,epochs,val_rows"
+    assert (
+        rows[0]
+        == "dataset,imbalance,stage_one,method,seed,top1,many,medium,few,budget,val_top1,epochs,val_rows"
+    )
     assert len(rows) == 1 + 2 * 9 and all(",cpu," in r and r.endswith(",every-class") for r in rows[1:])
     md = (tmp_path / "res" / "cifar10-lt.md").read_text()
     assert "**Budget `cpu`**: stage one 1 epochs" in md and "reduced from the literature's 200" in md
     assert "| ce | glag | 2 |" in md and "GLAG minus" in md
     assert "    glag sweep configs/cifar10-lt-folder.toml --seeds 0,1 --out " in md and "--set loss=ce " in md
     cells = tmp_path / "res" / "runs" / "cifar10-lt" / "cpu-every-class" / "im4" / "cells"
-    # a data_root value has '/': its cell name is made safe and carries a digest, so find the cell by its config
+    # a data_root value has '/': its cell name is made safe and carries a digest, so find the cell by its
+    # config
     cell = next(c.parent for c in cells.glob("*/config.toml") if "\nseed = 1\n" in c.read_text())
-    paper = json.loads(next((cell / "runs").glob("*-glag-paper/result.json")).read_text())["run_config"]["stage_two"]
+    paper = json.loads(next((cell / "runs").glob("*-glag-paper/result.json")).read_text())["run_config"][
+        "stage_two"
+    ]
     assert paper["beta_init"] == 0.6 and paper["posthoc_la"] is False and paper["method"] == ["glag"]
     stamps = {q: q.stat().st_mtime_ns for q in (tmp_path / "res").rglob("result.json")}
     again = subprocess.run(cmd, capture_output=True, text=True)  # every cell done: nothing is re-run
@@ -101,24 +171,45 @@ def test_cifar10_lt_protocol_runs_resumes_and_says_its_budget(tmp_path):
 def test_device_check_dry_run(tmp_path):
     """The GPU session's one-call script, rehearsed at toy size on CPU: every step runs and reports, the
     benches' JSON lands in the one report, and the caches come back packed within the transfer limits."""
-    r = subprocess.run([sys.executable, str(ROOT / "bench" / "device_check.py"), "--dry-run", "--out", str(tmp_path)],
-                       capture_output=True, text=True, cwd=ROOT)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "device_check.py"), "--dry-run", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     import json
     import tarfile
 
     report = json.loads((tmp_path / "device_check.json").read_text())
     assert [s["step"] for s in report["steps"]] == [
-        "setup", "environment", "gpu tests", "stage-one bench cifar10-lt", "single run", "packed runs",
-        "stage-one bench imagenet-lt", "stage-two bench", "compiled stage one"]
+        "setup",
+        "environment",
+        "gpu tests",
+        "stage-one bench cifar10-lt",
+        "single run",
+        "packed runs",
+        "stage-one bench imagenet-lt",
+        "stage-two bench",
+        "compiled stage one",
+    ]
     assert all(s["rc"] in (0, 5) for s in report["steps"]), report["steps"]
     row = report["stage_one_cifar"]["results"][0]
-    assert row["shape"] == "cifar10-lt" and row["ratio"] > 0 and row["median_floor_s"] == min(
-        row["median_floor_nchw_s"], row["median_floor_channels_last_s"])
+    assert (
+        row["shape"] == "cifar10-lt"
+        and row["ratio"] > 0
+        and row["median_floor_s"] == min(row["median_floor_nchw_s"], row["median_floor_channels_last_s"])
+    )
     assert report["stage_two_speed"]["results"][0]["ratio"] > 0
     assert row["graphed_floor_error"] == "needs CUDA"  # the CUDA-graph arm says why it has no number on CPU
     back = sorted(p.name for p in tmp_path.iterdir())
-    assert back == ["caches-1.tar.gz", "caches-2.tar.gz", "caches-3.tar.gz", "device_check.json", "logs.tar.gz"]
+    assert back == [
+        "caches-1.tar.gz",
+        "caches-2.tar.gz",
+        "caches-3.tar.gz",
+        "device_check.json",
+        "logs.tar.gz",
+    ]
     with tarfile.open(tmp_path / "caches-1.tar.gz") as tar:
         names = tar.getnames()
     assert sum(n.endswith(".h5") for n in names) == 1 and any(n.endswith("final.pt") for n in names)
@@ -131,17 +222,42 @@ def test_cifar10_lt_500_protocol_pairs_seeds_and_tabulates_the_probe(tmp_path):
     from test_folder import make_folder
 
     root = make_folder(tmp_path / "f", train=(40, 30, 20), test=4, size=16)
-    cmd = [sys.executable, str(ROOT / "bench" / "reproduce.py"), "cifar10-lt-500", "--data-root", str(root),
-           "--results", str(tmp_path / "res"), "--cache-dir", str(tmp_path / "cache"), "--epochs", "1",
-           "--seeds", "0,1", "--losses", "graloss,ce", "--gen-epochs", "2", "--set", "n_max=12",
-           "--set", "val_per_class=2", "--ims", "4"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "bench" / "reproduce.py"),
+        "cifar10-lt-500",
+        "--data-root",
+        str(root),
+        "--results",
+        str(tmp_path / "res"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--epochs",
+        "1",
+        "--seeds",
+        "0,1",
+        "--losses",
+        "graloss,ce",
+        "--gen-epochs",
+        "2",
+        "--set",
+        "n_max=12",
+        "--set",
+        "val_per_class=2",
+        "--ims",
+        "4",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     import csv
 
     rows = list(csv.DictReader(open(tmp_path / "res" / "cifar10-lt-500.csv", newline="")))
-    assert sorted({(x["stage_one"], x["seed"]) for x in rows}) == [("ce", "0"), ("ce", "1"), ("graloss", "0"),
-                                                                   ("graloss", "1")]
+    assert sorted({(x["stage_one"], x["seed"]) for x in rows}) == [
+        ("ce", "0"),
+        ("ce", "1"),
+        ("graloss", "0"),
+        ("graloss", "1"),
+    ]
     assert len(rows) == 4 * 11 and {x["method"] for x in rows} >= {"probe", "glag-no-gen", "glag-no-kd"}
     md = (tmp_path / "res" / "cifar10-lt-500.md").read_text()
     assert md.count("glag sweep configs/cifar10-lt-500.toml --seeds ") == 2 and "--set loss=graloss,ce " in md

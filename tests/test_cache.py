@@ -1,11 +1,10 @@
 import h5py
 import numpy as np
 import pytest
+from conftest import make_cache
 
 from glag.cache.format import FeatureCache, verify
 from glag.errors import GlagError
-
-from conftest import make_cache
 
 
 def test_round_trip_byte_for_byte(tmp_path):
@@ -80,7 +79,13 @@ def test_labels_out_of_range_rejected_at_write(tmp_path):
     from glag.cache.format import key_payload, write_cache
 
     with pytest.raises(GlagError, match=r"labels must lie in \[0, 2\)"):
-        write_cache(tmp_path / "x.h5", key_parts=key_payload({}, "", {}), dataset="t", num_classes=2, class_names=["a", "b"],
-                    splits={"train": (np.zeros((2, 3)), np.array([0, 5]), np.arange(2))},
-                    classifier=(np.zeros((2, 3)), np.zeros(2)))
+        write_cache(
+            tmp_path / "x.h5",
+            key_parts=key_payload({}, "", {}),
+            dataset="t",
+            num_classes=2,
+            class_names=["a", "b"],
+            splits={"train": (np.zeros((2, 3)), np.array([0, 5]), np.arange(2))},
+            classifier=(np.zeros((2, 3)), np.zeros(2)),
+        )
     assert not (tmp_path / "x.h5").exists()

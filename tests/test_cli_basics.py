@@ -3,7 +3,6 @@ import sys
 
 import h5py
 import numpy as np
-
 from conftest import make_cache
 
 
@@ -15,8 +14,19 @@ def test_help_lists_six_commands(glag_cli):
 
 
 def test_every_command_has_help(glag_cli):
-    for cmd in (["data"], ["extract"], ["generate"], ["classify"], ["run"], ["report"], ["cache"],
-                ["cache", "ls"], ["cache", "info"], ["cache", "verify"], ["cache", "rm"]):
+    for cmd in (
+        ["data"],
+        ["extract"],
+        ["generate"],
+        ["classify"],
+        ["run"],
+        ["report"],
+        ["cache"],
+        ["cache", "ls"],
+        ["cache", "info"],
+        ["cache", "verify"],
+        ["cache", "rm"],
+    ):
         code, out, _ = glag_cli(*cmd, "--help")
         assert code == 0 and "Usage:" in out, cmd
 
@@ -29,7 +39,9 @@ def test_bad_inputs_one_line_no_traceback(tmp_path, cache_dir):
         (["cache", "info", "deadbeef00"], "neither a cache file nor a key prefix"),
     ]
     for args, msg in cases:
-        r = subprocess.run([sys.executable, "-m", "glag.cli", *map(str, args)], capture_output=True, text=True)
+        r = subprocess.run(
+            [sys.executable, "-m", "glag.cli", *map(str, args)], capture_output=True, text=True
+        )
         assert r.returncode != 0, args
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and msg in lines[0], (args, r.stderr)

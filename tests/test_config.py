@@ -1,5 +1,6 @@
 """Recipe files: every shipped config resolves, flags override keys, bad configs get one line,
 and a run records its effective config."""
+
 import json
 from pathlib import Path
 
@@ -12,9 +13,18 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml"
 
 def test_configs_ship_each_recipe():
     names = {p.stem for p in CONFIGS}
-    assert {"cifar100-lt-im10", "cifar100-lt-im50", "cifar100-lt-im100", "cifar100-lt-im200", "imagenet-lt-resnet10",
-            "imagenet-lt-resnet50", "inat2018-resnet50", "cifar10-lt-folder", "fashion-mnist-lt-evidence",
-            "digits"} <= names
+    assert {
+        "cifar100-lt-im10",
+        "cifar100-lt-im50",
+        "cifar100-lt-im100",
+        "cifar100-lt-im200",
+        "imagenet-lt-resnet10",
+        "imagenet-lt-resnet50",
+        "inat2018-resnet50",
+        "cifar10-lt-folder",
+        "fashion-mnist-lt-evidence",
+        "digits",
+    } <= names
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
@@ -37,31 +47,52 @@ def test_every_config_resolves_and_round_trips(path, glag_cli, tmp_path):
 
 def test_flags_override_config_keys(glag_cli):
     path = next(p for p in CONFIGS if p.stem == "cifar100-lt-im100")
-    code, out, _ = glag_cli("run", "--config", path, "--epochs", "7", "--imbalance", "50", "--method", "crt",
-                            "--print-config")
+    code, out, _ = glag_cli(
+        "run", "--config", path, "--epochs", "7", "--imbalance", "50", "--method", "crt", "--print-config"
+    )
     cfg = tomllib.loads(out)
     assert cfg["stage_one"]["epochs"] == 7 and cfg["dataset"]["imbalance"] == 50.0
-    assert cfg["stage_two"]["method"] == ["crt"] and cfg["stage_two"]["beta_init"] == 0.6  # the rest from the file
+    assert (
+        cfg["stage_two"]["method"] == ["crt"] and cfg["stage_two"]["beta_init"] == 0.6
+    )  # the rest from the file
     assert cfg["stage_one"]["batch_size"] == 128 and cfg["stage_one"]["warmup"] == 5
 
 
-@pytest.mark.parametrize("text, msg", [
-    ("[dataset]\nimbalence = 10\n", "unknown key 'imbalence' in [dataset]; allowed: dataset, imbalance, profile"),
-    ("[stage2]\nalpha = 0.1\n", "unknown section [stage2]; allowed: [dataset], [stage_one], [generator], [stage_two]"),
-    ("[dataset\n", "is not valid TOML"),
-    ("dataset = 'digits'\n", "'dataset' must be a [section] of keys"),
-    ("[dataset]\nimbalance = 'steep'\n", "'--imbalance' / '-im': 'steep' is not a number"),
-    ("[stage_two]\ngen_lr = -1\n", "'--gen-lr': -1 is out of range"),
-    ("[stage_two]\nmethod = 3\n", "'method' must be a name or a list of names"),
-    ("[variants.x]\nepochs = 3\n", "unknown key 'epochs' in [variants.x]; allowed: lt, k, tail_below"),
-    ("[variants.crt]\nkd = false\n", "variant name 'crt' is a method's name"),
-    ("[variants.x]\nmethod = 'gl'\n", "[variants.x] method 'gl' is not a method; choose from: glag, stage-one"),
-    ("[variants]\nx = 1\n", "variants must be [variants.<name>] tables of keys"),
-    ("[variants.x]\ngen_lr = -1\n[stage_two]\nmethod = ['x']\n", "[variants.x] gen_lr: -1 is out of range"),
-    ("[stage_two]\nmethod = ['glag-no-kd']\n", "'--method': glag-no-kd (choose from glag, stage-one"),
-    ("[stage_one]\nepochs = 2.5\n", "'--epochs': 2.5 is not an integer"),  # numbers are checked as flags are
-    ("[stage_one]\nlr = inf\n", "'--lr': inf is not finite"),
-])
+@pytest.mark.parametrize(
+    "text, msg",
+    [
+        (
+            "[dataset]\nimbalence = 10\n",
+            "unknown key 'imbalence' in [dataset]; allowed: dataset, imbalance, profile",
+        ),
+        (
+            "[stage2]\nalpha = 0.1\n",
+            "unknown section [stage2]; allowed: [dataset], [stage_one], [generator], [stage_two]",
+        ),
+        ("[dataset\n", "is not valid TOML"),
+        ("dataset = 'digits'\n", "'dataset' must be a [section] of keys"),
+        ("[dataset]\nimbalance = 'steep'\n", "'--imbalance' / '-im': 'steep' is not a number"),
+        ("[stage_two]\ngen_lr = -1\n", "'--gen-lr': -1 is out of range"),
+        ("[stage_two]\nmethod = 3\n", "'method' must be a name or a list of names"),
+        ("[variants.x]\nepochs = 3\n", "unknown key 'epochs' in [variants.x]; allowed: lt, k, tail_below"),
+        ("[variants.crt]\nkd = false\n", "variant name 'crt' is a method's name"),
+        (
+            "[variants.x]\nmethod = 'gl'\n",
+            "[variants.x] method 'gl' is not a method; choose from: glag, stage-one",
+        ),
+        ("[variants]\nx = 1\n", "variants must be [variants.<name>] tables of keys"),
+        (
+            "[variants.x]\ngen_lr = -1\n[stage_two]\nmethod = ['x']\n",
+            "[variants.x] gen_lr: -1 is out of range",
+        ),
+        ("[stage_two]\nmethod = ['glag-no-kd']\n", "'--method': glag-no-kd (choose from glag, stage-one"),
+        (
+            "[stage_one]\nepochs = 2.5\n",
+            "'--epochs': 2.5 is not an integer",
+        ),  # numbers are checked as flags are
+        ("[stage_one]\nlr = inf\n", "'--lr': inf is not finite"),
+    ],
+)
 def test_bad_configs_one_line(tmp_path, glag_cli, text, msg):
     path = tmp_path / "bad.toml"
     path.write_text(text)
@@ -79,12 +110,16 @@ def test_missing_config_file(tmp_path, glag_cli):
 def test_digits_config_runs_and_records_its_config(tmp_path, glag_cli, cache_dir):
     path = next(p for p in CONFIGS if p.stem == "digits")
     out_dir = tmp_path / "runs"
-    code, out, err = glag_cli("run", "--config", path, "--epochs", "2", "--gen-epochs", "2", "--out", out_dir, "-q")
+    code, out, err = glag_cli(
+        "run", "--config", path, "--epochs", "2", "--gen-epochs", "2", "--out", out_dir, "-q"
+    )
     assert code == 0, err
     runs = sorted(out_dir.iterdir())
     assert [r.name.rsplit("-", 1)[-1] for r in runs] == ["crt", "glag", "one"]  # ...-stage-one
     rec = json.loads((runs[1] / "result.json").read_text())
-    assert rec["run_config"]["stage_one"]["epochs"] == 2 and rec["run_config"]["stage_one"]["backbone"] == "cnn"
+    assert (
+        rec["run_config"]["stage_one"]["epochs"] == 2 and rec["run_config"]["stage_one"]["backbone"] == "cnn"
+    )
     assert rec["run_config"]["stage_two"]["method"] == ["stage-one", "crt", "glag"]
     assert rec["run_config"]["stage_two"]["gen_epochs"] == 2
 
@@ -94,11 +129,14 @@ def test_variants_run_as_their_flags_would(tmp_path, glag_cli, cache_dir):
     import json
 
     cfg = tmp_path / "v.toml"
-    cfg.write_text((Path(__file__).resolve().parents[1] / "configs" / "digits.toml").read_text() +
-                   "\n[variants.glag-no-kd]\nkd = false\ngen_epochs = 3\n")
+    cfg.write_text(
+        (Path(__file__).resolve().parents[1] / "configs" / "digits.toml").read_text()
+        + "\n[variants.glag-no-kd]\nkd = false\ngen_epochs = 3\n"
+    )
     fast = ["--epochs", "2", "--gen-epochs", "2", "-q"]
-    code, out, err = glag_cli("run", "--config", cfg, "--method", "glag", "--method", "glag-no-kd",
-                              "--out", tmp_path / "a", *fast)
+    code, out, err = glag_cli(
+        "run", "--config", cfg, "--method", "glag", "--method", "glag-no-kd", "--out", tmp_path / "a", *fast
+    )
     assert code == 0, err
     assert "glag-no-kd" in out
     (plain,) = (tmp_path / "a").glob("*-glag")
@@ -107,8 +145,19 @@ def test_variants_run_as_their_flags_would(tmp_path, glag_cli, cache_dir):
     assert rec["method"] == "glag" and rec["variant"] == "glag-no-kd"
     assert rec["run_config"]["stage_two"]["kd"] is False and rec["run_config"]["stage_two"]["gen_epochs"] == 3
     assert json.loads((plain / "result.json").read_text())["run_config"]["stage_two"]["kd"] is True
-    code, _, err = glag_cli("run", "--config", cfg, "--method", "glag", "--no-kd", "--out", tmp_path / "b", *fast,
-                            "--gen-epochs", "3")
+    code, _, err = glag_cli(
+        "run",
+        "--config",
+        cfg,
+        "--method",
+        "glag",
+        "--no-kd",
+        "--out",
+        tmp_path / "b",
+        *fast,
+        "--gen-epochs",
+        "3",
+    )
     assert code == 0, err
     (flags,) = (tmp_path / "b").glob("*-glag")
     assert json.loads((flags / "result.json").read_text())["summary"] == rec["summary"]
@@ -119,11 +168,15 @@ def test_config_integers_key_the_cache_as_flags_do(tmp_path, glag_cli, cache_dir
     import json
 
     cfg = tmp_path / "c.toml"
-    cfg.write_text('[dataset]\ndataset = "digits"\n[stage_one]\nepochs = 1\nwarmup = 1\nlr = 1\n'
-                   '[stage_two]\nmethod = "stage-one"\n')
+    cfg.write_text(
+        '[dataset]\ndataset = "digits"\n[stage_one]\nepochs = 1\nwarmup = 1\nlr = 1\n'
+        '[stage_two]\nmethod = "stage-one"\n'
+    )
     code, _, err = glag_cli("run", "--config", cfg, "--out", tmp_path / "runs", "-q")
     assert code == 0, err
-    code, out, err = glag_cli("extract", "--dataset", "digits", "--epochs", "1", "--warmup", "1.0", "--lr", "1.0", "-q")
+    code, out, err = glag_cli(
+        "extract", "--dataset", "digits", "--epochs", "1", "--warmup", "1.0", "--lr", "1.0", "-q"
+    )
     assert code == 0 and json.loads(out)["reused"] is True, err
     assert len(list(cache_dir.glob("stage1/*"))) == 1
 

@@ -23,13 +23,14 @@ def test_data_digits_table_json_and_indices(tmp_path, glag_cli):
     d = load_dataset(DatasetSpec())
     assert [r["train"] for r in info["classes"]] == d.train_counts.tolist()
     assert info["totals"]["train"] == d.train_counts.sum() and info["indices"]["rows"] == sum(
-        len(d.splits[s]) for s in ("train", "val", "test"))
+        len(d.splits[s]) for s in ("train", "val", "test")
+    )
     assert {r["group"] for r in info["classes"]} == {"many", "medium", "few"}
     rows = _read_indices(tmp_path / "ix.csv")
     assert list(rows[0]) == ["split", "index", "label"]
     for s in ("train", "val", "test"):
         got = [(int(r["index"]), int(r["label"])) for r in rows if r["split"] == s]
-        assert got == list(zip(d.splits[s].index.tolist(), d.splits[s].labels.tolist()))
+        assert got == list(zip(d.splits[s].index.tolist(), d.splits[s].labels.tolist(), strict=False))
 
 
 @pytest.mark.filterwarnings("ignore:.*md5 differs")
@@ -37,8 +38,17 @@ def test_data_cifar100_lt_indices_are_source_positions(tmp_path, fake_cifar100, 
     import pickle
 
     ix = tmp_path / "ix.csv"
-    code, out, err = glag_cli("data", "--dataset", "cifar100-lt", "--imbalance", "100", "--data-root", fake_cifar100,
-                              "--indices", ix)
+    code, out, err = glag_cli(
+        "data",
+        "--dataset",
+        "cifar100-lt",
+        "--imbalance",
+        "100",
+        "--data-root",
+        fake_cifar100,
+        "--indices",
+        ix,
+    )
     assert code == 0, err
     assert "train 10847, val 2000, test 1000 images" in out and f"wrote 13847 rows to {ix}" in out
     labels = {}
@@ -55,15 +65,24 @@ def test_data_cifar100_lt_indices_are_source_positions(tmp_path, fake_cifar100, 
 
 
 @pytest.mark.filterwarnings("ignore:.*md5 differs")
-@pytest.mark.parametrize("args,msg", [
-    (["--n-max", "700"], "--n-max 700 is larger than the 600 training images of class"),
-    (["--imbalance", "0.5"], "--imbalance 0.5 is invalid; it must be >= 1"),
-    (["--subset-seed", "-3"], "Invalid value for '--subset-seed': -3 is out of range; allowed: a finite integer >= 0 and < 4294967296"),
-    (["--profile", "zigzag"], "'zigzag' is not one of 'exp', 'step'"),
-])
+@pytest.mark.parametrize(
+    "args,msg",
+    [
+        (["--n-max", "700"], "--n-max 700 is larger than the 600 training images of class"),
+        (["--imbalance", "0.5"], "--imbalance 0.5 is invalid; it must be >= 1"),
+        (
+            ["--subset-seed", "-3"],
+            "Invalid value for '--subset-seed': -3 is out of range; allowed: a finite integer >= 0 and < "
+            "4294967296",
+        ),
+        (["--profile", "zigzag"], "'zigzag' is not one of 'exp', 'step'"),
+    ],
+)
 def test_data_bad_options_one_line(tmp_path, fake_cifar100, glag_cli, args, msg):
     ix = tmp_path / "ix.csv"
-    code, out, err = glag_cli("data", "--dataset", "cifar100-lt", "--data-root", fake_cifar100, "--indices", ix, *args)
+    code, out, err = glag_cli(
+        "data", "--dataset", "cifar100-lt", "--data-root", fake_cifar100, "--indices", ix, *args
+    )
     assert code != 0 and out == ""
     lines = err.strip().splitlines()
     assert len(lines) == 1 and msg in lines[0], err

@@ -1,13 +1,11 @@
 import numpy as np
 import pytest
+from conftest import SHARED_DATA
 
 from glag.errors import GlagError
-from glag.extract.profile import class_counts
 from glag.extract.datasets import DatasetSpec, load_dataset, read_list_file
-from glag.extract.profile import exponential_counts
+from glag.extract.profile import class_counts, exponential_counts
 from glag.metrics import group_masks, group_of
-
-from conftest import SHARED_DATA
 
 
 def test_cifar100_im100_profile():
@@ -54,8 +52,9 @@ def _ldam_reference(labels, counts, seed, val_per_class):
 def test_cifar100_lt_subset_is_ldam_drw_rule(fake_cifar100, seed, profile):
     from glag.extract.profile import profile_counts
 
-    d = load_dataset(DatasetSpec("cifar100-lt", 100, 20, data_root=str(fake_cifar100), profile=profile,
-                                 subset_seed=seed))
+    d = load_dataset(
+        DatasetSpec("cifar100-lt", 100, 20, data_root=str(fake_cifar100), profile=profile, subset_seed=seed)
+    )
     counts = profile_counts(profile, 500, 100, 100)
     assert d.train_counts.tolist() == counts.tolist()
     labels = _labels_of(fake_cifar100)
@@ -86,8 +85,9 @@ def test_subset_seed_changes_the_subset_not_the_counts(fake_cifar100):
     assert a.spec.identity() != b.spec.identity() and a.spec.label() != b.spec.label()
 
 
-@pytest.mark.parametrize("im,c100,c10", [(10, 19573, 20431), (50, 12608, 13996), (100, 10847, 12406),
-                                         (200, 9502, 11203)])
+@pytest.mark.parametrize(
+    "im,c100,c10", [(10, 19573, 20431), (50, 12608, 13996), (100, 10847, 12406), (200, 9502, 11203)]
+)
 def test_published_cifar_lt_totals(im, c100, c10):
     assert exponential_counts(500, 100, im).sum() == c100
     assert exponential_counts(5000, 10, im).sum() == c10
@@ -134,18 +134,25 @@ def test_digits_default_has_all_groups():
     assert d.images("train").shape == (d.train_counts.sum(), 8, 8)
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "fashion-mnist").is_dir(), reason="../shared/data/fashion-mnist is absent")
+@pytest.mark.skipif(
+    not (SHARED_DATA / "fashion-mnist").is_dir(), reason="../shared/data/fashion-mnist is absent"
+)
 def test_fashion_mnist_lt_real_data():
     d = load_dataset(DatasetSpec("fashion-mnist-lt", 100, data_root=str(SHARED_DATA / "fashion-mnist")))
     # class 0 keeps all 6,000 of its images, so every-class validation takes its 20 rows from training
     assert d.train_counts.tolist() == [5980] + exponential_counts(6000, 10, 100).tolist()[1:]
     assert d.lent.tolist() == [20] + [0] * 9
     assert class_counts(d.splits["val"].labels, 10).tolist() == [20] * 10
-    lit = load_dataset(DatasetSpec("fashion-mnist-lt", 100, data_root=str(SHARED_DATA / "fashion-mnist"),
-                                   val_rows="leftovers"))
+    lit = load_dataset(
+        DatasetSpec(
+            "fashion-mnist-lt", 100, data_root=str(SHARED_DATA / "fashion-mnist"), val_rows="leftovers"
+        )
+    )
     assert lit.train_counts.tolist() == exponential_counts(6000, 10, 100).tolist() and lit.lent is None
     assert len(d.splits["test"]) == 10000 and d.images("test").shape == (10000, 28, 28)
-    small = load_dataset(DatasetSpec("fashion-mnist-lt", 100, data_root=str(SHARED_DATA / "fashion-mnist"), n_max=500))
+    small = load_dataset(
+        DatasetSpec("fashion-mnist-lt", 100, data_root=str(SHARED_DATA / "fashion-mnist"), n_max=500)
+    )
     # --n-max 500: Many, Medium and Few classes. The floor of 500 * 100^(-c/9) (LDAM-DRW's int()), so
     # 179 and 107 where rounding would give 180 and 108.
     assert small.train_counts.tolist() == [500, 299, 179, 107, 64, 38, 23, 13, 8, 5]

@@ -1,17 +1,17 @@
 """Image-folder datasets: layout, LDAM-DRW's subset rule over each class's files, the content digest,
 and one-line refusals of folders glag cannot use."""
+
 import csv
 import hashlib
 import json
 
 import numpy as np
 import pytest
+from conftest import SHARED_DATA
 from PIL import Image
 
 from glag.extract.datasets import DatasetSpec, load_dataset
 from glag.extract.profile import profile_counts
-
-from conftest import SHARED_DATA
 
 CLASSES = ["cat", "ant", "bee"]  # not in sorted order on purpose: labels follow the sorted names
 
@@ -20,11 +20,13 @@ def make_folder(root, train=(14, 12, 10), test=3, val=None, size=8, seed=0):
     """A tiny image folder of random PNGs; returns root."""
     rng = np.random.default_rng(seed)
     for split, per in (("train", train), ("test", (test,) * 3)) + ((("val", (val,) * 3),) if val else ()):
-        for name, n in zip(CLASSES, per):
+        for name, n in zip(CLASSES, per, strict=False):
             d = root / split / name
             d.mkdir(parents=True, exist_ok=True)
             for i in range(n):
-                Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(d / f"{i:03d}.png")
+                Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(
+                    d / f"{i:03d}.png"
+                )
     return root
 
 
@@ -54,7 +56,7 @@ def test_classes_sorted_labels_and_pixels(tmp_path):
     assert d.paths["train"][:2] == ["train/ant/000.png", "train/ant/001.png"]
     for s in ("train", "val", "test"):
         sp = d.splits[s]
-        for i, lab in zip(sp.index[:5], sp.labels[:5]):
+        for i, lab in zip(sp.index[:5], sp.labels[:5], strict=False):
             path = root / d.paths[sp.source][i]
             assert path.parent.name == d.class_names[lab]
             assert np.array_equal(d.sources[sp.source][i], np.asarray(Image.open(path).convert("RGB")))
@@ -76,7 +78,7 @@ def test_subset_is_ldam_drw_rule_over_each_class_files(tmp_path, seed, profile):
         idx = np.where(pool == c)[0]
         np.random.shuffle(idx)
         want_train += idx[:n].tolist()
-        want_val += idx[n:n + 2].tolist()
+        want_val += idx[n : n + 2].tolist()
     assert d.splits["train"].index.tolist() == want_train
     assert d.splits["val"].index.tolist() == want_val
     assert d.splits["val"].source == "train" and not set(want_train) & set(want_val)
@@ -117,7 +119,9 @@ def test_default_n_max_and_presets(tmp_path):
     assert d.spec.n_max == 10  # the smallest class
     small = TrainConfig(dataset=d.spec).resolved()
     assert (small.backbone, small.pad, small.flip, small.batch_size) == ("resnet32", 4, True, 128)
-    big = load_dataset(spec(make_folder(tmp_path / "g", train=(3, 3, 3), test=1, size=80), n_max=3), progress=False)
+    big = load_dataset(
+        spec(make_folder(tmp_path / "g", train=(3, 3, 3), test=1, size=80), n_max=3), progress=False
+    )
     assert not big.is_array and big.spec.image_size == 80
     cfg = TrainConfig(dataset=big.spec).resolved()
     assert (cfg.backbone, cfg.pad) == ("resnet10", 0)
@@ -126,8 +130,21 @@ def test_default_n_max_and_presets(tmp_path):
 def test_data_cmd_prints_digest_and_writes_paths(tmp_path, glag_cli):
     root = make_folder(tmp_path / "f")
     ix = tmp_path / "ix.csv"
-    code, out, err = glag_cli("data", "--dataset", "folder", "--data-root", root, "--imbalance", "2", "--n-max", "10",
-                              "--indices", ix, "--val-rows", "leftovers")
+    code, out, err = glag_cli(
+        "data",
+        "--dataset",
+        "folder",
+        "--data-root",
+        root,
+        "--imbalance",
+        "2",
+        "--n-max",
+        "10",
+        "--indices",
+        ix,
+        "--val-rows",
+        "leftovers",
+    )
     assert code == 0, err
     assert f"content digest (sha256): {tree_digest(root)}" in out
     rows = list(csv.DictReader(open(ix, newline="")))
@@ -161,16 +178,19 @@ def _break(root, how):
         f.write_bytes(f.read_bytes()[:60])
 
 
-@pytest.mark.parametrize("how, extra, expect", [
-    ("no-train", [], "has no train/ sub-folder"),
-    ("no-test", [], "has no test/ sub-folder"),
-    ("class-sets", [], "only in train/: bee; only in test/: wasp"),
-    ("empty-class", [], "class 'ant' has no images in"),
-    ("not-image", [], "005.png' is not an image"),
-    ("truncated", [], "002.png' cannot be decoded"),
-    (None, ["--n-max", "15"], "--n-max 15 is larger than the largest class ('cat', 14 training images)"),
-    (None, ["--n-max", "13"], "class 0 ('ant') has 12 training images but the profile asks for 13"),
-])
+@pytest.mark.parametrize(
+    "how, extra, expect",
+    [
+        ("no-train", [], "has no train/ sub-folder"),
+        ("no-test", [], "has no test/ sub-folder"),
+        ("class-sets", [], "only in train/: bee; only in test/: wasp"),
+        ("empty-class", [], "class 'ant' has no images in"),
+        ("not-image", [], "005.png' is not an image"),
+        ("truncated", [], "002.png' cannot be decoded"),
+        (None, ["--n-max", "15"], "--n-max 15 is larger than the largest class ('cat', 14 training images)"),
+        (None, ["--n-max", "13"], "class 0 ('ant') has 12 training images but the profile asks for 13"),
+    ],
+)
 @pytest.mark.parametrize("command", ["data", "extract"])
 def test_bad_folders_one_line_nothing_written(tmp_path, glag_cli, how, extra, expect, command):
     root = make_folder(tmp_path / "f", train=(14, 12, 10))
@@ -178,8 +198,11 @@ def test_bad_folders_one_line_nothing_written(tmp_path, glag_cli, how, extra, ex
         _break(root, how)
     before = snapshot(tmp_path)
     args = [command, "--dataset", "folder", "--data-root", root, "--imbalance", "2", *extra]
-    args += ["--indices", tmp_path / "ix.csv"] if command == "data" else ["--cache-dir", tmp_path / "cache",
-                                                                           "--epochs", "1"]
+    args += (
+        ["--indices", tmp_path / "ix.csv"]
+        if command == "data"
+        else ["--cache-dir", tmp_path / "cache", "--epochs", "1"]
+    )
     code, out, err = glag_cli(*args)
     assert code != 0 and out == ""
     assert err.count("\n") == 1 and err.startswith("error: ") and expect in err, err
@@ -198,8 +221,27 @@ def test_missing_data_root_and_download(tmp_path, glag_cli):
 
 def test_run_end_to_end_on_a_folder(tmp_path, glag_cli, cache_dir):
     root = make_folder(tmp_path / "f", train=(30, 20, 12), test=4, size=16)
-    args = ["--dataset", "folder", "--data-root", root, "--imbalance", "3", "--n-max", "12", "--epochs", "1",
-            "--batch-size", "16", "--gen-epochs", "2", "--out", tmp_path / "runs", "-q", "--val-per-class", "3"]
+    args = [
+        "--dataset",
+        "folder",
+        "--data-root",
+        root,
+        "--imbalance",
+        "3",
+        "--n-max",
+        "12",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--gen-epochs",
+        "2",
+        "--out",
+        tmp_path / "runs",
+        "-q",
+        "--val-per-class",
+        "3",
+    ]
     code, out, err = glag_cli("run", *args, "--method", "crt", "--method", "glag")
     assert code == 0, err
     assert "glag" in out and "crt" in out
@@ -219,7 +261,12 @@ def test_shared_cifar10_jpg_is_cifar10_lt():
     # every-class validation: airplane keeps all 5,000 files, so its 20 validation rows come from training
     assert d.train_counts.tolist() == [4980, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
     assert d.lent.tolist() == [20] + [0] * 9 and len(d.splits["val"]) == 200
-    assert d.class_names[:3] == ["airplane", "automobile", "bird"] and d.sources["test"].shape == (10000, 32, 32, 3)
+    assert d.class_names[:3] == ["airplane", "automobile", "bird"] and d.sources["test"].shape == (
+        10000,
+        32,
+        32,
+        3,
+    )
 
 
 @pytest.mark.parametrize("val_rows", ["leftovers", "every-class"])
@@ -229,27 +276,52 @@ def test_export_then_profile_all_gives_the_same_images_in_order(tmp_path, glag_c
     root = make_folder(tmp_path / "f", train=(14, 12, 10))
     # n_max 12 takes all of class 0: with leftovers validation it has no validation images, so the copy's val/
     # has no folder for it; with every-class it gives 2 of its training images
-    code, out, err = glag_cli("data", "--dataset", "folder", "--data-root", root, "--imbalance", "2", "--n-max", "12",
-                              "--val-per-class", "2", "--val-rows", val_rows, "--export", tmp_path / "sub")
+    code, out, err = glag_cli(
+        "data",
+        "--dataset",
+        "folder",
+        "--data-root",
+        root,
+        "--imbalance",
+        "2",
+        "--n-max",
+        "12",
+        "--val-per-class",
+        "2",
+        "--val-rows",
+        val_rows,
+        "--export",
+        tmp_path / "sub",
+    )
     assert code == 0, err
     assert "exported" in out and not list(tmp_path.glob(".sub.tmp-*"))
     orig = load_dataset(spec(root, n_max=12, val_per_class=2, val_rows=val_rows), progress=False)
     assert (0 in orig.splits["val"].labels) == (val_rows == "every-class")
     assert len(orig.splits["val"]) == (6 if val_rows == "every-class" else 4)
     copy = load_dataset(DatasetSpec("folder", profile="all", data_root=str(tmp_path / "sub")), progress=False)
-    assert copy.spec.label() == f"folder-{copy.spec.content[:8]}-all" and copy.spec.content != orig.spec.content
+    assert (
+        copy.spec.label() == f"folder-{copy.spec.content[:8]}-all" and copy.spec.content != orig.spec.content
+    )
     for s in ("train", "val", "test"):
         assert np.array_equal(orig.images(s), copy.images(s)), s
         assert np.array_equal(orig.splits[s].labels, copy.splits[s].labels), s
-    code, _, err = glag_cli("data", "--dataset", "folder", "--data-root", root, "-im", "2", "--export", tmp_path / "sub")
+    code, _, err = glag_cli(
+        "data", "--dataset", "folder", "--data-root", root, "-im", "2", "--export", tmp_path / "sub"
+    )
     assert code != 0 and err.count("\n") == 1 and "--export '" in err and "already exists" in err
 
 
-@pytest.mark.parametrize("args, expect", [
-    (["--dataset", "digits", "--profile", "all"], "--profile all applies to --dataset folder only"),
-    (["--dataset", "folder", "--profile", "all"], "validation needs a"),
-    (["--dataset", "digits", "--export", "EXPORT"], "--export writes image folders from --dataset folder only"),
-])
+@pytest.mark.parametrize(
+    "args, expect",
+    [
+        (["--dataset", "digits", "--profile", "all"], "--profile all applies to --dataset folder only"),
+        (["--dataset", "folder", "--profile", "all"], "validation needs a"),
+        (
+            ["--dataset", "digits", "--export", "EXPORT"],
+            "--export writes image folders from --dataset folder only",
+        ),
+    ],
+)
 def test_profile_all_and_export_refusals(tmp_path, glag_cli, args, expect):
     root = make_folder(tmp_path / "f")
     args = [a.replace("EXPORT", str(tmp_path / "x")) for a in args]

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from conftest import mixture_cache
 
 from glag.cache.format import FeatureCache
 from glag.errors import GlagError
@@ -7,8 +8,6 @@ from glag.generate.afg import AFG, GeneratorConfig, SamplingConfig, stats_path
 from glag.generate.stats import class_stats, tukey
 from glag.generate.stream import FeatureStream, epoch_plan
 from glag.generate.support import support_sets
-
-from conftest import mixture_cache
 
 N_DRAWS = 200_000
 
@@ -28,7 +27,12 @@ HYBRID = dict(mode="auto", max_dense_gb=2 * 4 * 16 / 2**30)  # room for two 4 x 
 @pytest.mark.parametrize("mode", ["dense", "factor", "hybrid"])
 @pytest.mark.parametrize("alpha", [0.0, 0.1])
 def test_draws_converge_to_calibrated_distribution(cache, mode, alpha):
-    afg = AFG.build(cache, GeneratorConfig(k=2, **(HYBRID if mode == "hybrid" else {"mode": mode})), device="cpu", save=False)
+    afg = AFG.build(
+        cache,
+        GeneratorConfig(k=2, **(HYBRID if mode == "hybrid" else {"mode": mode})),
+        device="cpu",
+        save=False,
+    )
     assert afg.factors.mode == mode
     beta = np.full(cache.num_classes, 0.6)
     j = int(np.flatnonzero(afg.supports.classes == 4)[3])  # a tail sample with a full support set
@@ -47,15 +51,25 @@ def test_auto_mode_picks_the_cheaper_factor_per_class():
     counts = np.array([900, 40, 600, 64, 65, 3])
     assert dense_classes("auto", counts, 64, 1e9).tolist() == [True, False, True, False, True, False]
     # a cap with room for two factors keeps the two largest classes
-    assert dense_classes("auto", counts, 64, 2 * 4 * 64 * 64).tolist() == [True, False, True, False, False, False]
+    assert dense_classes("auto", counts, 64, 2 * 4 * 64 * 64).tolist() == [
+        True,
+        False,
+        True,
+        False,
+        False,
+        False,
+    ]
     assert dense_classes("factor", counts, 64, 1e9).sum() == 0 and dense_classes("dense", counts, 64, 0).all()
 
 
 def test_hybrid_support_draw_mixes_both_factor_kinds(cache):
     afg = AFG.build(cache, GeneratorConfig(**HYBRID), device="cpu", save=False)
     dense = afg.factors.dense_of >= 0
-    j = next(i for i in range(len(afg.supports)) if (afg.supports.support[i] >= 0).all()
-             and len(set(dense[afg.supports.support[i]])) == 2)  # one Cholesky, one row factor
+    j = next(
+        i
+        for i in range(len(afg.supports))
+        if (afg.supports.support[i] >= 0).all() and len(set(dense[afg.supports.support[i]])) == 2
+    )  # one Cholesky, one row factor
     mu, sigma = afg.calibrated(j, 0.3)
     x = _draw_many(afg, j, np.full(6, 0.3), SamplingConfig())
     assert np.abs(x.mean(0) - mu).max() < 5 * np.sqrt(np.diag(sigma).max() / N_DRAWS)
@@ -80,7 +94,9 @@ def test_dense_and_factor_agree(cache):
 def test_free_lunch_special_case(cache):
     """Uniform weights, beta = k/(k+1) and all-entries alpha give Yang et al.'s calibration."""
     k, alpha, lt = 2, 0.21, 0.5
-    afg = AFG.build(cache, GeneratorConfig(k=k, weighting="uniform", mode="factor", lt=lt), device="cpu", save=False)
+    afg = AFG.build(
+        cache, GeneratorConfig(k=k, weighting="uniform", mode="factor", lt=lt), device="cpu", save=False
+    )
     train = cache.split("train")
     X = [tukey(np.asarray(train.of_class(c), dtype=np.float64), lt) for c in range(cache.num_classes)]
     counts = train.counts
@@ -109,7 +125,9 @@ def test_all_entries_dispersion_sampling(cache):
 @pytest.mark.parametrize("n_target,block_mb", [(0, 64.0), (450, 1e-4)])
 def test_stream_epoch_tops_every_class_up(cache, n_target, block_mb):
     afg = AFG.build(cache, GeneratorConfig(), device="cpu", save=False)
-    stream = FeatureStream(afg, SamplingConfig(alpha=0.1, n_target=n_target), batch_size=97, seed=3, block_mb=block_mb)
+    stream = FeatureStream(
+        afg, SamplingConfig(alpha=0.1, n_target=n_target), batch_size=97, seed=3, block_mb=block_mb
+    )
     assert stream.block_rows == (97 if block_mb < 1 else 97 * (64 * 2**20 // (16 * 97)))
     target = n_target or 400
     ys, syn, real_rows = [], [], 0
@@ -138,7 +156,9 @@ def test_fresh_synthetic_set_each_epoch(cache):
     assert not np.allclose(np.sort(b0.x[s0], 0), np.sort(b1.x[s1], 0))
     np.testing.assert_array_equal(b0.x, b0b.x)  # epochs are reproducible from (seed, epoch)
     # real rows are the Tukey-space cache rows, synthetic rows carry their epoch's beta
-    np.testing.assert_allclose(b0.x[~s0], tukey(np.asarray(cache.split("train").features)[b0.rows[~s0]], 0.5), rtol=1e-6)
+    np.testing.assert_allclose(
+        b0.x[~s0], tukey(np.asarray(cache.split("train").features)[b0.rows[~s0]], 0.5), rtol=1e-6
+    )
     (b0_beta0,) = stream.epoch(0, np.zeros(6))
     moved = np.abs(b0.x - b0_beta0.x).max(1) > 0
     assert moved[s0].sum() > 0 and not moved[~s0].any()
@@ -171,7 +191,9 @@ def test_streamed_draws_have_the_calibrated_moments(cache, mode):
     sampling = SamplingConfig(alpha=0.1)
     stream = FeatureStream(afg, sampling, batch_size=256, block_mb=0.01)
     beta = np.full(6, 0.7, dtype=np.float32)
-    x = np.concatenate([b.x[(b.rows < 0) & (b.y == 5)] for e in range(60) for b in stream.epoch(e, beta)]).astype(np.float64)
+    x = np.concatenate(
+        [b.x[(b.rows < 0) & (b.y == 5)] for e in range(60) for b in stream.epoch(e, beta)]
+    ).astype(np.float64)
     assert len(x) == 60 * 399
     mu, sigma = afg.calibrated(int(np.flatnonzero(afg.supports.classes == 5)[0]), 0.7, 0.1)
     assert np.all(np.abs(x.mean(0) - mu) < 5 * np.sqrt(np.diag(sigma) / len(x)))
@@ -208,7 +230,7 @@ def test_support_set_rules():
     counts = np.array([50, 40, 40, 2])
     means = np.array([[0, 0], [1, 0], [0, 5], [1.5, 1.5]], dtype=np.float32)
     sup = support_sets(rows, labels, counts, means, k=3, tail_below=45)
-    by_row = dict(zip(sup.rows.tolist(), range(len(sup))))
+    by_row = dict(zip(sup.rows.tolist(), range(len(sup)), strict=False))
     # class 1 (40): only class 0 has more samples; k=3 is cut to 1 and padded
     assert sup.support[by_row[1]].tolist() == [0, -1, -1] and sup.weights[by_row[1]].tolist() == [1, 0, 0]
     # class 3: row 3 sits exactly on class 0's mean: (almost) all weight there, nothing infinite
@@ -275,4 +297,7 @@ def test_generate_cli(cache, glag_cli):
     code, out, _ = glag_cli("cache", "ls", "--cache-dir", cache.path.parent)
     assert "afg" not in out and "mix.h5" in out
     code, _, err = glag_cli("generate", "--cache", cache.path, "--lt", "0")
-    assert code == 2 and "Invalid value for '--lt': 0 is out of range; allowed: a finite number > 0 and <= 1" in err
+    assert (
+        code == 2
+        and "Invalid value for '--lt': 0 is out of range; allowed: a finite number > 0 and <= 1" in err
+    )

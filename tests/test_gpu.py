@@ -1,5 +1,6 @@
 """GPU paths against the CPU result, within stated tolerances. They skip where no CUDA device is
 (bench/device_check.py runs them on a lent GPU)."""
+
 import json
 import os
 import subprocess
@@ -25,14 +26,31 @@ def test_device_resident_batches_match_cpu():
     cpu = list(ArrayBatches(images, labels, 64, [0.5] * 3, [0.25] * 3, **kw))
     gpu = list(ArrayBatches(images, labels, 64, [0.5] * 3, [0.25] * 3, device="cuda", **kw))
     assert len(cpu) == len(gpu) == 5
-    for (xc, yc), (xg, yg) in zip(cpu, gpu):
+    for (xc, yc), (xg, yg) in zip(cpu, gpu, strict=False):
         assert xg.is_cuda and torch.equal(yc, yg.cpu())
         torch.testing.assert_close(xg.cpu(), xc, rtol=0, atol=1e-5)
 
 
 def _extract(tmp: Path, env: dict) -> dict:
-    r = subprocess.run([sys.executable, "-m", "glag.cli", "extract", "--dataset", "digits", "--epochs", "15",
-                        "--cache-dir", str(tmp), "-q"], capture_output=True, text=True, cwd=ROOT, env={**os.environ, **env})
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "glag.cli",
+            "extract",
+            "--dataset",
+            "digits",
+            "--epochs",
+            "15",
+            "--cache-dir",
+            str(tmp),
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **env},
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     return json.loads(r.stdout)
 
@@ -61,7 +79,9 @@ def test_stage_two_on_gpu_matches_cpu(tmp_path):
     top1 = {}
     for device in ("cpu", "gpu"):
         afg = AFG.build(cache, GeneratorConfig(mode="factor"), device=device, save=False)
-        res = train_glag(afg, StageTwoConfig(epochs=8, batch_size=128), SamplingConfig(alpha=0.1), progress=False)
+        res = train_glag(
+            afg, StageTwoConfig(epochs=8, batch_size=128), SamplingConfig(alpha=0.1), progress=False
+        )
         top1[device] = 100 * res["test"]["top1"]
     assert abs(top1["gpu"] - top1["cpu"]) <= 3.0, top1
 
@@ -78,12 +98,15 @@ def test_cupy_generator_statistics_match_numpy(tmp_path):
     from glag.generate.backend import to_numpy
 
     cache = FeatureCache(mixture_cache(tmp_path / "mix.h5", counts=(300, 150, 80, 30, 10, 3)))
-    afg = {dev: AFG.build(cache, GeneratorConfig(mode="dense"), device=dev, save=False) for dev in ("cpu", "gpu")}
+    afg = {
+        dev: AFG.build(cache, GeneratorConfig(mode="dense"), device=dev, save=False) for dev in ("cpu", "gpu")
+    }
     assert afg["gpu"].xp is not np
     for field in ("means", "covs"):
-        np.testing.assert_allclose(to_numpy(getattr(afg["gpu"].stats, field)), getattr(afg["cpu"].stats, field),
-                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            to_numpy(getattr(afg["gpu"].stats, field)), getattr(afg["cpu"].stats, field), rtol=1e-5, atol=1e-6
+        )
     assert np.array_equal(afg["gpu"].supports.support, afg["cpu"].supports.support)
     for j in (0, len(afg["cpu"].supports.rows) - 1):
-        for a, b in zip(afg["gpu"].calibrated(j, 0.6, 0.1), afg["cpu"].calibrated(j, 0.6, 0.1)):
+        for a, b in zip(afg["gpu"].calibrated(j, 0.6, 0.1), afg["cpu"].calibrated(j, 0.6, 0.1), strict=False):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -1,13 +1,13 @@
 """glag cache import: arrays from elsewhere become a cache that every command accepts."""
+
 import json
 
 import numpy as np
 import pytest
+from conftest import mixture_cache
 
 from glag.cache.format import FeatureCache, verify
 from glag.classify import baselines
-
-from conftest import mixture_cache
 
 
 def _export(cache, folder):
@@ -21,8 +21,19 @@ def _export(cache, folder):
 
 
 def _args(f, name="mine", head=True):
-    return ["cache", "import", "--train", f["train"], "--val", f["val"], "--test", f["test"], "--name", name,
-            *(["--head", f["head"]] if head else [])]
+    return [
+        "cache",
+        "import",
+        "--train",
+        f["train"],
+        "--val",
+        f["val"],
+        "--test",
+        f["test"],
+        "--name",
+        name,
+        *(["--head", f["head"]] if head else []),
+    ]
 
 
 def test_import_round_trip_keeps_accuracies(tmp_path, cache_dir, glag_cli):
@@ -40,8 +51,18 @@ def test_import_round_trip_keeps_accuracies(tmp_path, cache_dir, glag_cli):
     assert json.loads(glag_cli(*_args(f), "--class-names", tmp_path / "npz" / "names.json")[1])["reused"]
     code, listing, _ = glag_cli("cache", "ls")
     assert "imported (head given)" in listing
-    code, _, err = glag_cli("classify", "--cache", res["cache"], "--method", "glag", "--gen-epochs", "2", "-q",
-                            "--out", tmp_path / "runs")
+    code, _, err = glag_cli(
+        "classify",
+        "--cache",
+        res["cache"],
+        "--method",
+        "glag",
+        "--gen-epochs",
+        "2",
+        "-q",
+        "--out",
+        tmp_path / "runs",
+    )
     assert code == 0, err and list((tmp_path / "runs").glob("*-glag/result.json"))
 
 
@@ -57,19 +78,38 @@ def test_import_fits_a_head_when_none_is_given(tmp_path, cache_dir, glag_cli):
     assert FeatureCache(other).key != imp.key  # the name is part of the identity
 
 
-@pytest.mark.parametrize("break_it,msg", [
-    (lambda f: np.savez(f["train"], features=np.array([[np.nan, 1.0], [0.0, 1.0]]), labels=np.array([0, 1])),
-     "1 rows of features are not finite"),
-    (lambda f: np.savez(f["val"], features=np.zeros((2, 3)), labels=np.array([0, 1])), "feature dimensions differ"),
-    (lambda f: np.savez(f["test"], features=np.zeros((2, 4)), labels=np.array([0, 9])),
-     r"--test: labels must lie in \[0, 6\) \(--head has 6 classes\), got range \[0, 9\]"),
-    (lambda f: np.savez(f["train"], features=np.zeros((3, 4)), labels=np.array([0, 1, 1])),
-     r"--train has no row of class\(es\) \[2, 3, 4, 5\]"),
-    (lambda f: np.savez(f["val"], features=np.zeros((3, 4)), labels=np.array([0, 1])),
-     "lengths differ: features 3, labels 2"),
-    (lambda f: np.savez(f["val"], feats=np.zeros((3, 4))), "lacks features, labels"),
-    (lambda f: np.savez(f["head"], weight=np.zeros((6, 5))), r"weight \(6, 5\) / bias \(6,\) do not fit features of dim 4"),
-])
+@pytest.mark.parametrize(
+    "break_it,msg",
+    [
+        (
+            lambda f: np.savez(
+                f["train"], features=np.array([[np.nan, 1.0], [0.0, 1.0]]), labels=np.array([0, 1])
+            ),
+            "1 rows of features are not finite",
+        ),
+        (
+            lambda f: np.savez(f["val"], features=np.zeros((2, 3)), labels=np.array([0, 1])),
+            "feature dimensions differ",
+        ),
+        (
+            lambda f: np.savez(f["test"], features=np.zeros((2, 4)), labels=np.array([0, 9])),
+            r"--test: labels must lie in \[0, 6\) \(--head has 6 classes\), got range \[0, 9\]",
+        ),
+        (
+            lambda f: np.savez(f["train"], features=np.zeros((3, 4)), labels=np.array([0, 1, 1])),
+            r"--train has no row of class\(es\) \[2, 3, 4, 5\]",
+        ),
+        (
+            lambda f: np.savez(f["val"], features=np.zeros((3, 4)), labels=np.array([0, 1])),
+            "lengths differ: features 3, labels 2",
+        ),
+        (lambda f: np.savez(f["val"], feats=np.zeros((3, 4))), "lacks features, labels"),
+        (
+            lambda f: np.savez(f["head"], weight=np.zeros((6, 5))),
+            r"weight \(6, 5\) / bias \(6,\) do not fit features of dim 4",
+        ),
+    ],
+)
 def test_import_bad_inputs_one_line(tmp_path, cache_dir, glag_cli, break_it, msg):
     import re
 

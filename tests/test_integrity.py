@@ -1,24 +1,40 @@
 """Damaged caches and statistics files are refused by every command, naming what is damaged."""
+
 import shutil
 
 import h5py
 import numpy as np
 import pytest
+from conftest import mixture_cache
 
 from glag.cache.format import FeatureCache
 from glag.errors import GlagError
 
-from conftest import mixture_cache
-
-CLASSIFY = ("classify", "--method", "glag", "--method", "stage-one", "--gen-epochs", "1", "-q", "--mode", "dense")
+CLASSIFY = (
+    "classify",
+    "--method",
+    "glag",
+    "--method",
+    "stage-one",
+    "--gen-epochs",
+    "1",
+    "-q",
+    "--mode",
+    "dense",
+)
 
 
 def _arrays(path):
     """(name, byte offset, byte size, itemsize) of every stored array."""
     out = []
     with h5py.File(path, "r") as f:
-        f.visititems(lambda n, o: out.append((n, o.id.get_offset(), o.id.get_storage_size(), o.dtype.itemsize))
-                     if isinstance(o, h5py.Dataset) else None)
+        f.visititems(
+            lambda n, o: (
+                out.append((n, o.id.get_offset(), o.id.get_storage_size(), o.dtype.itemsize))
+                if isinstance(o, h5py.Dataset)
+                else None
+            )
+        )
     return out
 
 
@@ -72,8 +88,16 @@ def test_untouched_copy_verifies_and_classifies(sound, tmp_path, glag_cli):
 
 def test_every_cache_array_is_checked(sound, tmp_path, glag_cli):
     names = [a[0] for a in _arrays(sound[0])]
-    assert {"train/features", "train/labels", "train/index", "train/class_offsets", "classifier/weight",
-            "classifier/bias", "test/features", "val/labels"} <= set(names)
+    assert {
+        "train/features",
+        "train/labels",
+        "train/index",
+        "train/class_offsets",
+        "classifier/weight",
+        "classifier/bias",
+        "test/features",
+        "val/labels",
+    } <= set(names)
     for i, (name, offset, size, itemsize) in enumerate(_arrays(sound[0])):
         cache, _ = _copy(sound, tmp_path / f"c{i}")
         _flip_middle(cache, offset, size, itemsize)
@@ -89,8 +113,15 @@ def test_every_cache_array_is_checked(sound, tmp_path, glag_cli):
 
 def test_every_statistics_array_is_checked(sound, tmp_path, glag_cli):
     names = [a[0] for a in _arrays(sound[1])]
-    assert {"counts", "means", "covs", "support/rows", "support/classes", "support/support",
-            "support/weights"} <= set(names)
+    assert {
+        "counts",
+        "means",
+        "covs",
+        "support/rows",
+        "support/classes",
+        "support/support",
+        "support/weights",
+    } <= set(names)
     for i, (name, offset, size, itemsize) in enumerate(_arrays(sound[1])):
         cache, stats = _copy(sound, tmp_path / f"s{i}")
         _flip_middle(stats, offset, size, itemsize)
@@ -124,5 +155,7 @@ def test_old_format_version_is_refused_with_how_to_remake(sound, tmp_path):
     cache, _ = _copy(sound, tmp_path / "v")
     with h5py.File(cache, "r+") as f:
         f.attrs["format_version"] = 1
-    with pytest.raises(GlagError, match="format version 1; this glag reads version 2: delete it and re-make it"):
+    with pytest.raises(
+        GlagError, match="format version 1; this glag reads version 2: delete it and re-make it"
+    ):
         FeatureCache(cache)

@@ -1,4 +1,5 @@
 """torchvision backbones and initial weights: --backbone torchvision:NAME, --weights, --epochs 0."""
+
 import json
 
 import numpy as np
@@ -23,8 +24,9 @@ def test_torchvision_resnet18_epochs_0_on_digits_end_to_end(resnet18_file, cache
 
     from glag.extract.datasets import DatasetSpec, load_dataset
 
-    code, out, err = glag_cli("extract", "--backbone", "torchvision:resnet18", "--weights", resnet18_file,
-                              "--epochs", "0", "-q")
+    code, out, err = glag_cli(
+        "extract", "--backbone", "torchvision:resnet18", "--weights", resnet18_file, "--epochs", "0", "-q"
+    )
     assert code == 0, err
     res = json.loads(out)
     cache = FeatureCache(res["cache"])
@@ -47,8 +49,20 @@ def test_torchvision_resnet18_epochs_0_on_digits_end_to_end(resnet18_file, cache
     np.testing.assert_allclose(np.asarray(test.features)[rows], ref, rtol=0.05, atol=0.02)
     # the fitted head is what stage-one reports, and stage two runs on the cache
     assert res["top1"] > 20  # chance is 10
-    code, _, err = glag_cli("classify", "--cache", res["cache"], "--method", "glag", "--method", "crt",
-                            "--gen-epochs", "2", "-q", "--out", tmp_path / "runs")
+    code, _, err = glag_cli(
+        "classify",
+        "--cache",
+        res["cache"],
+        "--method",
+        "glag",
+        "--method",
+        "crt",
+        "--gen-epochs",
+        "2",
+        "-q",
+        "--out",
+        tmp_path / "runs",
+    )
     assert code == 0, err
     assert len(list((tmp_path / "runs").glob("*/result.json"))) == 2
 
@@ -61,8 +75,14 @@ def test_bad_backbone_and_weights_one_line(tmp_path, cache_dir, glag_cli, resnet
     cases = [
         (["--backbone", "torchvision:nonet"], "torchvision has no classification model 'nonet'"),
         (["--backbone", "torchvision:resnet18", "--weights", tmp_path / "none.pt"], "--weights file"),
-        (["--backbone", "torchvision:resnet18", "--weights", bad], "does not fit backbone 'torchvision:resnet18'"),
-        (["--backbone", "torchvision:resnet18", "--weights", not_torch], "is not a readable glag --weights file"),
+        (
+            ["--backbone", "torchvision:resnet18", "--weights", bad],
+            "does not fit backbone 'torchvision:resnet18'",
+        ),
+        (
+            ["--backbone", "torchvision:resnet18", "--weights", not_torch],
+            "is not a readable glag --weights file",
+        ),
         (["--backbone", "cnn", "--weights", "torchvision:DEFAULT"], "needs a --backbone torchvision:NAME"),
     ]
     for args, msg in cases:
@@ -75,19 +95,31 @@ def test_bad_backbone_and_weights_one_line(tmp_path, cache_dir, glag_cli, resnet
         raise OSError("network unreachable")
 
     monkeypatch.setattr(tvm.WeightsEnum, "get_state_dict", offline)
-    code, _, err = glag_cli("extract", "--epochs", "0", "-q", "--backbone", "torchvision:resnet18",
-                            "--weights", "torchvision:DEFAULT")
+    code, _, err = glag_cli(
+        "extract",
+        "--epochs",
+        "0",
+        "-q",
+        "--backbone",
+        "torchvision:resnet18",
+        "--weights",
+        "torchvision:DEFAULT",
+    )
     assert code == 1 and "could not download torchvision's ResNet18_Weights.IMAGENET1K_V1" in err
     assert not list(cache_dir.glob("*.h5"))
 
 
 def test_torchvision_backbone_fine_tunes_with_epochs(cache_dir, glag_cli):
-    """--epochs N > 0 trains the torchvision backbone and head with the chosen loss (a small model, 1 epoch)."""
-    code, out, err = glag_cli("extract", "--backbone", "torchvision:mobilenet_v3_small", "--epochs", "1",
-                              "--loss", "graloss", "-q")
+    """--epochs N > 0 trains the torchvision backbone and head with the chosen loss (a small model, 1
+    epoch)."""
+    code, out, err = glag_cli(
+        "extract", "--backbone", "torchvision:mobilenet_v3_small", "--epochs", "1", "--loss", "graloss", "-q"
+    )
     assert code == 0, err
     cache = FeatureCache(json.loads(out)["cache"])
-    assert cache.feature_dim == 1024 and cache.provenance["epochs"] == 1 and "head_fit" not in cache.provenance
+    assert (
+        cache.feature_dim == 1024 and cache.provenance["epochs"] == 1 and "head_fit" not in cache.provenance
+    )
     ckpt = torch.load(next((cache_dir / "stage1").iterdir()) / "final.pt", weights_only=True)
     assert ckpt["backbone"] == "torchvision:mobilenet_v3_small" and len(ckpt["history"]) == 1
     assert ckpt["input_size"] == [224, 224] and ckpt["norm"][0] == [0.485, 0.456, 0.406]

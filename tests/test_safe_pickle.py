@@ -1,5 +1,6 @@
 """Dataset pickles (CIFAR batch files) are read without running code: a crafted batch under --data-root
 is refused in one line naming it, its payload never runs, and nothing is written."""
+
 import os
 import pickle
 import shutil
@@ -37,11 +38,17 @@ def test_crafted_batch_is_refused_and_never_runs(fake_cifar100, tmp_path, glag_c
         body = {"fine_label_names": _Payload(marker)}
     (root / "cifar-100-python" / where).write_bytes(pickle.dumps(body, protocol=protocol))
     before = sorted(p.name for p in tmp_path.iterdir())
-    code, out, err = glag_cli("data", "--dataset", "cifar100-lt", "--data-root", root, "--indices", tmp_path / "ix.csv")
+    code, out, err = glag_cli(
+        "data", "--dataset", "cifar100-lt", "--data-root", root, "--indices", tmp_path / "ix.csv"
+    )
     assert code != 0 and not marker.exists()
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err
-    assert f"cifar-100-python/{where}" in lines[0] and "posix.system" in lines[0] and "nothing was run" in lines[0]
+    assert (
+        f"cifar-100-python/{where}" in lines[0]
+        and "posix.system" in lines[0]
+        and "nothing was run" in lines[0]
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no indices file, nothing else
 
 
@@ -49,16 +56,24 @@ def test_crafted_batch_is_refused_and_never_runs(fake_cifar100, tmp_path, glag_c
 def test_official_layout_loads_at_any_protocol(tmp_path, protocol):
     data = np.arange(2 * 3072, dtype=np.int64).astype(np.uint8).reshape(2, 3072)
     path = tmp_path / "batch"
-    path.write_bytes(pickle.dumps({"data": data, "labels": [3, 1], "batch_label": b"x", "s": {1}}, protocol=protocol))
+    path.write_bytes(
+        pickle.dumps({"data": data, "labels": [3, 1], "batch_label": b"x", "s": {1}}, protocol=protocol)
+    )
     got = load_data_pickle(path)
     assert np.array_equal(got["data"], data) and got["labels"] == [3, 1] and got["s"] == {1}
 
 
-@pytest.mark.parametrize("content, expect", [
-    (b"", "is not a readable CIFAR batch file (EOFError"),
-    (pickle.dumps({"data": np.zeros((4, 3072), np.uint8), "labels": [0] * 4})[:-30], "is not a readable CIFAR batch"),
-    (b"hello, not a pickle", "is not a readable CIFAR batch file (UnpicklingError"),
-])
+@pytest.mark.parametrize(
+    "content, expect",
+    [
+        (b"", "is not a readable CIFAR batch file (EOFError"),
+        (
+            pickle.dumps({"data": np.zeros((4, 3072), np.uint8), "labels": [0] * 4})[:-30],
+            "is not a readable CIFAR batch",
+        ),
+        (b"hello, not a pickle", "is not a readable CIFAR batch file (UnpicklingError"),
+    ],
+)
 def test_damaged_batch_one_line(tmp_path, content, expect):
     path = tmp_path / "data_batch_1"
     path.write_bytes(content)

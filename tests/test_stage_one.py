@@ -57,7 +57,9 @@ def test_ldam_margins_follow_n_to_minus_quarter():
 
 def test_balanced_softmax_is_la_tau_one():
     z, y = _logits(2)
-    assert torch.allclose(make_loss("balanced-softmax", COUNTS, 5)(z, y, 0), make_loss("la", COUNTS, 5, tau=1.0)(z, y, 3))
+    assert torch.allclose(
+        make_loss("balanced-softmax", COUNTS, 5)(z, y, 0), make_loss("la", COUNTS, 5, tau=1.0)(z, y, 3)
+    )
 
 
 def test_lr_schedule_warmup_then_cosine():
@@ -95,7 +97,9 @@ def test_compile_failure_falls_back_to_eager_with_the_same_weights(tmp_path, mon
     step, to exactly the weights of an eager run; the log says so."""
     data = load_dataset(DatasetSpec())
     cfg = TrainConfig(epochs=2, loss="graloss", seed=1)
-    ref = torch.load(train(cfg, data, tmp_path / "eager", progress=False, log=lambda m: None), weights_only=True)
+    ref = torch.load(
+        train(cfg, data, tmp_path / "eager", progress=False, log=lambda m: None), weights_only=True
+    )
 
     class Broken(torch.nn.Module):
         def __init__(self, inner):
@@ -117,10 +121,13 @@ def test_compile_failure_falls_back_to_eager_with_the_same_weights(tmp_path, mon
 
     monkeypatch.setattr(torch, "compile", lambda model: Broken(model))
     msgs = []
-    out = torch.load(train(cfg, data, tmp_path / "compiled", progress=False, log=msgs.append, compile_model=True),
-                     weights_only=True)
+    out = torch.load(
+        train(cfg, data, tmp_path / "compiled", progress=False, log=msgs.append, compile_model=True),
+        weights_only=True,
+    )
     assert [m for m in msgs if "torch.compile" in m] == [
-        "torch.compile failed (RuntimeError: inductor: no C compiler); training eagerly"]
+        "torch.compile failed (RuntimeError: inductor: no C compiler); training eagerly"
+    ]
     for k, v in ref["model"].items():
         assert torch.equal(v, out["model"][k]), k
 
@@ -167,12 +174,17 @@ def test_full_split_reuses_trained_weights(cache_dir, glag_cli):
     assert code == 0, err
     assert len(list((cache_dir / "stage1").iterdir())) == 1  # one training run for both
     c = FeatureCache(json.loads(out2)["cache"])
-    assert c.has_split("full") and len(c.split("full")) == len(load_dataset(DatasetSpec()).sources["train"]) - 400
+    assert (
+        c.has_split("full")
+        and len(c.split("full")) == len(load_dataset(DatasetSpec()).sources["train"]) - 400
+    )
     assert json.loads(out)["cache"] != json.loads(out2)["cache"]
 
 
-@pytest.mark.parametrize("backbone,channels,size,dim", [("resnet32", 1, 28, 64), ("resnet32", 3, 32, 64),
-                                                         ("resnet10", 3, 64, 512), ("cnn", 1, 8, 64)])
+@pytest.mark.parametrize(
+    "backbone,channels,size,dim",
+    [("resnet32", 1, 28, 64), ("resnet32", 3, 32, 64), ("resnet10", 3, 64, 512), ("cnn", 1, 8, 64)],
+)
 def test_backbones_give_non_negative_pooled_features(backbone, channels, size, dim):
     from glag.extract.models import Classifier
 
@@ -207,11 +219,12 @@ def test_ldam_on_cosine_head_is_reference_formula():
     ref = F.cross_entropy(30 * torch.where(F.one_hot(y, 4).bool(), cos - m[y][:, None], cos), y)
     assert torch.allclose(loss(z, y), ref, atol=1e-5)
     drw = make_loss("ldam-drw", COUNTS, 10)
-    eff = (1 - 0.9999 ** COUNTS) / (1 - 0.9999)
+    eff = (1 - 0.9999**COUNTS) / (1 - 0.9999)
     w = torch.as_tensor((1 / eff) / (1 / eff).sum() * 4, dtype=torch.float32)
     assert torch.allclose(drw(z, y, 7.9), loss(z, y), atol=1e-6)  # DRW off before 80 % of 10 epochs
-    assert torch.allclose(drw(z, y, 8.0), F.cross_entropy(z - 30 * F.one_hot(y, 4) * m[y][:, None], y, weight=w),
-                          atol=1e-5)
+    assert torch.allclose(
+        drw(z, y, 8.0), F.cross_entropy(z - 30 * F.one_hot(y, 4) * m[y][:, None], y, weight=w), atol=1e-5
+    )
 
 
 def test_ldam_drw_extract_cache_reproduces_stage_one_model(cache_dir, glag_cli):
@@ -235,7 +248,7 @@ def test_ldam_drw_extract_cache_reproduces_stage_one_model(cache_dir, glag_cli):
         model_logits = torch.cat([net(x) for x, _ in batches]).numpy()
     test = cache.split("test")
     order = np.argsort(data.splits["test"].index)
-    by_index = dict(zip(data.splits["test"].index[order].tolist(), model_logits[order]))
+    by_index = dict(zip(data.splits["test"].index[order].tolist(), model_logits[order], strict=False))
     model_rows = np.stack([by_index[i] for i in test.index.tolist()])
     cached = cache.stage_one_logits(test.features)  # the KD teacher's logits
     np.testing.assert_allclose(cached, model_rows, atol=1e-4)

@@ -3,14 +3,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import mixture_cache
 
 from glag.cache.format import FeatureCache
 from glag.classify import baselines
 from glag.classify.stage_two import StageTwoConfig, kd_loss, train_glag, update_beta
 from glag.errors import GlagError
 from glag.generate.afg import AFG, GeneratorConfig, SamplingConfig
-
-from conftest import mixture_cache
 
 FAST = StageTwoConfig(epochs=4, batch_size=128)
 
@@ -51,7 +50,9 @@ def test_beta_moves_with_val_accuracy_and_stays_in_bounds():
 
 def test_fixed_beta_never_moves(cache):
     afg = AFG.build(cache, GeneratorConfig(), device="cpu", save=False)
-    res = train_glag(afg, StageTwoConfig(epochs=3, batch_size=128, adaptive=False, beta_init=0.55), progress=False)
+    res = train_glag(
+        afg, StageTwoConfig(epochs=3, batch_size=128, adaptive=False, beta_init=0.55), progress=False
+    )
     assert all(b == 0.55 for h in res["history"] for b in h["beta"])
     adaptive = train_glag(afg, StageTwoConfig(epochs=6, batch_size=128), progress=False)
     assert any(b != StageTwoConfig().beta_init for h in adaptive["history"] for b in h["beta"])
@@ -63,11 +64,21 @@ def _shuffle_test_labels(src, dst):
     from glag.cache.format import write_cache
 
     c = FeatureCache(src)
-    splits = {n: (np.asarray(c.split(n).features), c.split(n).labels, c.split(n).index) for n in c.split_names}
+    splits = {
+        n: (np.asarray(c.split(n).features), c.split(n).labels, c.split(n).index) for n in c.split_names
+    }
     feats, labels, index = splits["test"]
     splits["test"] = (feats, np.random.default_rng(0).permutation(labels), index)
-    write_cache(dst, key_parts=c.config, dataset=c.dataset, num_classes=c.num_classes, class_names=c.class_names,
-                splits=splits, classifier=(c.weight, c.bias), head={"head": c.head, "scale": c.head_scale})
+    write_cache(
+        dst,
+        key_parts=c.config,
+        dataset=c.dataset,
+        num_classes=c.num_classes,
+        class_names=c.class_names,
+        splits=splits,
+        classifier=(c.weight, c.bias),
+        head={"head": c.head, "scale": c.head_scale},
+    )
     return FeatureCache(dst)
 
 
@@ -75,8 +86,18 @@ def test_no_training_choice_reads_test_labels(cache, tmp_path):
     (tmp_path / "shuffled").mkdir()
     shuffled = _shuffle_test_labels(cache.path, tmp_path / "shuffled" / cache.path.name)
     assert shuffled.key == cache.key
-    a = train_glag(AFG.build(cache, GeneratorConfig(), device="cpu", save=False), FAST, SamplingConfig(alpha=0.1), progress=False)
-    b = train_glag(AFG.build(shuffled, GeneratorConfig(), device="cpu", save=False), FAST, SamplingConfig(alpha=0.1), progress=False)
+    a = train_glag(
+        AFG.build(cache, GeneratorConfig(), device="cpu", save=False),
+        FAST,
+        SamplingConfig(alpha=0.1),
+        progress=False,
+    )
+    b = train_glag(
+        AFG.build(shuffled, GeneratorConfig(), device="cpu", save=False),
+        FAST,
+        SamplingConfig(alpha=0.1),
+        progress=False,
+    )
     np.testing.assert_array_equal(a["weight"], b["weight"])
     assert a["history"] == b["history"] and a["beta_final"] == b["beta_final"]
     assert a["posthoc_tau"] == b["posthoc_tau"]  # picked on val, never on test
@@ -109,12 +130,14 @@ def test_run_end_to_end_on_digits(cache_dir, glag_cli, tmp_path):
     lines = stdout.splitlines()
     assert lines[0].split()[:5] == ["method", "top1", "many", "medium", "few"]
     for m in ("stage-one", "crt", "glag"):
-        row = next(l for l in lines if l.startswith(m + " "))
+        row = next(line for line in lines if line.startswith(m + " "))
         assert "nan" not in row.lower() and " - " not in row  # every group has a number
     glag_dir = next(out.glob("*-glag"))
     rec = json.loads((glag_dir / "result.json").read_text())
     assert rec["cache_key"] and rec["config"]["epochs"] == 3 and len(rec["history"]) == 3
-    assert (glag_dir / "per_class.csv").read_text().startswith("class,name,train_count,group,test_acc,val_acc")
+    assert (
+        (glag_dir / "per_class.csv").read_text().startswith("class,name,train_count,group,test_acc,val_acc")
+    )
     # report: table and plots
     code, table, err = glag_cli("report", *sorted(out.iterdir()), "--plots", tmp_path / "plots")
     assert code == 0 and table.count("\n") >= 4 and "| glag" in table
@@ -141,13 +164,29 @@ def test_run_end_to_end_on_digits(cache_dir, glag_cli, tmp_path):
 
 
 def test_classify_cli_methods_and_errors(cache, glag_cli, tmp_path):
-    code, out, err = glag_cli("classify", "--cache", cache.path, "-q", "--gen-epochs", "2", "--method", "tau-norm",
-                              "--method", "logit-adjust", "--method", "lws", "--out", tmp_path / "r")
+    code, out, err = glag_cli(
+        "classify",
+        "--cache",
+        cache.path,
+        "-q",
+        "--gen-epochs",
+        "2",
+        "--method",
+        "tau-norm",
+        "--method",
+        "logit-adjust",
+        "--method",
+        "lws",
+        "--out",
+        tmp_path / "r",
+    )
     assert code == 0, err
     assert all(m in out for m in ("tau-norm", "logit-adjust", "lws"))
     code, _, err = glag_cli("classify", "--cache", cache.path, "--method", "magic")
     assert code == 2 and "magic" in err and "choose from" in err
-    code, _, err = glag_cli("classify", "--cache", cache.path, "--beta-init", "1.5", "-q", "--out", tmp_path / "r")
+    code, _, err = glag_cli(
+        "classify", "--cache", cache.path, "--beta-init", "1.5", "-q", "--out", tmp_path / "r"
+    )
     assert code == 2 and "Invalid value for '--beta-init': 1.5 is out of range" in err
 
 
@@ -178,8 +217,20 @@ def test_report_tsne_shows_tail_generated_and_support(cache_dir, glag_cli, tmp_p
 
     path = mixture_cache(tmp_path / "mix.h5", counts=(300, 150, 80, 30, 10, 3))
     out = tmp_path / "runs"
-    code, _, err = glag_cli("classify", "--cache", path, "--method", "glag", "--method", "crt", "--gen-epochs", "2",
-                            "-q", "--out", out)
+    code, _, err = glag_cli(
+        "classify",
+        "--cache",
+        path,
+        "--method",
+        "glag",
+        "--method",
+        "crt",
+        "--gen-epochs",
+        "2",
+        "-q",
+        "--out",
+        out,
+    )
     assert code == 0, err
     rec = load_run(next(out.glob("*-glag")))
     x, cls, kind, _ = tsne_data(rec, tail_classes=2, per_class=20)
@@ -204,7 +255,9 @@ def test_posthoc_la_shifts_bias_by_val_tuned_prior(cache):
     counts = cache.train_counts
     tau = la["posthoc_tau"]
     assert plain["posthoc_tau"] == 0.0 and 0.0 <= tau <= 2.0
-    np.testing.assert_allclose(la["bias"], plain["bias"] - tau * np.log(counts / counts.sum()), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        la["bias"], plain["bias"] - tau * np.log(counts / counts.sum()), rtol=1e-5, atol=1e-5
+    )
     assert la["val"]["top1"] >= plain["val"]["top1"]  # tau = 0 is on the grid
 
 
@@ -221,13 +274,22 @@ def test_linear_sgd_matches_autograd_and_torch_sgd(momentum, wd, kd_coef, compil
         ref.bias.copy_(g.bias)
     opt = torch.optim.SGD(ref.parameters(), lr=0.3, momentum=momentum, weight_decay=wd)
     gen = torch.Generator().manual_seed(0)
-    x, y, mix = torch.randn(4 * B - 2, d, generator=gen), torch.randint(0, C, (4 * B - 2,), generator=gen), torch.randperm(4 * B - 2, generator=gen)
+    x, y, mix = (
+        torch.randn(4 * B - 2, d, generator=gen),
+        torch.randint(0, C, (4 * B - 2,), generator=gen),
+        torch.randperm(4 * B - 2, generator=gen),
+    )
     lrs = [0.3 / (i + 1) for i in range(4)]
-    rows = [torch.tensor([0, 3, 4, 8]), torch.tensor([], dtype=torch.int64), torch.tensor([1]), torch.tensor([2, 6])]
+    rows = [
+        torch.tensor([0, 3, 4, 8]),
+        torch.tensor([], dtype=torch.int64),
+        torch.tensor([1]),
+        torch.tensor([2, 6]),
+    ]
     p = [torch.softmax(torch.randn(len(r), C, generator=gen) / T, 1) for r in rows]
     ce_ref = kd_ref = 0.0
     for i in range(4):
-        xb, yb = x[mix[i * B:(i + 1) * B]], y[i * B:(i + 1) * B]
+        xb, yb = x[mix[i * B : (i + 1) * B]], y[i * B : (i + 1) * B]
         for grp in opt.param_groups:
             grp["lr"] = lrs[i]
         logits = ref(xb)
@@ -243,7 +305,19 @@ def test_linear_sgd_matches_autograd_and_torch_sgd(momentum, wd, kd_coef, compil
         opt.step()
     bounds = np.cumsum([0] + [len(r) for r in rows]).tolist()
     neg_ent = torch.stack([(q * q.log()).sum() for q in p])
-    g.steps(x, mix, y, lrs, [kd_coef] * 4, torch.cat(rows), bounds, torch.cat(p), neg_ent, batch_size=B, temperature=T)
+    g.steps(
+        x,
+        mix,
+        y,
+        lrs,
+        [kd_coef] * 4,
+        torch.cat(rows),
+        bounds,
+        torch.cat(p),
+        neg_ent,
+        batch_size=B,
+        temperature=T,
+    )
     torch.testing.assert_close(g.weight, ref.weight.detach(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(g.bias, ref.bias.detach(), rtol=1e-5, atol=1e-6)
     ce_sum, kd_sum = g.take_sums()
@@ -256,7 +330,9 @@ def test_fixed_seed_gives_the_same_run(cache, mode):
     a, b = (train_glag(afg, FAST, SamplingConfig(alpha=0.1), progress=False) for _ in range(2))
     np.testing.assert_array_equal(a["weight"], b["weight"])
     assert a["history"] == b["history"]
-    c = train_glag(afg, StageTwoConfig(epochs=4, batch_size=128, seed=1), SamplingConfig(alpha=0.1), progress=False)
+    c = train_glag(
+        afg, StageTwoConfig(epochs=4, batch_size=128, seed=1), SamplingConfig(alpha=0.1), progress=False
+    )
     assert not np.array_equal(a["weight"], c["weight"])
 
 
@@ -276,7 +352,9 @@ def test_kd_targets_are_the_stage_one_teacher_on_cached_rows(cache, monkeypatch,
     assert len(pos) == int((~tail[cache.split("train").labels]).sum()) and bounds[-1] == len(pos)
     np.testing.assert_array_equal(rows.numpy(), pos % 64)
     np.testing.assert_array_equal(np.diff(bounds), np.bincount(pos // 64, minlength=len(bounds) - 1))
-    want = torch.softmax(torch.as_tensor(cache.stage_one_logits(cache.split("train").features[in_batch_order[pos]])) / 2, 1)
+    want = torch.softmax(
+        torch.as_tensor(cache.stage_one_logits(cache.split("train").features[in_batch_order[pos]])) / 2, 1
+    )
     torch.testing.assert_close(p, want, rtol=1e-4, atol=1e-6)
     assert float(neg_ent.sum()) == pytest.approx(float((want * want.log()).sum()), rel=1e-4)
 

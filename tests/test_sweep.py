@@ -1,4 +1,5 @@
 """glag sweep: the grid, resume after a kill (every cell exactly once), summaries, one-line errors."""
+
 import csv
 import os
 import signal
@@ -18,12 +19,19 @@ FAST = ["--set", "epochs=2", "--set", "gen_epochs=2"]
 
 
 def test_parse_seeds_and_sets():
-    assert parse_seeds("0-4") == [0, 1, 2, 3, 4] and parse_seeds("3,1,1") == [1, 3] and parse_seeds("0-1,5") == [0, 1, 5]
+    assert (
+        parse_seeds("0-4") == [0, 1, 2, 3, 4]
+        and parse_seeds("3,1,1") == [1, 3]
+        and parse_seeds("0-1,5") == [0, 1, 5]
+    )
     for bad in ("4-1", "a", "", "-1"):
         with pytest.raises(GlagError, match="--seeds"):
             parse_seeds(bad)
     assert parse_sets(["imbalance=10,100", "loss=ce,graloss", "kd=false"]) == {
-        "imbalance": [10, 100], "loss": ["ce", "graloss"], "kd": [False]}
+        "imbalance": [10, 100],
+        "loss": ["ce", "graloss"],
+        "kd": [False],
+    }
     with pytest.raises(GlagError, match="'imbalence' is not a config key; allowed: dataset, imbalance"):
         parse_sets(["imbalence=10"])
     with pytest.raises(GlagError, match="use --set key=value1,value2"):
@@ -37,7 +45,9 @@ def _rows(out):
 
 def test_sweep_grid_summary_and_no_rerun(tmp_path, glag_cli, cache_dir):
     out = tmp_path / "sw"
-    code, text, err = glag_cli("sweep", DIGITS, "--seeds", "0-1", "--out", out, "--set", "loss=ce,graloss", *FAST, "-q")
+    code, text, err = glag_cli(
+        "sweep", DIGITS, "--seeds", "0-1", "--out", out, "--set", "loss=ce,graloss", *FAST, "-q"
+    )
     assert code == 0, err
     rows = _rows(out)
     assert len(rows) == 2 * 2 * 3 and {r["loss"] for r in rows} == {"ce", "graloss"}
@@ -55,15 +65,20 @@ def test_sweep_grid_summary_and_no_rerun(tmp_path, glag_cli, cache_dir):
     code, _, err = glag_cli("report", *[r for r in runs if not r.name.endswith("glag")], "--paired")
     assert code == 1 and "--paired needs GLAG run folders" in err
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("result.json")}
-    code, _, err = glag_cli("sweep", DIGITS, "--seeds", "0-1", "--out", out, "--set", "loss=ce,graloss", *FAST, "-q")
+    code, _, err = glag_cli(
+        "sweep", DIGITS, "--seeds", "0-1", "--out", out, "--set", "loss=ce,graloss", *FAST, "-q"
+    )
     assert code == 0 and {p: p.stat().st_mtime_ns for p in out.rglob("result.json")} == stamps
 
 
-@pytest.mark.parametrize("args, msg", [
-    (["--set", "gen_lr=-1"], "'--gen-lr': -1 is out of range"),
-    (["--set", "colour=red"], "--set 'colour' is not a config key"),
-    (["--seeds", "x"], "--seeds 'x' is invalid"),
-])
+@pytest.mark.parametrize(
+    "args, msg",
+    [
+        (["--set", "gen_lr=-1"], "'--gen-lr': -1 is out of range"),
+        (["--set", "colour=red"], "--set 'colour' is not a config key"),
+        (["--seeds", "x"], "--seeds 'x' is invalid"),
+    ],
+)
 def test_bad_sweeps_write_nothing(tmp_path, glag_cli, args, msg):
     code, out, err = glag_cli("sweep", DIGITS, "--out", tmp_path / "sw", *args)
     lines = err.strip().splitlines()
@@ -74,7 +89,19 @@ def test_bad_sweeps_write_nothing(tmp_path, glag_cli, args, msg):
 def test_killed_sweep_resumes_and_every_cell_appears_once(tmp_path):
     out = tmp_path / "sw"
     env = {**os.environ, "GLAG_CACHE_DIR": str(tmp_path / "cache")}
-    cmd = [sys.executable, "-m", "glag.cli", "sweep", str(DIGITS), "--seeds", "0-2", "--out", str(out), *FAST, "-q"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "glag.cli",
+        "sweep",
+        str(DIGITS),
+        "--seeds",
+        "0-2",
+        "--out",
+        str(out),
+        *FAST,
+        "-q",
+    ]
     p = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 240
     while time.time() < deadline and not (out / "cells.csv").is_file():
@@ -106,8 +133,9 @@ def test_packed_sweep_gives_the_single_worker_numbers(tmp_path, glag_cli, cache_
     fast = ["--set", "epochs=2", "--set", "gen_epochs=2,3", "--seeds", "0-1", "-q"]
     code, _, err = glag_cli("sweep", DIGITS, "--out", tmp_path / "one", *fast)
     assert code == 0, err
-    code, _, err = glag_cli("sweep", DIGITS, "--out", tmp_path / "two", "--jobs", "2", "--cache-dir", tmp_path / "c2",
-                            *fast)
+    code, _, err = glag_cli(
+        "sweep", DIGITS, "--out", tmp_path / "two", "--jobs", "2", "--cache-dir", tmp_path / "c2", *fast
+    )
     assert code == 0, err
     one, two = _rows(tmp_path / "one"), _rows(tmp_path / "two")
     assert len(one) == 2 * 2 * 3
@@ -116,4 +144,6 @@ def test_packed_sweep_gives_the_single_worker_numbers(tmp_path, glag_cli, cache_
     caches = [p for p in (tmp_path / "c2").glob("*.h5") if ".afg-" not in p.name]
     logs = list((tmp_path / "c2").glob("stage1/*/train_log.jsonl"))
     assert len(caches) == 2 and len(logs) == 2  # one per seed
-    assert all(len(f.read_text().splitlines()) == 2 for f in logs)  # 2 epochs, trained once (not twice at once)
+    assert all(
+        len(f.read_text().splitlines()) == 2 for f in logs
+    )  # 2 epochs, trained once (not twice at once)

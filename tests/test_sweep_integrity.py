@@ -1,5 +1,6 @@
 """A sweep's results never silently mix: names that become folders are safe and distinct, a --set value
 or key is given once, a sweep folder records what it is, and a sweep writes only into its own folder."""
+
 import json
 from pathlib import Path
 
@@ -29,20 +30,29 @@ def recipe(tmp_path, extra="", name="recipe", **changes) -> Path:
 @pytest.mark.parametrize("name", ["x/../../ESCAPED_RUN", "../up", ".hidden", "a b", "/abs", "x" * 101, "é"])
 @pytest.mark.parametrize("command", ["sweep", "run"])
 def test_variant_names_that_are_not_folder_names_are_refused(tmp_path, glag_cli, cache_dir, name, command):
-    cfg = recipe(tmp_path, f'\n[variants.{json.dumps(name)}]\nkd = false\n')
+    cfg = recipe(tmp_path, f"\n[variants.{json.dumps(name)}]\nkd = false\n")
     before = tree(tmp_path)
     args = ["--out", tmp_path / "out"] + (["--seeds", "0"] if command == "sweep" else ["--config"])
-    code, out, err = glag_cli(command, *([cfg] if command == "sweep" else []), *args, *([cfg] if command == "run" else []))
+    code, out, err = glag_cli(
+        command, *([cfg] if command == "sweep" else []), *args, *([cfg] if command == "run" else [])
+    )
     lines = err.strip().splitlines()
-    assert code != 0 and len(lines) == 1 and "variant name" in lines[0] and "cannot name a folder" in lines[0], err
+    assert (
+        code != 0 and len(lines) == 1 and "variant name" in lines[0] and "cannot name a folder" in lines[0]
+    ), err
     assert tree(tmp_path) == before and not (tmp_path / "out").exists()
     assert not list(tmp_path.parent.rglob("ESCAPED_RUN*"))
 
 
-@pytest.mark.parametrize("a, b", [({"data_root": "/d/col/x"}, {"data_root": "/d/col-x"}),
-                                  ({"data_root": "a b"}, {"data_root": "ab"}),
-                                  ({"data_root": "../x"}, {"data_root": "-x"}),
-                                  ({"data_root": "x" * 150}, {"data_root": "x" * 149 + "y"})])
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        ({"data_root": "/d/col/x"}, {"data_root": "/d/col-x"}),
+        ({"data_root": "a b"}, {"data_root": "ab"}),
+        ({"data_root": "../x"}, {"data_root": "-x"}),
+        ({"data_root": "x" * 150}, {"data_root": "x" * 149 + "y"}),
+    ],
+)
 def test_cell_names_are_safe_and_distinct(a, b):
     na, nb = cell_name(0, a), cell_name(0, b)
     assert na != nb
@@ -51,13 +61,16 @@ def test_cell_names_are_safe_and_distinct(a, b):
     assert cell_name(0, {"loss": "ce"}) == "loss=ce_seed=0"  # plain names are unchanged (resumable sweeps)
 
 
-@pytest.mark.parametrize("items, msg", [
-    (["loss=ce,ce"], "--set loss=ce,ce lists 'ce' twice"),
-    (["epochs=1,1.0"], "--set epochs=1,1.0 lists 1.0 twice"),
-    (["kd=true,true"], "lists True twice"),
-    (["lr=-1", "lr=0.05"], "--set lr is given twice; give its values once: --set lr=v1,v2"),
-    (["loss=ce", "imbalance=10", "loss=la"], "--set loss is given twice"),
-])
+@pytest.mark.parametrize(
+    "items, msg",
+    [
+        (["loss=ce,ce"], "--set loss=ce,ce lists 'ce' twice"),
+        (["epochs=1,1.0"], "--set epochs=1,1.0 lists 1.0 twice"),
+        (["kd=true,true"], "lists True twice"),
+        (["lr=-1", "lr=0.05"], "--set lr is given twice; give its values once: --set lr=v1,v2"),
+        (["loss=ce", "imbalance=10", "loss=la"], "--set loss is given twice"),
+    ],
+)
 def test_repeated_set_keys_and_values_are_refused(items, msg):
     with pytest.raises(GlagError, match=None) as e:
         parse_sets(items)
@@ -70,13 +83,23 @@ def test_sweep_folder_records_itself_refuses_another_and_extends(tmp_path, glag_
     assert code == 0, err
     record = json.loads((out / "sweep.json").read_text())
     assert record["seeds"] == [0] and record["sets"] == {"epochs": [1], "gen_epochs": [1]}
-    assert record["recipe"]["stage_one"]["loss"] == "graloss" and record["methods"] == ["stage-one", "crt", "glag"]
+    assert record["recipe"]["stage_one"]["loss"] == "graloss" and record["methods"] == [
+        "stage-one",
+        "crt",
+        "glag",
+    ]
     before = tree(tmp_path)
     refusals = [
-        (recipe(tmp_path, name="lr", lr=("0.05", "0.1")), FAST, "holds a sweep of another recipe ([stage_one] lr is 0.05 there, "
-                                                     "0.1 here)"),
-        (DIGITS, FAST + ["--set", "loss=ce"], "holds a sweep that varies epochs, gen_epochs (--set), this one varies "
-                                              "epochs, gen_epochs, loss"),
+        (
+            recipe(tmp_path, name="lr", lr=("0.05", "0.1")),
+            FAST,
+            "holds a sweep of another recipe ([stage_one] lr is 0.05 there, 0.1 here)",
+        ),
+        (
+            DIGITS,
+            FAST + ["--set", "loss=ce"],
+            "holds a sweep that varies epochs, gen_epochs (--set), this one varies epochs, gen_epochs, loss",
+        ),
     ]
     for cfg, sets, msg in refusals:
         code, _, err = glag_cli("sweep", cfg, "--seeds", "0", "--out", out, *sets, "-q")
@@ -89,15 +112,25 @@ def test_sweep_folder_records_itself_refuses_another_and_extends(tmp_path, glag_
     rows = (out / "cells.csv").read_text().splitlines()
     assert len(rows) == 1 + 2 * 3 and json.loads((out / "sweep.json").read_text())["seeds"] == [0, 1]
     # a variant whose settings changed under the same name is refused
-    first = recipe(tmp_path, '\n[variants.glag-x]\nkd = false\n', name="v1", method=('["stage-one", "crt", "glag"]',
-                                                                          '["stage-one", "crt", "glag", "glag-x"]'))
+    first = recipe(
+        tmp_path,
+        "\n[variants.glag-x]\nkd = false\n",
+        name="v1",
+        method=('["stage-one", "crt", "glag"]', '["stage-one", "crt", "glag", "glag-x"]'),
+    )
     code, _, err = glag_cli("sweep", first, "--seeds", "0", "--out", out, *FAST, "-q")
     assert code == 0 and "methods glag-x" in err, err
-    changed = recipe(tmp_path, '\n[variants.glag-x]\nkd = true\n', name="v2", method=('["stage-one", "crt", "glag"]',
-                                                                           '["stage-one", "crt", "glag", "glag-x"]'))
+    changed = recipe(
+        tmp_path,
+        "\n[variants.glag-x]\nkd = true\n",
+        name="v2",
+        method=('["stage-one", "crt", "glag"]', '["stage-one", "crt", "glag", "glag-x"]'),
+    )
     code, _, err = glag_cli("sweep", changed, "--seeds", "0", "--out", out, *FAST, "-q")
-    assert code != 0 and "ran variant 'glag-x' with other settings ([variants.glag-x] kd is false there, true here)" \
-        in err, err
+    assert (
+        code != 0
+        and "ran variant 'glag-x' with other settings ([variants.glag-x] kd is false there, true here)" in err
+    ), err
 
 
 def test_sweep_writes_only_into_its_own_folder(tmp_path, glag_cli, cache_dir):
@@ -109,7 +142,9 @@ def test_sweep_writes_only_into_its_own_folder(tmp_path, glag_cli, cache_dir):
     lines = err.strip().splitlines()
     assert code != 0 and len(lines) == 1 and "is not empty and is not a sweep folder" in lines[0], err
     assert (out / "summary.md").read_text() == "my notes" and sorted(p.name for p in out.iterdir()) == [
-        "cells.csv", "summary.md"]
+        "cells.csv",
+        "summary.md",
+    ]
 
 
 def test_older_sweep_folder_is_adopted_and_a_foreign_cell_refused(tmp_path, glag_cli, cache_dir):
@@ -126,4 +161,6 @@ def test_older_sweep_folder_is_adopted_and_a_foreign_cell_refused(tmp_path, glag
     cfg.write_text(cfg.read_text().replace("lr = 0.05", "lr = 0.2"))  # another recipe's cell under this name
     code, _, err = glag_cli("sweep", DIGITS, "--seeds", "0", "--out", out, *FAST, "-q")
     lines = err.strip().splitlines()  # the adoption note, then the one-line refusal
-    assert code != 0 and len(lines) == 2 and "adopting" in lines[0] and "holds another recipe's cell" in lines[1], err
+    assert (
+        code != 0 and len(lines) == 2 and "adopting" in lines[0] and "holds another recipe's cell" in lines[1]
+    ), err

@@ -1,17 +1,17 @@
 """Validation rows for every class (SPEC section 5, --val-rows every-class) against an independent copy of
 the reference loop, and the literature's leftovers-only rule (--val-rows leftovers) beside it."""
+
 import csv
 import json
 
 import numpy as np
 import pytest
+from test_folder import make_folder, spec
 
 from glag.errors import GlagError
-from glag.extract.datasets import DatasetSpec, lt_indices, load_dataset
+from glag.extract.datasets import DatasetSpec, load_dataset, lt_indices
 from glag.extract.profile import class_counts, profile_counts
 from glag.extract.train import TrainConfig
-
-from test_folder import make_folder, spec
 
 # Pools chosen so that, at n_max 10, IM 5 and 4 validation rows, the classes have no leftovers, some
 # (fewer than 4) and enough, under both profiles (exp: 10 7 5 3 2 2; step: 10 10 10 2 2 2).
@@ -29,8 +29,8 @@ def _reference(labels, counts, seed, val_per_class, mode):
         np.random.shuffle(idx)
         leftovers = idx[n:].tolist()[:val_per_class]
         s = max(0, val_per_class - len(leftovers)) if mode == "every-class" else 0
-        train[c] = idx[:n - s].tolist()
-        val[c] = idx[n - s:n].tolist() + leftovers
+        train[c] = idx[: n - s].tolist()
+        val[c] = idx[n - s : n].tolist() + leftovers
     return train, val
 
 
@@ -55,31 +55,51 @@ def test_rule_matches_reference_loop(mode, profile, seed):
         assert lent.tolist() == np.maximum(V - leftovers, 0).tolist()
         assert class_counts(labels[tr], len(POOL)).tolist() == (counts - lent).tolist()
     assert {0, V} < set(lent.tolist()) or mode == "leftovers"  # class 0 gives all V, some class gives none
-    assert (0 < lent).sum() >= 2 or mode == "leftovers"        # and one with some leftovers gives part
+    assert (0 < lent).sum() >= 2 or mode == "leftovers"  # and one with some leftovers gives part
 
 
 def test_a_class_left_without_training_rows_is_refused():
     labels = np.repeat(np.arange(2), (5, 3))
-    with pytest.raises(GlagError, match=r"class 1 keeps 3 training images with 0 left over, so 4 validation rows "
-                                        r"would leave it no training image; lower val_per_class or use val_rows "
-                                        r"'leftovers'"):
+    with pytest.raises(
+        GlagError,
+        match=r"class 1 keeps 3 training images with 0 left over, so 4 validation rows "
+        r"would leave it no training image; lower val_per_class or use val_rows "
+        r"'leftovers'",
+    ):
         lt_indices(labels, np.array([5, 3]), 4, val_rows="every-class")
-    lt_indices(labels, np.array([5, 3]), 4, val_rows="leftovers")  # the literature's rule: no validation, no error
+    lt_indices(
+        labels, np.array([5, 3]), 4, val_rows="leftovers"
+    )  # the literature's rule: no validation, no error
 
 
 def test_folder_data_command_reports_the_lent_rows(tmp_path, glag_cli):
     root = make_folder(tmp_path / "f")  # ant 12, bee 10, cat 14 files; n_max 12, IM 2: 12 8 6
     ix = tmp_path / "ix.csv"
-    args = ("data", "--dataset", "folder", "--data-root", root, "--imbalance", "2", "--n-max", "12",
-            "--val-per-class", "3")
+    args = (
+        "data",
+        "--dataset",
+        "folder",
+        "--data-root",
+        root,
+        "--imbalance",
+        "2",
+        "--n-max",
+        "12",
+        "--val-per-class",
+        "3",
+    )
     code, out, err = glag_cli(*args, "--indices", ix)
     assert code == 0, err
     assert "taken from the end of the training part (--val-rows every-class): ant 3, bee 1" in out
     rows = list(csv.DictReader(open(ix, newline="")))
-    per = {s: class_counts(np.array([int(r["label"]) for r in rows if r["split"] == s]), 3).tolist()
-           for s in ("train", "val")}
+    per = {
+        s: class_counts(np.array([int(r["label"]) for r in rows if r["split"] == s]), 3).tolist()
+        for s in ("train", "val")
+    }
     assert per == {"train": [9, 7, 6], "val": [3, 3, 3]}
-    d = load_dataset(spec(root, imbalance=2, n_max=12, val_per_class=3, val_rows="every-class"), progress=False)
+    d = load_dataset(
+        spec(root, imbalance=2, n_max=12, val_per_class=3, val_rows="every-class"), progress=False
+    )
     assert [int(r["index"]) for r in rows if r["split"] == "val"] == d.splits["val"].index.tolist()
     code, out, err = glag_cli(*args, "--val-rows", "leftovers", "--json")
     assert code == 0, err
@@ -96,7 +116,9 @@ def test_identity_keys_the_rule_and_keeps_old_keys():
     assert "val_rows" not in left.identity() and every.identity() != left.identity()
     assert TrainConfig(dataset=every).identity() != TrainConfig(dataset=left).identity()
     assert "val_rows" not in DatasetSpec("imagenet-lt").identity()  # list files give their own val split
-    with pytest.raises(GlagError, match=r"--val-rows 'some' is unknown; choose one of: every-class, leftovers"):
+    with pytest.raises(
+        GlagError, match=r"--val-rows 'some' is unknown; choose one of: every-class, leftovers"
+    ):
         DatasetSpec(val_rows="some").resolved()
 
 
