@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 from glag.cache.format import FeatureCache  # noqa: E402
 from glag.classify import baselines  # noqa: E402
 from glag.classify.stage_two import StageTwoConfig, train_glag  # noqa: E402
+from glag.config import default  # noqa: E402
 from glag.extract.datasets import DatasetSpec, load_dataset  # noqa: E402
 from glag.extract.stage_one import stage_one  # noqa: E402
 from glag.extract.train import TrainConfig  # noqa: E402
@@ -72,7 +73,7 @@ def stage_two(args):
                 vals = [
                     train_glag(
                         afg,
-                        StageTwoConfig(beta_init=beta_init, seed=s, epochs=args.gen_epochs),
+                        StageTwoConfig(beta_init=beta_init, seed=s, epochs=args.classifier_epochs),
                         SamplingConfig(alpha=alpha, dispersion=form),
                         progress=False,
                     )["val"]["top1"]
@@ -102,7 +103,11 @@ GLAG_PROBES = {
     "beta step 0.1": ({}, {"beta_delta": 0.1}, {}),
     "tail = Few only (n < 20)": ({"tail_below": 20}, {}, {}),
     "k 3": ({"k": 3}, {}, {}),
+    "alpha 0.05": ({}, {}, {"alpha": 0.05}),
     "alpha 0.1": ({}, {}, {"alpha": 0.1}),
+    "alpha 0.2": ({}, {}, {"alpha": 0.2}),
+    "alpha 0.4": ({}, {}, {"alpha": 0.4}),
+    "alpha 0.8": ({}, {}, {"alpha": 0.8}),
     "uniform support weights": ({"weighting": "uniform"}, {}, {}),
     "no Tukey (lt 1)": ({"lt": 1.0}, {}, {}),
     "n_target n_max/2": ({}, {}, {"n_target": -2}),
@@ -148,7 +153,7 @@ def glag_val(args):
     for seed, cache in enumerate(caches):
         counts = cache.train_counts
         for b in ("crt", "lws", "logit-adjust"):
-            fn = baselines.BASELINES[b]
+            fn = getattr(baselines, b.replace("-", "_"))
             res = fn(cache, seed=seed) if b in ("crt", "lws") else fn(cache)
             add(b, res["val"]["top1"], res["val"]["few"])
         val = cache.split("val")
@@ -161,7 +166,9 @@ def glag_val(args):
             # without stage two's own adjustment, so the '+LA' row below is the one adjustment
             res = train_glag(
                 afg,
-                StageTwoConfig(**{"seed": seed, "epochs": args.gen_epochs, "posthoc_la": False, **st_kw}),
+                StageTwoConfig(
+                    **{"seed": seed, "epochs": args.classifier_epochs, "posthoc_la": False, **st_kw}
+                ),
                 SamplingConfig(**sam_kw),
                 progress=False,
             )
@@ -207,7 +214,7 @@ def main():
     ap.add_argument("--probes", nargs="*", default=None, help="glag-val: probe names (default: all)")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--epochs", type=int, default=30, help="stage-one epochs (graloss)")
-    ap.add_argument("--gen-epochs", type=int, default=40)
+    ap.add_argument("--classifier-epochs", "--gen-epochs", type=int, default=default("classifier_epochs"))
     ap.add_argument("--cache", action="append", default=[], help="cache file(s) for stage-two ablations")
     ap.add_argument("--cache-dir", type=Path, default=ROOT / "glag-cache")
     args = ap.parse_args()

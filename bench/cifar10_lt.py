@@ -28,7 +28,7 @@ from pathlib import Path
 from evidence import _mean_std, _num
 from protocol import ROOT, glag, rel, shown
 
-from glag.config import tomllib
+from glag.config import default, tomllib
 from glag.metrics import t_interval, verdict
 from glag.sweep import run_folders
 
@@ -133,12 +133,12 @@ def sweep_args(args, p: dict, budget: dict, im, losses, seeds) -> list[str]:
         "loss": ",".join(LOSS.get(x, x) for x in losses),
         "epochs": budget["epochs"],
         "warmup": f"{budget['warmup']:g}",
-        "gen_epochs": args.gen_epochs,
+        "classifier_epochs": args.classifier_epochs,
         "val_rows": args.val_rows,
         "data_root": rel(args.data_root),
     }
     base = {**recipe["dataset"], **recipe["stage_one"], **recipe.get("stage_two", {})}
-    base.setdefault("gen_epochs", 40)
+    base.setdefault("classifier_epochs", default("classifier_epochs"))
     base.setdefault("val_rows", "every-class")
     sets = {
         k: v
@@ -391,7 +391,7 @@ def markdown(rows, args, p: dict, b: dict) -> str:
         f"Real CIFAR-10 images from the image folder `{rel(args.data_root)}` (JPEG; `glag data --dataset "
         f"folder` "
         f"prints its digest). {p['about']} ResNet-32, batch 128, lr 0.1 cosine, pad-4 crop + flip; stage two "
-        f"{args.gen_epochs} generation epochs. The seed drives stage one and stage two.",
+        f"{args.classifier_epochs} classifier epochs. The seed drives stage one and stage two.",
         "",
         budget_line,
         "",
@@ -543,7 +543,7 @@ def main(argv=None, protocol: str = "cifar10-lt"):
         default="every-class",
         help="validation rows for every class (SPEC section 5), or the leftovers only (the literature's set)",
     )
-    ap.add_argument("--gen-epochs", type=int, default=40)
+    ap.add_argument("--classifier-epochs", "--gen-epochs", type=int, default=default("classifier_epochs"))
     ap.add_argument("--ims", default=None, help="comma-separated imbalance ratios (default: the budget's)")
     ap.add_argument(
         "--epochs", type=int, default=None, help="override the budget's stage-one epochs (smoke runs)"

@@ -1,3 +1,19 @@
-"""GLAG: Gradual Balanced Loss and Adaptive Feature Generation for long-tailed classification."""
+"""GLAG: Gradual Balanced Loss and Adaptive Feature Generation for long-tailed classification.
+
+``glag.run(glag.load_config(path, overrides))`` runs a recipe; the command line is a thin caller of it.
+"""
 
 __version__ = "0.1.0"
+__all__ = ["load_config", "run", "Config"]
+
+
+def __getattr__(name):  # lazy: `import glag` stays light, torch loads when a run starts
+    if name == "Config":
+        from glag.config import Config
+
+        return Config
+    if name in ("load_config", "run"):
+        from glag import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module 'glag' has no attribute {name!r}")

@@ -1,4 +1,6 @@
-"""The option groups the ``glag`` commands share (dataset, training, generator, stage two, cache folder)."""
+"""Click options generated from the config tree (glag.config): each flag's type, default, range and help
+come from its setting, so a setting is written once. A flag given on the command line overrides the
+recipe; one left at its default does not."""
 
 from __future__ import annotations
 
@@ -7,7 +9,55 @@ from pathlib import Path
 import click
 
 from glag.cache.store import default_cache_dir
+from glag.config import RENAMED, RULES, SECTIONS, Config, Rule, default, parse_override
 from glag.options import Number
+from glag.pipeline import load_config
+
+
+class Choice(click.Choice):
+    """click.Choice whose names come from a registry when first needed (the registries import torch)."""
+
+    def __init__(self, get):
+        self._get = get
+        super().__init__([])
+
+    @property
+    def choices(self):
+        return self._get()
+
+    @choices.setter
+    def choices(self, value):
+        pass
+
+
+def flag_of(key: str) -> str:
+    """A setting's long flag (``--tukey-power``)."""
+    return "--" + key.replace("_", "-")
+
+
+def option_for(key: str, rule: Rule | None = None):
+    """The click option of a config key."""
+    rule = rule or RULES[key]
+    value = default(key)
+    if rule.kind is bool:
+        decl = rule.flag or flag_of(key)
+        if "/" in decl:
+            return click.option(decl, key, default=value, show_default=True, help=rule.help)
+        return click.option(decl, key, is_flag=True, default=value, help=rule.help)
+    if rule.kind is list:
+        return click.option("--" + key, key, multiple=True, default=value, show_default=True, help=rule.help)
+    if rule.choices:
+        kind = Choice(rule.choices)
+    elif rule.kind in (int, float):
+        kind = Number(rule)
+    elif rule.kind is Path:
+        kind = click.Path(path_type=Path)
+    else:
+        kind = str
+    decls = [flag_of(key)] + ([rule.flag] if rule.flag else [])
+    return click.option(
+        *decls, key, type=kind, default=value, show_default=value not in (None, ""), help=rule.help
+    )
 
 
 def _apply(options, f):
@@ -15,6 +65,43 @@ def _apply(options, f):
     for o in reversed(options):
         f = o(f)
     return f
+
+
+def section_options(*sections: str, skip=()):
+    """Decorator: one option per key of the given config sections (``skip``: keys left out)."""
+
+    def deco(f):
+        keys = [k for s in sections for k in SECTIONS[s] if k not in skip]
+        return _apply([option_for(k) for k in keys] + _renamed(keys), f)
+
+    return deco
+
+
+def _renamed(keys):
+    """Hidden old flags that say the new one (``--lt`` -> ``--tukey-power``)."""
+
+    def refuse(new):
+        def cb(ctx, param, value):
+            if value is not None:
+                raise click.BadParameter(f"is now {flag_of(new)}", param_hint=f"'{flag_of(param.name)}'")
+
+        return cb
+
+    return [
+        click.option(flag_of(old), old, hidden=True, expose_value=False, callback=refuse(new))
+        for old, new in RENAMED.items()
+        if new in keys
+    ]
+
+
+def explicit(ctx: click.Context, kw: dict) -> dict:
+    """The config values the command line set itself (not left at their defaults)."""
+    src = click.core.ParameterSource
+    return {
+        k: (tuple(v) if isinstance(v, (list, tuple)) else v)
+        for k, v in kw.items()
+        if k in RULES and ctx.get_parameter_source(k) in (src.COMMANDLINE, src.ENVIRONMENT)
+    }
 
 
 def cache_dir_option(f):
@@ -28,319 +115,41 @@ def cache_dir_option(f):
     )(f)
 
 
-def dataset_options(f):
-    from glag.extract.datasets import DATASETS, VAL_ROWS
-    from glag.extract.profile import PROFILES
-
-    opts = [
-        click.option(
-            "--dataset",
-            type=click.Choice(DATASETS),
-            default="digits",
-            show_default=True,
-            help="Long-tailed dataset; 'digits' is bundled and needs no download; 'folder' reads an "
-            "image folder (--data-root).",
-        ),
-        click.option(
-            "--imbalance",
-            "-im",
-            type=Number(float, 0, extra="0 = the default, else >= 1"),
-            default=0.0,
-            help="Imbalance ratio n_max/n_min (>= 1); 0 = 100 (20 for digits).",
-        ),
-        click.option(
-            "--profile",
-            type=click.Choice(PROFILES),
-            default="exp",
-            show_default=True,
-            help="Class-size profile: exp (n_max * IM^(-c/(C-1))), step (first C/2 classes n_max, the rest "
-            "n_max/IM), "
-            "or all (an image folder that is already the subset: every image, val/ for validation).",
-        ),
-        click.option(
-            "--n-max",
-            type=Number(int, 0),
-            default=0,
-            help="Images of the largest class (0 = dataset default: 5000 CIFAR-10, 500 CIFAR-100, 6000 "
-            "Fashion-MNIST, "
-            "110 digits; an image folder's smallest class).",
-        ),
-        click.option(
-            "--subset-seed",
-            type=Number(int, 0, 2**32, hi_open=True),
-            default=0,
-            show_default=True,
-            help="Seed of the per-class shuffle that picks the LT subset (LDAM-DRW's rule; 0 = the "
-            "literature's subset).",
-        ),
-        click.option(
-            "--val-per-class",
-            type=Number(int, 0),
-            default=20,
-            show_default=True,
-            help="Validation images per class (never test images; a val/ folder or list file gives its own).",
-        ),
-        click.option(
-            "--val-rows",
-            type=click.Choice(VAL_ROWS),
-            default="every-class",
-            show_default=True,
-            help="every-class: each class gets --val-per-class rows, from the images left outside the LT "
-            "subset first, the shortfall from the end of its training part (CIFAR-10-LT's class 0: "
-            "4,980 training images); leftovers: only those left outside (the literature's exact "
-            "training set; a class with none left has no validation rows).",
-        ),
-        click.option(
-            "--data-root",
-            type=click.Path(path_type=Path),
-            default=None,
-            help="Folder holding the dataset files (cifar-*-python, Fashion-MNIST IDX files, list files), "
-            "or for --dataset folder the image folder: train/<class>/*, test/<class>/* (val/<class>/*).",
-        ),
-        click.option(
-            "--download", is_flag=True, help="Download the dataset into --data-root first (needs a network)."
-        ),
-        click.option(
-            "--full-split", is_flag=True, help="Also dump the full balanced training set (probe protocol)."
-        ),
-    ]
-    return _apply(opts, f)
+def out_option(f):
+    return click.option(
+        "--out",
+        "out_base",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=Path("glag-runs"),
+        show_default=True,
+        help="Folder for run folders (result.json, per_class.csv, model.pt).",
+    )(f)
 
 
-def train_options(f):
-    from glag.extract.losses import LOSSES
-    from glag.extract.models import BACKBONES
-
-    opts = [
-        click.option(
-            "--loss", type=click.Choice(LOSSES), default="graloss", show_default=True, help="Stage-one loss."
-        ),
-        click.option(
-            "--a",
-            "a",
-            type=Number(float),
-            default=1.0,
-            show_default=True,
-            help="GraLoss scale a in lam(t) = a (t/T)^g.",
-        ),
-        click.option(
-            "--g",
-            "g",
-            type=Number(float, 0),
-            default=3.0,
-            show_default=True,
-            help="GraLoss exponent g (<1 concave, 1 linear, >1 convex).",
-        ),
-        click.option(
-            "--tau",
-            type=Number(float, 0),
-            default=1.0,
-            show_default=True,
-            help="Fixed strength for --loss la.",
-        ),
-        click.option(
-            "--backbone",
-            default=None,
-            help=f"Backbone: {', '.join(sorted(BACKBONES))}, or torchvision:NAME (e.g. torchvision:resnet18; "
-            "penultimate features, the weights' own preprocessing). Default: the dataset's preset.",
-        ),
-        click.option(
-            "--weights",
-            default="",
-            help="Initial backbone weights: a state-dict or checkpoint file, or torchvision:DEFAULT "
-            "(torchvision's pretrained weights; downloaded once, needs a network).",
-        ),
-        click.option(
-            "--epochs",
-            type=Number(int, 0),
-            default=None,
-            help="Stage-one epochs (default: preset; 200 for CIFAR). 0: no training; dump the initial "
-            "weights' features and fit a linear CE head on them.",
-        ),
-        click.option("--batch-size", type=Number(int, 1), default=None, help="Batch size (default: preset)."),
-        click.option(
-            "--lr",
-            type=Number(float, 0, lo_open=True),
-            default=None,
-            help="Peak learning rate (default: preset).",
-        ),
-        click.option(
-            "--warmup",
-            type=Number(float, 0),
-            default=None,
-            help="Linear lr warm-up epochs before the cosine decay (default: preset; 5 for CIFAR).",
-        ),
-        click.option(
-            "--seed",
-            type=Number(int, 0, 2**32, hi_open=True),
-            default=0,
-            show_default=True,
-            help="Random seed.",
-        ),
-        click.option(
-            "--compile/--no-compile",
-            "compile_model",
-            default=False,
-            show_default=True,
-            help="Train stage one through torch.compile (falls back to eager, with a log line, where it "
-            "cannot compile). On 2 CPU cores: steps 1.10x faster for ResNet-32, after a one-off "
-            "compile (docs/benchmarks.md). Not part of the cache key.",
-        ),
-    ]
-    return _apply(opts, f)
+def download_option(f):
+    return click.option(
+        "--download", is_flag=True, help="Download the dataset into --data-root first (needs a network)."
+    )(f)
 
 
-def generator_options(f):
-    from glag.generate.backend import DEVICES
-    from glag.generate.sampler import MODES
-    from glag.generate.support import WEIGHTINGS
-
-    opts = [
-        click.option(
-            "--lt",
-            type=Number(float, 0, 1, lo_open=True),
-            default=0.5,
-            show_default=True,
-            help="Tukey power in (0, 1]; 1 = no transform.",
-        ),
-        click.option(
-            "--k",
-            "k",
-            type=Number(int, 1),
-            default=2,
-            show_default=True,
-            help="Support classes per tail sample.",
-        ),
-        click.option(
-            "--tail-below",
-            type=Number(int, 1),
-            default=100,
-            show_default=True,
-            help="Classes with fewer train rows are tail.",
-        ),
-        click.option(
-            "--weighting",
-            type=click.Choice(WEIGHTINGS),
-            default="count-distance",
-            show_default=True,
-            help="Support weights: n_i/d_i (GLAG) or uniform (Free Lunch).",
-        ),
-        click.option(
-            "--mode",
-            type=click.Choice(MODES),
-            default="auto",
-            show_default=True,
-            help="Covariance factors. auto: per class the cheaper exact one (Cholesky, d^2 memory, "
-            "when the class has more rows than dimensions; else its centred rows); "
-            "dense: Cholesky for every class; factor: centred rows for every class.",
-        ),
-        click.option(
-            "--max-dense-gb",
-            type=Number(float, 0, lo_open=True),
-            default=1.0,
-            show_default=True,
-            help="Cap on the Cholesky factors' memory for --mode auto.",
-        ),
-        click.option(
-            "--device",
-            type=click.Choice(DEVICES),
-            default="auto",
-            show_default=True,
-            help="NumPy (cpu) or CuPy (gpu).",
-        ),
-    ]
-    return _apply(opts, f)
+config_option = click.option(
+    "--config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="A recipe file (TOML; configs/ has the literature's): its keys set these options' values, and flags "
+    "given here override them.",
+)
+set_option = click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Set any config key, flags or not (e.g. --set crt_epochs=20); repeatable.",
+)
+quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars or log lines.")
 
 
-def stage_two_options(f):
-    opts = [
-        click.option(
-            "--gen-epochs",
-            type=Number(int, 1),
-            default=40,
-            show_default=True,
-            help="Stage-two (generation) epochs.",
-        ),
-        click.option(
-            "--gen-batch-size",
-            type=Number(int, 1),
-            default=512,
-            show_default=True,
-            help="Stage-two batch size.",
-        ),
-        click.option(
-            "--gen-lr",
-            type=Number(float, 0, 10, lo_open=True),
-            default=0.1,
-            show_default=True,
-            help="Stage-two peak learning rate (cosine).",
-        ),
-        click.option(
-            "--kd/--no-kd",
-            default=True,
-            show_default=True,
-            help="Knowledge distillation on real head-class rows.",
-        ),
-        click.option(
-            "--adaptive/--fixed-beta",
-            default=True,
-            show_default=True,
-            help="Adapt beta_c on validation accuracy.",
-        ),
-        click.option(
-            "--generate/--no-generate",
-            "gen_features",
-            default=True,
-            show_default=True,
-            help="Mix generated features into stage two (--no-generate: real rows only, an ablation).",
-        ),
-        click.option(
-            "--beta-init",
-            type=Number(float, 0, 0.9, extra="beta_c is clipped to [0, 0.9]"),
-            default=0.0,
-            show_default=True,
-            help="Initial confidence beta_c of tail classes (0: samples centred on the real tail sample).",
-        ),
-        click.option(
-            "--posthoc-la/--no-posthoc-la",
-            default=True,
-            show_default=True,
-            help="Logit-adjust the final classifier, z - tau log(pi), with tau picked on val (0..2).",
-        ),
-        click.option(
-            "--beta-delta",
-            type=Number(float, 0, 0.9),
-            default=0.05,
-            show_default=True,
-            help="Step of the beta_c update.",
-        ),
-        click.option(
-            "--alpha",
-            type=Number(float, 0, 100),
-            default=0.0,
-            show_default=True,
-            help="Dispersion added to calibrated covariances.",
-        ),
-        click.option(
-            "--dispersion",
-            type=click.Choice(["identity", "all-entries"]),
-            default="identity",
-            show_default=True,
-            help="alpha * I (GLAG) or alpha on every entry (Free Lunch).",
-        ),
-        click.option(
-            "--n-target",
-            type=Number(int, 0),
-            default=0,
-            help="Rows per class after top-up (0 = largest class).",
-        ),
-        click.option(
-            "--out",
-            "out_base",
-            type=click.Path(file_okay=False, path_type=Path),
-            default=Path("glag-runs"),
-            show_default=True,
-            help="Folder for run folders (result.json, per_class.csv, model.pt).",
-        ),
-    ]
-    return _apply(opts, f)
+def config_from_cli(kw: dict, path: Path | None = None, sets=()) -> Config:
+    """The run config: defaults <- recipe <- --set values <- flags given on the command line."""
+    overrides = dict(parse_override(s) for s in sets)
+    return load_config(path, {**overrides, **explicit(click.get_current_context(), kw)}, source="--set")

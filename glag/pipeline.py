@@ -1,10 +1,27 @@
-"""What the commands run, behind the CLI: dataset and training configs from options, stage one, stage two."""
+"""The library's entry point: a Config in, stage one (cache), stage two (run folders) out.
+
+``glag.run(glag.load_config("configs/digits.toml", {"stage_one.epochs": 3}))`` is what ``glag run
+--config configs/digits.toml --epochs 3`` does; the CLI only turns flags into overrides and prints.
+"""
 
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
+from glag.cache.format import FeatureCache
+from glag.cache.store import default_cache_dir
+from glag.classify.methods import METHODS
+from glag.classify.runner import run_methods
+from glag.config import Config, config_from_dict, parse_config
+from glag.errors import GlagError
+from glag.extract.datasets import DatasetSpec, load_dataset
+from glag.extract.dump import load_checkpoint
+from glag.extract.stage_one import stage_one
+from glag.extract.torchfile import safe_load
+from glag.extract.train import TrainConfig
+from glag.generate.afg import AFG, GeneratorConfig, SamplingConfig, check_for_cache
 from glag.options import check_writable
 
 
@@ -15,172 +32,132 @@ def log(msg: str) -> None:
     tqdm.write(msg, file=sys.stderr)
 
 
-TRAIN_KEYS = ("loss", "a", "g", "tau", "backbone", "weights", "epochs", "batch_size", "lr", "warmup", "seed")
+def load_config(
+    path: Path | str | None = None, overrides: dict | None = None, *, source="override"
+) -> Config:
+    """Defaults <- the recipe at ``path`` <- ``overrides`` (``{"stage_one.epochs": 3}`` or ``{"epochs": 3}``),
+    every value checked against its setting and the registered stage-two methods (glag.config)."""
+    return parse_config(path, overrides, methods=tuple(METHODS), source=source)
 
 
-def build_spec(kw: dict):
-    """The resolved DatasetSpec of the dataset options in ``kw``."""
-    from glag.extract.datasets import DatasetSpec
-
-    return DatasetSpec(
-        kw["dataset"],
-        kw["imbalance"],
-        kw["val_per_class"],
-        kw["full_split"],
-        str(kw["data_root"]) if kw["data_root"] else None,
-        profile=kw["profile"],
-        n_max=kw["n_max"],
-        subset_seed=kw["subset_seed"],
-        val_rows=kw["val_rows"],
-    ).resolved()
+def load_run_config(record: dict) -> Config:
+    """The Config a run folder's result.json recorded (``run_config``)."""
+    return config_from_dict(record["run_config"], methods=tuple(METHODS))
 
 
-def build_train_config(spec, loss, a, g, tau, backbone, weights, epochs, batch_size, lr, warmup, seed):
-    from glag.extract.train import TrainConfig
+def resolved(cfg: Config) -> Config:
+    """The config with the dataset's preset filled in where stage-one values are unset (what runs, as far
+    as it is known before the data is read: an image folder's image size can still change the preset)."""
+    spec = DatasetSpec.from_config(cfg)
+    train = TrainConfig.from_config(cfg, spec)
+    return cfg.with_values(
+        {
+            "imbalance": spec.imbalance,
+            "n_max": spec.n_max,
+            "backbone": train.backbone,
+            "epochs": train.epochs,
+            "batch_size": train.batch_size,
+            "lr": float(train.lr),
+            "warmup": float(train.warmup),
+        }
+    )
 
-    return TrainConfig(
-        dataset=spec,
-        backbone=backbone or "",
-        loss=loss,
-        a=a,
-        g=g,
-        tau=tau,
-        epochs=-1 if epochs is None else epochs,
-        batch_size=batch_size or 0,
-        lr=lr or 0.0,
-        warmup=-1.0 if warmup is None else warmup,
-        seed=seed,
-        weights=weights or "",
-    ).resolved()
 
-
-def run_stage_one(kw: dict, cache_dir: Path, checkpoint=None, views=0, quiet=False, resume=True):
-    from glag.extract.datasets import load_dataset
-    from glag.extract.stage_one import stage_one
-
+def run_stage_one(
+    cfg: Config,
+    cache_dir: Path | None = None,
+    *,
+    checkpoint: Path | None = None,
+    views: int = 0,
+    quiet: bool = False,
+    resume: bool = True,
+    download: bool = False,
+):
+    """Train (or reuse) the stage-one backbone and dump its cache: (cache path, report, reused), or None
+    on a non-zero torchrun rank."""
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     check_writable(cache_dir, "--cache-dir", folder=True)
-    spec = build_spec(kw)
-    train_args = [kw[k] for k in TRAIN_KEYS]
-    build_train_config(
-        spec, *train_args
-    ).identity()  # a missing --weights file fails here, before any data is read
-    from glag.extract.torchfile import safe_load
-
-    if kw["weights"] and Path(kw["weights"]).expanduser().is_file():
-        safe_load(
-            Path(kw["weights"]), "--weights file"
-        )  # a foreign or unsafe file fails before the data is read
+    spec = DatasetSpec.from_config(cfg)
+    TrainConfig.from_config(
+        cfg, spec
+    ).identity()  # a missing weights file fails here, before any data is read
+    weights = cfg.stage_one.weights
+    if weights and Path(weights).expanduser().is_file():
+        safe_load(Path(weights), "weights file")  # a foreign or unsafe file fails before the data is read
     if checkpoint is not None:
-        from glag.extract.dump import load_checkpoint
-
         load_checkpoint(checkpoint)
-    data = load_dataset(spec, download=kw["download"], progress=not quiet)
-    cfg = build_train_config(
-        data.spec, *train_args
-    )  # an image folder's spec is complete only once it is read
-    log_fn = (lambda m: None) if quiet else log
+    data = load_dataset(spec, download=download, progress=not quiet)
+    train = TrainConfig.from_config(cfg, data.spec)  # an image folder's spec is complete only once it is read
     return stage_one(
-        cfg,
+        train,
         data,
         cache_dir,
         checkpoint=checkpoint,
         views=views,
         resume=resume,
         progress=not quiet,
-        log=log_fn,
-        compile_model=kw.get("compile_model", False),
+        log=(lambda m: None) if quiet else log,
+        compile_model=cfg.stage_one.compile,
     )
 
 
-def build_generator(cache_path, lt, k, tail_below, weighting, mode, max_dense_gb, device, n_target=0):
-    from glag.cache.format import FeatureCache
-    from glag.generate.afg import AFG, GeneratorConfig, SamplingConfig, check_for_cache
-
-    cfg = GeneratorConfig(
-        lt=lt, k=k, tail_below=tail_below, weighting=weighting, mode=mode, max_dense_gb=max_dense_gb
-    )
+def build_generator(cache_path: Path, cfg: Config) -> AFG:
+    """The generator's statistics and support sets for a cache (computed once, then read from their file)."""
+    gen = GeneratorConfig.from_config(cfg)
     cache = FeatureCache(cache_path)
-    check_for_cache(cache, cfg, SamplingConfig(n_target=n_target))
-    return AFG.build(cache, cfg, device=device)
-
-
-def stage_two_run(cache_path, methods, kw, checkpoint=None, quiet=False, record=None, variant=""):
-    from glag.classify.runner import run_methods
-    from glag.classify.stage_two import StageTwoConfig
-    from glag.generate.afg import GeneratorConfig, SamplingConfig
-
-    gen = GeneratorConfig(
-        lt=kw["lt"],
-        k=kw["k"],
-        tail_below=kw["tail_below"],
-        weighting=kw["weighting"],
-        mode=kw["mode"],
-        max_dense_gb=kw["max_dense_gb"],
-    )
-    st = StageTwoConfig(
-        epochs=kw["gen_epochs"],
-        batch_size=kw["gen_batch_size"],
-        lr=kw["gen_lr"],
-        kd=kw["kd"],
-        adaptive=kw["adaptive"],
-        generate=kw["gen_features"],
-        posthoc_la=kw["posthoc_la"],
-        beta_init=kw["beta_init"],
-        beta_delta=kw["beta_delta"],
-        seed=kw["seed"],
-    )
-    sampling = SamplingConfig(alpha=kw["alpha"], dispersion=kw["dispersion"], n_target=kw["n_target"])
-    return run_methods(
-        cache_path,
-        methods,
-        kw["out_base"],
-        gen=gen,
-        stage_two=st,
-        sampling=sampling,
-        device=kw["device"],
-        checkpoint=checkpoint,
-        progress=not quiet,
-        record=record,
-        variant=variant,
-    )
-
-
-def run_config_of(kw: dict, methods, variants: dict) -> tuple[dict, dict]:
-    """(the options with presets resolved, the effective config) of a ``glag run``; the config lists the
-    variants too, so it says what runs (batch size, lr, epochs)."""
-    from glag.config import effective_config, variant_table
-
-    spec = build_spec(kw)
-    cfg = build_train_config(spec, *(kw[k] for k in TRAIN_KEYS))
-    resolved = {
-        **kw,
-        "imbalance": spec.imbalance,
-        "n_max": spec.n_max,
-        "backbone": cfg.backbone,
-        "epochs": cfg.epochs,
-        "batch_size": cfg.batch_size,
-        "lr": float(cfg.lr),
-        "warmup": float(cfg.warmup),
-    }
-    run_config = effective_config({**resolved, "methods": methods})
-    if variants:
-        run_config["variants"] = {name: variant_table(v) for name, v in variants.items()}
-    return resolved, run_config
+    check_for_cache(cache, gen, SamplingConfig.from_config(cfg))
+    return AFG.build(cache, gen, device=cfg.generator.device)
 
 
 def run_stage_two(
-    cache_path, methods, kw: dict, variants_kw: dict, resolved: dict, run_config: dict, quiet: bool
-):
-    """The plain methods on the cache, then each variant named in ``methods`` with its own options;
-    every result.json records the config it ran with (a variant's also its name)."""
-    from glag.config import effective_config
-
-    plain = [m for m in methods if m not in variants_kw]
-    records = (
-        stage_two_run(cache_path, plain, kw, quiet=quiet, record={"run_config": run_config}) if plain else []
-    )
-    for name in (m for m in methods if m in variants_kw):
-        vkw = variants_kw[name]
-        record = {"run_config": effective_config({**resolved, **vkw}), "variant": name}
-        records += stage_two_run(cache_path, vkw["methods"], vkw, quiet=quiet, record=record, variant=name)
+    cache_path: Path,
+    cfg: Config,
+    out: Path,
+    *,
+    methods=None,
+    checkpoint: Path | None = None,
+    quiet: bool = False,
+) -> list[dict]:
+    """The config's methods (or ``methods``) on a cache: plain methods first, then each variant named, with
+    its own settings. Every result.json records the config it ran with (a variant's also its name)."""
+    methods = list(methods or cfg.stage_two.method)
+    unknown = [m for m in methods if m not in cfg.variants and m not in METHODS]
+    if unknown:
+        raise GlagError(
+            f"method '{unknown[0]}' is not a method; choose from: " + ", ".join([*METHODS, *cfg.variants])
+        )
+    ran = resolved(cfg).with_values({"method": tuple(methods)})
+    plain = [m for m in methods if m not in cfg.variants]
+    common = dict(checkpoint=checkpoint, progress=not quiet)
+    records = []
+    if plain:
+        records += run_methods(
+            cache_path, ran, out, methods=plain, record={"run_config": ran.to_dict()}, **common
+        )
+    for name in (m for m in methods if m in cfg.variants):
+        v = replace(ran, variants=cfg.variants).variant(name)
+        record = {"run_config": v.to_dict(), "variant": name}
+        records += run_methods(cache_path, v, out, record=record, variant=name, **common)
     return records
+
+
+def run(
+    cfg: Config,
+    *,
+    out: Path | str = "glag-runs",
+    cache_dir: Path | str | None = None,
+    methods=None,
+    quiet: bool = False,
+    download: bool = False,
+) -> list[dict]:
+    """The whole pipeline: stage one (or its cache, reused), then the stage-two methods; returns one record
+    per method: {method, dir (its run folder), test (metrics), seconds}."""
+    out = Path(out)
+    check_writable(out, "--out", folder=True)  # before training, so no work is lost to a bad --out
+    done = run_stage_one(cfg, cache_dir, quiet=quiet, download=download)
+    if done is None:  # a non-zero rank under torchrun: rank 0 runs stage two
+        return []
+    path, _, reused = done
+    if not quiet:
+        log(f"cache {path} ({'reused' if reused else 'written'})")
+    return run_stage_two(path, cfg, out, methods=methods, quiet=quiet)

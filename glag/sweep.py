@@ -18,14 +18,14 @@ from pathlib import Path
 
 from glag.cache.format import atomic_path, json_hash
 from glag.classify.results import label
-from glag.config import SECTIONS, read_config, to_toml, tomllib
+from glag.config import RENAMED, SECTION_OF, SECTIONS, to_toml, toml_value, tomllib
 from glag.errors import GlagError
 from glag.metrics import paired_differences, t_interval, verdict
 from glag.paths import check_safe_name
+from glag.pipeline import load_config, resolved, run
 from glag.sweep_folder import claim, describe, record_sweep
 
 METRICS = ("top1", "many", "medium", "few")
-SECTION_OF = {k: section for section, keys in SECTIONS.items() for k in keys}
 
 
 MAX_SEEDS = 10_000  # cells are trainings: a longer list is a typo, not a plan
@@ -49,14 +49,6 @@ def parse_seeds(text: str) -> list[int]:
     return sorted(seeds)
 
 
-def _value(text: str):
-    """A --set value: a TOML number, boolean or string; anything else is taken as a plain string."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
 def _same(v) -> object:
     """A --set value as a run sees it: 1 and 1.0 of a number key are one value."""
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
@@ -72,11 +64,13 @@ def parse_sets(items) -> dict[str, list]:
         key = key.strip()
         if not sep or not values.strip():
             raise GlagError(f"--set '{item}' is invalid; use --set key=value1,value2")
+        if key in RENAMED:
+            raise GlagError(f"--set '{key}' is now called '{RENAMED[key]}'")
         if key not in allowed:
             raise GlagError(f"--set '{key}' is not a config key; allowed: {', '.join(allowed)}")
         if key in out:
             raise GlagError(f"--set {key} is given twice; give its values once: --set {key}=v1,v2")
-        vals = [_value(v.strip()) for v in values.split(",")]
+        vals = [toml_value(v.strip()) for v in values.split(",")]
         seen = []
         for v in vals:
             if _same(v) in seen:
@@ -140,25 +134,13 @@ def cell_config(config: Path, cell: dict) -> str:
     return to_toml(raw)
 
 
-def _glag_run(args: list[str]) -> str:
-    """``glag run ARGS`` in this process; its table goes to the returned string, errors propagate."""
-    import contextlib
-    import io
-
-    from glag.cli import cli
-
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        cli.main(args=args, prog_name="glag", standalone_mode=False)
-    return buf.getvalue()
-
-
 def _recipe_part(toml_text: str) -> dict:
-    """A cell config without its method list and variants (which an extended sweep may grow)."""
+    """A cell config without its method list and variants (which an extended sweep may grow), keys spelt
+    as today (a cell written before a key was renamed is the same cell)."""
     raw = tomllib.loads(toml_text)
     raw.pop("variants", None)
     raw.get("stage_two", {}).pop("method", None)
-    return raw
+    return {s: {RENAMED.get(k, k): v for k, v in body.items()} for s, body in raw.items()}
 
 
 def locate(out: Path, cells: list[dict], config: Path) -> list[dict]:
@@ -204,22 +186,17 @@ def run_sweep(
     side in separate processes (packed on one GPU); cells that share a stage-one cache run in one
     worker, one after another, so no cache is trained twice."""
     import sys
-    import tempfile
 
     from tqdm.auto import tqdm
 
     log = log or (lambda m: print(m, file=sys.stderr))
-    base = read_config(config)
-    methods = list(base.get("methods") or ["stage-one", "crt", "glag"])
+    methods = list(load_config(config).stage_two.method)
     cells = plan(seeds, sets)
     names = [c["name"] for c in cells]
     if len(set(names)) != len(names):  # cannot happen with digests; a last guard against merged cells
         raise GlagError("two cells of this sweep map to one folder name; give distinct --set values")
-    with tempfile.TemporaryDirectory() as tmp:
-        for cell in cells:
-            probe = Path(tmp) / "cell.toml"
-            probe.write_text(cell_config(config, cell))
-            _glag_run(["run", "--config", str(probe), "--print-config"])
+    for cell in cells:  # what `glag run --print-config` checks, for every cell
+        resolved(load_config(config, {**cell["setting"], "seed": cell["seed"]}, source="--set"))
     record = claim(out, describe(config, methods, seeds, sets), log)
     every = locate(out, plan(record["seeds"], record["sets"]), config)
     mine = {c["name"] for c in cells}
@@ -267,8 +244,10 @@ def run_sweep(
         bar.update()
 
     if jobs <= 1:
-        for _, args in todo:
-            _glag_run(args)
+        for cell, _ in todo:
+            missing = [m for m in methods if m not in run_folders(cell["dir"])]
+            cfg = load_config(cell["dir"] / "config.toml")
+            run(cfg, out=cell["dir"] / "runs", cache_dir=cache_dir, methods=missing, quiet=True)
             finished()
     else:
         _run_packed(todo, jobs, finished)

@@ -43,7 +43,18 @@ def world(tmp_path_factory):
         assert main(["extract", "--epochs", "2", "-q"]) == 0
         cache = next(p for p in cache_dir.glob("digits-*.h5") if ".afg-" not in p.name)
         assert (
-            main(["classify", "--cache", str(cache), "--gen-epochs", "2", "-q", "--out", str(w / "runs")])
+            main(
+                [
+                    "classify",
+                    "--cache",
+                    str(cache),
+                    "--classifier-epochs",
+                    "2",
+                    "-q",
+                    "--out",
+                    str(w / "runs"),
+                ]
+            )
             == 0
         )
     finally:
@@ -148,7 +159,7 @@ CASES = [
     (["extract", "--weights", "{w}/missing.pt"], "--weights file '{w}/missing.pt' does not exist"),
     (
         ["extract", "--weights", "{evil}"],
-        "evil.pt' is not a readable glag --weights file (it asks to run exec, which glag never does)",
+        "evil.pt' is not a readable glag weights file (it asks to run exec, which glag never does)",
     ),
     (
         ["extract", "--checkpoint", "{evil}"],
@@ -171,8 +182,8 @@ CASES = [
     (["generate", "--cache", "{other_h5}"], "is an HDF5 file but not a glag feature cache"),
     (["generate", "--cache", "{stats}"], "is a generator statistics file, not a feature cache"),
     (["generate", "--cache", "deadbeef00"], "neither a cache file nor a key prefix"),
-    (["generate", "--cache", C, "--lt", "0"], "'--lt': 0 is out of range"),
-    (["generate", "--cache", C, "--lt", "1.5"], "'--lt': 1.5 is out of range"),
+    (["generate", "--cache", C, "--tukey-power", "0"], "'--tukey-power': 0 is out of range"),
+    (["generate", "--cache", C, "--tukey-power", "1.5"], "'--tukey-power': 1.5 is out of range"),
     (["generate", "--cache", C, "--k", "0"], "'--k': 0 is out of range"),
     (["generate", "--cache", C, "--k", "1000"], "--k 1000 is more than the 9 other classes"),
     (["generate", "--cache", C, "--tail-below", "0"], "'--tail-below': 0 is out of range"),
@@ -185,19 +196,22 @@ CASES = [
     (["generate", "--cache", C, "--mode", "huge"], "'huge' is not one of"),
     (["generate", "--cache", C, "--device", "tpu"], "'tpu' is not one of"),
     # classify: stage-two options
-    (["classify", "--cache", C, "--gen-lr", "inf"], "'--gen-lr': inf is not finite"),
-    (["classify", "--cache", C, "--gen-lr", "0"], "'--gen-lr': 0 is out of range"),
+    (["classify", "--cache", C, "--classifier-lr", "inf"], "'--classifier-lr': inf is not finite"),
+    (["classify", "--cache", C, "--classifier-lr", "0"], "'--classifier-lr': 0 is out of range"),
     (["classify", "--cache", C, "--alpha", "nan"], "'--alpha': nan is not finite"),
     (["classify", "--cache", C, "--alpha", "-1"], "'--alpha': -1 is out of range"),
     (["classify", "--cache", C, "--beta-delta", "-1"], "'--beta-delta': -1 is out of range"),
     (["classify", "--cache", C, "--beta-init", "1.5"], "'--beta-init': 1.5 is out of range"),
-    (["classify", "--cache", C, "--gen-epochs", "0"], "'--gen-epochs': 0 is out of range"),
-    (["classify", "--cache", C, "--gen-batch-size", "0"], "'--gen-batch-size': 0 is out of range"),
+    (["classify", "--cache", C, "--classifier-epochs", "0"], "'--classifier-epochs': 0 is out of range"),
+    (
+        ["classify", "--cache", C, "--classifier-batch-size", "0"],
+        "'--classifier-batch-size': 0 is out of range",
+    ),
     (["classify", "--cache", C, "--n-target", "-5"], "'--n-target': -5 is out of range"),
     (["classify", "--cache", C, "--n-target", "100000000"], "--n-target 100000000 is over 100 x"),
     (["classify", "--cache", C, "--k", "1000"], "--k 1000 is more than the 9 other classes"),
     (["classify", "--cache", C, "--tail-below", "0"], "'--tail-below': 0 is out of range"),
-    (["classify", "--cache", C, "--method", "magic"], "magic (choose from"),
+    (["classify", "--cache", C, "--method", "magic"], "method 'magic' is not a method; choose from"),
     (["classify", "--cache", C, "--out", "{notes}"], "'--out': Directory '{notes}' is a file"),
     (["classify", "--cache", C, "--out", "{notes}/sub"], "--out '{notes}/sub' cannot be created"),
     (["classify", "--cache", C, "--out", "/proc/glag-runs"], "--out '/proc/glag-runs' is not writable"),
@@ -206,8 +220,8 @@ CASES = [
     # run: checked before any training
     (["run", "--out", "{notes}"], "'--out': Directory '{notes}' is a file"),
     (["run", "--out", "{notes}/sub"], "--out '{notes}/sub' cannot be created"),
-    (["run", "--gen-lr", "nan"], "'--gen-lr': nan is not finite"),
-    (["run", "--method", "magic"], "magic (choose from"),
+    (["run", "--classifier-lr", "nan"], "'--classifier-lr': nan is not finite"),
+    (["run", "--method", "magic"], "method 'magic' is not a method; choose from"),
     # report
     (["report", "{bad_json}"], "is not valid JSON"),
     (["report", "{no_summary}"], "is not a glag run's result.json"),

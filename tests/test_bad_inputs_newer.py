@@ -49,7 +49,7 @@ def world(tmp_path_factory):
                     "run",
                     "--epochs",
                     "1",
-                    "--gen-epochs",
+                    "--classifier-epochs",
                     "1",
                     "--method",
                     "glag",

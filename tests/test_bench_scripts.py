@@ -34,7 +34,7 @@ def test_cifar100_lt_protocol_is_sweeps_of_the_recipe(tmp_path, fake_cifar100):
     """The paper-table protocol only runs `glag sweep` of configs/cifar100-lt-im100.toml (at toy size through
     --set) and tabulates the cells: every loss x method once, the paper's figure beside, the commands
     recorded."""
-    sets = ["n_max=12", "epochs=1", "warmup=0", "gen_epochs=1", "val_per_class=2"]
+    sets = ["n_max=12", "epochs=1", "warmup=0", "classifier_epochs=1", "val_per_class=2"]
     cmd = [
         sys.executable,
         str(ROOT / "bench" / "reproduce.py"),
@@ -136,7 +136,7 @@ def test_cifar10_lt_protocol_runs_resumes_and_says_its_budget(tmp_path):
         "4",
         "--losses",
         "ce",
-        "--gen-epochs",
+        "--classifier-epochs",
         "2",
         "--set",
         "val_per_class=5",
@@ -238,7 +238,7 @@ def test_cifar10_lt_500_protocol_pairs_seeds_and_tabulates_the_probe(tmp_path):
         "0,1",
         "--losses",
         "graloss,ce",
-        "--gen-epochs",
+        "--classifier-epochs",
         "2",
         "--set",
         "n_max=12",

@@ -71,10 +71,14 @@ def test_flags_override_config_keys(glag_cli):
         ),
         ("[dataset\n", "is not valid TOML"),
         ("dataset = 'digits'\n", "'dataset' must be a [section] of keys"),
-        ("[dataset]\nimbalance = 'steep'\n", "'--imbalance' / '-im': 'steep' is not a number"),
-        ("[stage_two]\ngen_lr = -1\n", "'--gen-lr': -1 is out of range"),
-        ("[stage_two]\nmethod = 3\n", "'method' must be a name or a list of names"),
-        ("[variants.x]\nepochs = 3\n", "unknown key 'epochs' in [variants.x]; allowed: lt, k, tail_below"),
+        ("[dataset]\nimbalance = 'steep'\n", "[dataset] imbalance: 'steep' is not a number"),
+        ("[stage_two]\nclassifier_lr = -1\n", "[stage_two] classifier_lr: -1 is out of range"),
+        ("[stage_two]\ngen_lr = 0.1\n", "'gen_lr' is now called 'classifier_lr'; rename it"),
+        ("[generator]\nlt = 0.5\n", "'lt' is now called 'tukey_power'; rename it"),
+        ("[stage_two]\nmethod = 3\n", "[stage_two] method: 3 is not a name or a list of names"),
+        ("[stage_two]\nkd = 'yes'\n", "[stage_two] kd: 'yes' is not true or false"),
+        ("[dataset]\ndataset = 'cifar'\n", "[dataset] dataset: 'cifar' is not allowed; one of: cifar10-lt"),
+        ("[variants.x]\nepochs = 3\n", "unknown key 'epochs'; allowed: tukey_power, k, tail_below"),
         ("[variants.crt]\nkd = false\n", "variant name 'crt' is a method's name"),
         (
             "[variants.x]\nmethod = 'gl'\n",
@@ -82,15 +86,15 @@ def test_flags_override_config_keys(glag_cli):
         ),
         ("[variants]\nx = 1\n", "variants must be [variants.<name>] tables of keys"),
         (
-            "[variants.x]\ngen_lr = -1\n[stage_two]\nmethod = ['x']\n",
-            "[variants.x] gen_lr: -1 is out of range",
+            "[variants.x]\nclassifier_lr = -1\n[stage_two]\nmethod = ['x']\n",
+            "[variants.x] classifier_lr: -1 is out of range",
         ),
-        ("[stage_two]\nmethod = ['glag-no-kd']\n", "'--method': glag-no-kd (choose from glag, stage-one"),
         (
-            "[stage_one]\nepochs = 2.5\n",
-            "'--epochs': 2.5 is not an integer",
-        ),  # numbers are checked as flags are
-        ("[stage_one]\nlr = inf\n", "'--lr': inf is not finite"),
+            "[stage_two]\nmethod = ['glag-no-kd']\n",
+            "method 'glag-no-kd' is not a method; choose from: glag, stage-one",
+        ),
+        ("[stage_one]\nepochs = 2.5\n", "[stage_one] epochs: 2.5 is not an integer"),  # as flags are checked
+        ("[stage_one]\nlr = inf\n", "[stage_one] lr: inf is not finite"),
     ],
 )
 def test_bad_configs_one_line(tmp_path, glag_cli, text, msg):
@@ -111,7 +115,7 @@ def test_digits_config_runs_and_records_its_config(tmp_path, glag_cli, cache_dir
     path = next(p for p in CONFIGS if p.stem == "digits")
     out_dir = tmp_path / "runs"
     code, out, err = glag_cli(
-        "run", "--config", path, "--epochs", "2", "--gen-epochs", "2", "--out", out_dir, "-q"
+        "run", "--config", path, "--epochs", "2", "--classifier-epochs", "2", "--out", out_dir, "-q"
     )
     assert code == 0, err
     runs = sorted(out_dir.iterdir())
@@ -121,7 +125,7 @@ def test_digits_config_runs_and_records_its_config(tmp_path, glag_cli, cache_dir
         rec["run_config"]["stage_one"]["epochs"] == 2 and rec["run_config"]["stage_one"]["backbone"] == "cnn"
     )
     assert rec["run_config"]["stage_two"]["method"] == ["stage-one", "crt", "glag"]
-    assert rec["run_config"]["stage_two"]["gen_epochs"] == 2
+    assert rec["run_config"]["stage_two"]["classifier_epochs"] == 2
 
 
 def test_variants_run_as_their_flags_would(tmp_path, glag_cli, cache_dir):
@@ -131,9 +135,9 @@ def test_variants_run_as_their_flags_would(tmp_path, glag_cli, cache_dir):
     cfg = tmp_path / "v.toml"
     cfg.write_text(
         (Path(__file__).resolve().parents[1] / "configs" / "digits.toml").read_text()
-        + "\n[variants.glag-no-kd]\nkd = false\ngen_epochs = 3\n"
+        + "\n[variants.glag-no-kd]\nkd = false\nclassifier_epochs = 3\n"
     )
-    fast = ["--epochs", "2", "--gen-epochs", "2", "-q"]
+    fast = ["--epochs", "2", "--classifier-epochs", "2", "-q"]
     code, out, err = glag_cli(
         "run", "--config", cfg, "--method", "glag", "--method", "glag-no-kd", "--out", tmp_path / "a", *fast
     )
@@ -143,7 +147,10 @@ def test_variants_run_as_their_flags_would(tmp_path, glag_cli, cache_dir):
     (variant,) = (tmp_path / "a").glob("*-glag-no-kd")
     rec = json.loads((variant / "result.json").read_text())
     assert rec["method"] == "glag" and rec["variant"] == "glag-no-kd"
-    assert rec["run_config"]["stage_two"]["kd"] is False and rec["run_config"]["stage_two"]["gen_epochs"] == 3
+    assert (
+        rec["run_config"]["stage_two"]["kd"] is False
+        and rec["run_config"]["stage_two"]["classifier_epochs"] == 3
+    )
     assert json.loads((plain / "result.json").read_text())["run_config"]["stage_two"]["kd"] is True
     code, _, err = glag_cli(
         "run",
@@ -155,7 +162,7 @@ def test_variants_run_as_their_flags_would(tmp_path, glag_cli, cache_dir):
         "--out",
         tmp_path / "b",
         *fast,
-        "--gen-epochs",
+        "--classifier-epochs",
         "3",
     )
     assert code == 0, err

@@ -234,7 +234,7 @@ def test_run_end_to_end_on_a_folder(tmp_path, glag_cli, cache_dir):
         "1",
         "--batch-size",
         "16",
-        "--gen-epochs",
+        "--classifier-epochs",
         "2",
         "--out",
         tmp_path / "runs",

@@ -296,8 +296,9 @@ def test_generate_cli(cache, glag_cli):
     assert len(list(cache.path.parent.glob("*.afg-*.h5"))) == 1
     code, out, _ = glag_cli("cache", "ls", "--cache-dir", cache.path.parent)
     assert "afg" not in out and "mix.h5" in out
-    code, _, err = glag_cli("generate", "--cache", cache.path, "--lt", "0")
+    code, _, err = glag_cli("generate", "--cache", cache.path, "--tukey-power", "0")
     assert (
         code == 2
-        and "Invalid value for '--lt': 0 is out of range; allowed: a finite number > 0 and <= 1" in err
+        and "Invalid value for '--tukey-power': 0 is out of range; allowed: a finite number > 0 and <= 1"
+        in err
     )

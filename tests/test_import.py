@@ -57,7 +57,7 @@ def test_import_round_trip_keeps_accuracies(tmp_path, cache_dir, glag_cli):
         res["cache"],
         "--method",
         "glag",
-        "--gen-epochs",
+        "--classifier-epochs",
         "2",
         "-q",
         "--out",

@@ -16,7 +16,7 @@ CLASSIFY = (
     "glag",
     "--method",
     "stage-one",
-    "--gen-epochs",
+    "--classifier-epochs",
     "1",
     "-q",
     "--mode",

@@ -57,7 +57,7 @@ def test_torchvision_resnet18_epochs_0_on_digits_end_to_end(resnet18_file, cache
         "glag",
         "--method",
         "crt",
-        "--gen-epochs",
+        "--classifier-epochs",
         "2",
         "-q",
         "--out",
@@ -81,7 +81,7 @@ def test_bad_backbone_and_weights_one_line(tmp_path, cache_dir, glag_cli, resnet
         ),
         (
             ["--backbone", "torchvision:resnet18", "--weights", not_torch],
-            "is not a readable glag --weights file",
+            "is not a readable glag weights file",
         ),
         (["--backbone", "cnn", "--weights", "torchvision:DEFAULT"], "needs a --backbone torchvision:NAME"),
     ]

@@ -125,7 +125,7 @@ def test_probe_needs_full_split(cache):
 
 def test_run_end_to_end_on_digits(cache_dir, glag_cli, tmp_path):
     out = tmp_path / "runs"
-    code, stdout, err = glag_cli("run", "-q", "--epochs", "3", "--gen-epochs", "3", "--out", out)
+    code, stdout, err = glag_cli("run", "-q", "--epochs", "3", "--classifier-epochs", "3", "--out", out)
     assert code == 0, err
     lines = stdout.splitlines()
     assert lines[0].split()[:5] == ["method", "top1", "many", "medium", "few"]
@@ -169,7 +169,7 @@ def test_classify_cli_methods_and_errors(cache, glag_cli, tmp_path):
         "--cache",
         cache.path,
         "-q",
-        "--gen-epochs",
+        "--classifier-epochs",
         "2",
         "--method",
         "tau-norm",
@@ -183,7 +183,7 @@ def test_classify_cli_methods_and_errors(cache, glag_cli, tmp_path):
     assert code == 0, err
     assert all(m in out for m in ("tau-norm", "logit-adjust", "lws"))
     code, _, err = glag_cli("classify", "--cache", cache.path, "--method", "magic")
-    assert code == 2 and "magic" in err and "choose from" in err
+    assert code == 1 and "method 'magic' is not a method; choose from" in err
     code, _, err = glag_cli(
         "classify", "--cache", cache.path, "--beta-init", "1.5", "-q", "--out", tmp_path / "r"
     )
@@ -225,7 +225,7 @@ def test_report_tsne_shows_tail_generated_and_support(cache_dir, glag_cli, tmp_p
         "glag",
         "--method",
         "crt",
-        "--gen-epochs",
+        "--classifier-epochs",
         "2",
         "-q",
         "--out",

@@ -15,7 +15,7 @@ from glag.sweep import parse_seeds, parse_sets
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "configs" / "digits.toml"
-FAST = ["--set", "epochs=2", "--set", "gen_epochs=2"]
+FAST = ["--set", "epochs=2", "--set", "classifier_epochs=2"]
 
 
 def test_parse_seeds_and_sets():
@@ -53,9 +53,9 @@ def test_sweep_grid_summary_and_no_rerun(tmp_path, glag_cli, cache_dir):
     assert len(rows) == 2 * 2 * 3 and {r["loss"] for r in rows} == {"ce", "graloss"}
     assert sorted({(r["cell"], r["method"]) for r in rows}) == sorted((r["cell"], r["method"]) for r in rows)
     md = (out / "summary.md").read_text()
-    assert "## loss=ce, epochs=2, gen_epochs=2" in md and "| GLAG minus | top-1 | verdict |" in md
+    assert "## loss=ce, epochs=2, classifier_epochs=2" in md and "| GLAG minus | top-1 | verdict |" in md
     assert (out / "groups.png").stat().st_size > 1000
-    cfg = (out / "cells" / "loss=graloss_epochs=2_gen_epochs=2_seed=1" / "config.toml").read_text()
+    cfg = (out / "cells" / "loss=graloss_epochs=2_classifier_epochs=2_seed=1" / "config.toml").read_text()
     assert 'loss = "graloss"' in cfg and "seed = 1" in cfg
     runs = sorted(out.glob("cells/loss=graloss*/runs/*"))
     code, text, err = glag_cli("report", *runs, "--paired")
@@ -74,7 +74,7 @@ def test_sweep_grid_summary_and_no_rerun(tmp_path, glag_cli, cache_dir):
 @pytest.mark.parametrize(
     "args, msg",
     [
-        (["--set", "gen_lr=-1"], "'--gen-lr': -1 is out of range"),
+        (["--set", "classifier_lr=-1"], "--set 'classifier_lr': -1 is out of range"),
         (["--set", "colour=red"], "--set 'colour' is not a config key"),
         (["--seeds", "x"], "--seeds 'x' is invalid"),
     ],
@@ -129,8 +129,8 @@ def test_half_written_run_folder_is_not_finished(tmp_path):
 
 def test_packed_sweep_gives_the_single_worker_numbers(tmp_path, glag_cli, cache_dir):
     """--jobs 2 runs cells side by side in processes; the numbers are those of one worker, and cells that
-    share a stage-one cache (same seed, only gen_epochs differs) train it once."""
-    fast = ["--set", "epochs=2", "--set", "gen_epochs=2,3", "--seeds", "0-1", "-q"]
+    share a stage-one cache (same seed, only classifier_epochs differs) train it once."""
+    fast = ["--set", "epochs=2", "--set", "classifier_epochs=2,3", "--seeds", "0-1", "-q"]
     code, _, err = glag_cli("sweep", DIGITS, "--out", tmp_path / "one", *fast)
     assert code == 0, err
     code, _, err = glag_cli(

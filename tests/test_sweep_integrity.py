@@ -11,7 +11,7 @@ from glag.sweep import cell_name, parse_sets
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "configs" / "digits.toml"
-FAST = ["--set", "epochs=1", "--set", "gen_epochs=1"]
+FAST = ["--set", "epochs=1", "--set", "classifier_epochs=1"]
 
 
 def tree(root: Path) -> dict:
@@ -82,7 +82,7 @@ def test_sweep_folder_records_itself_refuses_another_and_extends(tmp_path, glag_
     code, _, err = glag_cli("sweep", DIGITS, "--seeds", "0", "--out", out, *FAST, "-q")
     assert code == 0, err
     record = json.loads((out / "sweep.json").read_text())
-    assert record["seeds"] == [0] and record["sets"] == {"epochs": [1], "gen_epochs": [1]}
+    assert record["seeds"] == [0] and record["sets"] == {"epochs": [1], "classifier_epochs": [1]}
     assert record["recipe"]["stage_one"]["loss"] == "graloss" and record["methods"] == [
         "stage-one",
         "crt",
@@ -98,7 +98,8 @@ def test_sweep_folder_records_itself_refuses_another_and_extends(tmp_path, glag_
         (
             DIGITS,
             FAST + ["--set", "loss=ce"],
-            "holds a sweep that varies epochs, gen_epochs (--set), this one varies epochs, gen_epochs, loss",
+            "holds a sweep that varies epochs, classifier_epochs (--set), this one varies epochs, "
+            "classifier_epochs, loss",
         ),
     ]
     for cfg, sets, msg in refusals:

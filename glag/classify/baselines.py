@@ -7,6 +7,7 @@ import torch
 
 from glag.cache.format import FeatureCache
 from glag.classify.common import log_prior, pick_on_val, split_metrics, train_linear
+from glag.config import default
 from glag.errors import GlagError
 
 
@@ -53,10 +54,10 @@ def _fresh_linear(
 def crt(
     cache: FeatureCache,
     *,
-    epochs=10,
-    batch_size=512,
-    lr=0.1,
-    weight_decay=5e-4,
+    epochs=default("crt_epochs"),
+    batch_size=default("baseline_batch_size"),
+    lr=default("crt_lr"),
+    weight_decay=default("baseline_weight_decay"),
     seed=0,
     device=torch.device("cpu"),
 ) -> dict:
@@ -76,7 +77,13 @@ def crt(
 
 
 def lws(
-    cache: FeatureCache, *, epochs=10, batch_size=512, lr=0.1, seed=0, device=torch.device("cpu")
+    cache: FeatureCache,
+    *,
+    epochs=default("lws_epochs"),
+    batch_size=default("baseline_batch_size"),
+    lr=default("lws_lr"),
+    seed=0,
+    device=torch.device("cpu"),
 ) -> dict:
     """Learnable weight scaling: per-class scales of the stage-one logits, trained class-balanced."""
     torch.manual_seed(seed)
@@ -129,10 +136,10 @@ def logit_adjust(cache: FeatureCache, device=torch.device("cpu")) -> dict:
 def probe(
     cache: FeatureCache,
     *,
-    epochs=30,
-    batch_size=512,
-    lr=0.1,
-    weight_decay=5e-4,
+    epochs=default("probe_epochs"),
+    batch_size=default("baseline_batch_size"),
+    lr=default("probe_lr"),
+    weight_decay=default("baseline_weight_decay"),
     seed=0,
     device=torch.device("cpu"),
 ) -> dict:
@@ -153,13 +160,3 @@ def probe(
         device=device,
     )
     return _result("probe", g, cache, device, config={"epochs": epochs, "batch_size": batch_size, "lr": lr})
-
-
-BASELINES = {
-    "stage-one": stage_one,
-    "crt": crt,
-    "lws": lws,
-    "tau-norm": tau_norm,
-    "logit-adjust": logit_adjust,
-    "probe": probe,
-}

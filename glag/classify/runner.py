@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from glag.cache.format import FeatureCache
-from glag.classify import baselines
 from glag.classify.common import torch_device
 from glag.classify.export import checkpoint_of, export
+from glag.classify.methods import METHODS, MethodRun
 from glag.classify.results import write_run
-from glag.classify.stage_two import StageTwoConfig, train_glag
+from glag.classify.stage_two import StageTwoConfig
+from glag.config import Config
 from glag.errors import GlagError
-from glag.generate.afg import AFG, GeneratorConfig, SamplingConfig, check_for_cache
+from glag.generate.afg import GeneratorConfig, SamplingConfig, check_for_cache
 from glag.generate.backend import get_xp
 from glag.paths import check_inside
 
@@ -26,55 +26,47 @@ def check_finite(res: dict, method: str) -> None:
         if name in res and not np.isfinite(np.asarray(res[name])).all():
             raise GlagError(
                 f"stage two '{method}' diverged (non-finite classifier weights); nothing was written; "
-                "lower --gen-lr or check the cache's features ('glag cache verify')"
+                "lower the stage-two classifier_lr or check the cache's features ('glag cache verify')"
             )
-
-
-METHODS = ("glag", "stage-one", "crt", "lws", "tau-norm", "logit-adjust", "probe")
 
 
 def run_methods(
     cache_path: Path,
-    methods,
+    config: Config,
     out_base: Path,
     *,
-    gen: GeneratorConfig,
-    stage_two: StageTwoConfig,
-    sampling: SamplingConfig,
-    device: str = "auto",
+    methods=None,
     checkpoint: Path | None = None,
     progress: bool = True,
     variant: str = "",
     log=None,
     record: dict | None = None,
 ) -> list[dict]:
-    """Run each method, write ``out_base/<cache>-<method or variant>``; return their records.
-    ``record`` is stored in every result.json as it is (e.g. the effective run config); ``variant`` names
-    a config's stage-two variant (one method with changed settings)."""
+    """Run each method (default: the config's), write ``out_base/<cache>-<method or variant>``; return
+    their records. ``record`` is stored in every result.json as it is (e.g. the run config); ``variant``
+    names a config's stage-two variant (one method with changed settings)."""
+    methods = list(methods or config.stage_two.method)
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise GlagError(f"unknown method(s) {', '.join(unknown)}; choose from: {', '.join(METHODS)}")
     cache = FeatureCache(cache_path)
-    sampling.check()
-    stage_two.check()
+    gen, sampling = GeneratorConfig.from_config(config), SamplingConfig.from_config(config).check()
+    StageTwoConfig.from_config(config).check()
     check_for_cache(cache, gen, sampling)
+    backend = config.generator.device
+    run = MethodRun(config, torch_device(get_xp(backend)), backend, progress, log)
     records = []
     for method in methods:
         t0 = time.perf_counter()
-        extra = dict(record or {})
-        if method == "glag":
-            afg = AFG.build(cache, gen, device=device)
-            res = train_glag(afg, stage_two, sampling, progress=progress, log=log)
-            extra["generator"] = asdict(gen)
-        else:
-            kw = {"seed": stage_two.seed} if method in ("crt", "lws", "probe") else {}
-            res = baselines.BASELINES[method](cache, device=torch_device(get_xp(device)), **kw)
+        res = METHODS[method].fn(cache, run)
         check_finite(res, method)
-        extra["seconds"] = round(time.perf_counter() - t0, 3)
+        extra = {**(record or {}), "seconds": round(time.perf_counter() - t0, 3)}
         cache.ensure_sound()  # checked while the method ran; a damaged cache writes no run folder
         writer = None
-        if method == "glag" and (checkpoint or checkpoint_of(cache)):
-            writer = lambda folder, r=res: export(folder, cache, r["weight"], r["bias"], gen.lt, checkpoint)  # noqa: E731
+        if METHODS[method].exports_model and (checkpoint or checkpoint_of(cache)):
+            writer = lambda folder, r=res: export(  # noqa: E731
+                folder, cache, r["weight"], r["bias"], config.generator.tukey_power, checkpoint
+            )
         folder = check_inside(
             out_base, Path(out_base) / f"{cache.path.stem}-{variant or method}", "run folder"
         )

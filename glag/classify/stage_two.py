@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from glag.classify.common import as_tensor, cosine_lr, log_prior, pick_on_val, predict, torch_device
 from glag.classify.linear_sgd import LinearSGD
+from glag.config import Config, default
 from glag.errors import GlagError
 from glag.extract.losses import gradual_lambda
 from glag.generate.afg import AFG, SamplingConfig
@@ -25,27 +26,39 @@ from glag.metrics import evaluate, per_class_accuracy
 
 @dataclass(frozen=True)
 class StageTwoConfig:
-    epochs: int = 40
-    batch_size: int = 512
-    lr: float = 0.1
+    epochs: int = default("classifier_epochs")
+    batch_size: int = default("classifier_batch_size")
+    lr: float = default("classifier_lr")
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    kd: bool = True
+    kd: bool = default("kd")
     kd_temperature: float = 2.0
     kd_a: float = 1.0  # lam2(e) = kd_a * (e / E) ** kd_g
     kd_g: float = 3.0
-    adaptive: bool = True
-    generate: bool = True  # False: real rows only (the 'GLAG without generated features' ablation)
-    posthoc_la: bool = (
-        True  # measured: docs/ablations.md (val-tuned logit adjustment of the final classifier)
-    )
-    beta_init: float = (
-        0.0  # measured: docs/ablations.md (SPEC said 0.6, to be confirmed; 0.4 until the evidence protocol)
-    )
-    beta_delta: float = 0.05
+    adaptive: bool = default("adaptive")
+    generate: bool = default("generate")  # False: real rows only (the 'GLAG without generation' ablation)
+    posthoc_la: bool = default("posthoc_la")
+    beta_init: float = default("beta_init")
+    beta_delta: float = default("beta_delta")
     beta_min: float = 0.0
     beta_max: float = 0.9
     seed: int = 0
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> StageTwoConfig:
+        s = cfg.stage_two
+        return cls(
+            epochs=s.classifier_epochs,
+            batch_size=s.classifier_batch_size,
+            lr=s.classifier_lr,
+            kd=s.kd,
+            adaptive=s.adaptive,
+            generate=s.generate,
+            posthoc_la=s.posthoc_la,
+            beta_init=s.beta_init,
+            beta_delta=s.beta_delta,
+            seed=cfg.stage_one.seed,
+        )
 
     def check(self) -> StageTwoConfig:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:

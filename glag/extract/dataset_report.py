@@ -64,3 +64,54 @@ def write_indices(data: LTData, path: Path) -> int:
                 w.writerows(zip(*cols, strict=False))
                 n += len(split)
     return n
+
+
+def describe(data: LTData, indices: Path | None = None, export: Path | None = None) -> dict:
+    """What ``glag data`` reports: the classes, totals, where validation rows came from, and the
+    ``indices`` CSV and ``export`` folder it writes."""
+    from glag.extract.subset_export import export_subset
+
+    spec = data.spec
+    rows = class_table(data)
+    out = {
+        "dataset": spec.label(),
+        "spec": spec.identity(),
+        "totals": totals(rows),
+        "val_rows": {"rule": spec.val_rows or "given", "from_train": lent_rows(data)},
+    }
+    if spec.content:
+        out["digest"] = spec.content
+    if indices:
+        out["indices"] = {"file": str(indices), "rows": write_indices(data, indices)}
+    if export:
+        out["export"] = {"folder": str(export), "files": export_subset(data, export)}
+    return {**out, "classes": rows}
+
+
+def describe_lines(summary: dict) -> list[str]:
+    """The lines ``glag data`` prints under its class table."""
+    t = summary["totals"]
+    lines = [
+        f"{summary['dataset']}: train {t['train']}, val {t['val']}, test {t['test']} images; "
+        f"{t['many_classes']} many / {t['medium_classes']} medium / {t['few_classes']} few classes"
+    ]
+    lent = summary["val_rows"]["from_train"]
+    if lent:
+        lines.append(
+            "validation rows taken from the end of the training part (--val-rows every-class): "
+            + ", ".join(f"{name} {n}" for name, n in lent.items())
+        )
+    elif summary["val_rows"]["rule"] == "leftovers":
+        lines.append(
+            "validation rows: leftovers only (--val-rows leftovers); classes without leftovers have none"
+        )
+    if "digest" in summary:
+        lines.append(f"content digest (sha256): {summary['digest']}")
+    if "indices" in summary:
+        lines.append(f"wrote {summary['indices']['rows']} rows to {summary['indices']['file']}")
+    if "export" in summary:
+        lines.append(
+            f"exported {sum(summary['export']['files'].values())} images to {summary['export']['folder']} "
+            "(use: --dataset folder --profile all)"
+        )
+    return lines

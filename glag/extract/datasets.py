@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from glag.config import CHOICES, Config, default
 from glag.errors import GlagError
 from glag.extract import sources
 from glag.extract.profile import PROFILES, check_imbalance, class_counts, profile_counts
@@ -26,7 +27,8 @@ LIST_DATASETS = {
     "inat2018": ("iNaturalist18_train.txt", "iNaturalist18_val_split.txt", "iNaturalist18_val.txt"),
 }
 FOLDER = "folder"  # <root>/{train,test[,val]}/<class>/<image>: glag.extract.folder
-DATASETS = sorted(ARRAY_DATASETS | set(LIST_DATASETS) | {FOLDER})
+DATASETS = list(CHOICES["dataset"])
+assert set(DATASETS) == ARRAY_DATASETS | set(LIST_DATASETS) | {FOLDER}, "config.CHOICES is the one list"
 N_MAX = {"cifar10-lt": 5000, "cifar100-lt": 500, "fashion-mnist-lt": 6000, "digits": 110}
 DEFAULT_IMBALANCE = {"digits": 20.0}
 DIGITS_TEST_PER_CLASS = 40
@@ -34,7 +36,7 @@ DIGITS_TEST_PER_CLASS = 40
 # every-class: val_per_class rows for every class, the leftovers first, the shortfall from the end of the
 #   class's shuffled training part (so everything tuned on validation sees the largest class too);
 # leftovers: only the leftovers (the literature's exact training set; a class without leftovers has none).
-VAL_ROWS = ("every-class", "leftovers")
+VAL_ROWS = CHOICES["val_rows"]
 
 
 @dataclass(frozen=True)
@@ -42,15 +44,17 @@ class DatasetSpec:
     """What identifies a long-tailed dataset; ``data_root`` is where it is read from, not part of its
     identity."""
 
-    name: str = "digits"
-    imbalance: float = 0.0  # 0 = the dataset's default (100, or 20 for digits)
-    val_per_class: int = 20
-    full_split: bool = False
+    name: str = default("dataset")
+    imbalance: float = default("imbalance")  # 0 = the dataset's default (100, or 20 for digits)
+    val_per_class: int = default("val_per_class")
+    full_split: bool = default("full_split")
     data_root: str | None = field(default=None, compare=False)
-    profile: str = "exp"  # exp: n_max * IM^(-c/(C-1)); step: first C/2 classes n_max, the rest n_max/IM;
+    profile: str = default(
+        "profile"
+    )  # exp: n_max * IM^(-c/(C-1)); step: first C/2 classes n_max, the rest n_max/IM;
     #                        all: an image folder that is the subset already (every image, its val/ folder)
-    n_max: int = 0  # 0 = the dataset's default (N_MAX)
-    subset_seed: int = 0  # seeds LDAM-DRW's per-class shuffle that picks the LT subset
+    n_max: int = default("n_max")  # 0 = the dataset's default (N_MAX)
+    subset_seed: int = default("subset_seed")  # seeds LDAM-DRW's per-class shuffle that picks the LT subset
     # Names the rule that picks the subset, so caches made by the old "first n_c in file order" rule
     # (which had no such field) can never share a key with caches made by this one.
     subset_rule: str = "ldam-shuffle"
@@ -60,7 +64,23 @@ class DatasetSpec:
     image_size: int = 0
     # VAL_ROWS; '' where it does not apply (list files and val/ folders give their own validation rows).
     # 'leftovers' and '' are left out of the identity, so caches made before the field keep their keys.
-    val_rows: str = "every-class"
+    val_rows: str = default("val_rows")
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> DatasetSpec:
+        """The resolved spec of a run config's [dataset]."""
+        d = cfg.dataset
+        return cls(
+            d.dataset,
+            d.imbalance,
+            d.val_per_class,
+            d.full_split,
+            d.data_root or None,
+            profile=d.profile,
+            n_max=d.n_max,
+            subset_seed=d.subset_seed,
+            val_rows=d.val_rows,
+        ).resolved()
 
     def resolved(self) -> DatasetSpec:
         if self.name not in DATASETS:

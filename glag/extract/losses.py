@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from glag.config import CHOICES
 from glag.errors import GlagError
 
 
@@ -91,7 +92,7 @@ class LDAM(CrossEntropy):
         return F.cross_entropy(adjusted, target, weight=weight)
 
 
-LOSSES = ("ce", "focal", "ldam", "ldam-drw", "balanced-softmax", "la", "graloss")
+LOSSES = CHOICES["loss"]
 COSINE_LOSSES = ("ldam", "ldam-drw")  # trained, as in their reference, on a cosine classifier
 
 

@@ -6,9 +6,10 @@ import math
 
 import numpy as np
 
+from glag.config import CHOICES
 from glag.errors import GlagError
 
-PROFILES = ("exp", "step", "all")  # all: every training image of an image folder, as it is
+PROFILES = CHOICES["profile"]
 
 
 def check_imbalance(imbalance: float) -> float:

@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from glag.cache.format import atomic_path
+from glag.config import Config, default
 from glag.errors import GlagError
 from glag.extract.batches import (
     IMAGENET_PREPROCESS,
@@ -72,10 +73,10 @@ class TrainConfig:
 
     dataset: DatasetSpec = field(default_factory=DatasetSpec)
     backbone: str = ""
-    loss: str = "graloss"
-    a: float = 1.0  # GraLoss scale (Eq. 4)
-    g: float = 3.0  # GraLoss exponent: <1 concave, 1 linear, >1 convex
-    tau: float = 1.0  # fixed logit-adjustment strength for loss 'la'
+    loss: str = default("loss")
+    a: float = default("a")  # GraLoss scale (Eq. 4)
+    g: float = default("g")  # GraLoss exponent: <1 concave, 1 linear, >1 convex
+    tau: float = default("tau")  # fixed logit-adjustment strength for loss 'la'
     gamma: float = 1.0  # focal loss
     epochs: int = -1  # -1: the preset; 0: no training (dump the initial weights' features, fit a head)
     batch_size: int = 0
@@ -85,8 +86,27 @@ class TrainConfig:
     weight_decay: float = 5e-4
     pad: int = -1
     flip: bool | None = None
-    seed: int = 0
-    weights: str = ""  # initial backbone weights: '' (random), a state-dict file, or torchvision:DEFAULT
+    seed: int = default("seed")
+    weights: str = default("weights")  # '' (random init), a state-dict file, or torchvision:DEFAULT
+
+    @classmethod
+    def from_config(cls, cfg: Config, spec: DatasetSpec) -> TrainConfig:
+        """The resolved training config of a run config's [stage_one] on ``spec`` (unset: the preset)."""
+        s = cfg.stage_one
+        return cls(
+            dataset=spec,
+            backbone=s.backbone or "",
+            loss=s.loss,
+            a=s.a,
+            g=s.g,
+            tau=s.tau,
+            epochs=-1 if s.epochs is None else s.epochs,
+            batch_size=s.batch_size or 0,
+            lr=s.lr or 0.0,
+            warmup=-1.0 if s.warmup is None else s.warmup,
+            seed=s.seed,
+            weights=s.weights or "",
+        ).resolved()
 
     def resolved(self) -> TrainConfig:
         """Fill unset fields (0 / -1 / None) from the dataset's preset and validate."""

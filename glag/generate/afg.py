@@ -11,6 +11,7 @@ import numpy as np
 
 from glag.cache.format import STATS_MARK, FeatureCache, atomic_path, canonical_json, json_hash
 from glag.cache.integrity import damaged, seal, write_array
+from glag.config import Config, default
 from glag.errors import GlagError
 from glag.generate.backend import get_xp, to_numpy
 from glag.generate.sampler import (
@@ -33,13 +34,18 @@ STATS_VERSION = 2  # 2: per-array sha256 checksums
 class GeneratorConfig:
     """What the statistics and support sets depend on (sampling-time knobs live in ``SamplingConfig``)."""
 
-    lt: float = 0.5
-    k: int = 2
-    tail_below: int = 100
-    weighting: str = "count-distance"
-    mode: str = "auto"  # per class the cheaper exact factor (sampler.dense_classes)
+    lt: float = default("tukey_power")  # 'lt' keys the statistics files written so far
+    k: int = default("k")
+    tail_below: int = default("tail_below")
+    weighting: str = default("weighting")
+    mode: str = default("mode")  # auto: per class the cheaper exact factor (sampler.dense_classes)
     eps: float = 1e-6
-    max_dense_gb: float = 1.0
+    max_dense_gb: float = default("max_dense_gb")
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> GeneratorConfig:
+        g = cfg.generator
+        return cls(g.tukey_power, g.k, g.tail_below, g.weighting, g.mode, max_dense_gb=g.max_dense_gb)
 
     def key(self, cache_key: str) -> str:
         return json_hash({"cache": cache_key, "gen": asdict(self), "v": STATS_VERSION})
@@ -47,9 +53,14 @@ class GeneratorConfig:
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    alpha: float = 0.0
-    dispersion: str = "identity"
-    n_target: int = 0  # 0 = n_max
+    alpha: float = default("alpha")
+    dispersion: str = default("dispersion")
+    n_target: int = default("n_target")  # 0 = n_max
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> SamplingConfig:
+        s = cfg.stage_two
+        return cls(s.alpha, s.dispersion, s.n_target)
 
     def check(self) -> SamplingConfig:
         if self.alpha < 0:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from glag.config import CHOICES
 from glag.errors import GlagError
 
-DEVICES = ("auto", "cpu", "gpu")
+DEVICES = CHOICES["device"]
 
 
 def _cupy():

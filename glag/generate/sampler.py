@@ -16,11 +16,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from glag.config import CHOICES
 from glag.errors import GlagError
 from glag.generate.stats import class_cov
 
-MODES = ("auto", "dense", "factor")
-DISPERSIONS = ("identity", "all-entries")
+MODES = CHOICES["mode"]
+DISPERSIONS = CHOICES["dispersion"]
 
 
 def sort_key(classes: np.ndarray, num_classes: int) -> np.ndarray:

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from glag.config import CHOICES
 from glag.errors import GlagError
 
-WEIGHTINGS = ("count-distance", "uniform")
+WEIGHTINGS = CHOICES["weighting"]
 
 
 @dataclass

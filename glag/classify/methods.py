@@ -1,0 +1,122 @@
+"""Stage-two methods by name. A method is one function ``fn(cache, run) -> result`` registered with
+``@register("name")``; ``run`` (a MethodRun) carries the config and the device. The result holds ``val``
+and ``test`` metrics (``classify.common.split_metrics``), optionally the classifier's ``weight`` and
+``bias``, and anything else the run folder's result.json should record."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+
+from glag.cache.format import FeatureCache
+from glag.classify import baselines
+from glag.classify.stage_two import StageTwoConfig, train_glag
+from glag.config import Config
+from glag.generate.afg import AFG, GeneratorConfig, SamplingConfig
+
+
+@dataclass(frozen=True)
+class MethodRun:
+    """What a method may use besides the cache."""
+
+    config: Config
+    device: torch.device  # where classifiers train
+    backend: str = "auto"  # the generator's array backend (auto, cpu, gpu)
+    progress: bool = True
+    log: Callable | None = None
+
+
+@dataclass(frozen=True)
+class Method:
+    fn: Callable[[FeatureCache, MethodRun], dict]
+    exports_model: bool = (
+        False  # its classifier works on Tukey-space features: export backbone -> Tukey -> it
+    )
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(name: str, *, exports_model: bool = False):
+    """Decorator: make ``fn(cache, run) -> result`` the stage-two method ``name``."""
+
+    def deco(fn):
+        if name in METHODS:
+            raise ValueError(f"stage-two method '{name}' is registered twice")
+        METHODS[name] = Method(fn, exports_model)
+        return fn
+
+    return deco
+
+
+@register("glag", exports_model=True)
+def glag(cache: FeatureCache, run: MethodRun) -> dict:
+    """GLAG stage two: real + generated Tukey-space features, KD on head classes, adaptive beta_c."""
+    gen = GeneratorConfig.from_config(run.config)
+    afg = AFG.build(cache, gen, device=run.backend)
+    res = train_glag(
+        afg,
+        StageTwoConfig.from_config(run.config),
+        SamplingConfig.from_config(run.config),
+        progress=run.progress,
+        log=run.log,
+    )
+    return {**res, "generator": asdict(gen)}
+
+
+@register("stage-one")
+def stage_one(cache: FeatureCache, run: MethodRun) -> dict:
+    return baselines.stage_one(cache, device=run.device)
+
+
+@register("crt")
+def crt(cache: FeatureCache, run: MethodRun) -> dict:
+    b = run.config.baselines
+    return baselines.crt(
+        cache,
+        epochs=b.crt_epochs,
+        batch_size=b.baseline_batch_size,
+        lr=b.crt_lr,
+        weight_decay=b.baseline_weight_decay,
+        seed=run.config.stage_one.seed,
+        device=run.device,
+    )
+
+
+@register("lws")
+def lws(cache: FeatureCache, run: MethodRun) -> dict:
+    b = run.config.baselines
+    return baselines.lws(
+        cache,
+        epochs=b.lws_epochs,
+        batch_size=b.baseline_batch_size,
+        lr=b.lws_lr,
+        seed=run.config.stage_one.seed,
+        device=run.device,
+    )
+
+
+@register("tau-norm")
+def tau_norm(cache: FeatureCache, run: MethodRun) -> dict:
+    return baselines.tau_norm(cache, device=run.device)
+
+
+@register("logit-adjust")
+def logit_adjust(cache: FeatureCache, run: MethodRun) -> dict:
+    return baselines.logit_adjust(cache, device=run.device)
+
+
+@register("probe")
+def probe(cache: FeatureCache, run: MethodRun) -> dict:
+    b = run.config.baselines
+    return baselines.probe(
+        cache,
+        epochs=b.probe_epochs,
+        batch_size=b.baseline_batch_size,
+        lr=b.probe_lr,
+        weight_decay=b.baseline_weight_decay,
+        seed=run.config.stage_one.seed,
+        device=run.device,
+    )

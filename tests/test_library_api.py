@@ -1,0 +1,191 @@
+"""The library is the entry point: glag.load_config + glag.run equal `glag run`, a stage-two method is one
+registered function, old setting names are refused naming the new ones, and the import graph is clean."""
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+from conftest import mixture_cache
+
+import glag
+from glag.classify.methods import METHODS, register
+from glag.classify.results import load_run
+from glag.config import Config
+from glag.errors import GlagError
+from glag.pipeline import load_config, load_run_config
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = {"stage_one.epochs": 2, "stage_two.classifier_epochs": 2, "stage_two.method": ["crt", "glag"]}
+
+
+def test_library_run_equals_the_cli(tmp_path, glag_cli, cache_dir):
+    recs = glag.run(
+        glag.load_config(ROOT / "configs" / "digits.toml", FAST), out=tmp_path / "api", quiet=True
+    )
+    code, _, err = glag_cli(
+        "run",
+        "--config",
+        ROOT / "configs" / "digits.toml",
+        "--epochs",
+        "2",
+        "--classifier-epochs",
+        "2",
+        "--method",
+        "crt",
+        "--method",
+        "glag",
+        "--out",
+        tmp_path / "cli",
+        "-q",
+    )
+    assert code == 0, err
+    assert [r["method"] for r in recs] == ["crt", "glag"]
+    for r in recs:
+        cli_run = tmp_path / "cli" / Path(r["dir"]).name
+        a, b = (
+            json.loads((Path(r["dir"]) / "result.json").read_text()),
+            json.loads((cli_run / "result.json").read_text()),
+        )
+        assert a["summary"] == b["summary"] and a["val_summary"] == b["val_summary"], r["method"]
+        assert a["run_config"] == b["run_config"]
+
+
+def test_result_json_loads_back_into_the_config_that_ran(tmp_path, cache_dir):
+    cfg = load_config(None, {**FAST, "stage_two.method": ["crt"], "crt_epochs": 3, "tukey_power": 0.7})
+    (rec,) = glag.run(cfg, out=tmp_path, quiet=True)
+    ran = load_run_config(load_run(Path(rec["dir"])))
+    assert ran.baselines.crt_epochs == 3 and ran.generator.tukey_power == 0.7
+    assert ran.stage_one.epochs == 2 and ran.stage_one.backbone == "cnn"  # the preset, resolved
+    assert ran.stage_two == cfg.stage_two and ran.baselines == cfg.baselines
+
+
+def test_a_new_stage_two_method_is_one_registered_function(tmp_path, cache_dir):
+    import numpy as np
+
+    from glag.classify.common import split_metrics
+
+    @register("always-tail")
+    def always_tail(cache, run):
+        """Predict the smallest class for every row (a deliberately bad method)."""
+        tail = int(np.argmin(cache.train_counts))
+
+        def logits(x):
+            import torch
+
+            out = torch.zeros(len(x), cache.num_classes)
+            out[:, tail] = 1.0
+            return out
+
+        counts = cache.train_counts
+        return {
+            "val": split_metrics(logits, cache.split("val"), counts, run.device),
+            "test": split_metrics(logits, cache.split("test"), counts, run.device),
+        }
+
+    try:
+        path = mixture_cache(tmp_path / "mix.h5")
+        cfg = load_config(None, {"stage_two.method": ["always-tail", "crt"]})
+        recs = glag.pipeline.run_stage_two(path, cfg, tmp_path / "runs", quiet=True)
+        bad, crt = (r["test"]["top1"] for r in recs)
+        assert bad == pytest.approx(1 / 6) and crt > 0.5  # 6 balanced test classes: one right in six
+        assert load_run(Path(recs[0]["dir"]))["method"] == "always-tail"
+        with pytest.raises(ValueError, match="registered twice"):
+            register("always-tail")(always_tail)
+    finally:
+        METHODS.pop("always-tail", None)
+    with pytest.raises(GlagError, match="'always-tail' is not a method"):
+        load_config(None, {"stage_two.method": ["always-tail"]})
+
+
+@pytest.mark.parametrize(
+    "overrides, msg",
+    [
+        ({"lt": 0.5}, "'lt' is now called 'tukey_power'"),
+        ({"stage_two.gen_epochs": 5}, "'gen_epochs' is now called 'classifier_epochs'"),
+        ({"stage_two.epochs": 5}, "unknown key 'epochs'; allowed: method, classifier_epochs"),
+        ({"crt_epochs": 0}, "override 'crt_epochs': 0 is out of range; allowed: a finite integer >= 1"),
+        ({"colour": 1}, "unknown key 'colour'"),
+    ],
+)
+def test_bad_overrides_one_line(overrides, msg):
+    with pytest.raises(GlagError) as err:
+        load_config(None, overrides)
+    assert msg in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "flag, new",
+    [("--lt", "--tukey-power"), ("--gen-epochs", "--classifier-epochs"), ("--gen-lr", "--classifier-lr")],
+)
+def test_old_flags_name_their_new_spelling(glag_cli, flag, new):
+    code, _, err = glag_cli("run", flag, "1", "--print-config")
+    assert code == 2 and f"'{flag}': is now {new}" in err
+
+
+def test_defaults_live_in_the_config_tree():
+    from glag.classify.baselines import crt
+    from glag.classify.stage_two import StageTwoConfig
+    from glag.generate.afg import GeneratorConfig
+
+    d = Config()
+    assert (
+        StageTwoConfig().epochs == d.stage_two.classifier_epochs
+        and GeneratorConfig().lt == d.generator.tukey_power
+    )
+    assert crt.__kwdefaults__["epochs"] == d.baselines.crt_epochs
+
+
+def _glag_imports(path: Path) -> set[str]:
+    mods = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("glag"):
+            mods.add(node.module)
+        elif isinstance(node, ast.Import):
+            mods |= {a.name for a in node.names if a.name.startswith("glag")}
+    return mods
+
+
+def test_import_graph_has_no_circle_and_nothing_imports_the_cli():
+    pkg = ROOT / "glag"
+    graph = {}
+    for f in pkg.rglob("*.py"):
+        name = ".".join(f.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        graph[name] = {m for m in _glag_imports(f) if m != name}
+    users = sorted(m for m, deps in graph.items() if "glag.cli" in deps)
+    assert users == [], f"{users} import glag.cli"
+    state = {}
+
+    def visit(m, stack):
+        if state.get(m) == "done" or m not in graph:
+            return
+        assert state.get(m) != "open", "import circle: " + " -> ".join([*stack, m])
+        state[m] = "open"
+        for d in graph[m]:
+            visit(d, [*stack, m])
+        state[m] = "done"
+
+    for m in graph:
+        visit(m, [])
+
+
+def test_shipped_recipes_key_the_same_caches_as_before_the_config_tree():
+    """tests/data/recipe_keys.json was computed by glag 067735a (before the typed config): the stage-one
+    folder hash, the dataset identity and the generator statistics key of every shipped recipe."""
+    from glag.cache.format import json_hash
+    from glag.extract.datasets import DatasetSpec
+    from glag.extract.train import TrainConfig
+    from glag.generate.afg import GeneratorConfig
+
+    before = json.loads((ROOT / "tests" / "data" / "recipe_keys.json").read_text())
+    recipes = {"default": None} | {f"configs/{p.name}": p for p in sorted((ROOT / "configs").glob("*.toml"))}
+    assert set(before) <= set(recipes)  # a recipe added later has no key from before
+    for name in before:
+        cfg = load_config(recipes[name])
+        spec = DatasetSpec.from_config(cfg)
+        now = {
+            "train_identity": json_hash(TrainConfig.from_config(cfg, spec).identity()),
+            "gen_key": GeneratorConfig.from_config(cfg).key("x"),
+            "dataset_identity": spec.identity(),
+        }
+        assert now == before[name], name
