@@ -16,17 +16,16 @@ import statistics
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from glag.cache.format import FeatureCache
+from glag.classify import baselines
+from glag.classify.stage_two import StageTwoConfig, train_glag
+from glag.config import default
+from glag.extract.datasets import DatasetSpec, load_dataset
+from glag.extract.stage_one import stage_one
+from glag.extract.train import TrainConfig
+from glag.generate.afg import AFG, GeneratorConfig, SamplingConfig
 
-from glag.cache.format import FeatureCache  # noqa: E402
-from glag.classify import baselines  # noqa: E402
-from glag.classify.stage_two import StageTwoConfig, train_glag  # noqa: E402
-from glag.config import default  # noqa: E402
-from glag.extract.datasets import DatasetSpec, load_dataset  # noqa: E402
-from glag.extract.stage_one import stage_one  # noqa: E402
-from glag.extract.train import TrainConfig  # noqa: E402
-from glag.generate.afg import AFG, GeneratorConfig, SamplingConfig  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def graloss(args):

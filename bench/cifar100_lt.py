@@ -22,34 +22,13 @@ import sys
 import time
 from pathlib import Path
 
-from evidence import _mean_std
-from protocol import ROOT, check_data, glag, rel, shown
+from protocol import ROOT, check_data, glag, literature, rel, shown
 
-from glag.metrics import paired_differences, t_interval, verdict
+from glag.metrics import mean_std, paired_differences, t_interval, verdict
 from glag.sweep import parse_seeds
 
-# SPEC section 7 (ResNet-32, 200 epochs): (stage one, stage two) -> {IM: test top-1}
-PAPER = {
-    ("graloss", "glag"): {200: 46.9, 100: 51.7, 50: 55.3, 10: 64.5},
-    ("la1", "stage-one"): {200: 45.5, 100: 50.8, 50: 54.5, 10: 63.0},  # Balanced Softmax = LA tau 1
-    ("graloss", "crt"): {200: 46.6, 100: 50.5, 50: 54.7, 10: 63.9},
-    ("graloss", "lws"): {200: 46.4, 100: 50.6, 50: 54.9, 10: 64.1},
-    ("graloss", "stage-one"): {100: 50.4},
-    ("ce", "stage-one"): {100: 45.3},
-}
-PAPER_GROUPS = {
-    ("graloss", "glag"): "65.8 / 52.9 / 33.9",
-    ("graloss", "stage-one"): "70.1 / 49.0 / 29.0",
-}  # IM 100
-PAPER_PROBE = {
-    "ce": 57.33,
-    "la0.5": 57.35,
-    "la1": 56.63,
-    "la1.5": 57.16,
-    "graloss-linear": 57.26,
-    "graloss-concave": 56.73,
-    "graloss": 57.69,
-}
+LIT = literature()  # bench/literature.toml
+PAPER, PAPER_GROUPS, PAPER_PROBE = LIT["cifar100_lt"], LIT["cifar100_lt_groups"], LIT["cifar100_lt_probe"]
 GRALOSS_SHAPE = {3.0: "graloss", 1.0: "graloss-linear", 0.5: "graloss-concave"}
 PROBE = "configs/cifar100-lt-probe.toml"
 
@@ -144,7 +123,7 @@ def markdown(args, rows: list[dict], commands: list[str]) -> str:
         rs = [r for r in rows if (r["im"], r["stage_one"], r["method"]) == (im, loss, method)]
         lines.append(
             f"| {im:g} | {loss} | {method} | {len(rs)} | "
-            + " | ".join(_mean_std([r[k] for r in rs]) for k in ("top1", "many", "medium", "few"))
+            + " | ".join(mean_std([r[k] for r in rs]) for k in ("top1", "many", "medium", "few"))
             + f" | {paper_figure(args.protocol, im, loss, method)} |"
         )
     paired = []

@@ -25,11 +25,10 @@ import sys
 import time
 from pathlib import Path
 
-from evidence import _mean_std, _num
-from protocol import ROOT, glag, rel, shown
+from protocol import ROOT, glag, literature, rel, shown
 
 from glag.config import default, tomllib
-from glag.metrics import t_interval, verdict
+from glag.metrics import interval_text, mean_std, num, paired_rows
 from glag.sweep import run_folders
 
 LOSSES = ["graloss", "ce", "la1", "ldam-drw"]  # GraLoss first: its seeds give the headline interval soonest
@@ -50,25 +49,8 @@ COLUMNS = [
     "epochs",
     "val_rows",
 ]
-# SPEC section 8: the literature's CIFAR-10-LT test top-1 (ResNet-32, 200 epochs); method -> {IM: top-1}
-LITERATURE = {
-    "CE": {100: 70.4, 50: 74.8, 10: 86.4},
-    "Focal": {100: 70.2, 10: 86.7},
-    "LDAM-DRW": {100: 77.0, 10: 88.2},
-    "Logit adjustment (loss)": {100: 80.9},
-    "BBN": {100: 79.8, 50: 82.2, 10: 88.3},
-    "M2m (LDAM)": {100: 79.1, 10: 87.5},
-    "Remix-DRW": {100: 79.8, 10: 89.0},
-    "RSG": {100: 80.0},
-    "MiSLAS": {100: 82.1, 50: 85.7, 10: 90.0},
-    "Balanced Softmax": {100: 83.1, 10: 90.9},
-    "BALMS (extra augmentation)": {200: 82.2, 100: 84.9, 10: 91.3},
-}
-BESIDE = {
-    ("ce", "stage-one"): "CE",
-    ("ldam-drw", "stage-one"): "LDAM-DRW",
-    ("la1", "stage-one"): "Balanced Softmax",
-}
+LIT = literature()
+LITERATURE, BESIDE = LIT["cifar10_lt"], LIT["cifar10_lt_beside"]  # bench/literature.toml
 _ALL3 = {loss: [0, 1, 2] for loss in LOSSES}
 PROTOCOLS = {
     "cifar10-lt": dict(
@@ -212,9 +194,9 @@ def collect(args, p: dict, b: dict) -> list[dict]:
                     "stage_one": loss,
                     "method": m,
                     "seed": seed,
-                    **{k: _num(s.get(k)) for k in ("top1", "many", "medium", "few")},
+                    **{k: num(s.get(k)) for k in ("top1", "many", "medium", "few")},
                     "budget": args.budget,
-                    "val_top1": _num(v.get("top1")),
+                    "val_top1": num(v.get("top1")),
                     "epochs": b["epochs"],
                     "val_rows": args.val_rows,
                     "_per_class": res["test"]["per_class"],
@@ -228,29 +210,12 @@ def collect(args, p: dict, b: dict) -> list[dict]:
 
 def paired(rows, im, loss, a, b, metric):
     """Differences a - b over the seeds where both have the metric (same seed = same stage-one cache)."""
-    by = {
-        (r["method"], r["seed"]): r[metric] for r in rows if r["imbalance"] == im and r["stage_one"] == loss
-    }
-    return [
-        by[(a, s)] - by[(b, s)]
-        for s in sorted({s for _, s in by})
-        if by.get((a, s)) is not None and by.get((b, s)) is not None
-    ]
+    return paired_rows(rows, a, b, metric, imbalance=im, stage_one=loss)
 
 
 def paired_losses(rows, im, method, a, b):
     """``method``'s top-1 on loss a's cache minus on loss b's cache, paired by seed."""
-    by = {
-        (r["stage_one"], r["seed"]): r["top1"] for r in rows if r["imbalance"] == im and r["method"] == method
-    }
-    return [by[(a, s)] - by[(b, s)] for s in sorted({s for _, s in by}) if (a, s) in by and (b, s) in by]
-
-
-def interval_text(d) -> str:
-    m, lo, hi = t_interval(d)
-    if len(d) < 2:
-        return f"{m:+.2f} (n=1, no interval yet)"
-    return f"{m:+.2f} [{lo:+.2f}, {hi:+.2f}] (n={len(d)}, {verdict(lo, hi)})"
+    return paired_rows(rows, a, b, "top1", by="stage_one", imbalance=im, method=method)
 
 
 def mean_of(rows, im, loss, m, metric="top1"):
@@ -345,7 +310,7 @@ def probe_lines(rows) -> list[str]:
                     for r in rows
                     if r["imbalance"] == im and r["stage_one"] == loss and r["method"] == "stage-one"
                 ]
-                out.append(f"| {loss} | {len(rs)} | {_mean_std(rs)} | {_mean_std(s1)} |")
+                out.append(f"| {loss} | {len(rs)} | {mean_std(rs)} | {mean_std(s1)} |")
         out.append("")
         for other in ("ce", "la1", "ldam-drw"):
             d = paired_losses(probe, im, "probe", "graloss", other)
@@ -452,7 +417,7 @@ def markdown(rows, args, p: dict, b: dict) -> str:
                     lines.append(
                         f"| {loss} | {m} | {len(rs)} | "
                         + " | ".join(
-                            _mean_std([r[k] for r in rs])
+                            mean_std([r[k] for r in rs])
                             for k in ("top1", "many", "medium", "few", "val_top1")
                         )
                         + f" | {beside} |"

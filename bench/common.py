@@ -5,16 +5,13 @@ from __future__ import annotations
 import json
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from glag.cache.format import key_payload, write_cache  # noqa: E402
-from glag.extract.profile import exponential_counts  # noqa: E402
+from glag.cache.format import key_payload, write_cache
+from glag.extract.profile import exponential_counts
 
 
 def synthetic_splits(counts, dim: int, seed: int = 0, val_per_class: int = 20, test_per_class: int = 100):

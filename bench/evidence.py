@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import statistics
 import sys
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 
 from protocol import ROOT, glag, rel
 
-from glag.metrics import t_interval, verdict  # noqa: F401 (tests read them here)
+from glag.metrics import mean_std, num, paired_rows, t_interval, verdict
 
 DATASET = "fashion-mnist-lt"
 N_MAX = 500
@@ -83,7 +82,7 @@ def collect(results: Path) -> list[dict]:
                         "stage_one": ours.get(r["loss"], r["loss"]),
                         "method": r["method"],
                         "seed": int(r["seed"]),
-                        **{k: _num(float(r[k]) if r[k] else None) for k in ("top1", "many", "medium", "few")},
+                        **{k: num(float(r[k]) if r[k] else None) for k in ("top1", "many", "medium", "few")},
                     }
                 )
     order = {m: i for i, m in enumerate(METHODS)}
@@ -98,28 +97,9 @@ def collect(results: Path) -> list[dict]:
     )
 
 
-def _num(v):
-    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
-
-
-def _mean_std(vals):
-    vals = [v for v in vals if v is not None]
-    if not vals:
-        return "—"
-    return (
-        f"{statistics.fmean(vals):.2f} ± {statistics.stdev(vals):.2f}" if len(vals) > 1 else f"{vals[0]:.2f}"
-    )
-
-
 def paired(rows, im, loss, a, b, metric):
     """Differences a - b over the seeds where both have the metric (same seed = same stage-one cache)."""
-    by = {
-        (r["method"], r["seed"]): r[metric] for r in rows if r["imbalance"] == im and r["stage_one"] == loss
-    }
-    seeds = sorted({s for (_, s) in by})
-    return [
-        by[(a, s)] - by[(b, s)] for s in seeds if by.get((a, s)) is not None and by.get((b, s)) is not None
-    ]
+    return paired_rows(rows, a, b, metric, imbalance=im, stage_one=loss)
 
 
 DECOUPLED = ["crt", "lws", "tau-norm", "logit-adjust"]
@@ -217,7 +197,7 @@ def markdown(rows, epochs, gen_epochs) -> str:
                 if rs:
                     lines.append(
                         f"| {loss} | {m} | {len(rs)} | "
-                        + " | ".join(_mean_std([r[k] for r in rs]) for k in ("top1", "many", "medium", "few"))
+                        + " | ".join(mean_std([r[k] for r in rs]) for k in ("top1", "many", "medium", "few"))
                         + " |"
                     )
         lines += [
@@ -290,7 +270,11 @@ def plot(rows, path: Path) -> None:
 
 
 def plot_val_curves(cache_dir: Path, path: Path, epochs: int) -> None:
-    """Stage-one validation accuracy per epoch of every IM 100 run of the protocol (from train logs)."""
+    """Stage-one validation accuracy per epoch of every IM 100 run of the protocol (from train logs); nothing
+    is written when no log is found."""
+    logs = sorted(Path(cache_dir).glob(f"stage1/{DATASET}-im100-n{N_MAX}-*/train_log.jsonl"))
+    if not logs:
+        return
     import matplotlib
 
     matplotlib.use("Agg")
@@ -301,7 +285,7 @@ def plot_val_curves(cache_dir: Path, path: Path, epochs: int) -> None:
         zip(CELLS[100][0], plt.get_cmap("tab10").colors, strict=False)
     )  # a colour per stage-one loss
     seen = set()
-    for log in sorted(Path(cache_dir).glob(f"stage1/{DATASET}-im100-n{N_MAX}-*/train_log.jsonl")):
+    for log in logs:
         recs = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
         if len(recs) != epochs:
             continue

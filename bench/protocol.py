@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def rel(path) -> str:
@@ -43,3 +42,18 @@ def check_data(protocol: str, dataset: str, root: Path) -> None:
             find_cifar_dir(root, 100)
     except GlagError as exc:
         sys.exit(f"protocol '{protocol}' needs its data: {exc}")
+
+
+def literature() -> dict:
+    """bench/literature.toml: published figures, IM keys as ints and 'loss/method' keys as tuples."""
+    from glag.config import tomllib
+
+    raw = tomllib.loads((Path(__file__).parent / "literature.toml").read_text())
+
+    def key(k):
+        return tuple(k.split("/")) if "/" in k else k
+
+    def ims(v):
+        return {int(im): x for im, x in v.items()} if isinstance(v, dict) else v
+
+    return {table: {key(k): ims(v) for k, v in body.items()} for table, body in raw.items()}

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import sys
 
-import common  # noqa: F401  (puts the project on sys.path)
-
 PROTOCOLS = {
     "evidence": "evidence",
     "cifar10-lt": "cifar10_lt",

@@ -26,7 +26,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import common  # noqa: F401  (puts the project on sys.path)
 import numpy as np
 import torch
 

@@ -80,3 +80,44 @@ def paired_differences(values: dict, ref: str = "glag") -> dict[str, list[float]
         if d:
             out[method] = d
     return out
+
+
+# Reporting: one set of helpers for `glag report`, the sweep summary and every bench protocol.
+
+
+def num(v) -> float | None:
+    """A table cell as a float, None for a missing or NaN value."""
+    import math
+
+    return None if v is None or v == "" or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
+def mean_std(vals) -> str:
+    """'mean ± std' over the values present (one value: itself; none: '—')."""
+    import statistics
+
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return "—"
+    return (
+        f"{statistics.fmean(vals):.2f} ± {statistics.stdev(vals):.2f}" if len(vals) > 1 else f"{vals[0]:.2f}"
+    )
+
+
+def paired_rows(rows, a: str, b: str, metric: str, *, by: str = "method", pair: str = "seed", **where):
+    """``a - b`` of ``metric`` over the pairs (seeds: same seed = same stage-one cache) where both rows have
+    it; rows are dicts, ``by`` names the column holding a and b, ``where`` filters the other columns."""
+    vals = {(r[by], r[pair]): r[metric] for r in rows if all(r.get(k) == v for k, v in where.items())}
+    return [
+        vals[(a, p)] - vals[(b, p)]
+        for p in sorted({p for _, p in vals})
+        if vals.get((a, p)) is not None and vals.get((b, p)) is not None
+    ]
+
+
+def interval_text(d) -> str:
+    """'+m [lo, hi] (n=N, verdict)' of paired differences."""
+    m, lo, hi = t_interval(d)
+    if len(d) < 2:
+        return f"{m:+.2f} (n=1, no interval yet)"
+    return f"{m:+.2f} [{lo:+.2f}, {hi:+.2f}] (n={len(d)}, {verdict(lo, hi)})"

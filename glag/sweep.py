@@ -11,16 +11,14 @@ from __future__ import annotations
 import csv
 import itertools
 import json
-import math
 import re
-import statistics
 from pathlib import Path
 
 from glag.cache.format import atomic_path, json_hash
 from glag.classify.results import label
 from glag.config import RENAMED, SECTION_OF, SECTIONS, to_toml, toml_value, tomllib
 from glag.errors import GlagError
-from glag.metrics import paired_differences, t_interval, verdict
+from glag.metrics import mean_std, num, paired_differences, t_interval, verdict
 from glag.paths import check_safe_name
 from glag.pipeline import load_config, resolved, run
 from glag.sweep_folder import claim, describe, record_sweep
@@ -315,10 +313,6 @@ def collect(out: Path, methods, cells: list[dict], sets) -> list[dict]:
     return rows
 
 
-def _num(v):
-    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
-
-
 def summary(rows: list[dict], methods, sets) -> str:
     keys = list(sets)
     groups = sorted({tuple(r[k] for k in keys) for r in rows}, key=str)
@@ -341,19 +335,11 @@ def summary(rows: list[dict], methods, sets) -> str:
         for m in methods:
             mr = [r for r in rs if r["method"] == m]
             if mr:
-                cells = []
-                for k in (*METRICS, "val_top1"):
-                    vals = [_num(r[k]) for r in mr if _num(r[k]) is not None]
-                    cells.append(
-                        "—"
-                        if not vals
-                        else f"{statistics.fmean(vals):.2f}"
-                        + (f" ± {statistics.stdev(vals):.2f}" if len(vals) > 1 else "")
-                    )
+                cells = [mean_std([num(r[k]) for r in mr]) for k in (*METRICS, "val_top1")]
                 lines.append(f"| {m} | {len(mr)} | " + " | ".join(cells) + " |")
         if "glag" in methods:
             lines += ["", "| GLAG minus | top-1 | verdict |", "|---|---|---|"]
-            diffs = paired_differences({(r["method"], r["seed"]): _num(r["top1"]) for r in rs})
+            diffs = paired_differences({(r["method"], r["seed"]): num(r["top1"]) for r in rs})
             for m in methods:
                 if m in diffs and m != "probe":  # the probe trains on another (the full balanced) set
                     mean, lo, hi = t_interval(diffs[m])
@@ -376,9 +362,7 @@ def plot_groups(rows: list[dict], methods, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 4))
     width = 0.8 / max(len(methods), 1)
     for i, m in enumerate(methods):
-        vals = [
-            [_num(r[g]) for r in rows if r["method"] == m and _num(r[g]) is not None] for g in METRICS[1:]
-        ]
+        vals = [[num(r[g]) for r in rows if r["method"] == m and num(r[g]) is not None] for g in METRICS[1:]]
         ax.bar(
             np.arange(3) + (i - len(methods) / 2 + 0.5) * width,
             [np.mean(v) if v else np.nan for v in vals],

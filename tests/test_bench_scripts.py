@@ -64,53 +64,55 @@ def test_cifar100_lt_protocol_is_sweeps_of_the_recipe(tmp_path, fake_cifar100):
     assert "glag sweep configs/cifar100-lt-im100.toml --seeds 0" in md and "--set loss=ce,la,graloss" in md
 
 
-def _evidence():
-    sys.path.insert(0, str(ROOT / "bench"))
-    import evidence
-
-    return evidence
-
-
 def test_evidence_paired_t_interval():
-    ev = _evidence()
-    m, lo, hi = ev.t_interval([1.0, 2.0, 3.0])
+    from glag.metrics import t_interval, verdict
+
+    m, lo, hi = t_interval([1.0, 2.0, 3.0])
     half = 4.302652729911275 / 3**0.5  # t(0.975, 2) * sd / sqrt(n), sd = 1
     assert m == 2.0 and abs(lo - (2 - half)) < 1e-9 and abs(hi - (2 + half)) < 1e-9
-    assert (
-        ev.verdict(lo, hi) == "tie"
-        and ev.verdict(0.1, 2) == "GLAG better"
-        and ev.verdict(-2, -0.1) == "GLAG worse"
-    )
+    assert verdict(lo, hi) == "tie" and verdict(0.1, 2) == "GLAG better" and verdict(-2, -0.1) == "GLAG worse"
 
 
 def test_evidence_tables_pair_by_seed(tmp_path):
-    ev = _evidence()
+    """The evidence protocol's report (run as a script, --report-only) pairs GLAG with each method by seed."""
+    import csv
+
+    from glag.metrics import paired_rows
+
     rows = []
     for seed, (g, c) in enumerate([(60.0, 55.0), (61.0, 57.0), (59.5, 54.0)]):
         for method, top1, few in (("glag", g, 30.0 + seed), ("crt", c, 20.0 + seed)):
             rows.append(
                 {
-                    "dataset": "fashion-mnist-lt",
-                    "imbalance": 100,
-                    "stage_one": "graloss",
-                    "method": method,
+                    "loss": "graloss",
                     "seed": seed,
+                    "method": method,
                     "top1": top1,
                     "many": 70.0,
                     "medium": 50.0,
                     "few": few,
                 }
             )
-    rows.append({**rows[0], "imbalance": 10, "few": None})  # an empty group stays empty
-    assert ev.paired(rows, 100, "graloss", "glag", "crt", "top1") == [5.0, 4.0, 5.5]
-    ev.write(tmp_path, rows, 30, 40)
-    lines = (tmp_path / "evidence.csv").read_text().splitlines()
+    assert paired_rows(rows, "glag", "crt", "top1", loss="graloss") == [5.0, 4.0, 5.5]
+    for im, rs in ((100, rows), (10, [{**rows[0], "few": ""}])):  # an empty group stays empty
+        folder = tmp_path / "res" / "runs" / "evidence" / f"im{im}"
+        folder.mkdir(parents=True)
+        with open(folder / "cells.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rs)
+    cmd = [sys.executable, str(ROOT / "bench" / "reproduce.py"), "evidence", "--report-only"]
+    r = subprocess.run(
+        [*cmd, "--results", tmp_path / "res", "--cache-dir", tmp_path / "c"], capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    lines = (tmp_path / "res" / "evidence.csv").read_text().splitlines()
     assert lines[0] == "dataset,imbalance,stage_one,method,seed,top1,many,medium,few"
-    assert lines[-1].endswith(",70.0,50.0,") and len(lines) == 1 + len(rows)
-    md = (tmp_path / "evidence.md").read_text()
+    assert lines[-1].endswith(",70.0,50.0,") and len(lines) == 1 + len(rows) + 1
+    md = (tmp_path / "res" / "evidence.md").read_text()
     assert "| graloss | glag | 3 | 60.17 ± 0.76 |" in md
     assert "| graloss | crt | +4.83 [" in md and "GLAG better" in md
-    assert (tmp_path / "evidence.png").stat().st_size > 1000
+    assert (tmp_path / "res" / "evidence.png").stat().st_size > 1000
 
 
 def test_cifar10_lt_protocol_runs_resumes_and_says_its_budget(tmp_path):

@@ -68,8 +68,8 @@ def test_data_cifar100_lt_indices_are_source_positions(tmp_path, fake_cifar100, 
 @pytest.mark.parametrize(
     "args,msg",
     [
-        (["--n-max", "700"], "--n-max 700 is larger than the 600 training images of class"),
-        (["--imbalance", "0.5"], "--imbalance 0.5 is invalid; it must be >= 1"),
+        (["--n-max", "700"], "n_max (--n-max) 700 is larger than the 600 training images of class"),
+        (["--imbalance", "0.5"], "imbalance (--imbalance) 0.5 is invalid; it must be >= 1"),
         (
             ["--subset-seed", "-3"],
             "Invalid value for '--subset-seed': -3 is out of range; allowed: a finite integer >= 0 and < "

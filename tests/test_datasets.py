@@ -104,15 +104,19 @@ def test_step_profile():
 @pytest.mark.filterwarnings("ignore:.*md5 differs")
 def test_bad_dataset_options_name_the_value(fake_cifar100):
     root = str(fake_cifar100)
-    with pytest.raises(GlagError, match=r"--n-max 601 is larger than the 600 training images of class \d+"):
+    with pytest.raises(
+        GlagError, match=r"n_max \(--n-max\) 601 is larger than the 600 training images of class \d+"
+    ):
         load_dataset(DatasetSpec("cifar100-lt", 100, data_root=root, n_max=601))
-    with pytest.raises(GlagError, match=r"--imbalance 0.5 is invalid; it must be >= 1"):
+    with pytest.raises(GlagError, match=r"imbalance \(--imbalance\) 0.5 is invalid; it must be >= 1"):
         DatasetSpec("cifar100-lt", 0.5).resolved()
-    with pytest.raises(GlagError, match=r"--profile 'zigzag' is unknown; choose one of: exp, step"):
+    with pytest.raises(
+        GlagError, match=r"profile \(--profile\) 'zigzag' is unknown; choose one of: exp, step"
+    ):
         DatasetSpec("cifar100-lt", profile="zigzag").resolved()
-    with pytest.raises(GlagError, match=r"--subset-seed -1 is invalid"):
+    with pytest.raises(GlagError, match=r"subset_seed \(--subset-seed\) -1 is invalid"):
         DatasetSpec("cifar100-lt", subset_seed=-1).resolved()
-    with pytest.raises(GlagError, match=r"--n-max -5 is invalid"):
+    with pytest.raises(GlagError, match=r"n_max \(--n-max\) -5 is invalid"):
         DatasetSpec("cifar100-lt", n_max=-5).resolved()
 
 
@@ -206,6 +210,6 @@ def test_download_flag_fetches_with_torchvision(tmp_path, monkeypatch, fake_cifa
     d = load_dataset(DatasetSpec("cifar100-lt", 100, data_root=str(tmp_path / "dl")), download=True)
     assert calls == [(str(tmp_path / "dl"), True, True), (str(tmp_path / "dl"), False, True)]
     assert d.train_counts.sum() == 10847
-    with pytest.raises(GlagError, match="--download needs --data-root"):
+    with pytest.raises(GlagError, match=r"download needs data_root \(--data-root\)"):
         load_dataset(DatasetSpec("cifar100-lt"), download=True)
     assert load_dataset(DatasetSpec("digits"), download=True).num_classes == 10  # bundled: nothing to fetch

@@ -187,7 +187,11 @@ def _break(root, how):
         ("empty-class", [], "class 'ant' has no images in"),
         ("not-image", [], "005.png' is not an image"),
         ("truncated", [], "002.png' cannot be decoded"),
-        (None, ["--n-max", "15"], "--n-max 15 is larger than the largest class ('cat', 14 training images)"),
+        (
+            None,
+            ["--n-max", "15"],
+            "n_max (--n-max) 15 is larger than the largest class ('cat', 14 training images)",
+        ),
         (None, ["--n-max", "13"], "class 0 ('ant') has 12 training images but the profile asks for 13"),
     ],
 )
@@ -212,11 +216,11 @@ def test_bad_folders_one_line_nothing_written(tmp_path, glag_cli, how, extra, ex
 
 def test_missing_data_root_and_download(tmp_path, glag_cli):
     code, _, err = glag_cli("data", "--dataset", "folder")
-    assert code != 0 and "--dataset folder needs --data-root PATH" in err
+    assert code != 0 and "dataset 'folder' needs data_root (--data-root)" in err
     code, _, err = glag_cli("data", "--dataset", "folder", "--data-root", tmp_path / "nope")
     assert code != 0 and "does not exist" in err
     code, _, err = glag_cli("data", "--dataset", "folder", "--data-root", tmp_path, "--download")
-    assert code != 0 and "--download does not apply" in err
+    assert code != 0 and "download does not apply" in err
 
 
 def test_run_end_to_end_on_a_folder(tmp_path, glag_cli, cache_dir):
@@ -314,7 +318,10 @@ def test_export_then_profile_all_gives_the_same_images_in_order(tmp_path, glag_c
 @pytest.mark.parametrize(
     "args, expect",
     [
-        (["--dataset", "digits", "--profile", "all"], "--profile all applies to --dataset folder only"),
+        (
+            ["--dataset", "digits", "--profile", "all"],
+            "profile 'all' (--profile) applies to dataset 'folder' only",
+        ),
         (["--dataset", "folder", "--profile", "all"], "validation needs a"),
         (
             ["--dataset", "digits", "--export", "EXPORT"],

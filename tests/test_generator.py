@@ -268,7 +268,7 @@ def test_bad_generator_inputs(cache):
         AFG.build(cache, GeneratorConfig(lt=1.5), device="cpu", save=False)
     with pytest.raises(GlagError, match="factor mode 'huge'"):
         AFG.build(cache, GeneratorConfig(mode="huge"), device="cpu", save=False)
-    with pytest.raises(GlagError, match="--alpha -1"):
+    with pytest.raises(GlagError, match=r"alpha \(--alpha\) -1"):
         SamplingConfig(alpha=-1).check()
 
 

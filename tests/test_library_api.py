@@ -189,3 +189,23 @@ def test_shipped_recipes_key_the_same_caches_as_before_the_config_tree():
             "dataset_identity": spec.identity(),
         }
         assert now == before[name], name
+
+
+def test_a_new_stage_one_loss_is_one_registered_function(glag_cli):
+    import numpy as np
+
+    from glag.config import CHOICES
+    from glag.extract.losses import LOSS_BUILDERS, CrossEntropy, make_loss, register_loss
+
+    before = CHOICES["loss"]
+    register_loss("plain-ce")(lambda counts, total, **kw: CrossEntropy())
+    try:
+        assert isinstance(make_loss("plain-ce", np.array([5, 3]), 2), CrossEntropy)
+        assert load_config(None, {"loss": "plain-ce"}).stage_one.loss == "plain-ce"
+        code, out, err = glag_cli("run", "--loss", "plain-ce", "--print-config")
+        assert code == 0 and 'loss = "plain-ce"' in out, err
+    finally:
+        LOSS_BUILDERS.pop("plain-ce")
+        CHOICES["loss"] = before
+    code, _, err = glag_cli("run", "--loss", "plain-ce", "--print-config")
+    assert code == 2 and "'plain-ce' is not one of" in err

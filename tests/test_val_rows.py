@@ -117,7 +117,7 @@ def test_identity_keys_the_rule_and_keeps_old_keys():
     assert TrainConfig(dataset=every).identity() != TrainConfig(dataset=left).identity()
     assert "val_rows" not in DatasetSpec("imagenet-lt").identity()  # list files give their own val split
     with pytest.raises(
-        GlagError, match=r"--val-rows 'some' is unknown; choose one of: every-class, leftovers"
+        GlagError, match=r"val_rows \(--val-rows\) 'some' is unknown; choose one of: every-class, leftovers"
     ):
         DatasetSpec(val_rows="some").resolved()
 

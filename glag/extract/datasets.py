@@ -86,9 +86,13 @@ class DatasetSpec:
         if self.name not in DATASETS:
             raise GlagError(f"unknown dataset '{self.name}'; choose one of: {', '.join(DATASETS)}")
         if self.val_per_class < 0:
-            raise GlagError(f"--val-per-class {self.val_per_class} is invalid; it must be >= 0")
+            raise GlagError(
+                f"val_per_class (--val-per-class) {self.val_per_class} is invalid; it must be >= 0"
+            )
         if self.val_rows not in VAL_ROWS + ("",):
-            raise GlagError(f"--val-rows '{self.val_rows}' is unknown; choose one of: {', '.join(VAL_ROWS)}")
+            raise GlagError(
+                f"val_rows (--val-rows) '{self.val_rows}' is unknown; choose one of: {', '.join(VAL_ROWS)}"
+            )
         if self.name in LIST_DATASETS:  # subset fixed by the published lists
             return replace(
                 self,
@@ -100,12 +104,14 @@ class DatasetSpec:
                 val_rows="",
             )
         if self.profile not in PROFILES:
-            raise GlagError(f"--profile '{self.profile}' is unknown; choose one of: {', '.join(PROFILES)}")
+            raise GlagError(
+                f"profile (--profile) '{self.profile}' is unknown; choose one of: {', '.join(PROFILES)}"
+            )
         if self.profile == "all":  # the folder is the subset: its digest identifies it, no formula picks
             if self.name != FOLDER:
                 raise GlagError(
-                    f"--profile all applies to --dataset folder only (a folder that is already long-tailed), "
-                    f"not '{self.name}'; use --profile exp or step"
+                    f"profile 'all' (--profile) applies to dataset 'folder' only (a folder that is already "
+                    f"long-tailed), not '{self.name}'; use profile 'exp' or 'step'"
                 )
             return replace(self, imbalance=0.0, n_max=0, subset_seed=0, val_rows="")
         if (
@@ -114,7 +120,8 @@ class DatasetSpec:
             or not 0 <= self.subset_seed < 2**32
         ):
             raise GlagError(
-                f"--subset-seed {self.subset_seed} is invalid; it must be an integer in [0, 2^32)"
+                f"subset_seed (--subset-seed) {self.subset_seed} is invalid; it must be an integer in "
+                "[0, 2^32)"
             )
         if (
             self.name == FOLDER and not self.n_max
@@ -125,7 +132,8 @@ class DatasetSpec:
         if n_max < 1:
             default = "the smallest class" if self.name == FOLDER else N_MAX[self.name]
             raise GlagError(
-                f"--n-max {self.n_max} is invalid; it must be >= 1 (0 = the dataset's default, {default})"
+                f"n_max (--n-max) {self.n_max} is invalid; it must be >= 1 (0 = the dataset's default, "
+                f"{default})"
             )
         im = check_imbalance(self.imbalance or DEFAULT_IMBALANCE.get(self.name, 100.0))
         return replace(self, imbalance=im, n_max=int(n_max), subset_seed=int(self.subset_seed))
@@ -251,8 +259,8 @@ def check_n_max(n_max: int, labels: np.ndarray, num_classes: int) -> None:
     c = int(np.argmin(avail))
     if n_max > avail[c]:
         raise GlagError(
-            f"--n-max {n_max} is larger than the {avail[c]} training images of class {c}; "
-            f"use --n-max <= {avail[c]}"
+            f"n_max (--n-max) {n_max} is larger than the {avail[c]} training images of class {c}; "
+            f"use n_max <= {avail[c]}"
         )
 
 
@@ -271,7 +279,7 @@ def _array_dataset(spec: DatasetSpec, root: Path | None) -> LTData:
         test_images, test_labels = images, labels
     else:
         if root is None:
-            raise GlagError(f"dataset '{name}' needs --data-root (a folder holding its files)")
+            raise GlagError(f"dataset '{name}' needs data_root (--data-root): a folder holding its files")
         if not root.is_dir():
             raise GlagError(f"data root '{root}' does not exist or is not a folder")
         if name == "fashion-mnist-lt":
@@ -322,7 +330,8 @@ def read_list_file(path: Path) -> tuple[list[str], np.ndarray]:
 def _list_dataset(spec: DatasetSpec, root: Path | None) -> LTData:
     if root is None or not root.is_dir():
         raise GlagError(
-            f"dataset '{spec.name}' needs --data-root pointing at an existing folder, got '{root}'"
+            f"dataset '{spec.name}' needs data_root (--data-root) pointing at an existing folder, "
+            f"got '{root}'"
         )
     names = LIST_DATASETS[spec.name]
     srcs, splits = {}, {}
@@ -343,7 +352,8 @@ def _folder_dataset(spec: DatasetSpec, root: Path | None, progress: bool) -> LTD
 
     if root is None:
         raise GlagError(
-            "--dataset folder needs --data-root PATH (a folder holding train/<class>/* and test/<class>/*)"
+            "dataset 'folder' needs data_root (--data-root): a folder holding train/<class>/* and "
+            "test/<class>/*"
         )
     fd = load_folder(root, progress=progress)
     splits, spec, lent = (_whole_folder if spec.profile == "all" else _lt_subset)(spec, root, fd)
@@ -365,8 +375,8 @@ def _lt_subset(spec: DatasetSpec, root: Path, fd) -> tuple[dict, DatasetSpec, np
     if n_max > avail.max():
         c = int(np.argmax(avail))
         raise GlagError(
-            f"--n-max {n_max} is larger than the largest class ('{fd.classes[c]}', {avail[c]} training "
-            f"images); use --n-max <= {avail[c]}"
+            f"n_max (--n-max) {n_max} is larger than the largest class ('{fd.classes[c]}', {avail[c]} "
+            f"training images); use n_max <= {avail[c]}"
         )
     val_rows = "" if "val" in fd.splits else spec.val_rows
     spec = replace(
@@ -391,7 +401,7 @@ def _whole_folder(spec: DatasetSpec, root: Path, fd) -> tuple[dict, DatasetSpec,
     """``--profile all``: every image of the folder in file order, validation from its val/ folder."""
     if "val" not in fd.splits:
         raise GlagError(
-            f"--profile all keeps every training image of '{root}', so validation needs a "
+            f"profile 'all' keeps every training image of '{root}', so validation needs a "
             f"'{root / 'val'}' folder (glag data --export writes one)"
         )
     spec = replace(spec, content=fd.digest, image_size=int(fd.image_size)).resolved()
@@ -406,11 +416,11 @@ def load_dataset(spec: DatasetSpec, download: bool = False, progress: bool = Tru
     root = Path(spec.data_root).expanduser() if spec.data_root else None
     if spec.name == FOLDER:
         if download:
-            raise GlagError("--download does not apply to --dataset folder (its images are already on disk)")
+            raise GlagError("download does not apply to dataset 'folder' (its images are already on disk)")
         return _folder_dataset(spec, root, progress)
     if download and spec.name != "digits":  # digits ship with scikit-learn
         if root is None:
-            raise GlagError("--download needs --data-root (where to put the files)")
+            raise GlagError("download needs data_root (--data-root): where to put the files")
         sources.download(spec.name, root)
         if spec.name == "fashion-mnist-lt":
             root = root / "FashionMNIST" / "raw"

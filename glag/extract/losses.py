@@ -92,8 +92,24 @@ class LDAM(CrossEntropy):
         return F.cross_entropy(adjusted, target, weight=weight)
 
 
-LOSSES = CHOICES["loss"]
 COSINE_LOSSES = ("ldam", "ldam-drw")  # trained, as in their reference, on a cosine classifier
+# name -> build(counts, total_epochs, *, tau, a, g, gamma) -> nn.Module; the names are config.CHOICES["loss"]
+LOSS_BUILDERS: dict = {}
+
+
+def register_loss(name: str):
+    """Decorator: make ``build(counts, total_epochs, *, tau, a, g, gamma)`` the stage-one loss ``name``
+    (its name becomes a value of the ``loss`` setting)."""
+
+    def deco(build):
+        if name in LOSS_BUILDERS:
+            raise ValueError(f"stage-one loss '{name}' is registered twice")
+        LOSS_BUILDERS[name] = build
+        if name not in CHOICES["loss"]:
+            CHOICES["loss"] += (name,)
+        return build
+
+    return deco
 
 
 def head_for(loss: str) -> str:
@@ -111,19 +127,17 @@ def make_loss(
     g: float = 3.0,
     gamma: float = 1.0,
 ) -> nn.Module:
-    """Build a stage-one loss by name (see ``LOSSES``)."""
-    if name == "ce":
-        return CrossEntropy()
-    if name == "focal":
-        return Focal(gamma)
-    if name == "ldam":
-        return LDAM(counts)
-    if name == "ldam-drw":
-        return LDAM(counts, drw_at=0.8 * total_epochs)
-    if name == "balanced-softmax":
-        return LogitAdjusted(counts, 1.0)
-    if name == "la":
-        return LogitAdjusted(counts, tau)
-    if name == "graloss":
-        return GraLoss(counts, total_epochs, a, g)
-    raise GlagError(f"unknown loss '{name}'; choose one of: {', '.join(LOSSES)}")
+    """Build a stage-one loss by name (see ``LOSS_BUILDERS``)."""
+    if name not in LOSS_BUILDERS:
+        raise GlagError(f"unknown loss '{name}'; choose one of: {', '.join(LOSS_BUILDERS)}")
+    return LOSS_BUILDERS[name](counts, total_epochs, tau=tau, a=a, g=g, gamma=gamma)
+
+
+register_loss("ce")(lambda counts, total, **kw: CrossEntropy())
+register_loss("focal")(lambda counts, total, *, gamma, **kw: Focal(gamma))
+register_loss("ldam")(lambda counts, total, **kw: LDAM(counts))
+register_loss("ldam-drw")(lambda counts, total, **kw: LDAM(counts, drw_at=0.8 * total))
+register_loss("balanced-softmax")(lambda counts, total, **kw: LogitAdjusted(counts, 1.0))
+register_loss("la")(lambda counts, total, *, tau, **kw: LogitAdjusted(counts, tau))
+register_loss("graloss")(lambda counts, total, *, a, g, **kw: GraLoss(counts, total, a, g))
+assert tuple(LOSS_BUILDERS) == CHOICES["loss"], "config.CHOICES lists the built-in losses in this order"

@@ -18,10 +18,12 @@ def check_imbalance(imbalance: float) -> float:
         value = float(imbalance)
     except (TypeError, ValueError):
         raise GlagError(
-            f"--imbalance {imbalance!r} is not a number; use a value >= 1 (e.g. 10, 50, 100, 200)"
+            f"imbalance (--imbalance) {imbalance!r} is not a number; use a value >= 1 (e.g. 10, 50, 100, 200)"
         ) from None
     if not math.isfinite(value) or value < 1:
-        raise GlagError(f"--imbalance {imbalance!r} is invalid; it must be >= 1 (e.g. 10, 50, 100, 200)")
+        raise GlagError(
+            f"imbalance (--imbalance) {imbalance!r} is invalid; it must be >= 1 (e.g. 10, 50, 100, 200)"
+        )
     return value
 
 

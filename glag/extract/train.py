@@ -133,7 +133,8 @@ class TrainConfig:
 
             if cfg.backbone not in BACKBONES:
                 raise GlagError(
-                    f"--backbone '{cfg.backbone}' is unknown; choose one of: {', '.join(sorted(BACKBONES))}, "
+                    f"backbone (--backbone) '{cfg.backbone}' is unknown; choose one of: "
+                    f"{', '.join(sorted(BACKBONES))}, "
                     "or torchvision:NAME"
                 )
         return replace(cfg, warmup=min(cfg.warmup, cfg.epochs))
@@ -435,7 +436,7 @@ def train(
         if not math.isfinite(rec["loss"]) or not finite_weights(model.state_dict()):
             raise GlagError(
                 f"stage one diverged at epoch {epoch + 1} (loss {rec['loss']:.4g}, non-finite weights); "
-                f"no checkpoint of it was kept; lower --lr or check --a/--g/--tau"
+                f"no checkpoint of it was kept; lower lr (--lr) or check a, g, tau"
             )
         if rank == 0:
             log(

@@ -64,14 +64,17 @@ class SamplingConfig:
 
     def check(self) -> SamplingConfig:
         if self.alpha < 0:
-            raise GlagError(f"--alpha {self.alpha} is invalid; it must be >= 0 (the paper uses 0.0 or 0.1)")
+            raise GlagError(
+                f"alpha (--alpha) {self.alpha} is invalid; it must be >= 0 (the paper uses 0.0 or 0.1)"
+            )
         if self.dispersion not in DISPERSIONS:
             raise GlagError(
                 f"dispersion '{self.dispersion}' is invalid; choose one of: {', '.join(DISPERSIONS)}"
             )
         if self.n_target < 0:
             raise GlagError(
-                f"--n-target {self.n_target} is invalid; it must be >= 0 (0 = the largest class count)"
+                f"n_target (--n-target) {self.n_target} is invalid; it must be >= 0 (0 = the largest class "
+                "count)"
             )
         return self
 
@@ -88,13 +91,14 @@ def check_for_cache(
     others = cache.num_classes - 1
     if gen.k > max(others, 1):
         raise GlagError(
-            f"--k {gen.k} is more than the {others} other classes of cache '{cache.path.name}'; "
+            f"k (--k) {gen.k} is more than the {others} other classes of cache '{cache.path.name}'; "
             f"allowed: 1 to {max(others, 1)}"
         )
     n_max = int(cache.train_counts.max())
     if sampling is not None and sampling.n_target > MAX_TOP_UP * n_max:
         raise GlagError(
-            f"--n-target {sampling.n_target} is over {MAX_TOP_UP} x the largest class ({n_max} rows) of "
+            f"n_target (--n-target) {sampling.n_target} is over {MAX_TOP_UP} x the largest class "
+            f"({n_max} rows) of "
             f"cache '{cache.path.name}'; allowed: 0 (= {n_max}) to {MAX_TOP_UP * n_max}"
         )
 
