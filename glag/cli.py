@@ -24,6 +24,7 @@ from glag.cli_options import (
     set_option,
 )
 from glag.cli_results import predict, report
+from glag.cli_sweep import sweep
 from glag.config import RULES, to_toml
 from glag.errors import GlagError
 from glag.metrics import summary_row
@@ -41,7 +42,7 @@ def cli():
     prediction with an exported model (predict)."""
 
 
-for command in (cache, report, predict):
+for command in (cache, report, predict, sweep):
     cli.add_command(command)
 
 
@@ -216,49 +217,6 @@ def run(download, cache_dir, out_base, config, sets, print_config, quiet, **kw):
         click.echo(to_toml(resolved(cfg).to_dict()), nl=False)
         return
     _print_results(run_pipeline(cfg, out=out_base, cache_dir=cache_dir, quiet=quiet, download=download))
-
-
-@cli.command()
-@click.argument("config", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option(
-    "--seeds", default="0-2", show_default=True, help="Seeds of stage one and stage two: 0-4 or 0,1,2."
-)
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False, path_type=Path),
-    required=True,
-    help="Sweep folder: cells/<cell>/ (config.toml and run folders), cells.csv, summary.md, groups.png.",
-)
-@click.option(
-    "--set",
-    "sets",
-    multiple=True,
-    metavar="KEY=V1,V2",
-    help="Vary a config key over values (one stage-one cache per combination and seed); repeatable.",
-)
-@cache_dir_option
-@click.option(
-    "--jobs",
-    type=Number(int, 1, 64),
-    default=1,
-    show_default=True,
-    help="Cells run side by side in separate processes: packed runs on one GPU. Cells that share a "
-    "stage-one cache run one after another in one worker.",
-)
-@quiet_option
-def sweep(config, seeds, out, sets, cache_dir, jobs, quiet):
-    """Run CONFIG's stage-one caches (seeds x --set values) x its stage-two methods, cell by cell.
-
-    Resumable: finished cells are never re-run, and a killed sweep re-runs only what is missing.
-    Writes cells.csv (one row per cell and method) and summary.md (mean ± std, and GLAG minus each
-    method paired on the same cache with 95 % intervals).
-    """
-    from glag.sweep import parse_seeds, parse_sets, run_sweep
-
-    seed_list, set_map = parse_seeds(seeds), parse_sets(sets)
-    check_writable(out, "--out", folder=True)
-    rows = run_sweep(config, seed_list, out, set_map, cache_dir=cache_dir, quiet=quiet, jobs=jobs)
-    click.echo(f"{len(rows)} rows in {out / 'cells.csv'}; summary in {out / 'summary.md'}")
 
 
 def main(argv=None) -> int:

@@ -340,12 +340,26 @@ class BaselineSettings:
     baseline_weight_decay: float = setting(5e-4, "Weight decay of cRT and the probe.", lo=0)
 
 
+@dataclass(frozen=True)
+class SlurmSettings:
+    """How ``glag sweep --executor slurm`` asks for each cell (one job array per sweep)."""
+
+    partition: str = setting("", "SLURM partition of the cells' jobs ('' = the cluster's default).")
+    time_limit: int = setting(24 * 60, "Time limit of one cell's job, in minutes.", lo=1)
+    gpus_per_cell: int = setting(0, "GPUs per cell (one task per cell).", lo=0)
+    cpus_per_cell: int = setting(1, "CPUs per cell.", lo=1)
+    mem_gb: float = setting(4.0, "Memory per cell, in GB.", lo=0, lo_open=True)
+    array_parallelism: int = setting(64, "How many of the sweep's cells run at once.", lo=1)
+    sbatch_args: str = setting("", "Extra sbatch arguments, e.g. '--qos=short --account=lab'.")
+
+
 SECTION_TYPES = {
     "dataset": DatasetSettings,
     "stage_one": StageOneSettings,
     "generator": GeneratorSettings,
     "stage_two": StageTwoSettings,
     "baselines": BaselineSettings,
+    "slurm": SlurmSettings,
 }
 SECTIONS = {s: [f.name for f in fields(t)] for s, t in SECTION_TYPES.items()}
 SECTION_OF = {k: s for s, keys in SECTIONS.items() for k in keys}  # keys are unique across sections
@@ -375,6 +389,7 @@ class Config:
     generator: GeneratorSettings = field(default_factory=GeneratorSettings)
     stage_two: StageTwoSettings = field(default_factory=StageTwoSettings)
     baselines: BaselineSettings = field(default_factory=BaselineSettings)
+    slurm: SlurmSettings = field(default_factory=SlurmSettings)
     variants: dict = field(default_factory=dict)  # name -> {generator/stage_two key: value}, 'method' set
 
     def flat(self) -> dict:

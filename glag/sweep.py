@@ -22,6 +22,8 @@ from glag.metrics import mean_std, num, paired_differences, t_interval, verdict
 from glag.paths import check_safe_name
 from glag.pipeline import load_config, resolved, run
 from glag.sweep_folder import claim, describe, record_sweep
+from glag.sweep_slurm import _record as _record_job
+from glag.sweep_slurm import check_cluster, job_of, run_on_slurm
 
 METRICS = ("top1", "many", "medium", "few")
 
@@ -55,7 +57,9 @@ def _same(v) -> object:
 def parse_sets(items) -> dict[str, list]:
     """``key=v1,v2`` pairs -> {key: [values]}; keys are config keys (any section). A key given twice, or a
     value listed twice, is refused: a repeated value would run the same cell twice as fake replicates."""
-    allowed = [k for keys in SECTIONS.values() for k in keys if k not in ("seed", "method")]
+    allowed = [
+        k for s, keys in SECTIONS.items() for k in keys if k not in ("seed", "method") and s != "slurm"
+    ]
     out = {}
     for item in items:
         key, sep, values = item.partition("=")
@@ -137,6 +141,7 @@ def _recipe_part(toml_text: str) -> dict:
     as today (a cell written before a key was renamed is the same cell)."""
     raw = tomllib.loads(toml_text)
     raw.pop("variants", None)
+    raw.pop("slurm", None)  # where a cell runs is not what it is
     raw.get("stage_two", {}).pop("method", None)
     return {s: {RENAMED.get(k, k): v for k, v in body.items()} for s, body in raw.items()}
 
@@ -176,19 +181,26 @@ def run_sweep(
     cache_dir: Path,
     quiet: bool = False,
     jobs: int = 1,
+    executor: str = "local",
+    slurm: dict | None = None,
     log=None,
 ) -> list[dict]:
     """Run every unfinished cell; returns the rows of cells.csv (every cell the folder holds). Every cell's
     config and the folder's record (sweep.json) are checked first, so a bad --set value or a different
     sweep into the same --out is refused before anything is written. With ``jobs`` > 1, cells run side by
     side in separate processes (packed on one GPU); cells that share a stage-one cache run in one
-    worker, one after another, so no cache is trained twice."""
+    worker, one after another, so no cache is trained twice. ``executor="slurm"`` submits them as one SLURM
+    job array instead (glag.sweep_slurm), with the recipe's [slurm] settings and ``slurm`` ({key: value})
+    over them."""
     import sys
 
     from tqdm.auto import tqdm
 
     log = log or (lambda m: print(m, file=sys.stderr))
-    methods = list(load_config(config).stage_two.method)
+    base = load_config(config, slurm or {}, source="--executor slurm option")
+    methods = list(base.stage_two.method)
+    if executor == "slurm":
+        check_cluster(base.slurm)
     cells = plan(seeds, sets)
     names = [c["name"] for c in cells]
     if len(set(names)) != len(names):  # cannot happen with digests; a last guard against merged cells
@@ -213,6 +225,9 @@ def run_sweep(
         ):  # new: or this sweep's methods grew
             with atomic_path(cfg_file) as t:
                 t.write_text(cell["config"])
+        cell["missing"] = missing
+        if executor == "local":
+            _record_job(cell_dir, {"executor": "local", "job_id": ""})
         todo.append(
             (
                 cell,
@@ -241,7 +256,27 @@ def run_sweep(
         write_outputs(out, record["methods"], every, record["sets"])
         bar.update()
 
-    if jobs <= 1:
+    if executor == "slurm":
+        groups: dict[tuple, list] = {}
+        for cell, _ in todo:
+            groups.setdefault(stage_one_group(cell), []).append(cell)
+        failed = run_on_slurm(
+            list(groups.values()),
+            out,
+            cache_dir,
+            base.slurm,
+            finished=finished,
+            log=log,
+            is_done=lambda c: all(m in run_folders(c["dir"]) for m in methods),
+        )
+        if failed:
+            bar.close()
+            write_outputs(out, record["methods"], every, record["sets"])
+            raise GlagError(
+                f"{len(failed)} cell(s) failed (the others are kept; run the same command to resubmit "
+                f"them): {failed[0]}"
+            )
+    elif jobs <= 1:
         for cell, _ in todo:
             missing = [m for m in methods if m not in run_folders(cell["dir"])]
             cfg = load_config(cell["dir"] / "config.toml")
@@ -294,6 +329,7 @@ def collect(out: Path, methods, cells: list[dict], sets) -> list[dict]:
     rows = []
     for cell in cells:
         found = run_folders(cell.get("dir") or out / "cells" / cell["name"])
+        job = job_of(cell.get("dir") or out / "cells" / cell["name"])
         for m in methods:
             if m not in found:
                 continue
@@ -308,6 +344,8 @@ def collect(out: Path, methods, cells: list[dict], sets) -> list[dict]:
                     **{k: s.get(k) for k in METRICS},
                     "val_top1": v.get("top1"),
                     "run": str(found[m].relative_to(out)),
+                    "executor": job.get("executor", "local"),
+                    "job_id": job.get("job_id", ""),
                 }
             )
     return rows
@@ -384,7 +422,7 @@ def write_outputs(out: Path, methods, cells: list[dict], sets) -> list[dict]:
     """cells.csv, summary.md and groups.png from the finished run folders (each written whole, then
     renamed)."""
     rows = collect(out, methods, cells, sets)
-    cols = ["cell", "seed", *sets, "method", *METRICS, "val_top1", "run"]
+    cols = ["cell", "seed", *sets, "method", *METRICS, "val_top1", "run", "executor", "job_id"]
     with atomic_path(out / "cells.csv") as tmp:
         with open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=cols)

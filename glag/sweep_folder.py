@@ -23,6 +23,7 @@ def describe(config: Path, methods, seeds, sets) -> dict:
     """The record of a sweep: its recipe minus the method list and variants (which may grow), the variants'
     tables, the methods, the varied keys with their values, and the seeds."""
     raw = tomllib.loads(Path(config).read_text())
+    raw.pop("slurm", None)  # where cells run is not what they are
     variants = raw.pop("variants", {})
     raw.get("stage_two", {}).pop("method", None)
     return {

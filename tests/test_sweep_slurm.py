@@ -1,0 +1,126 @@
+"""glag sweep --executor slurm against a real SLURM cluster (tools/local-slurm, started by .ci/run): the same
+cells.csv numbers as the local sweep, a job id in every row, resubmission of only what is missing or
+failed, and one-line refusals that submit nothing."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS = ROOT / "configs" / "digits.toml"
+STATE = Path(os.environ.get("GLAG_SLURM_STATE", "/tmp/glag-local-slurm"))
+FAST = ["--set", "epochs=2", "--set", "classifier_epochs=2"]
+METRICS = ("top1", "many", "medium", "few", "val_top1")
+
+
+def _controller() -> str | None:
+    conf = os.environ.get("SLURM_CONF") or str(STATE / "slurm.conf")
+    if not shutil.which("scontrol") or not Path(conf).is_file():
+        return None
+    r = subprocess.run(
+        ["scontrol", "ping"], capture_output=True, text=True, env={**os.environ, "SLURM_CONF": conf}
+    )
+    return conf if r.returncode == 0 and "UP" in r.stdout else None
+
+
+CONF = _controller()
+needs_slurm = pytest.mark.skipif(
+    CONF is None, reason="no SLURM controller answers (start one: tools/local-slurm start)"
+)
+
+
+def _sweep(out, cache, *args, check=True):
+    env = {**os.environ, "SLURM_CONF": CONF or "", "GLAG_CACHE_DIR": str(cache)}
+    cmd = [sys.executable, "-m", "glag.cli", "sweep", str(DIGITS), "--out", str(out), *FAST, "-q", *args]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if check:
+        assert r.returncode == 0, r.stderr
+    return r
+
+
+def _rows(out):
+    with open(out / "cells.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@needs_slurm
+def test_slurm_sweep_equals_local_and_resubmits_only_what_is_missing(tmp_path):
+    _sweep(tmp_path / "local", tmp_path / "cache-local", "--seeds", "0-1")
+    _sweep(tmp_path / "slurm", tmp_path / "cache-slurm", "--seeds", "0-1", "--executor", "slurm")
+    local, slurm = _rows(tmp_path / "local"), _rows(tmp_path / "slurm")
+    assert [(r["cell"], r["method"]) for r in slurm] == [(r["cell"], r["method"]) for r in local]
+    for a, b in zip(local, slurm, strict=True):
+        assert [a[k] for k in METRICS] == [b[k] for k in METRICS], (a["cell"], a["method"])
+        assert a["executor"] == "local" and a["job_id"] == ""
+        assert b["executor"] == "slurm" and b["job_id"]
+    cells = sorted((tmp_path / "slurm" / "cells").iterdir())
+    assert all((c / "slurm.out").is_file() and (c / "slurm.err").is_file() for c in cells)
+    kept = {r["cell"]: r["job_id"] for r in slurm}
+    shutil.rmtree(cells[0])
+    _sweep(tmp_path / "slurm", tmp_path / "cache-slurm", "--seeds", "0-1", "--executor", "slurm")
+    again = {r["cell"]: r["job_id"] for r in _rows(tmp_path / "slurm")}
+    assert again[cells[1].name] == kept[cells[1].name]  # finished: collected, not submitted
+    assert again[cells[0].name] != kept[cells[0].name]  # removed: submitted again
+
+
+@needs_slurm
+def test_a_cancelled_job_is_reported_failed_and_resubmitted(tmp_path):
+    out = tmp_path / "sw"
+    env = {**os.environ, "SLURM_CONF": CONF, "GLAG_CACHE_DIR": str(tmp_path / "cache")}
+    cmd = [sys.executable, "-m", "glag.cli", "sweep", str(DIGITS), "--out", str(out), "--seeds", "0"]
+    slow = ["--set", "epochs=30", "-q", "--executor", "slurm"]
+    proc = subprocess.Popen([*cmd, *slow], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    job_file = out / "cells" / "epochs=30_seed=0" / "job.json"
+    for _ in range(600):
+        if job_file.is_file():
+            break
+        time.sleep(0.1)
+    job = json.loads(job_file.read_text())["job_id"]
+    subprocess.run(["scancel", job.split("_")[0]], check=True, env=env)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and "1 cell(s) failed" in err and "slurm.err" in err, err
+    r = subprocess.run(
+        [*cmd, "--set", "epochs=30", "-q", "--executor", "slurm"], capture_output=True, text=True, env=env
+    )
+    assert r.returncode == 0, r.stderr
+    rows = _rows(out)
+    assert rows and all(row["job_id"] and row["job_id"] != job for row in rows)
+
+
+@pytest.mark.parametrize(
+    "args, msg",
+    [
+        (["--executor", "slurm", "--jobs", "2"], "--jobs is for --executor local"),
+        (["--partition", "gpu"], "--partition needs --executor slurm"),
+        (["--executor", "slurm", "--mem-gb", "0"], "'--mem-gb': 0 is out of range"),
+        (["--executor", "slurm", "--time-limit", "-5"], "'--time-limit': -5 is out of range"),
+        (["--executor", "slurm", "--cpus-per-cell", "x"], "'--cpus-per-cell': 'x' is not an integer"),
+    ],
+)
+def test_bad_slurm_options_submit_nothing(tmp_path, glag_cli, args, msg):
+    code, _, err = glag_cli("sweep", DIGITS, "--out", tmp_path / "sw", *args)
+    assert code != 0 and len(err.strip().splitlines()) == 1 and msg in err, err
+    assert not (tmp_path / "sw").exists()
+
+
+def test_no_sbatch_is_one_line(tmp_path, monkeypatch, glag_cli):
+    monkeypatch.setenv("PATH", str(tmp_path))  # a machine without SLURM's commands
+    code, _, err = glag_cli("sweep", DIGITS, "--out", tmp_path / "sw", "--executor", "slurm")
+    assert code == 1 and "no 'sbatch' on this machine" in err and not (tmp_path / "sw").exists()
+
+
+@needs_slurm
+def test_unknown_partition_is_one_line(tmp_path, glag_cli, monkeypatch):
+    monkeypatch.setenv("SLURM_CONF", CONF)
+    code, _, err = glag_cli(
+        "sweep", DIGITS, "--out", tmp_path / "sw", "--executor", "slurm", "--partition", "nope"
+    )
+    assert code == 1 and "unknown partition 'nope'; this cluster has: local" in err
+    assert not (tmp_path / "sw").exists()
