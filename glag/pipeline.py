@@ -72,6 +72,7 @@ def run_stage_one(
     quiet: bool = False,
     resume: bool = True,
     download: bool = False,
+    events_dir: Path | None = None,
 ):
     """Train (or reuse) the stage-one backbone and dump its cache: (cache path, report, reused), or None
     on a non-zero torchrun rank."""
@@ -98,6 +99,7 @@ def run_stage_one(
         progress=not quiet,
         log=(lambda m: None) if quiet else log,
         compile_model=cfg.stage_one.compile,
+        events_dir=events_dir,
     )
 
 
@@ -154,7 +156,7 @@ def run(
     per method: {method, dir (its run folder), test (metrics), seconds}."""
     out = Path(out)
     check_writable(out, "--out", folder=True)  # before training, so no work is lost to a bad --out
-    done = run_stage_one(cfg, cache_dir, quiet=quiet, download=download)
+    done = run_stage_one(cfg, cache_dir, quiet=quiet, download=download, events_dir=out / "stage_one")
     if done is None:  # a non-zero rank under torchrun: rank 0 runs stage two
         return []
     path, _, reused = done

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from glag import events
 from glag.cache.format import FeatureCache
 from glag.classify.common import torch_device
 from glag.classify.export import checkpoint_of, export
@@ -62,11 +63,13 @@ def run_methods(
         check_finite(res, method)
         extra = {**(record or {}), "seconds": round(time.perf_counter() - t0, 3)}
         cache.ensure_sound()  # checked while the method ran; a damaged cache writes no run folder
-        writer = None
-        if METHODS[method].exports_model and (checkpoint or checkpoint_of(cache)):
-            writer = lambda folder, r=res: export(  # noqa: E731
-                folder, cache, r["weight"], r["bias"], config.generator.tukey_power, checkpoint
-            )
+        exports = METHODS[method].exports_model and (checkpoint or checkpoint_of(cache))
+
+        def writer(folder, r=res, method=method, exports=exports):
+            events.stage_two_run(folder / "tensorboard", method, r)
+            if exports:
+                export(folder, cache, r["weight"], r["bias"], config.generator.tukey_power, checkpoint)
+
         folder = check_inside(
             out_base, Path(out_base) / f"{cache.path.stem}-{variant or method}", "run folder"
         )

@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+from glag import events
 from glag.cache.format import json_hash
 from glag.errors import GlagError
 from glag.extract.datasets import LTData
@@ -37,10 +38,13 @@ def stage_one(
     progress: bool = True,
     log=print,
     compile_model: bool = False,
+    events_dir: Path | None = None,
 ) -> tuple[Path, dict, bool] | None:
     """Return (cache path, stage-one report, whether an existing cache was reused).
 
-    Under torchrun every rank trains; only rank 0 dumps and reports (others return None).
+    Under torchrun every rank trains; only rank 0 dumps and reports (others return None). TensorBoard
+    events of the training go to ``events_dir/<training folder name>`` (default: the training folder's
+    ``tensorboard/``); a reused training writes them from its log once.
     """
     log("data " + " ".join(f"{k}={v}" for k, v in data.summary().items()))
     state = None
@@ -57,9 +61,27 @@ def stage_one(
                     f"folder '{wd}' and retrain"
                 )
             log(f"reusing trained weights {final}")
+            tb = Path(events_dir) / wd.name if events_dir else wd / "tensorboard"
+            if int(os.environ.get("RANK", "0")) == 0 and not tb.exists():
+                events.stage_one_from_log(wd / "train_log.jsonl", tb)
         else:
             log(f"training {cfg.resolved().backbone} with {cfg.loss} in {wd}")
-            train(cfg, data, wd, resume=resume, progress=progress, log=log, compile_model=compile_model)
+            tb = Path(events_dir) / wd.name if events_dir else wd / "tensorboard"
+            w = events.writer(tb) if int(os.environ.get("RANK", "0")) == 0 else None
+            try:
+                train(
+                    cfg,
+                    data,
+                    wd,
+                    resume=resume,
+                    progress=progress,
+                    log=log,
+                    compile_model=compile_model,
+                    on_epoch_end=lambda epoch, rec: events.stage_one_epoch(w, epoch, rec),
+                )
+            finally:
+                if w is not None:
+                    w.close()
         checkpoint = final
     if int(os.environ.get("RANK", "0")) != 0:
         return None
