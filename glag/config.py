@@ -346,7 +346,13 @@ class SlurmSettings:
 
     partition: str = setting("", "SLURM partition of the cells' jobs ('' = the cluster's default).")
     time_limit: int = setting(24 * 60, "Time limit of one cell's job, in minutes.", lo=1)
-    gpus_per_cell: int = setting(0, "GPUs per cell (one task per cell).", lo=0)
+    gpus_per_cell: int = setting(0, "GPUs per cell; above 1, one task per GPU (torch.distributed).", lo=0)
+    tasks_per_cell: int = setting(
+        0,
+        "Processes per cell (0 = one per GPU, at least one); above 1, stage one runs under torch.distributed "
+        "with that many tasks, as under torchrun (gloo on CPU).",
+        lo=0,
+    )
     cpus_per_cell: int = setting(1, "CPUs per cell.", lo=1)
     mem_gb: float = setting(4.0, "Memory per cell, in GB.", lo=0, lo_open=True)
     array_parallelism: int = setting(64, "How many of the sweep's cells run at once.", lo=1)

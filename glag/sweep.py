@@ -268,6 +268,7 @@ def run_sweep(
             finished=finished,
             log=log,
             is_done=lambda c: all(m in run_folders(c["dir"]) for m in methods),
+            quiet=quiet,
         )
         if failed:
             bar.close()

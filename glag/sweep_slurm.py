@@ -9,6 +9,7 @@ that are still queued or running, and submits only the cells that are missing or
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import socket
@@ -43,8 +44,18 @@ def check_cluster(slurm: SlurmSettings) -> None:
 
 def run_group(cells: list[tuple[str, list[str]]], cache_dir: str) -> list[str]:
     """A job's work: each (cell folder, missing methods) in turn; runs on the compute node."""
+    import torch
+
     from glag.pipeline import load_config, run
 
+    # threads as asked (cpus_per_cell), not the node's: task/none binds no CPUs, and torchrun's 2-process
+    # default is 1 thread each, which the same cell through SLURM must match to give the same weights
+    torch.set_num_threads(int(os.environ.get("SLURM_CPUS_PER_TASK", torch.get_num_threads())))
+    world = int(os.environ.get("SLURM_NTASKS", "1"))
+    if world > 1:  # the torchrun path of stage one, driven by SLURM's environment
+        import submitit
+
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
     for cell_dir, _ in cells:
         for what, path in (("cell folder", Path(cell_dir)), ("--cache-dir", Path(cache_dir).parent)):
             if not path.is_dir():
@@ -55,6 +66,11 @@ def run_group(cells: list[tuple[str, list[str]]], cache_dir: str) -> list[str]:
     for cell_dir, missing in cells:
         cfg = load_config(Path(cell_dir) / "config.toml")
         run(cfg, out=Path(cell_dir) / "runs", cache_dir=cache_dir, methods=missing, quiet=True)
+        if world > 1:  # rank 0 runs stage two alone; the next cell starts together
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.barrier()
     return [c for c, _ in cells]
 
 
@@ -107,12 +123,23 @@ def _executor(folder: Path, slurm: SlurmSettings, n: int):
         params["partition"] = slurm.partition
     if slurm.gpus_per_cell:
         params["gpus_per_node"] = slurm.gpus_per_cell
+    tasks = slurm.tasks_per_cell or max(slurm.gpus_per_cell, 1)
+    if tasks > 1:
+        params["ntasks_per_node"] = tasks
     ex.update_parameters(**params)
     return ex
 
 
 def run_on_slurm(
-    todo_groups: list[list[dict]], out: Path, cache_dir: Path, slurm: SlurmSettings, *, finished, log, is_done
+    todo_groups: list[list[dict]],
+    out: Path,
+    cache_dir: Path,
+    slurm: SlurmSettings,
+    *,
+    finished,
+    log,
+    is_done,
+    quiet: bool = False,
 ) -> list[str]:
     """Submit (or wait for) every group's job; calls ``finished()`` per cell done, ``is_done(cell)`` says
     whether a cell's methods all have run folders. Returns the failed cells, each with its log file."""
@@ -137,17 +164,17 @@ def run_on_slurm(
         first = jobs[0].job_id.split("_")[0]
         log(f"submitted {len(jobs)} job(s) as array {first}; cancel with: scancel {first}")
     groups = waiting + submit
-    return _wait(groups, finished, log, is_done)
+    return _wait(groups, finished, log, is_done, quiet)
 
 
-def _wait(groups, finished, log, is_done) -> list[str]:
+def _wait(groups, finished, log, is_done, quiet) -> list[str]:
     """Poll the queue until every group's job has left it; a job that left without finishing its cells
     failed. Ctrl-C leaves the jobs running and says how to resume or cancel."""
     from tqdm.auto import tqdm
 
     pending = {id(g): g for g in groups}
     failed, done = [], 0
-    bar = tqdm(total=len(groups), desc="slurm jobs", unit="job")
+    bar = tqdm(total=len(groups), desc="slurm jobs", unit="job", disable=True if quiet else None)
     try:
         while pending:
             states = queue_states(job_of(g[0]["dir"])["job_id"] for g in pending.values())

@@ -124,3 +124,48 @@ def test_unknown_partition_is_one_line(tmp_path, glag_cli, monkeypatch):
     )
     assert code == 1 and "unknown partition 'nope'; this cluster has: local" in err
     assert not (tmp_path / "sw").exists()
+
+
+@needs_slurm
+def test_two_task_gloo_stage_one_equals_torchrun(tmp_path):
+    """tasks_per_cell 2: the cell's stage one runs under torch.distributed (gloo on CPU) with SLURM's
+    environment driving it, and trains the same weights (the same cache key) as torchrun does."""
+    _sweep(
+        tmp_path / "sw",
+        tmp_path / "cache-slurm",
+        "--seeds",
+        "0",
+        "--executor",
+        "slurm",
+        "--tasks-per-cell",
+        "2",
+    )
+    (cell,) = (tmp_path / "sw" / "cells").iterdir()
+    slurm_key = json.loads(next((cell / "runs").glob("*-glag/result.json")).read_text())["cache_key"]
+    env = {**os.environ, "GLAG_CACHE_DIR": str(tmp_path / "cache-torchrun")}
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29561",
+    ]
+    r = subprocess.run(
+        [*torchrun, "-m", "glag.cli", "extract", "--config", str(cell / "config.toml"), "-q"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert Path(out["cache"]).stem.split("-")[-1] == slurm_key[:16]
+    single = subprocess.run(
+        [sys.executable, "-m", "glag.cli", "extract", "--config", str(cell / "config.toml"), "-q"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "GLAG_CACHE_DIR": str(tmp_path / "cache-one")},
+    )
+    one = json.loads(single.stdout.strip().splitlines()[-1])["cache"]
+    assert Path(one).name != Path(out["cache"]).name  # it was 2 tasks, not 1
