@@ -156,7 +156,7 @@ def run(
     per method: {method, dir (its run folder), test (metrics), seconds}."""
     out = Path(out)
     check_writable(out, "--out", folder=True)  # before training, so no work is lost to a bad --out
-    done = run_stage_one(cfg, cache_dir, quiet=quiet, download=download, events_dir=out / "stage_one")
+    done = run_stage_one(cfg, cache_dir, quiet=quiet, download=download, events_dir=out / ".stage_one")
     if done is None:  # a non-zero rank under torchrun: rank 0 runs stage two
         return []
     path, _, reused = done

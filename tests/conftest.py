@@ -100,3 +100,11 @@ def mixture_cache(path, counts=(400, 300, 200, 60, 12, 1), dim=4, seed=0):
         splits=splits,
         classifier=(w, b),
     )
+
+
+def shell_glob(folder, pattern):
+    """Paths as a shell's glob gives them (what a user passes to `glag report runs/*`): no hidden entries,
+    such as --out's .stage_one/ (TensorBoard events)."""
+    import glob
+
+    return [Path(p) for p in glob.glob(str(Path(folder) / pattern))]

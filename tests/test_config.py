@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import shell_glob
 
 from glag.config import tomllib
 
@@ -118,7 +119,7 @@ def test_digits_config_runs_and_records_its_config(tmp_path, glag_cli, cache_dir
         "run", "--config", path, "--epochs", "2", "--classifier-epochs", "2", "--out", out_dir, "-q"
     )
     assert code == 0, err
-    runs = sorted(out_dir.iterdir())
+    runs = sorted(shell_glob(out_dir, "*"))
     assert [r.name.rsplit("-", 1)[-1] for r in runs] == ["crt", "glag", "one"]  # ...-stage-one
     rec = json.loads((runs[1] / "result.json").read_text())
     assert (

@@ -23,7 +23,7 @@ def _scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
 def test_event_files_equal_the_logs(tmp_path, cache_dir):
     cfg = glag.load_config(None, {"epochs": 3, "classifier_epochs": 3, "method": ["crt", "glag"]})
     recs = glag.run(cfg, out=tmp_path / "runs", quiet=True)
-    (s1,) = list((tmp_path / "runs" / "stage_one").iterdir())  # the stage one's own folder under --out
+    (s1,) = list((tmp_path / "runs" / ".stage_one").iterdir())  # the stage one's own folder under --out
     log = [
         json.loads(x)
         for x in next(cache_dir.glob(f"stage1/{s1.name}/train_log.jsonl")).read_text().splitlines()
@@ -41,4 +41,4 @@ def test_event_files_equal_the_logs(tmp_path, cache_dir):
     assert crt["crt/test_top1"][0][1] == pytest.approx(recs[0]["test"]["top1"])
     # a second run reuses the stage one and still gets its curves, from the log
     glag.run(cfg, out=tmp_path / "again", quiet=True)
-    assert _scalars(tmp_path / "again" / "stage_one" / s1.name)["stage_one/loss"] == got["stage_one/loss"]
+    assert _scalars(tmp_path / "again" / ".stage_one" / s1.name)["stage_one/loss"] == got["stage_one/loss"]

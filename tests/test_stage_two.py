@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import mixture_cache
+from conftest import mixture_cache, shell_glob
 
 from glag.cache.format import FeatureCache
 from glag.classify import baselines
@@ -139,7 +139,7 @@ def test_run_end_to_end_on_digits(cache_dir, glag_cli, tmp_path):
         (glag_dir / "per_class.csv").read_text().startswith("class,name,train_count,group,test_acc,val_acc")
     )
     # report: table and plots
-    code, table, err = glag_cli("report", *sorted(out.iterdir()), "--plots", tmp_path / "plots")
+    code, table, err = glag_cli("report", *sorted(shell_glob(out, "*")), "--plots", tmp_path / "plots")
     assert code == 0 and table.count("\n") >= 4 and "| glag" in table
     assert (tmp_path / "plots" / "per_class.png").stat().st_size > 1000
     assert (tmp_path / "plots" / "beta.png").stat().st_size > 1000
@@ -238,7 +238,7 @@ def test_report_tsne_shows_tail_generated_and_support(cache_dir, glag_cli, tmp_p
     assert set(cls[kind == "generated"]) == set(cls[kind == "real"]) == {5, 4}  # the two smallest classes
     assert not set(cls[kind == "support"]) & {4, 5} and len(x) == len(cls)
     assert (kind == "generated").sum() == 40
-    code, _, err = glag_cli("report", *sorted(out.iterdir()), "--tsne", tmp_path / "t.png")
+    code, _, err = glag_cli("report", *sorted(shell_glob(out, "*")), "--tsne", tmp_path / "t.png")
     assert code == 0, err
     assert (tmp_path / "t.png").stat().st_size > 1000
     code, _, err = glag_cli("report", next(out.glob("*-crt")), "--tsne", tmp_path / "u.png")

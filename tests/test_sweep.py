@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import shell_glob
 
 from glag.errors import GlagError
 from glag.sweep import parse_seeds, parse_sets
@@ -57,7 +58,7 @@ def test_sweep_grid_summary_and_no_rerun(tmp_path, glag_cli, cache_dir):
     assert (out / "groups.png").stat().st_size > 1000
     cfg = (out / "cells" / "loss=graloss_epochs=2_classifier_epochs=2_seed=1" / "config.toml").read_text()
     assert 'loss = "graloss"' in cfg and "seed = 1" in cfg
-    runs = sorted(out.glob("cells/loss=graloss*/runs/*"))
+    runs = sorted(shell_glob(out, "cells/loss=graloss*/runs/*"))
     code, text, err = glag_cli("report", *runs, "--paired")
     assert code == 0, err
     assert "| GLAG minus" in text and "| crt " in text and "|        2 |" in text  # 2 caches paired
