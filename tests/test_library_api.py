@@ -209,3 +209,31 @@ def test_a_new_stage_one_loss_is_one_registered_function(glag_cli):
         CHOICES["loss"] = before
     code, _, err = glag_cli("run", "--loss", "plain-ce", "--print-config")
     assert code == 2 and "'plain-ce' is not one of" in err
+
+
+def test_a_new_backbone_is_one_registered_function(tmp_path, cache_dir):
+    import torch
+
+    from glag.extract.models import BACKBONES, register_backbone
+
+    class Tiny(torch.nn.Module):
+        feature_dim = 16
+
+        def __init__(self, in_channels):
+            super().__init__()
+            self.net = torch.nn.Sequential(
+                torch.nn.Conv2d(in_channels, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1)
+            )
+
+        def forward(self, x):
+            return self.net(x).flatten(1)
+
+    register_backbone("tiny")(Tiny)
+    try:
+        cfg = load_config(None, {"backbone": "tiny", "epochs": 1, "classifier_epochs": 1, "method": ["crt"]})
+        (rec,) = glag.run(cfg, out=tmp_path, quiet=True)
+        assert load_run(Path(rec["dir"]))["run_config"]["stage_one"]["backbone"] == "tiny"
+        with pytest.raises(ValueError, match="registered twice"):
+            register_backbone("tiny")(Tiny)
+    finally:
+        BACKBONES.pop("tiny")

@@ -98,12 +98,25 @@ class TorchvisionResNet(nn.Module):
         return self.net(x)
 
 
-BACKBONES = {
-    "resnet32": lambda c: CifarResNet(5, c),
-    "resnet10": lambda c: TorchvisionResNet(10, c),
-    "resnet50": lambda c: TorchvisionResNet(50, c),
-    "cnn": lambda c: SmallCNN(c),
-}
+BACKBONES: dict = {}  # name -> build(in_channels) -> nn.Module with a .feature_dim (also torchvision:NAME)
+
+
+def register_backbone(name: str):
+    """Decorator: make ``build(in_channels) -> feature extractor`` the backbone ``name``."""
+
+    def deco(build):
+        if name in BACKBONES:
+            raise ValueError(f"backbone '{name}' is registered twice")
+        BACKBONES[name] = build
+        return build
+
+    return deco
+
+
+register_backbone("resnet32")(lambda c: CifarResNet(5, c))
+register_backbone("resnet10")(lambda c: TorchvisionResNet(10, c))
+register_backbone("resnet50")(lambda c: TorchvisionResNet(50, c))
+register_backbone("cnn")(lambda c: SmallCNN(c))
 
 
 class CosineHead(nn.Module):
