@@ -169,3 +169,38 @@ def test_two_task_gloo_stage_one_equals_torchrun(tmp_path):
     )
     one = json.loads(single.stdout.strip().splitlines()[-1])["cache"]
     assert Path(one).name != Path(out["cache"]).name  # it was 2 tasks, not 1
+
+
+@needs_slurm
+def test_a_controller_that_does_not_answer_is_one_line(tmp_path, glag_cli, monkeypatch):
+    dead = tmp_path / "slurm.conf"  # the local cluster's conf, pointed at a port nothing listens on
+    dead.write_text(Path(CONF).read_text().replace("SlurmctldPort=6817", "SlurmctldPort=6999"))
+    monkeypatch.setenv("SLURM_CONF", str(dead))
+    code, _, err = glag_cli("sweep", DIGITS, "--out", tmp_path / "sw", "--executor", "slurm")
+    assert code == 1 and "the SLURM controller does not answer" in err and not (tmp_path / "sw").exists()
+
+
+@needs_slurm
+def test_ctrl_c_leaves_the_jobs_running_and_says_how_to_resume_or_cancel(tmp_path):
+    import signal
+
+    out = tmp_path / "sw"
+    env = {**os.environ, "SLURM_CONF": CONF, "GLAG_CACHE_DIR": str(tmp_path / "cache")}
+    cmd = [sys.executable, "-m", "glag.cli", "sweep", str(DIGITS), "--out", str(out), "--seeds", "0"]
+    cmd += ["--set", "epochs=30", "-q", "--executor", "slurm"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    job_file = out / "cells" / "epochs=30_seed=0" / "job.json"
+    for _ in range(600):
+        if job_file.is_file():
+            break
+        time.sleep(0.1)
+    time.sleep(1)  # into the wait loop
+    job = json.loads(job_file.read_text())["job_id"].split("_")[0]
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    try:
+        assert proc.returncode == 130 and f"scancel {job}" in err and "the same command" in err, err
+        queued = subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True, env=env).stdout
+        assert job in queued  # still queued or running
+    finally:
+        subprocess.run(["scancel", job], env=env)
