@@ -188,7 +188,11 @@ def test_ctrl_c_leaves_the_jobs_running_and_says_how_to_resume_or_cancel(tmp_pat
     env = {**os.environ, "SLURM_CONF": CONF, "GLAG_CACHE_DIR": str(tmp_path / "cache")}
     cmd = [sys.executable, "-m", "glag.cli", "sweep", str(DIGITS), "--out", str(out), "--seeds", "0"]
     cmd += ["--set", "epochs=30", "-q", "--executor", "slurm"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # a shell's background job (CI under nohup) starts with SIGINT ignored, which Python then keeps
+    restore = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=restore
+    )
     job_file = out / "cells" / "epochs=30_seed=0" / "job.json"
     for _ in range(600):
         if job_file.is_file():
