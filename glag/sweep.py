@@ -279,9 +279,8 @@ def run_sweep(
             )
     elif jobs <= 1:
         for cell, _ in todo:
-            missing = [m for m in methods if m not in run_folders(cell["dir"])]
             cfg = load_config(cell["dir"] / "config.toml")
-            run(cfg, out=cell["dir"] / "runs", cache_dir=cache_dir, methods=missing, quiet=True)
+            run(cfg, out=cell["dir"] / "runs", cache_dir=cache_dir, methods=cell["missing"], quiet=True)
             finished()
     else:
         _run_packed(todo, jobs, finished)
