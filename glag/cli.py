@@ -98,7 +98,11 @@ def data_cmd(download, indices, export, as_json, **kw):
     help="Dump features of this stage-one checkpoint instead of training.",
 )
 @click.option(
-    "--views", type=Number(int, 0), default=0, show_default=True, help="Also dump this many augmented views."
+    "--views",
+    type=Number(int, 0, 1000),
+    default=0,
+    show_default=True,
+    help="Also dump this many augmented views.",
 )
 @click.option(
     "--resume/--no-resume",

@@ -31,6 +31,11 @@ except ModuleNotFoundError:  # Python 3.10
 
 MAX_CONFIG_BYTES = 1 << 20
 U32 = 2**32
+# Sane upper bounds: far above any real run, low enough that a typo is refused before work starts.
+MAX_EPOCHS = 10_000
+MAX_BATCH = 1 << 20
+MAX_ROWS = 10**8
+MAX_LR = 10
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,7 @@ class Rule:
         return value
 
     def _number(self, value):
+        shown = value
         if isinstance(value, bool):
             raise ValueError(f"{value!r} is not a number; allowed: {self.allowed()}")
         if isinstance(value, (int, float)):
@@ -98,14 +104,19 @@ class Rule:
                 if not value.is_integer():
                     raise ValueError(f"{value!r} is not an integer; allowed: {self.allowed()}")
                 value = int(value)
-            # the declared kind, so a recipe's `warmup = 1` keys a cache as the flag's `--warmup 1` does
-            v = self.kind(value) if math.isfinite(value) else value
+            v = value
         else:
             try:
                 v = self.kind(str(value).strip())
             except ValueError:
                 what = "an integer" if self.kind is int else "a number"
-                raise ValueError(f"{value!r} is not {what}; allowed: {self.allowed()}") from None
+                raise ValueError(
+                    f"{_show(value, quote=True)} is not {what}; allowed: {self.allowed()}"
+                ) from None
+        if isinstance(v, int) and abs(v) >= 2**63:  # math.isfinite and float() overflow on these
+            raise ValueError(f"{_show(shown)} is out of range; allowed: {self.allowed()}")
+        # the declared kind, so a recipe's `warmup = 1` keys a cache as the flag's `--warmup 1` does
+        v = self.kind(v) if math.isfinite(v) else v
         bad = not math.isfinite(v)
         if not bad and self.lo is not None:
             bad = v <= self.lo if self.lo_open else v < self.lo
@@ -113,8 +124,14 @@ class Rule:
             bad = v >= self.hi if self.hi_open else v > self.hi
         if bad:
             why = "is not finite" if not math.isfinite(v) else "is out of range"
-            raise ValueError(f"{value} {why}; allowed: {self.allowed()}")
+            raise ValueError(f"{_show(shown)} {why}; allowed: {self.allowed()}")
         return v
+
+
+def _show(value, quote: bool = False) -> str:
+    """A value for a one-line message (text quoted where asked): long ones shortened."""
+    text = repr(value) if quote and isinstance(value, str) else str(value)
+    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
 
 
 def _fmt(v) -> str:
@@ -165,6 +182,7 @@ class DatasetSettings:
         0.0,
         "Imbalance ratio n_max/n_min (>= 1); 0 = 100 (20 for digits).",
         lo=0,
+        hi=1e6,
         extra="0 = the default, else >= 1",
         flag="-im",
     )
@@ -179,6 +197,7 @@ class DatasetSettings:
         "Images of the largest class (0 = dataset default: 5000 CIFAR-10, 500 CIFAR-100, 6000 Fashion-MNIST, "
         "110 digits; an image folder's smallest class).",
         lo=0,
+        hi=MAX_ROWS,
     )
     subset_seed: int = setting(
         0,
@@ -189,7 +208,10 @@ class DatasetSettings:
         hi_open=True,
     )
     val_per_class: int = setting(
-        20, "Validation images per class (never test images; a val/ folder or list file gives its own).", lo=0
+        20,
+        "Validation images per class (never test images; a val/ folder or list file gives its own).",
+        lo=0,
+        hi=MAX_ROWS,
     )
     val_rows: str = setting(
         "every-class",
@@ -212,9 +234,9 @@ class DatasetSettings:
 @dataclass(frozen=True)
 class StageOneSettings:
     loss: str = setting("graloss", "Stage-one loss.", choices=_choices("loss"))
-    a: float = setting(1.0, "GraLoss scale a in lam(t) = a (t/T)^g.")
-    g: float = setting(3.0, "GraLoss exponent g (<1 concave, 1 linear, >1 convex).", lo=0)
-    tau: float = setting(1.0, "Fixed strength for --loss la.", lo=0)
+    a: float = setting(1.0, "GraLoss scale a in lam(t) = a (t/T)^g.", lo=0, hi=10)
+    g: float = setting(3.0, "GraLoss exponent g (<1 concave, 1 linear, >1 convex).", lo=0, hi=100)
+    tau: float = setting(1.0, "Fixed strength for --loss la.", lo=0, hi=10)
     backbone: str | None = setting(
         None,
         "Backbone: cnn, resnet10, resnet32, resnet50, or torchvision:NAME (e.g. torchvision:resnet18; "
@@ -232,17 +254,27 @@ class StageOneSettings:
         "features and fit a linear CE head on them.",
         kind=int,
         lo=0,
+        hi=MAX_EPOCHS,
         optional=True,
     )
-    batch_size: int | None = setting(None, "Batch size (default: preset).", kind=int, lo=1, optional=True)
+    batch_size: int | None = setting(
+        None, "Batch size (default: preset).", kind=int, lo=1, hi=MAX_BATCH, optional=True
+    )
     lr: float | None = setting(
-        None, "Peak learning rate (default: preset).", kind=float, lo=0, lo_open=True, optional=True
+        None,
+        "Peak learning rate (default: preset).",
+        kind=float,
+        lo=0,
+        hi=MAX_LR,
+        lo_open=True,
+        optional=True,
     )
     warmup: float | None = setting(
         None,
         "Linear lr warm-up epochs before the cosine decay (default: preset; 5 for CIFAR).",
         kind=float,
         lo=0,
+        hi=MAX_EPOCHS,
         optional=True,
     )
     seed: int = setting(0, "Random seed (stage one and stage two).", lo=0, hi=U32, hi_open=True)
@@ -260,8 +292,8 @@ class GeneratorSettings:
     tukey_power: float = setting(
         0.5, "Tukey power lambda in (0, 1]; 1 = no transform.", lo=0, hi=1, lo_open=True
     )
-    k: int = setting(2, "Support classes per tail sample.", lo=1)
-    tail_below: int = setting(100, "Classes with fewer train rows are tail.", lo=1)
+    k: int = setting(2, "Support classes per tail sample.", lo=1, hi=1000)
+    tail_below: int = setting(100, "Classes with fewer train rows are tail.", lo=1, hi=MAX_ROWS)
     weighting: str = setting(
         "count-distance",
         "Support weights: n_i/d_i (GLAG) or uniform (Free Lunch).",
@@ -275,7 +307,7 @@ class GeneratorSettings:
         choices=_choices("mode"),
     )
     max_dense_gb: float = setting(
-        1.0, "Cap on the Cholesky factors' memory for --mode auto.", lo=0, lo_open=True
+        1.0, "Cap on the Cholesky factors' memory for --mode auto.", lo=0, hi=1e6, lo_open=True
     )
     device: str = setting("auto", "NumPy (cpu) or CuPy (gpu).", choices=_choices("device"))
 
@@ -287,10 +319,10 @@ class StageTwoSettings:
         "Stage-two methods to run on the cache (a config's variants by name too); repeat for several.",
         kind=list,
     )
-    classifier_epochs: int = setting(40, "Stage-two classifier epochs.", lo=1)
-    classifier_batch_size: int = setting(512, "Stage-two classifier batch size.", lo=1)
+    classifier_epochs: int = setting(40, "Stage-two classifier epochs.", lo=1, hi=MAX_EPOCHS)
+    classifier_batch_size: int = setting(512, "Stage-two classifier batch size.", lo=1, hi=MAX_BATCH)
     classifier_lr: float = setting(
-        0.1, "Stage-two classifier peak learning rate (cosine).", lo=0, hi=10, lo_open=True
+        0.1, "Stage-two classifier peak learning rate (cosine).", lo=0, hi=MAX_LR, lo_open=True
     )
     kd: bool = setting(True, "Knowledge distillation on real head-class rows.", flag="--kd/--no-kd")
     adaptive: bool = setting(True, "Adapt beta_c on validation accuracy.", flag="--adaptive/--fixed-beta")
@@ -318,7 +350,7 @@ class StageTwoSettings:
         "alpha * I (GLAG) or alpha on every entry (Free Lunch).",
         choices=_choices("dispersion"),
     )
-    n_target: int = setting(0, "Rows per class after top-up (0 = largest class).", lo=0)
+    n_target: int = setting(0, "Rows per class after top-up (0 = largest class).", lo=0, hi=MAX_ROWS)
 
 
 @dataclass(frozen=True)
@@ -327,17 +359,17 @@ class BaselineSettings:
     validation rows and have nothing to set."""
 
     crt_epochs: int = setting(
-        10, "cRT: epochs of the fresh linear classifier (class-balanced batches).", lo=1
+        10, "cRT: epochs of the fresh linear classifier (class-balanced batches).", lo=1, hi=MAX_EPOCHS
     )
-    crt_lr: float = setting(0.1, "cRT: peak learning rate.", lo=0, lo_open=True)
-    lws_epochs: int = setting(10, "LWS: epochs of the per-class logit scales.", lo=1)
-    lws_lr: float = setting(0.1, "LWS: peak learning rate.", lo=0, lo_open=True)
+    crt_lr: float = setting(0.1, "cRT: peak learning rate.", lo=0, hi=MAX_LR, lo_open=True)
+    lws_epochs: int = setting(10, "LWS: epochs of the per-class logit scales.", lo=1, hi=MAX_EPOCHS)
+    lws_lr: float = setting(0.1, "LWS: peak learning rate.", lo=0, hi=MAX_LR, lo_open=True)
     probe_epochs: int = setting(
-        30, "Probe: epochs of the linear classifier on the full balanced split.", lo=1
+        30, "Probe: epochs of the linear classifier on the full balanced split.", lo=1, hi=MAX_EPOCHS
     )
-    probe_lr: float = setting(0.1, "Probe: peak learning rate.", lo=0, lo_open=True)
-    baseline_batch_size: int = setting(512, "Batch size of cRT, LWS and the probe.", lo=1)
-    baseline_weight_decay: float = setting(5e-4, "Weight decay of cRT and the probe.", lo=0)
+    probe_lr: float = setting(0.1, "Probe: peak learning rate.", lo=0, hi=MAX_LR, lo_open=True)
+    baseline_batch_size: int = setting(512, "Batch size of cRT, LWS and the probe.", lo=1, hi=MAX_BATCH)
+    baseline_weight_decay: float = setting(5e-4, "Weight decay of cRT and the probe.", lo=0, hi=1)
 
 
 @dataclass(frozen=True)
@@ -345,17 +377,20 @@ class SlurmSettings:
     """How ``glag sweep --executor slurm`` asks for each cell (one job array per sweep)."""
 
     partition: str = setting("", "SLURM partition of the cells' jobs ('' = the cluster's default).")
-    time_limit: int = setting(24 * 60, "Time limit of one cell's job, in minutes.", lo=1)
-    gpus_per_cell: int = setting(0, "GPUs per cell; above 1, one task per GPU (torch.distributed).", lo=0)
+    time_limit: int = setting(24 * 60, "Time limit of one cell's job, in minutes.", lo=1, hi=366 * 24 * 60)
+    gpus_per_cell: int = setting(
+        0, "GPUs per cell; above 1, one task per GPU (torch.distributed).", lo=0, hi=1024
+    )
     tasks_per_cell: int = setting(
         0,
         "Processes per cell (0 = one per GPU, at least one); above 1, stage one runs under torch.distributed "
         "with that many tasks, as under torchrun (gloo on CPU).",
         lo=0,
+        hi=4096,
     )
-    cpus_per_cell: int = setting(1, "CPUs per cell.", lo=1)
-    mem_gb: float = setting(4.0, "Memory per cell, in GB.", lo=0, lo_open=True)
-    array_parallelism: int = setting(64, "How many of the sweep's cells run at once.", lo=1)
+    cpus_per_cell: int = setting(1, "CPUs per cell.", lo=1, hi=4096)
+    mem_gb: float = setting(4.0, "Memory per cell, in GB.", lo=0, hi=1e6, lo_open=True)
+    array_parallelism: int = setting(64, "How many of the sweep's cells run at once.", lo=1, hi=100_000)
     sbatch_args: str = setting("", "Extra sbatch arguments, e.g. '--qos=short --account=lab'.")
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from glag.cache.format import atomic_path, json_hash
 from glag.classify.results import label
-from glag.config import RENAMED, SECTION_OF, SECTIONS, to_toml, toml_value, tomllib
+from glag.config import RENAMED, SECTION_OF, SECTIONS, check_value, to_toml, toml_value, tomllib
 from glag.errors import GlagError
 from glag.metrics import mean_std, num, paired_differences, t_interval, verdict
 from glag.paths import check_safe_name
@@ -60,6 +60,10 @@ def parse_sets(items) -> dict[str, list]:
     allowed = [
         k for s, keys in SECTIONS.items() for k in keys if k not in ("seed", "method") and s != "slurm"
     ]
+    keys = [item.partition("=")[0].strip() for item in items]
+    for key in keys:
+        if keys.count(key) > 1:  # before any value is read: a later value must not hide an earlier one
+            raise GlagError(f"--set {key} is given twice; give its values once: --set {key}=v1,v2")
     out = {}
     for item in items:
         key, sep, values = item.partition("=")
@@ -68,13 +72,14 @@ def parse_sets(items) -> dict[str, list]:
             raise GlagError(f"--set '{item}' is invalid; use --set key=value1,value2")
         if key in RENAMED:
             raise GlagError(f"--set '{key}' is now called '{RENAMED[key]}'")
+        if key in ("seed", "seeds"):
+            raise GlagError(f"--set '{key}': seeds are swept with --seeds (0-4 or 0,1,2), not --set")
         if key not in allowed:
             raise GlagError(f"--set '{key}' is not a config key; allowed: {', '.join(allowed)}")
-        if key in out:
-            raise GlagError(f"--set {key} is given twice; give its values once: --set {key}=v1,v2")
         vals = [toml_value(v.strip()) for v in values.split(",")]
         seen = []
         for v in vals:
+            check_value(key, v, f"--set {key}={values}")  # typed first: true and 1 are not one value
             if _same(v) in seen:
                 raise GlagError(
                     f"--set {key}={values} lists {v!r} twice; each value makes its own cells "

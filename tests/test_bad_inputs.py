@@ -428,11 +428,24 @@ def test_ctrl_c_exits_130_and_leaves_nothing(tmp_path):
 
 
 def test_diverged_stage_one_keeps_nothing_and_is_not_reused(tmp_path, glag_cli, monkeypatch):
+    """A loss that turns non-finite (an lr above the allowed 10 is refused, so a registered loss makes it)."""
+    from glag.config import CHOICES
+    from glag.extract.losses import LOSS_BUILDERS, CrossEntropy, register_loss
+
+    class Exploding(CrossEntropy):
+        def forward(self, logits, target, t: float = 0.0):
+            return super().forward(logits, target, t) * (float("inf") if t >= 1 else 1.0)
+
     monkeypatch.setenv("GLAG_CACHE_DIR", str(tmp_path / "cache"))
-    for _ in range(2):
-        code, _, err = glag_cli("extract", "--epochs", "2", "--lr", "1e30", "-q")
-        assert code == 1 and "stage one diverged" in err and len(err.strip().splitlines()) == 1
-        assert not list(tmp_path.rglob("final.pt")) and not list(tmp_path.rglob("*.h5"))
+    monkeypatch.setitem(CHOICES, "loss", CHOICES["loss"])  # restored after the test
+    register_loss("exploding")(lambda counts, total, **kw: Exploding())
+    try:
+        for _ in range(2):
+            code, _, err = glag_cli("extract", "--epochs", "2", "--loss", "exploding", "-q")
+            assert code == 1 and "stage one diverged" in err and len(err.strip().splitlines()) == 1
+            assert not list(tmp_path.rglob("final.pt")) and not list(tmp_path.rglob("*.h5"))
+    finally:
+        LOSS_BUILDERS.pop("exploding")
 
 
 def test_predict_resizes_then_centre_crops(tmp_path):

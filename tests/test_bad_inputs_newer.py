@@ -127,7 +127,28 @@ def world(tmp_path_factory):
             m.write(hdr.getvalue() + b"\0" * (1 << 20))
         z.writestr("labels.npy", (w / "single.npy").read_bytes())
     (w / "big.toml").write_text("# " + "x" * (2 << 20) + "\n")
+    for name, text in RECIPES.items():
+        (w / f"{name}.toml").write_text(text)
     return w
+
+
+# Recipes whose values have the wrong type or no sane size (issue 28, items 7-8), each as a file.
+RECIPES = {
+    "kd_int": "[stage_two]\nkd = 1\n",
+    "posthoc_str": "[stage_two]\nposthoc_la = 'no'\n",
+    "seed_400": "[stage_one]\nseed = " + "9" * 400 + "\n",
+    "root_int": "[dataset]\ndata_root = 3\n",
+    "lr_date": "[stage_one]\nlr = 2020-01-01\n",
+    "lr_table": "[stage_one]\nlr = {peak = 0.1}\n",
+    "method_empty": "[stage_two]\nmethod = []\n",
+    "method_mixed": "[stage_two]\nmethod = ['glag', 3]\n",
+    "epochs_huge": "[stage_one]\nepochs = 1000000000000000000000000000000\n",
+    "batch_huge": "[stage_two]\nclassifier_batch_size = 100000000000\n",
+    "k_huge": "[generator]\nk = 1e9\n",
+    "a_negative": "[stage_one]\na = -1.0\n",
+    "variant_huge": "[variants.x]\nclassifier_epochs = 100000\n[stage_two]\nmethod = ['x']\n",
+    "im_huge": "[dataset]\nimbalance = 1e300\n",
+}
 
 
 def snapshot(root: Path) -> dict:
@@ -191,6 +212,38 @@ CASES = [
     (["predict", "{w}/pickle.pt", "{w}/imgs"], "(a plain Python pickle, not a torch file)"),
     (["predict", "{w}/text.pt", "{w}/imgs"], "(a text file, not a torch file)"),
     (["predict", "{w}/empty.pt", "{w}/imgs"], "(an empty file)"),
+    # recipe and --set values: a type and a sane range for every key, named as the user wrote it
+    (["run", "--config", "{w}/kd_int.toml"], "kd_int.toml' [stage_two] kd: 1 is not true or false"),
+    (["run", "--config", "{w}/posthoc_str.toml"], "[stage_two] posthoc_la: 'no' is not true or false"),
+    (["run", "--set", "kd=0"], "--set 'kd': 0 is not true or false"),
+    (["sweep", DIGITS, "--out", "{w}/sw", "--set", "kd=0,1"], "--set kd=0,1: 0 is not true or false"),
+    (["sweep", DIGITS, "--out", "{w}/sw", "--set", "kd=true,1"], "--set kd=true,1: 1 is not true or false"),
+    (
+        ["run", "--config", "{w}/seed_400.toml"],
+        "[stage_one] seed: 99999999999999999999...(400 characters) is out of range",
+    ),
+    (["run", "--set", "seed=" + "7" * 400], "--set 'seed': 77777777777777777777...(400 characters) is out"),
+    (["run", "--config", "{w}/root_int.toml"], "[dataset] data_root: 3 is not a path"),
+    (["run", "--config", "{w}/lr_date.toml"], "[stage_one] lr: 2020-01-01 is not a number"),
+    (["run", "--config", "{w}/lr_table.toml"], "[stage_one] lr: {{'peak': 0.1}} is not a number"),
+    (["run", "--config", "{w}/method_empty.toml"], "[stage_two] method: [] is not a name or a list"),
+    (["sweep", "{w}/method_mixed.toml", "--out", "{w}/sw"], "method: ['glag', 3] is not a name or a list"),
+    (
+        ["run", "--config", "{w}/epochs_huge.toml"],
+        "[stage_one] epochs: 1000000000000000000000000000000 is out of range; allowed: a finite integer >= 0 "
+        "and <= 10000",
+    ),
+    (["sweep", "{w}/batch_huge.toml", "--out", "{w}/sw"], "classifier_batch_size: 100000000000 is out of"),
+    (["run", "--config", "{w}/k_huge.toml"], "[generator] k: 1000000000.0 is out of range"),
+    (["run", "--config", "{w}/a_negative.toml"], "[stage_one] a: -1.0 is out of range"),
+    (["run", "--config", "{w}/variant_huge.toml"], "[variants.x] classifier_epochs: 100000 is out of range"),
+    (["run", "--config", "{w}/im_huge.toml"], "[dataset] imbalance: 1e+300 is out of range"),
+    (
+        ["sweep", DIGITS, "--out", "{w}/sw", "--set", "epochs=1e30"],
+        "--set epochs=1e30: 1e+30 is out of range",
+    ),
+    (["sweep", DIGITS, "--out", "{w}/sw", "--set", "seed=1,2"], "seeds are swept with --seeds"),
+    (["run", "--epochs", "1", "--data-root", "{w}"], "dataset 'digits' is bundled with scikit-learn"),
     (
         ["sweep", DIGITS, "--out", "/proc/sw"],
         "a folder that takes no new files (a virtual file system such as /proc?)",

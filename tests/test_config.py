@@ -215,3 +215,18 @@ def test_preset_numbers_key_as_flags_do_and_legacy_folders_are_found(tmp_path, g
     assert code == 0, err
     assert json.loads(out3)["cache"] == json.loads(out)["cache"]  # same weights, same cache key
     assert (legacy / "final.pt").stat().st_mtime_ns == mtime and not folder.exists()
+
+
+def test_every_setting_has_a_type_and_a_bounded_range():
+    """Issue 28: a recipe key with no upper bound (epochs = 10**30) would start work; each number has both."""
+    from glag.config import RULES
+
+    for key, rule in RULES.items():
+        assert rule.kind in (int, float, str, bool, list, Path), key
+        if rule.kind in (int, float):
+            assert rule.lo is not None and rule.hi is not None, f"{key} has no sane range"
+            assert rule.check(rule.hi if not rule.hi_open else rule.hi - 1) is not None, key
+            with pytest.raises(ValueError, match="out of range"):
+                rule.check(int(rule.hi) * 10 + 10)
+            with pytest.raises(ValueError, match="out of range"):
+                rule.check(10**400)  # no OverflowError from float()

@@ -75,7 +75,7 @@ def test_sweep_grid_summary_and_no_rerun(tmp_path, glag_cli, cache_dir):
 @pytest.mark.parametrize(
     "args, msg",
     [
-        (["--set", "classifier_lr=-1"], "--set 'classifier_lr': -1 is out of range"),
+        (["--set", "classifier_lr=-1"], "--set classifier_lr=-1: -1 is out of range"),
         (["--set", "colour=red"], "--set 'colour' is not a config key"),
         (["--seeds", "x"], "--seeds 'x' is invalid"),
     ],

@@ -69,6 +69,8 @@ def test_cell_names_are_safe_and_distinct(a, b):
         (["kd=true,true"], "lists True twice"),
         (["lr=-1", "lr=0.05"], "--set lr is given twice; give its values once: --set lr=v1,v2"),
         (["loss=ce", "imbalance=10", "loss=la"], "--set loss is given twice"),
+        (["lr=-1"], "--set lr=-1: -1 is out of range; allowed: a finite number > 0 and <= 10"),
+        (["kd=true,1"], "--set kd=true,1: 1 is not true or false"),  # typed before compared: True == 1
     ],
 )
 def test_repeated_set_keys_and_values_are_refused(items, msg):

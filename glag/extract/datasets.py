@@ -414,6 +414,11 @@ def load_dataset(spec: DatasetSpec, download: bool = False, progress: bool = Tru
     The returned data's ``spec`` is complete (an image folder's digest and default ``n_max`` filled in)."""
     spec = spec.resolved()
     root = Path(spec.data_root).expanduser() if spec.data_root else None
+    if spec.name == "digits" and root is not None:  # silently ignored, two data roots would be one dataset
+        raise GlagError(
+            f"dataset 'digits' is bundled with scikit-learn and reads no data_root (--data-root), "
+            f"but '{spec.data_root}' was given; drop it, or choose a dataset that reads files"
+        )
     if spec.name == FOLDER:
         if download:
             raise GlagError("download does not apply to dataset 'folder' (its images are already on disk)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -38,7 +39,9 @@ def safe_load(path: Path, what: str, map_location="cpu"):
     if not path.is_file():
         raise GlagError(f"{what} '{path}' does not exist")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # a plain pickle's protocol warning would break the one-line refusal
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # UnpicklingError, RuntimeError (truncated zip), EOFError, ...
         text = str(exc)
         code = re.search(r"Unsupported global: GLOBAL (\S+)", text)
