@@ -152,4 +152,6 @@ quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar
 def config_from_cli(kw: dict, path: Path | None = None, sets=()) -> Config:
     """The run config: defaults <- recipe <- --set values <- flags given on the command line."""
     overrides = dict(parse_override(s) for s in sets)
-    return load_config(path, {**overrides, **explicit(click.get_current_context(), kw)}, source="--set")
+    flags = explicit(click.get_current_context(), kw)
+    labels = {key: flag_of(key) for key in flags}  # a flag's value is named by its flag, not by --set
+    return load_config(path, {**overrides, **flags}, source="--set", labels=labels)

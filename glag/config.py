@@ -87,6 +87,9 @@ class Rule:
                 or not value
             ):
                 raise ValueError(f"{value!r} is not {self.allowed()}")
+            twice = sorted({v for v in value if list(value).count(v) > 1})
+            if twice:  # the same method twice would be two runs of one thing
+                raise ValueError(f"{list(value)!r} lists '{twice[0]}' twice; name each once")
             return tuple(value)
         if not isinstance(value, (str, Path)):
             raise ValueError(f"{value!r} is not {self.allowed()}")
@@ -554,17 +557,22 @@ def recipe_values(raw: dict, where: str) -> tuple[dict, dict]:
 
 
 def parse_config(
-    path: Path | str | None = None, overrides: dict | None = None, *, methods=(), source: str = "override"
+    path: Path | str | None = None,
+    overrides: dict | None = None,
+    *,
+    methods=(),
+    source: str = "override",
+    labels: dict | None = None,
 ) -> Config:
     """Defaults <- the recipe at ``path`` <- ``overrides`` (``{"stage_one.epochs": 3}`` or ``{"epochs": 3}``),
     every value checked. ``methods``: the stage-two method names (glag.load_config passes the
-    registry's); ``source`` names the overrides in messages (``--set``)."""
+    registry's); ``source`` names the overrides in messages (``--set``), ``labels`` single ones (a flag)."""
     values, raw_variants = {}, {}
     if path is not None:
         values, raw_variants = recipe_values(read_recipe(Path(path)), f"--config '{path}'")
     for dotted, value in (overrides or {}).items():
         section, _, key = dotted.rpartition(".")
-        where = f"{source} '{dotted}'"
+        where = (labels or {}).get(dotted) or f"{source} '{dotted}'"
         _known(key, where, SECTIONS.get(section, RULES) if section else RULES)
         if section and SECTION_OF[key] != section:
             raise _err(where, f"'{key}' is in [{SECTION_OF[key]}], not [{section}]")

@@ -33,11 +33,11 @@ def log(msg: str) -> None:
 
 
 def load_config(
-    path: Path | str | None = None, overrides: dict | None = None, *, source="override"
+    path: Path | str | None = None, overrides: dict | None = None, *, source="override", labels=None
 ) -> Config:
     """Defaults <- the recipe at ``path`` <- ``overrides`` (``{"stage_one.epochs": 3}`` or ``{"epochs": 3}``),
     every value checked against its setting and the registered stage-two methods (glag.config)."""
-    return parse_config(path, overrides, methods=tuple(METHODS), source=source)
+    return parse_config(path, overrides, methods=tuple(METHODS), source=source, labels=labels)
 
 
 def load_run_config(record: dict) -> Config:

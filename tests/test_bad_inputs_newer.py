@@ -142,6 +142,7 @@ RECIPES = {
     "lr_table": "[stage_one]\nlr = {peak = 0.1}\n",
     "method_empty": "[stage_two]\nmethod = []\n",
     "method_mixed": "[stage_two]\nmethod = ['glag', 3]\n",
+    "method_twice": "[stage_two]\nmethod = ['crt', 'glag', 'crt']\n",
     "epochs_huge": "[stage_one]\nepochs = 1000000000000000000000000000000\n",
     "batch_huge": "[stage_two]\nclassifier_batch_size = 100000000000\n",
     "k_huge": "[generator]\nk = 1e9\n",
@@ -228,6 +229,8 @@ CASES = [
     (["run", "--config", "{w}/lr_table.toml"], "[stage_one] lr: {{'peak': 0.1}} is not a number"),
     (["run", "--config", "{w}/method_empty.toml"], "[stage_two] method: [] is not a name or a list"),
     (["sweep", "{w}/method_mixed.toml", "--out", "{w}/sw"], "method: ['glag', 3] is not a name or a list"),
+    (["run", "--config", "{w}/method_twice.toml"], "method: ['crt', 'glag', 'crt'] lists 'crt' twice"),
+    (["run", "--method", "glag", "--method", "glag"], "lists 'glag' twice; name each once"),
     (
         ["run", "--config", "{w}/epochs_huge.toml"],
         "[stage_one] epochs: 1000000000000000000000000000000 is out of range; allowed: a finite integer >= 0 "
