@@ -316,7 +316,7 @@ def probe_lines(rows) -> list[str]:
             d = paired_losses(probe, im, "probe", "graloss", other)
             if d:
                 out.append(
-                    f"* Probe, GraLoss features minus {other} features (same seed): {interval_text(d)}."
+                    f"* Probe, GraLoss features minus {other} features (same seed): {interval_text(d, 'GraLoss')}."
                 )
     return out
 

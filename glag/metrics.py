@@ -63,11 +63,11 @@ def t_interval(values) -> tuple[float, float, float]:
     return m, m - half, m + half
 
 
-def verdict(lo: float, hi: float) -> str:
-    """How a paired interval of GLAG minus another method reads."""
+def verdict(lo: float, hi: float, subject: str = "GLAG") -> str:
+    """How a paired interval of ``subject`` (GLAG) minus another method reads."""
     if lo != lo:
         return "n < 2"
-    return "GLAG better" if lo > 0 else ("GLAG worse" if hi < 0 else "tie")
+    return f"{subject} better" if lo > 0 else (f"{subject} worse" if hi < 0 else "tie")
 
 
 def paired_differences(values: dict, ref: str = "glag") -> dict[str, list[float]]:
@@ -115,9 +115,9 @@ def paired_rows(rows, a: str, b: str, metric: str, *, by: str = "method", pair: 
     ]
 
 
-def interval_text(d) -> str:
-    """'+m [lo, hi] (n=N, verdict)' of paired differences."""
+def interval_text(d, subject: str = "GLAG") -> str:
+    """'+m [lo, hi] (n=N, verdict)' of paired differences of ``subject`` minus another."""
     m, lo, hi = t_interval(d)
     if len(d) < 2:
         return f"{m:+.2f} (n=1, no interval yet)"
-    return f"{m:+.2f} [{lo:+.2f}, {hi:+.2f}] (n={len(d)}, {verdict(lo, hi)})"
+    return f"{m:+.2f} [{lo:+.2f}, {hi:+.2f}] (n={len(d)}, {verdict(lo, hi, subject)})"
