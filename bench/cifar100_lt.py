@@ -24,7 +24,7 @@ from pathlib import Path
 
 from protocol import ROOT, check_data, glag, literature, rel, shown
 
-from glag.metrics import mean_std, paired_differences, t_interval, verdict
+from glag.reporting import METRICS, mean_std, paired_differences, read_cells, t_interval, verdict
 from glag.sweep import parse_seeds
 
 LIT = literature()  # bench/literature.toml
@@ -79,21 +79,15 @@ def collect(args) -> list[dict]:
     for name, im, _, _ in sweeps(args.protocol, args.ims):
         path = args.results / "runs" / args.protocol / name / "cells.csv"
         if path.is_file():
-            with open(path, newline="") as f:
-                for r in csv.DictReader(f):
-                    rows.append(
-                        {
-                            "sweep": name,
-                            "im": im,
-                            "stage_one": stage_one_label(r),
-                            "method": r["method"],
-                            "seed": int(r["seed"]),
-                            **{
-                                k: float(r[k]) if r[k] else None
-                                for k in ("top1", "many", "medium", "few", "val_top1")
-                            },
-                        }
-                    )
+            for r in read_cells(path):
+                rows.append(
+                    {
+                        "sweep": name,
+                        "im": im,
+                        "stage_one": stage_one_label(r),
+                        **{k: r[k] for k in ("method", "seed", *METRICS, "val_top1")},
+                    }
+                )
     return rows
 
 

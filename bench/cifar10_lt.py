@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import statistics
 import sys
 import time
@@ -27,8 +26,9 @@ from pathlib import Path
 
 from protocol import ROOT, glag, literature, rel, shown
 
+from glag.classify.results import load_run
 from glag.config import default, tomllib
-from glag.metrics import interval_text, mean_std, num, paired_rows
+from glag.reporting import METRICS, interval_text, mean_std, paired_rows, run_row
 from glag.sweep import run_folders
 
 LOSSES = ["graloss", "ce", "la1", "ldam-drw"]  # GraLoss first: its seeds give the headline interval soonest
@@ -185,8 +185,7 @@ def collect(args, p: dict, b: dict) -> list[dict]:
         for m in methods:
             if m not in found:
                 continue
-            res = json.loads((found[m] / "result.json").read_text())
-            s, v = res["summary"], res.get("val_summary", {})
+            r = run_row(load_run(found[m]))
             rows.append(
                 {
                     "dataset": p["dataset"],
@@ -194,12 +193,12 @@ def collect(args, p: dict, b: dict) -> list[dict]:
                     "stage_one": loss,
                     "method": m,
                     "seed": seed,
-                    **{k: num(s.get(k)) for k in ("top1", "many", "medium", "few")},
+                    **{k: r[k] for k in METRICS},
                     "budget": args.budget,
-                    "val_top1": num(v.get("top1")),
+                    "val_top1": r["val_top1"],
                     "epochs": b["epochs"],
                     "val_rows": args.val_rows,
-                    "_per_class": res["test"]["per_class"],
+                    "_per_class": r["per_class"],
                 }
             )
     order = {m: i for i, m in enumerate(methods)}
@@ -316,7 +315,8 @@ def probe_lines(rows) -> list[str]:
             d = paired_losses(probe, im, "probe", "graloss", other)
             if d:
                 out.append(
-                    f"* Probe, GraLoss features minus {other} features (same seed): {interval_text(d, 'GraLoss')}."
+                    f"* Probe, GraLoss features minus {other} features (same seed): "
+                    f"{interval_text(d, 'GraLoss')}."
                 )
     return out
 

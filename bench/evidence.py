@@ -23,7 +23,7 @@ from pathlib import Path
 
 from protocol import ROOT, glag, rel
 
-from glag.metrics import mean_std, num, paired_rows, t_interval, verdict
+from glag.reporting import METRICS, mean_std, paired_rows, read_cells, t_interval, verdict
 
 DATASET = "fashion-mnist-lt"
 N_MAX = 500
@@ -73,18 +73,17 @@ def collect(results: Path) -> list[dict]:
         f = sweep_dir(results, im) / "cells.csv"
         if not f.is_file():
             continue
-        with open(f, newline="") as fh:
-            for r in csv.DictReader(fh):
-                rows.append(
-                    {
-                        "dataset": DATASET,
-                        "imbalance": im,
-                        "stage_one": ours.get(r["loss"], r["loss"]),
-                        "method": r["method"],
-                        "seed": int(r["seed"]),
-                        **{k: num(float(r[k]) if r[k] else None) for k in ("top1", "many", "medium", "few")},
-                    }
-                )
+        for r in read_cells(f):
+            rows.append(
+                {
+                    "dataset": DATASET,
+                    "imbalance": im,
+                    "stage_one": ours.get(r["loss"], r["loss"]),
+                    "method": r["method"],
+                    "seed": r["seed"],
+                    **{k: r[k] for k in METRICS},
+                }
+            )
     order = {m: i for i, m in enumerate(METHODS)}
     return sorted(
         rows,

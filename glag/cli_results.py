@@ -10,10 +10,11 @@ import click
 
 from glag.classify.export import predict_folder
 from glag.classify.report import plot_beta, plot_per_class, plot_stage_one_curves
-from glag.classify.results import load_run, paired_table, summary_table
+from glag.classify.results import load_run
 from glag.errors import GlagError
 from glag.options import check_writable
 from glag.pipeline import log
+from glag.reporting import paired_table, summary_table
 
 
 @click.command()

@@ -15,18 +15,15 @@ import re
 from pathlib import Path
 
 from glag.cache.format import atomic_path, json_hash
-from glag.classify.results import label
+from glag.classify.results import label, load_run
 from glag.config import RENAMED, SECTION_OF, SECTIONS, check_value, to_toml, toml_value, tomllib
 from glag.errors import GlagError
-from glag.metrics import mean_std, num, paired_differences, t_interval, verdict
 from glag.paths import check_safe_name
 from glag.pipeline import load_config, resolved, run
+from glag.reporting import METRICS, mean_std, num, ref_minus_each, run_row, t_interval, verdict
 from glag.sweep_folder import claim, describe, record_sweep
 from glag.sweep_slurm import _record as _record_job
 from glag.sweep_slurm import check_cluster, job_of, run_on_slurm
-
-METRICS = ("top1", "many", "medium", "few")
-
 
 MAX_SEEDS = 10_000  # cells are trainings: a longer list is a typo, not a plan
 
@@ -331,6 +328,8 @@ def _run_packed(todo, jobs: int, finished) -> None:
 
 
 def collect(out: Path, methods, cells: list[dict], sets) -> list[dict]:
+    """cells.csv's rows: each cell's finished runs (glag.reporting.run_row) with the cell's name, seed,
+    --set values and job."""
     rows = []
     for cell in cells:
         found = run_folders(cell.get("dir") or out / "cells" / cell["name"])
@@ -338,16 +337,14 @@ def collect(out: Path, methods, cells: list[dict], sets) -> list[dict]:
         for m in methods:
             if m not in found:
                 continue
-            rec = json.loads((found[m] / "result.json").read_text())
-            s, v = rec["summary"], rec.get("val_summary", {})
+            r = run_row(load_run(found[m]))
             rows.append(
                 {
                     "cell": cell["name"],
                     "seed": cell["seed"],
                     **{k: cell["setting"][k] for k in sets},
                     "method": m,
-                    **{k: s.get(k) for k in METRICS},
-                    "val_top1": v.get("top1"),
+                    **{k: r[k] for k in (*METRICS, "val_top1")},
                     "run": str(found[m].relative_to(out)),
                     "executor": job.get("executor", "local"),
                     "job_id": job.get("job_id", ""),
@@ -382,7 +379,7 @@ def summary(rows: list[dict], methods, sets) -> str:
                 lines.append(f"| {m} | {len(mr)} | " + " | ".join(cells) + " |")
         if "glag" in methods:
             lines += ["", "| GLAG minus | top-1 | verdict |", "|---|---|---|"]
-            diffs = paired_differences({(r["method"], r["seed"]): num(r["top1"]) for r in rs})
+            diffs = ref_minus_each(rs, "seed")
             for m in methods:
                 if m in diffs and m != "probe":  # the probe trains on another (the full balanced) set
                     mean, lo, hi = t_interval(diffs[m])

@@ -65,7 +65,7 @@ def test_cifar100_lt_protocol_is_sweeps_of_the_recipe(tmp_path, fake_cifar100):
 
 
 def test_evidence_paired_t_interval():
-    from glag.metrics import t_interval, verdict
+    from glag.reporting import t_interval, verdict
 
     m, lo, hi = t_interval([1.0, 2.0, 3.0])
     half = 4.302652729911275 / 3**0.5  # t(0.975, 2) * sd / sqrt(n), sd = 1
@@ -77,7 +77,7 @@ def test_evidence_tables_pair_by_seed(tmp_path):
     """The evidence protocol's report (run as a script, --report-only) pairs GLAG with each method by seed."""
     import csv
 
-    from glag.metrics import paired_rows
+    from glag.reporting import paired_rows
 
     rows = []
     for seed, (g, c) in enumerate([(60.0, 55.0), (61.0, 57.0), (59.5, 54.0)]):
