@@ -237,3 +237,45 @@ def test_a_new_backbone_is_one_registered_function(tmp_path, cache_dir):
             register_backbone("tiny")(Tiny)
     finally:
         BACKBONES.pop("tiny")
+
+
+def test_a_new_dataset_is_one_registered_function(tmp_path, cache_dir, glag_cli):
+    import numpy as np
+
+    from glag.config import CHOICES
+    from glag.extract.dataset_kinds import DATASET_KINDS, register_dataset
+    from glag.extract.datasets import array_dataset
+
+    assert set(DATASET_KINDS) == set(CHOICES["dataset"])  # every built-in name is a registered reader
+    before = CHOICES["dataset"]
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 100)
+    images = (rng.random((400, 8, 8)) * 20 + labels[:, None, None] * 70).astype(np.uint8)  # separable
+
+    @register_dataset(
+        "blobs-lt",
+        n_max=30,
+        imbalance=10.0,
+        bundled=True,
+        recipe=dict(backbone="cnn", epochs=2, batch_size=32, lr=0.05, warmup=0, pad=1, flip=False),
+    )
+    def blobs(spec, root, progress):
+        data = (images, labels, ["a", "b", "c", "d"])
+        return array_dataset(
+            spec, root, data, data, train_pool=np.arange(0, 400, 2), test_rows=np.arange(1, 400, 2)
+        )
+
+    try:
+        code, out, err = glag_cli("data", "--dataset", "blobs-lt")
+        assert code == 0 and "blobs-lt-im10" in out and "30" in out, err
+        cfg = load_config(None, {"dataset": "blobs-lt", "classifier_epochs": 2, "method": ["crt"]})
+        (rec,) = glag.run(cfg, out=tmp_path, quiet=True)
+        res = load_run(Path(rec["dir"]))
+        assert res["dataset"] == "blobs-lt-im10" and res["summary"]["top1"] > 40  # 4 classes: chance is 25
+        with pytest.raises(ValueError, match="registered twice"):
+            register_dataset("blobs-lt")(blobs)
+    finally:
+        DATASET_KINDS.pop("blobs-lt")
+        CHOICES["dataset"] = before
+    code, _, err = glag_cli("data", "--dataset", "blobs-lt")
+    assert code == 2 and "'blobs-lt' is not one of" in err

@@ -17,20 +17,10 @@ import numpy as np
 from glag.config import CHOICES, Config, default
 from glag.errors import GlagError
 from glag.extract import sources
+from glag.extract.dataset_kinds import CIFAR_RECIPE, IMAGENET_RECIPE, kind_of, register_dataset
 from glag.extract.profile import PROFILES, check_imbalance, class_counts, profile_counts
 
-ARRAY_DATASETS = {"digits", "cifar10-lt", "cifar100-lt", "fashion-mnist-lt"}
-LIST_DATASETS = {
-    # name: (train list, val list, test list) file names under the data root
-    "imagenet-lt": ("ImageNet_LT_train.txt", "ImageNet_LT_val.txt", "ImageNet_LT_test.txt"),
-    "places-lt": ("Places_LT_train.txt", "Places_LT_val.txt", "Places_LT_test.txt"),
-    "inat2018": ("iNaturalist18_train.txt", "iNaturalist18_val_split.txt", "iNaturalist18_val.txt"),
-}
 FOLDER = "folder"  # <root>/{train,test[,val]}/<class>/<image>: glag.extract.folder
-DATASETS = list(CHOICES["dataset"])
-assert set(DATASETS) == ARRAY_DATASETS | set(LIST_DATASETS) | {FOLDER}, "config.CHOICES is the one list"
-N_MAX = {"cifar10-lt": 5000, "cifar100-lt": 500, "fashion-mnist-lt": 6000, "digits": 110}
-DEFAULT_IMBALANCE = {"digits": 20.0}
 DIGITS_TEST_PER_CLASS = 40
 # Where validation rows come from when no val/ folder or list file gives them (SPEC section 5).
 # every-class: val_per_class rows for every class, the leftovers first, the shortfall from the end of the
@@ -53,7 +43,7 @@ class DatasetSpec:
         "profile"
     )  # exp: n_max * IM^(-c/(C-1)); step: first C/2 classes n_max, the rest n_max/IM;
     #                        all: an image folder that is the subset already (every image, its val/ folder)
-    n_max: int = default("n_max")  # 0 = the dataset's default (N_MAX)
+    n_max: int = default("n_max")  # 0 = the dataset's default (its registered n_max)
     subset_seed: int = default("subset_seed")  # seeds LDAM-DRW's per-class shuffle that picks the LT subset
     # Names the rule that picks the subset, so caches made by the old "first n_c in file order" rule
     # (which had no such field) can never share a key with caches made by this one.
@@ -83,8 +73,7 @@ class DatasetSpec:
         ).resolved()
 
     def resolved(self) -> DatasetSpec:
-        if self.name not in DATASETS:
-            raise GlagError(f"unknown dataset '{self.name}'; choose one of: {', '.join(DATASETS)}")
+        kind = kind_of(self.name)
         if self.val_per_class < 0:
             raise GlagError(
                 f"val_per_class (--val-per-class) {self.val_per_class} is invalid; it must be >= 0"
@@ -93,7 +82,7 @@ class DatasetSpec:
             raise GlagError(
                 f"val_rows (--val-rows) '{self.val_rows}' is unknown; choose one of: {', '.join(VAL_ROWS)}"
             )
-        if self.name in LIST_DATASETS:  # subset fixed by the published lists
+        if kind.kind == "list":  # subset fixed by the published lists
             return replace(
                 self,
                 imbalance=0.0,
@@ -128,14 +117,14 @@ class DatasetSpec:
         ):  # the default needs the folder's class sizes: set by load_dataset
             im = check_imbalance(self.imbalance or 100.0)
             return replace(self, imbalance=im, subset_seed=int(self.subset_seed))
-        n_max = self.n_max or N_MAX[self.name]
+        n_max = self.n_max or kind.n_max
         if n_max < 1:
-            default = "the smallest class" if self.name == FOLDER else N_MAX[self.name]
+            default = "the smallest class" if self.name == FOLDER else kind.n_max
             raise GlagError(
                 f"n_max (--n-max) {self.n_max} is invalid; it must be >= 1 (0 = the dataset's default, "
                 f"{default})"
             )
-        im = check_imbalance(self.imbalance or DEFAULT_IMBALANCE.get(self.name, 100.0))
+        im = check_imbalance(self.imbalance or kind.imbalance)
         return replace(self, imbalance=im, n_max=int(n_max), subset_seed=int(self.subset_seed))
 
     def identity(self) -> dict:
@@ -150,7 +139,7 @@ class DatasetSpec:
 
     def label(self) -> str:
         r = self.resolved()
-        if r.name in LIST_DATASETS:
+        if kind_of(r.name).kind == "list":
             return r.name
         extra = "" if r.profile == "exp" else f"-{r.profile}"
         if r.name == FOLDER and r.profile == "all":
@@ -159,7 +148,7 @@ class DatasetSpec:
             return f"folder-{r.content[:8] or 'unread'}-im{r.imbalance:g}{extra}-n{r.n_max}" + (
                 "" if r.subset_seed == 0 else f"-s{r.subset_seed}"
             )
-        extra += "" if r.n_max == N_MAX[r.name] else f"-n{r.n_max}"
+        extra += "" if r.n_max == kind_of(r.name).n_max else f"-n{r.n_max}"
         extra += "" if r.subset_seed == 0 else f"-s{r.subset_seed}"
         return f"{r.name}-im{r.imbalance:g}{extra}"
 
@@ -269,28 +258,20 @@ def _split(source: str, index: np.ndarray, labels: np.ndarray) -> Split:
     return Split(source, index, labels[index].astype(np.int64))
 
 
-def _array_dataset(spec: DatasetSpec, root: Path | None) -> LTData:
-    name = spec.name
-    if name == "digits":
-        images, labels, names = sources.read_digits()
-        test = np.concatenate([np.flatnonzero(labels == c)[-DIGITS_TEST_PER_CLASS:] for c in range(10)])
-        train_pool = np.setdiff1d(np.arange(len(labels)), test)
-        train_images, train_labels = images, labels
-        test_images, test_labels = images, labels
-    else:
-        if root is None:
-            raise GlagError(f"dataset '{name}' needs data_root (--data-root): a folder holding its files")
-        if not root.is_dir():
-            raise GlagError(f"data root '{root}' does not exist or is not a folder")
-        if name == "fashion-mnist-lt":
-            train_images, train_labels, names = sources.read_fashion(root, train=True)
-            test_images, test_labels, _ = sources.read_fashion(root, train=False)
-        else:
-            nc = 100 if name == "cifar100-lt" else 10
-            train_images, train_labels, names = sources.read_cifar(root, nc, train=True)
-            test_images, test_labels, _ = sources.read_cifar(root, nc, train=False)
-        train_pool = np.arange(len(train_labels))
-        test = np.arange(len(test_labels))
+def _need_root(spec: DatasetSpec, root: Path | None) -> Path:
+    if root is None:
+        raise GlagError(f"dataset '{spec.name}' needs data_root (--data-root): a folder holding its files")
+    if not root.is_dir():
+        raise GlagError(f"data root '{root}' does not exist or is not a folder")
+    return root
+
+
+def array_dataset(spec, root, train, test, train_pool=None, test_rows=None) -> LTData:
+    """The profile's LT subset of ``train`` = (images, labels, class names) drawn from ``train_pool`` (all
+    rows by default), validation rows by ``spec.val_rows``, and ``test``'s ``test_rows`` (all)."""
+    (train_images, train_labels, names), (test_images, test_labels, _) = train, test
+    train_pool = np.arange(len(train_labels)) if train_pool is None else train_pool
+    test_rows = np.arange(len(test_labels)) if test_rows is None else test_rows
     num_classes = len(names)
     pool_labels = train_labels[train_pool]
     check_n_max(spec.n_max, pool_labels, num_classes)
@@ -301,12 +282,46 @@ def _array_dataset(spec: DatasetSpec, root: Path | None) -> LTData:
     splits = {
         "train": _split("train", train_pool[tr], train_labels),
         "val": _split("train", train_pool[va], train_labels),
-        "test": _split("test", test, test_labels),
+        "test": _split("test", test_rows, test_labels),
     }
     if spec.full_split:
         splits["full"] = _split("train", train_pool, train_labels)
     srcs = {"train": train_images, "test": test_images}
     return LTData(spec, num_classes, names, srcs, splits, root, lent=lent if lent.any() else None)
+
+
+@register_dataset(
+    "digits",
+    n_max=110,
+    imbalance=20.0,
+    bundled=True,
+    recipe=dict(backbone="cnn", epochs=30, batch_size=64, lr=0.05, warmup=2, pad=1, flip=False),
+)
+def digits(spec: DatasetSpec, root: Path | None, progress: bool) -> LTData:
+    """scikit-learn's 8x8 digits: the last 40 images of each class are the test split."""
+    images, labels, names = sources.read_digits()
+    test = np.concatenate([np.flatnonzero(labels == c)[-DIGITS_TEST_PER_CLASS:] for c in range(10)])
+    pool = np.setdiff1d(np.arange(len(labels)), test)
+    data = (images, labels, names)
+    return array_dataset(spec, None, data, data, train_pool=pool, test_rows=test)
+
+
+@register_dataset("cifar10-lt", n_max=5000, downloads=True)
+def cifar10_lt(spec: DatasetSpec, root: Path | None, progress: bool) -> LTData:
+    root = _need_root(spec, root)
+    return array_dataset(spec, root, *(sources.read_cifar(root, 10, train=t) for t in (True, False)))
+
+
+@register_dataset("cifar100-lt", n_max=500, downloads=True)
+def cifar100_lt(spec: DatasetSpec, root: Path | None, progress: bool) -> LTData:
+    root = _need_root(spec, root)
+    return array_dataset(spec, root, *(sources.read_cifar(root, 100, train=t) for t in (True, False)))
+
+
+@register_dataset("fashion-mnist-lt", n_max=6000, downloads=True)
+def fashion_mnist_lt(spec: DatasetSpec, root: Path | None, progress: bool) -> LTData:
+    root = _need_root(spec, root)
+    return array_dataset(spec, root, *(sources.read_fashion(root, train=t) for t in (True, False)))
 
 
 def read_list_file(path: Path) -> tuple[list[str], np.ndarray]:
@@ -327,15 +342,15 @@ def read_list_file(path: Path) -> tuple[list[str], np.ndarray]:
     return paths, np.asarray(labels, dtype=np.int64)
 
 
-def _list_dataset(spec: DatasetSpec, root: Path | None) -> LTData:
+def _list_dataset(spec: DatasetSpec, root: Path | None, files: tuple[str, str, str]) -> LTData:
+    """The train, val and test list files under ``root`` (``<relative path> <label>`` per line)."""
     if root is None or not root.is_dir():
         raise GlagError(
             f"dataset '{spec.name}' needs data_root (--data-root) pointing at an existing folder, "
             f"got '{root}'"
         )
-    names = LIST_DATASETS[spec.name]
     srcs, splits = {}, {}
-    for split, fname in zip(("train", "val", "test"), names, strict=False):
+    for split, fname in zip(("train", "val", "test"), files, strict=False):
         paths, labels = read_list_file(root / fname)
         srcs[split] = [str(root / p) for p in paths]
         splits[split] = Split(split, np.arange(len(paths), dtype=np.int64), labels)
@@ -347,7 +362,25 @@ def _list_dataset(spec: DatasetSpec, root: Path | None) -> LTData:
     return LTData(spec, num_classes, class_names, srcs, splits, root)
 
 
-def _folder_dataset(spec: DatasetSpec, root: Path | None, progress: bool) -> LTData:
+@register_dataset("imagenet-lt", kind="list", recipe=IMAGENET_RECIPE)
+def imagenet_lt(spec: DatasetSpec, root: Path | None, progress: bool) -> LTData:
+    return _list_dataset(spec, root, ("ImageNet_LT_train.txt", "ImageNet_LT_val.txt", "ImageNet_LT_test.txt"))
+
+
+@register_dataset("places-lt", kind="list", recipe=IMAGENET_RECIPE)
+def places_lt(spec: DatasetSpec, root: Path | None, progress: bool) -> LTData:
+    return _list_dataset(spec, root, ("Places_LT_train.txt", "Places_LT_val.txt", "Places_LT_test.txt"))
+
+
+@register_dataset("inat2018", kind="list", recipe=dict(IMAGENET_RECIPE, backbone="resnet50", epochs=90))
+def inat2018(spec: DatasetSpec, root: Path | None, progress: bool) -> LTData:
+    files = ("iNaturalist18_train.txt", "iNaturalist18_val_split.txt", "iNaturalist18_val.txt")
+    return _list_dataset(spec, root, files)
+
+
+# Images up to folder.SMALL_MAX px get the CIFAR recipe, larger ones ImageNet-LT's (extract.train).
+@register_dataset(FOLDER, kind="folder", recipe=CIFAR_RECIPE)
+def image_folder(spec: DatasetSpec, root: Path | None, progress: bool) -> LTData:
     from glag.extract.folder import load_folder
 
     if root is None:
@@ -413,22 +446,21 @@ def load_dataset(spec: DatasetSpec, download: bool = False, progress: bool = Tru
 
     The returned data's ``spec`` is complete (an image folder's digest and default ``n_max`` filled in)."""
     spec = spec.resolved()
+    kind = kind_of(spec.name)
     root = Path(spec.data_root).expanduser() if spec.data_root else None
-    if spec.name == "digits" and root is not None:  # silently ignored, two data roots would be one dataset
+    if kind.bundled and root is not None:  # silently ignored, two data roots would be one dataset
         raise GlagError(
-            f"dataset 'digits' is bundled with scikit-learn and reads no data_root (--data-root), "
+            f"dataset '{spec.name}' is bundled with its library and reads no data_root (--data-root), "
             f"but '{spec.data_root}' was given; drop it, or choose a dataset that reads files"
         )
-    if spec.name == FOLDER:
-        if download:
-            raise GlagError("download does not apply to dataset 'folder' (its images are already on disk)")
-        return _folder_dataset(spec, root, progress)
-    if download and spec.name != "digits":  # digits ship with scikit-learn
+    if download and not kind.bundled:
+        if not kind.downloads:
+            if kind.kind == "folder":
+                raise GlagError(
+                    f"download does not apply to dataset '{spec.name}' (its images are already on disk)"
+                )
+            raise GlagError(f"--download is not available for '{spec.name}'; fetch its files by hand")
         if root is None:
             raise GlagError("download needs data_root (--data-root): where to put the files")
         sources.download(spec.name, root)
-        if spec.name == "fashion-mnist-lt":
-            root = root / "FashionMNIST" / "raw"
-    if spec.name in LIST_DATASETS:
-        return _list_dataset(spec, root)
-    return _array_dataset(spec, root)
+    return kind.read(spec, root, progress)

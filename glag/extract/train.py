@@ -25,6 +25,7 @@ from glag.extract.batches import (
     file_batches,
     to_tensor,
 )
+from glag.extract.dataset_kinds import IMAGENET_RECIPE, kind_of
 from glag.extract.datasets import DatasetSpec, LTData
 from glag.extract.losses import head_for, make_loss
 from glag.extract.models import Classifier
@@ -37,31 +38,15 @@ from glag.extract.pretrained import (
 )
 from glag.extract.torchfile import safe_load
 
-# Per-dataset recipe defaults; CIFAR follows SPEC section 1 (ResNet-32, 200 epochs, batch 128, lr 0.1, 5
-# warm-up).
-PRESETS = {
-    "digits": dict(backbone="cnn", epochs=30, batch_size=64, lr=0.05, warmup=2, pad=1, flip=False),
-    "fashion-mnist-lt": dict(
-        backbone="resnet32", epochs=200, batch_size=128, lr=0.1, warmup=5, pad=4, flip=True
-    ),
-    "cifar10-lt": dict(backbone="resnet32", epochs=200, batch_size=128, lr=0.1, warmup=5, pad=4, flip=True),
-    "cifar100-lt": dict(backbone="resnet32", epochs=200, batch_size=128, lr=0.1, warmup=5, pad=4, flip=True),
-    "imagenet-lt": dict(backbone="resnet10", epochs=200, batch_size=256, lr=0.1, warmup=5, pad=0, flip=True),
-    "places-lt": dict(backbone="resnet10", epochs=200, batch_size=256, lr=0.1, warmup=5, pad=0, flip=True),
-    "inat2018": dict(backbone="resnet50", epochs=90, batch_size=256, lr=0.1, warmup=5, pad=0, flip=True),
-}
-# Image folders: images up to folder.SMALL_MAX px get the CIFAR recipe, larger ones ImageNet-LT's.
-PRESETS["folder"] = PRESETS["cifar10-lt"]
-PRESETS["folder-large"] = PRESETS["imagenet-lt"]
-
 
 def preset_for(ds: DatasetSpec) -> dict:
-    """The recipe defaults for a resolved dataset spec."""
+    """The stage-one recipe defaults of a resolved dataset spec (registered with the dataset); an image
+    folder of images over folder.SMALL_MAX px gets ImageNet-LT's."""
     from glag.extract.folder import SMALL_MAX
 
     if ds.name == "folder" and ds.image_size > SMALL_MAX:
-        return PRESETS["folder-large"]
-    return PRESETS[ds.name]
+        return IMAGENET_RECIPE
+    return kind_of(ds.name).recipe
 
 
 FLOAT_FIELDS = ("a", "g", "tau", "gamma", "lr", "warmup", "momentum", "weight_decay")
