@@ -15,6 +15,7 @@ from glag.classify import baselines
 from glag.classify.stage_two import StageTwoConfig, train_glag
 from glag.config import Config
 from glag.generate.afg import AFG, GeneratorConfig, SamplingConfig
+from glag.registry import add
 
 
 @dataclass(frozen=True)
@@ -43,9 +44,7 @@ def register(name: str, *, exports_model: bool = False):
     """Decorator: make ``fn(cache, run) -> result`` the stage-two method ``name``."""
 
     def deco(fn):
-        if name in METHODS:
-            raise ValueError(f"stage-two method '{name}' is registered twice")
-        METHODS[name] = Method(fn, exports_model)
+        add(METHODS, name, Method(fn, exports_model), "stage-two method")
         return fn
 
     return deco

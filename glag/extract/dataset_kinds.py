@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from glag.config import CHOICES
 from glag.errors import GlagError
+from glag.registry import add
 
 # Stage-one recipe defaults (SPEC section 1: ResNet-32, 200 epochs, batch 128, lr 0.1, 5 warm-up for
 # CIFAR); a recipe or flag overrides each.
@@ -40,14 +41,10 @@ def register_dataset(name: str, **info):
     value of the ``dataset`` setting); ``info``: the DatasetKind fields after ``read``."""
 
     def deco(read):
-        if name in DATASET_KINDS:
-            raise ValueError(f"dataset '{name}' is registered twice")
         kind = DatasetKind(name, read, **info)
         if kind.kind not in KINDS:
             raise ValueError(f"dataset '{name}': kind '{kind.kind}' is not one of {KINDS}")
-        DATASET_KINDS[name] = kind
-        if name not in CHOICES["dataset"]:
-            CHOICES["dataset"] += (name,)
+        add(DATASET_KINDS, name, kind, "dataset", setting="dataset")
         return read
 
     return deco

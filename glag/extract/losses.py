@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from glag.config import CHOICES
 from glag.errors import GlagError
+from glag.registry import add
 
 
 def gradual_lambda(t: float, total: float, a: float, g: float) -> float:
@@ -102,11 +103,7 @@ def register_loss(name: str):
     (its name becomes a value of the ``loss`` setting)."""
 
     def deco(build):
-        if name in LOSS_BUILDERS:
-            raise ValueError(f"stage-one loss '{name}' is registered twice")
-        LOSS_BUILDERS[name] = build
-        if name not in CHOICES["loss"]:
-            CHOICES["loss"] += (name,)
+        add(LOSS_BUILDERS, name, build, "stage-one loss", setting="loss")
         return build
 
     return deco

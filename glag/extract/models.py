@@ -8,6 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from glag.errors import GlagError
+from glag.registry import add
 
 
 class _BasicBlockA(nn.Module):
@@ -105,9 +106,7 @@ def register_backbone(name: str):
     """Decorator: make ``build(in_channels) -> feature extractor`` the backbone ``name``."""
 
     def deco(build):
-        if name in BACKBONES:
-            raise ValueError(f"backbone '{name}' is registered twice")
-        BACKBONES[name] = build
+        add(BACKBONES, name, build, "backbone")
         return build
 
     return deco
