@@ -214,7 +214,7 @@ def run_sweep(
     mine = {c["name"] for c in cells}
     out.mkdir(parents=True, exist_ok=True)
     record_sweep(out, record)
-    todo = []  # (cell, glag run arguments) of every cell with a method still missing
+    todo = []  # every cell with a method still missing (cell["missing"])
     for cell in (c for c in every if c["name"] in mine):
         cell_dir = cell["dir"]
         missing = [m for m in methods if m not in run_folders(cell_dir)]
@@ -230,22 +230,7 @@ def run_sweep(
         cell["missing"] = missing
         if executor == "local":
             _record_job(cell_dir, {"executor": "local", "job_id": ""})
-        todo.append(
-            (
-                cell,
-                [
-                    "run",
-                    "--config",
-                    str(cfg_file),
-                    "--out",
-                    str(cell_dir / "runs"),
-                    "--cache-dir",
-                    str(cache_dir),
-                    "-q",
-                    *[a for m in missing for a in ("--method", m)],
-                ],
-            )
-        )
+        todo.append(cell)
     bar = tqdm(
         total=len(cells),
         initial=len(cells) - len(todo),
@@ -260,7 +245,7 @@ def run_sweep(
 
     if executor == "slurm":
         groups: dict[tuple, list] = {}
-        for cell, _ in todo:
+        for cell in todo:
             groups.setdefault(stage_one_group(cell), []).append(cell)
         failed = run_on_slurm(
             list(groups.values()),
@@ -280,12 +265,12 @@ def run_sweep(
                 f"them): {failed[0]}"
             )
     elif jobs <= 1:
-        for cell, _ in todo:
+        for cell in todo:
             cfg = load_config(cell["dir"] / "config.toml")
             run(cfg, out=cell["dir"] / "runs", cache_dir=cache_dir, methods=cell["missing"], quiet=True)
             finished()
     else:
-        _run_packed(todo, jobs, finished)
+        _run_packed(todo, jobs, cache_dir, finished)
     bar.close()
     return write_outputs(out, record["methods"], every, record["sets"])
 
@@ -297,15 +282,18 @@ def stage_one_group(cell: dict) -> tuple:
     )
 
 
-def _run_packed(todo, jobs: int, finished) -> None:
-    """Cells in ``jobs`` worker processes at a time; a group sharing a stage-one cache stays in one worker."""
+def _run_packed(todo, jobs: int, cache_dir: Path, finished) -> None:
+    """Cells in ``jobs`` worker processes (``glag run``) at a time; a group sharing a stage-one cache stays
+    in one worker."""
     import subprocess
     import sys
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
     groups: dict[tuple, list] = {}
-    for cell, args in todo:
+    for cell in todo:
+        args = ["run", "--config", str(cell["dir"] / "config.toml"), "--out", str(cell["dir"] / "runs")]
+        args += ["--cache-dir", str(cache_dir), "-q", *[a for m in cell["missing"] for a in ("--method", m)]]
         groups.setdefault(stage_one_group(cell), []).append((cell, args))
     lock, failed = threading.Lock(), []
 

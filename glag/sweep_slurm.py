@@ -173,13 +173,14 @@ def _wait(groups, finished, log, is_done, quiet) -> list[str]:
     from tqdm.auto import tqdm
 
     pending = {id(g): g for g in groups}
+    jobs = {key: job_of(g[0]["dir"]) for key, g in pending.items()}  # job.json is written once, at submit
     failed, done = [], 0
     bar = tqdm(total=len(groups), desc="slurm jobs", unit="job", disable=True if quiet else None)
     try:
         while pending:
-            states = queue_states(job_of(g[0]["dir"])["job_id"] for g in pending.values())
+            states = queue_states(jobs[key]["job_id"] for key in pending)
             for key, g in list(pending.items()):
-                info = job_of(g[0]["dir"])
+                info = jobs[key]
                 if states.get(info["job_id"], "") in ACTIVE:
                     continue
                 del pending[key]
@@ -194,8 +195,8 @@ def _wait(groups, finished, log, is_done, quiet) -> list[str]:
                         failed.append(f"{c['name']} (job {info['job_id']}; log {c['dir'] / 'slurm.err'})")
                 bar.update()
             counts = {s: 0 for s in ("queued", "running")}
-            for g in pending.values():
-                state = states.get(job_of(g[0]["dir"])["job_id"], "")
+            for key in pending:
+                state = states.get(jobs[key]["job_id"], "")
                 counts["running" if state == "RUNNING" else "queued"] += 1
             bar.set_postfix(**counts, done=done, failed=len(failed))
             if pending:
