@@ -156,7 +156,7 @@ CASES = [
     (["extract", "--loss", "magic"], "'magic' is not one of"),
     (["extract", "--backbone", "nonsense"], "backbone (--backbone) 'nonsense' is unknown"),
     (["extract", "--backbone", "torchvision:nonsense"], "torchvision has no classification model 'nonsense'"),
-    (["extract", "--weights", "{w}/missing.pt"], "--weights file '{w}/missing.pt' does not exist"),
+    (["extract", "--weights", "{w}/missing.pt"], "weights (--weights) file '{w}/missing.pt' does not exist"),
     (
         ["extract", "--weights", "{evil}"],
         "evil.pt' is not a readable glag weights file (it asks to run exec, which glag never does)",

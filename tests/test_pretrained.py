@@ -74,7 +74,10 @@ def test_bad_backbone_and_weights_one_line(tmp_path, cache_dir, glag_cli, resnet
     not_torch.write_bytes(b"junk")
     cases = [
         (["--backbone", "torchvision:nonet"], "torchvision has no classification model 'nonet'"),
-        (["--backbone", "torchvision:resnet18", "--weights", tmp_path / "none.pt"], "--weights file"),
+        (
+            ["--backbone", "torchvision:resnet18", "--weights", tmp_path / "none.pt"],
+            "weights (--weights) file",
+        ),
         (
             ["--backbone", "torchvision:resnet18", "--weights", bad],
             "does not fit backbone 'torchvision:resnet18'",
@@ -83,7 +86,10 @@ def test_bad_backbone_and_weights_one_line(tmp_path, cache_dir, glag_cli, resnet
             ["--backbone", "torchvision:resnet18", "--weights", not_torch],
             "is not a readable glag weights file",
         ),
-        (["--backbone", "cnn", "--weights", "torchvision:DEFAULT"], "needs a --backbone torchvision:NAME"),
+        (
+            ["--backbone", "cnn", "--weights", "torchvision:DEFAULT"],
+            "needs backbone (--backbone) torchvision:NAME",
+        ),
     ]
     for args, msg in cases:
         code, out, err = glag_cli("extract", "--epochs", "0", "-q", *args)

@@ -146,7 +146,8 @@ def probe(
     """Probe protocol: a fresh linear classifier on the full balanced training set's features."""
     if not cache.has_split("full"):
         raise GlagError(
-            f"cache '{cache.path}' has no 'full' split; re-extract with --full-split for the probe"
+            f"cache '{cache.path}' has no 'full' split; re-extract with full_split (--full-split) "
+            "for the probe"
         )
     g = _fresh_linear(
         cache,

@@ -64,7 +64,7 @@ def list_folder(root: Path) -> tuple[list[str], dict[str, FolderSplit]]:
     """Classes and per-split file lists, with one-line errors for layouts glag cannot use."""
     root = Path(root)
     if not root.is_dir():
-        raise GlagError(f"--data-root '{root}' does not exist or is not a folder")
+        raise GlagError(f"data_root (--data-root) '{root}' does not exist or is not a folder")
     missing = [s for s in ("train", "test") if not (root / s).is_dir()]
     if missing:
         raise GlagError(

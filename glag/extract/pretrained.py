@@ -27,7 +27,7 @@ def model_name(backbone: str) -> str:
     known = tvm.list_models(module=tvm)
     if name not in known:
         raise GlagError(
-            f"--backbone '{backbone}': torchvision has no classification model '{name}'; "
+            f"backbone (--backbone) '{backbone}': torchvision has no classification model '{name}'; "
             f"e.g. {', '.join(PREFIX + n for n in ('resnet18', 'resnet50', 'efficientnet_b0', 'vit_b_16'))}"
         )
     return name
@@ -43,7 +43,9 @@ class TorchvisionBackbone(nn.Module):
         net = tvm.get_model(model_name(backbone), weights=None)
         linears = [(n, m) for n, m in net.named_modules() if isinstance(m, nn.Linear)]
         if not linears:
-            raise GlagError(f"--backbone '{backbone}' has no final linear layer to take features before")
+            raise GlagError(
+                f"backbone (--backbone) '{backbone}' has no final linear layer to take features before"
+            )
         path, last = linears[-1]
         self.head_name = path
         self.feature_dim = last.in_features
@@ -80,7 +82,9 @@ def weights_identity(spec: str) -> str:
         return spec
     path = Path(spec).expanduser()
     if not path.is_file():
-        raise GlagError(f"--weights file '{spec}' does not exist (or use --weights {DEFAULT_WEIGHTS})")
+        raise GlagError(
+            f"weights (--weights) file '{spec}' does not exist (or use --weights {DEFAULT_WEIGHTS})"
+        )
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -95,7 +99,8 @@ def _state_dict_of(obj, spec: str) -> dict:
             break
     if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
         raise GlagError(
-            f"--weights '{spec}' holds no state dict (a dict of tensors, or one under 'state_dict' / 'model')"
+            f"weights (--weights) '{spec}' holds no state dict (a dict of tensors, or one under "
+            "'state_dict' / 'model')"
         )
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
@@ -108,7 +113,10 @@ def load_initial_weights(backbone: nn.Module, name: str, spec: str) -> None:
     target = backbone.net if isinstance(backbone, TorchvisionBackbone) else backbone
     if spec == DEFAULT_WEIGHTS:
         if not isinstance(backbone, TorchvisionBackbone):
-            raise GlagError(f"--weights {DEFAULT_WEIGHTS} needs a --backbone torchvision:NAME, not '{name}'")
+            raise GlagError(
+                f"weights (--weights) {DEFAULT_WEIGHTS} needs backbone (--backbone) torchvision:NAME, "
+                f"not '{name}'"
+            )
         import torchvision.models as tvm
 
         weights = tvm.get_model_weights(model_name(name)).DEFAULT
@@ -132,10 +140,12 @@ def load_initial_weights(backbone: nn.Module, name: str, spec: str) -> None:
         missing, unexpected = target.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatches
         first = str(exc).split("\n\t")[1] if "\n\t" in str(exc) else str(exc)
-        raise GlagError(f"--weights '{spec}' does not fit backbone '{name}': {first.strip()}") from exc
+        raise GlagError(
+            f"weights (--weights) '{spec}' does not fit backbone '{name}': {first.strip()}"
+        ) from exc
     if missing or unexpected:
         raise GlagError(
-            f"--weights '{spec}' does not fit backbone '{name}': "
+            f"weights (--weights) '{spec}' does not fit backbone '{name}': "
             f"{len(missing)} missing (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. "
             f"{unexpected[:2]})"
         )

@@ -73,7 +73,7 @@ def find_cifar_dir(root: Path, num_classes: int) -> Path:
             return cand
     raise GlagError(
         f"no {name} folder with files {sorted(CIFAR_MD5[name])} under data root '{root}'; "
-        f"point --data-root at its parent, or pass --download"
+        f"point data_root (--data-root) at its parent, or pass --download"
     )
 
 
@@ -135,7 +135,7 @@ def find_fashion_dir(root: Path) -> Path:
             return cand
     raise GlagError(
         f"no Fashion-MNIST IDX files ({', '.join(wanted)}) under data root '{root}'; "
-        f"point --data-root at their folder, or pass --download"
+        f"point data_root (--data-root) at their folder, or pass --download"
     )
 
 
