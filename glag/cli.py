@@ -27,6 +27,11 @@ from glag.cli_results import predict, report
 from glag.cli_sweep import sweep
 from glag.config import RULES, to_toml
 from glag.errors import GlagError
+from glag.extract.dataset_report import describe, describe_lines
+from glag.extract.datasets import DatasetSpec, load_dataset
+from glag.extract.dump import load_checkpoint
+from glag.extract.subset_export import check_new_folder
+from glag.generate.afg import describe as describe_generator
 from glag.metrics import summary_row
 from glag.options import Number, check_writable
 from glag.pipeline import build_generator, resolved, run_stage_one, run_stage_two
@@ -69,9 +74,6 @@ def data_cmd(download, indices, export, as_json, **kw):
 
     Takes the same dataset options as 'glag extract', so what it prints is what extract trains on.
     """
-    from glag.extract.dataset_report import describe, describe_lines
-    from glag.extract.datasets import DatasetSpec, load_dataset
-    from glag.extract.subset_export import check_new_folder
 
     check_writable(indices, "--indices", folder=False)
     if export:  # checked before the images are read, which can take minutes
@@ -140,12 +142,11 @@ def generate(target, cache_dir, as_json, **kw):
     They are stored in their own file beside the cache (never inside it) and reused by
     'glag classify'. Prints per group: classes, real rows and synthetic rows per epoch.
     """
-    from glag.generate.afg import describe
 
     cfg = config_from_cli(kw)
     afg = build_generator(resolve(target, cache_dir), cfg)
     rows = afg.summary(cfg.stage_two.n_target)
-    info = describe(afg)
+    info = describe_generator(afg)
     if as_json:
         click.echo(json.dumps({**info, "groups": rows}, indent=2))
         return
@@ -192,8 +193,6 @@ def classify(target, cache_dir, sets, out_base, checkpoint, quiet, **kw):
     cfg = config_from_cli(kw, None, sets)
     check_writable(out_base, "--out", folder=True)
     if checkpoint is not None:  # a bad --checkpoint fails now, not after training
-        from glag.extract.dump import load_checkpoint
-
         load_checkpoint(checkpoint)
     path = resolve(target, cache_dir)
     _print_results(run_stage_two(path, cfg, out_base, methods=methods, checkpoint=checkpoint, quiet=quiet))

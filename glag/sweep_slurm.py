@@ -20,6 +20,7 @@ from pathlib import Path
 from glag.cache.format import atomic_path
 from glag.config import SlurmSettings
 from glag.errors import GlagError
+from glag.pipeline import load_config, run
 
 ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED"}
 
@@ -45,8 +46,6 @@ def check_cluster(slurm: SlurmSettings) -> None:
 def run_group(cells: list[tuple[str, list[str]]], cache_dir: str) -> list[str]:
     """A job's work: each (cell folder, missing methods) in turn; runs on the compute node."""
     import torch
-
-    from glag.pipeline import load_config, run
 
     # threads as asked (cpus_per_cell), not the node's: task/none binds no CPUs, and torchrun's 2-process
     # default is 1 thread each, which the same cell through SLURM must match to give the same weights

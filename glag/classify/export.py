@@ -12,6 +12,7 @@ from glag.cache.format import FeatureCache, atomic_path
 from glag.errors import GlagError
 from glag.extract.dump import load_checkpoint, weights_hash
 from glag.extract.models import Classifier
+from glag.extract.pixels import open_image
 from glag.extract.pretrained import preprocess_of
 from glag.extract.torchfile import safe_load
 
@@ -152,8 +153,6 @@ def load_images(
     and centre-cropped to ``preprocess['crop']`` when the weights say so (as their features were dumped),
     else resized to the training size ``size``."""
     import torchvision.transforms as T
-
-    from glag.extract.pixels import open_image
 
     folder = Path(folder)
     if not folder.is_dir():

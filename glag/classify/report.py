@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from glag.cache.format import atomic_path
+
 
 def _plt():
     import matplotlib
@@ -73,8 +75,6 @@ def plot_stage_one_curves(run: dict) -> Path | None:
     """``stage_one_curves.png`` in the run folder: loss, val accuracy, lambda(t) and lr per stage-one
     epoch, from the training log of the checkpoint that made the run's cache. None without a log."""
     import json
-
-    from glag.cache.format import atomic_path
 
     out = Path(run["_dir"]) / "stage_one_curves.png"
     report = Path(str(run.get("cache", ""))).with_suffix(".stage1.json")

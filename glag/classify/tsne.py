@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from glag.cache.format import FeatureCache
+from glag.classify.report import _plt
 from glag.errors import GlagError
 from glag.generate.afg import AFG, GeneratorConfig, SamplingConfig
 from glag.generate.stats import tukey
@@ -60,8 +61,6 @@ def tsne_data(rec: dict, tail_classes: int = 3, per_class: int = 200, seed: int 
 def plot_tsne(rec: dict, path: Path, seed: int = 0, per_class: int = 200) -> Path:
     """Write the t-SNE scatter of ``tsne_data`` to ``path`` (PNG)."""
     from sklearn.manifold import TSNE
-
-    from glag.classify.report import _plt
 
     x, cls, kind, names = tsne_data(rec, per_class=per_class, seed=seed)
     emb = TSNE(

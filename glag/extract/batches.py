@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from glag.extract.pixels import open_image
+
 IMAGENET_PREPROCESS = {
     "resize": 256,
     "crop": 224,
@@ -166,7 +168,6 @@ class _Files(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i):
-        from glag.extract.pixels import open_image
 
         return self.transform(open_image(self.paths[i], self.paths[i])), int(self.labels[i])
 

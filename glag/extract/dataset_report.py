@@ -11,6 +11,7 @@ import numpy as np
 from glag.cache.format import atomic_path
 from glag.extract.datasets import LTData
 from glag.extract.profile import class_counts
+from glag.extract.subset_export import export_subset
 from glag.metrics import group_of
 
 INDEX_SPLITS = ("train", "val", "test")
@@ -69,7 +70,6 @@ def write_indices(data: LTData, path: Path) -> int:
 def describe(data: LTData, indices: Path | None = None, export: Path | None = None) -> dict:
     """What ``glag data`` reports: the classes, totals, where validation rows came from, and the
     ``indices`` CSV and ``export`` folder it writes."""
-    from glag.extract.subset_export import export_subset
 
     spec = data.spec
     rows = class_table(data)

@@ -18,6 +18,7 @@ from glag.config import CHOICES, Config, default
 from glag.errors import GlagError
 from glag.extract import sources
 from glag.extract.dataset_kinds import CIFAR_RECIPE, IMAGENET_RECIPE, kind_of, register_dataset
+from glag.extract.folder import load_folder
 from glag.extract.profile import PROFILES, check_imbalance, class_counts, profile_counts
 
 FOLDER = "folder"  # <root>/{train,test[,val]}/<class>/<image>: glag.extract.folder
@@ -381,7 +382,6 @@ def inat2018(spec: DatasetSpec, root: Path | None, progress: bool) -> LTData:
 # Images up to folder.SMALL_MAX px get the CIFAR recipe, larger ones ImageNet-LT's (extract.train).
 @register_dataset(FOLDER, kind="folder", recipe=CIFAR_RECIPE)
 def image_folder(spec: DatasetSpec, root: Path | None, progress: bool) -> LTData:
-    from glag.extract.folder import load_folder
 
     if root is None:
         raise GlagError(

@@ -8,6 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from glag.errors import GlagError
+from glag.extract.pretrained import TorchvisionBackbone, is_torchvision
 from glag.registry import add
 
 
@@ -149,7 +150,6 @@ class Classifier(nn.Module):
 
     def __init__(self, backbone: str, num_classes: int, in_channels: int, head: str = "linear"):
         super().__init__()
-        from glag.extract.pretrained import TorchvisionBackbone, is_torchvision
 
         if is_torchvision(backbone):
             self.backbone = TorchvisionBackbone(backbone)

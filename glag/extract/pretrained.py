@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from glag.errors import GlagError
+from glag.extract.torchfile import safe_load
 
 PREFIX = "torchvision:"
 DEFAULT_WEIGHTS = "torchvision:DEFAULT"
@@ -129,8 +130,6 @@ def load_initial_weights(backbone: nn.Module, name: str, spec: str) -> None:
                 f"or pass --weights FILE"
             ) from exc
     else:
-        from glag.extract.torchfile import safe_load
-
         state = _state_dict_of(safe_load(Path(spec), "--weights file"), spec)
     head = getattr(backbone, "head_name", None)
     state = {

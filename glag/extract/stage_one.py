@@ -11,7 +11,7 @@ from glag.cache.format import json_hash
 from glag.errors import GlagError
 from glag.extract.datasets import LTData
 from glag.extract.dump import dump, load_checkpoint, stage_one_report
-from glag.extract.train import TrainConfig, train
+from glag.extract.train import TrainConfig, finite_weights, train
 
 
 def workdir_for(cfg: TrainConfig, cache_dir: Path) -> Path:
@@ -52,8 +52,6 @@ def stage_one(
         wd = workdir_for(cfg, cache_dir)
         final = wd / "final.pt"
         if final.is_file():
-            from glag.extract.train import finite_weights
-
             state = load_checkpoint(final)  # read once: checked here, dumped below
             if not finite_weights(state["model"]):
                 raise GlagError(

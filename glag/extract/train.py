@@ -27,8 +27,9 @@ from glag.extract.batches import (
 )
 from glag.extract.dataset_kinds import IMAGENET_RECIPE, kind_of
 from glag.extract.datasets import DatasetSpec, LTData
+from glag.extract.folder import SMALL_MAX
 from glag.extract.losses import head_for, make_loss
-from glag.extract.models import Classifier
+from glag.extract.models import BACKBONES, Classifier
 from glag.extract.pretrained import (
     is_torchvision,
     load_initial_weights,
@@ -42,7 +43,6 @@ from glag.extract.torchfile import safe_load
 def preset_for(ds: DatasetSpec) -> dict:
     """The stage-one recipe defaults of a resolved dataset spec (registered with the dataset); an image
     folder of images over folder.SMALL_MAX px gets ImageNet-LT's."""
-    from glag.extract.folder import SMALL_MAX
 
     if ds.name == "folder" and ds.image_size > SMALL_MAX:
         return IMAGENET_RECIPE
@@ -114,8 +114,6 @@ class TrainConfig:
         if is_torchvision(cfg.backbone):
             model_name(cfg.backbone)  # unknown names fail here, before any data is read
         else:
-            from glag.extract.models import BACKBONES
-
             if cfg.backbone not in BACKBONES:
                 raise GlagError(
                     f"backbone (--backbone) '{cfg.backbone}' is unknown; choose one of: "

@@ -26,6 +26,8 @@ from glag.generate.sampler import (
 )
 from glag.generate.stats import ClassStats, check_lt, class_stats, tukey_rows
 from glag.generate.support import SupportSets, faiss_gpu_available, support_sets
+from glag.metrics import group_of
+from glag.options import check_writable
 
 STATS_VERSION = 2  # 2: per-array sha256 checksums
 
@@ -150,8 +152,6 @@ class AFG:
         train = cache.split("train")
         path = stats_path(cache, cfg)
         if save and not path.is_file():
-            from glag.options import check_writable
-
             check_writable(path, "the statistics file beside the cache", folder=False)
         dense = dense_classes(cfg.mode, train.counts, cache.feature_dim, cfg.max_dense_gb * 2**30)
         rows = tukey_rows(train.features, cfg.lt, xp)
@@ -259,7 +259,6 @@ class AFG:
 
     def summary(self, n_target: int = 0) -> list[dict]:
         """Per group: classes, real rows, synthetic rows per epoch."""
-        from glag.metrics import group_of
 
         counts = self.stats.counts
         target = n_target or int(counts.max())

@@ -18,6 +18,7 @@ import torch
 
 from glag.config import CHOICES
 from glag.errors import GlagError
+from glag.generate.backend import to_numpy
 from glag.generate.stats import class_cov
 
 MODES = CHOICES["mode"]
@@ -109,7 +110,6 @@ class Factors:
 
     def cov(self, c: int) -> np.ndarray:
         """``Sigma_c`` (float64, NumPy), from the factor."""
-        from glag.generate.backend import to_numpy
 
         if self.dense_of[c] >= 0:
             Lt = to_numpy(self.chol_t[self.dense_of[c]]).astype(np.float64)
