@@ -246,7 +246,7 @@ CASES = [
         "--set epochs=1e30: 1e+30 is out of range",
     ),
     (["sweep", DIGITS, "--out", "{w}/sw", "--set", "seed=1,2"], "seeds are swept with --seeds"),
-    (["run", "--epochs", "1", "--data-root", "{w}"], "dataset 'digits' is bundled with scikit-learn"),
+    (["run", "--epochs", "1", "--data-root", "{w}"], "dataset 'digits' is bundled with its library"),
     (
         ["sweep", DIGITS, "--out", "/proc/sw"],
         "a folder that takes no new files (a virtual file system such as /proc?)",
