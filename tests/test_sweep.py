@@ -56,6 +56,14 @@ def test_sweep_grid_summary_and_no_rerun(tmp_path, glag_cli, cache_dir):
     md = (out / "summary.md").read_text()
     assert "## loss=ce, epochs=2, classifier_epochs=2" in md and "| GLAG minus | top-1 | verdict |" in md
     assert (out / "groups.png").stat().st_size > 1000
+    # cells.csv is glag.reporting's row of each run folder: the same numbers, typed back by read_cells
+    from glag.classify.results import load_run
+    from glag.reporting import read_cells, run_row
+
+    for r in read_cells(out / "cells.csv"):
+        run = run_row(load_run(out / r["run"]))
+        assert isinstance(r["seed"], int) and run["seed"] == r["seed"] and run["loss"] == r["loss"]
+        assert all(r[k] == run[k] for k in ("top1", "many", "medium", "few", "val_top1")), (r, run)
     cfg = (out / "cells" / "loss=graloss_epochs=2_classifier_epochs=2_seed=1" / "config.toml").read_text()
     assert 'loss = "graloss"' in cfg and "seed = 1" in cfg
     runs = sorted(shell_glob(out, "cells/loss=graloss*/runs/*"))
