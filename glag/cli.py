@@ -74,7 +74,6 @@ def data_cmd(download, indices, export, as_json, **kw):
 
     Takes the same dataset options as 'glag extract', so what it prints is what extract trains on.
     """
-
     check_writable(indices, "--indices", folder=False)
     if export:  # checked before the images are read, which can take minutes
         check_new_folder(export, kw["data_root"])
@@ -142,7 +141,6 @@ def generate(target, cache_dir, as_json, **kw):
     They are stored in their own file beside the cache (never inside it) and reused by
     'glag classify'. Prints per group: classes, real rows and synthetic rows per epoch.
     """
-
     cfg = config_from_cli(kw)
     afg = build_generator(resolve(target, cache_dir), cfg)
     rows = afg.summary(cfg.stage_two.n_target)

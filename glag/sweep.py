@@ -244,11 +244,8 @@ def run_sweep(
         bar.update()
 
     if executor == "slurm":
-        groups: dict[tuple, list] = {}
-        for cell in todo:
-            groups.setdefault(stage_one_group(cell), []).append(cell)
         failed = run_on_slurm(
-            list(groups.values()),
+            by_stage_one(todo),
             out,
             cache_dir,
             base.slurm,
@@ -282,6 +279,14 @@ def stage_one_group(cell: dict) -> tuple:
     )
 
 
+def by_stage_one(cells: list[dict]) -> list[list[dict]]:
+    """The cells in groups that share a stage-one cache (run one after another, so none is trained twice)."""
+    groups: dict[tuple, list] = {}
+    for cell in cells:
+        groups.setdefault(stage_one_group(cell), []).append(cell)
+    return list(groups.values())
+
+
 def _run_packed(todo, jobs: int, cache_dir: Path, finished) -> None:
     """Cells in ``jobs`` worker processes (``glag run``) at a time; a group sharing a stage-one cache stays
     in one worker."""
@@ -290,15 +295,17 @@ def _run_packed(todo, jobs: int, cache_dir: Path, finished) -> None:
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    groups: dict[tuple, list] = {}
-    for cell in todo:
-        args = ["run", "--config", str(cell["dir"] / "config.toml"), "--out", str(cell["dir"] / "runs")]
-        args += ["--cache-dir", str(cache_dir), "-q", *[a for m in cell["missing"] for a in ("--method", m)]]
-        groups.setdefault(stage_one_group(cell), []).append((cell, args))
     lock, failed = threading.Lock(), []
 
     def work(group):
-        for cell, args in group:
+        for cell in group:
+            args = ["run", "--config", str(cell["dir"] / "config.toml"), "--out", str(cell["dir"] / "runs")]
+            args += [
+                "--cache-dir",
+                str(cache_dir),
+                "-q",
+                *[a for m in cell["missing"] for a in ("--method", m)],
+            ]
             r = subprocess.run([sys.executable, "-m", "glag.cli", *args], capture_output=True, text=True)
             with lock:
                 if r.returncode != 0:
@@ -308,7 +315,7 @@ def _run_packed(todo, jobs: int, cache_dir: Path, finished) -> None:
                 finished()
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        list(pool.map(work, groups.values()))
+        list(pool.map(work, by_stage_one(todo)))
     if failed:
         raise GlagError(
             f"{len(failed)} cell(s) failed (the others are kept; run again to retry): {failed[0]}"

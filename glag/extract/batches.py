@@ -168,7 +168,6 @@ class _Files(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i):
-
         return self.transform(open_image(self.paths[i], self.paths[i])), int(self.labels[i])
 
 

@@ -30,7 +30,6 @@ class DatasetKind:
     imbalance: float = 100.0  # the default imbalance ratio
     recipe: dict = field(default_factory=lambda: dict(CIFAR_RECIPE))
     bundled: bool = False  # ships with a library: reads no data_root
-    downloads: bool = False  # torchvision can fetch its files (--download)
 
 
 DATASET_KINDS: dict[str, DatasetKind] = {}

@@ -70,7 +70,6 @@ def write_indices(data: LTData, path: Path) -> int:
 def describe(data: LTData, indices: Path | None = None, export: Path | None = None) -> dict:
     """What ``glag data`` reports: the classes, totals, where validation rows came from, and the
     ``indices`` CSV and ``export`` folder it writes."""
-
     spec = data.spec
     rows = class_table(data)
     out = {

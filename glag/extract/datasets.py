@@ -307,19 +307,19 @@ def digits(spec: DatasetSpec, root: Path | None, progress: bool) -> LTData:
     return array_dataset(spec, None, data, data, train_pool=pool, test_rows=test)
 
 
-@register_dataset("cifar10-lt", n_max=5000, downloads=True)
+@register_dataset("cifar10-lt", n_max=5000)
 def cifar10_lt(spec: DatasetSpec, root: Path | None, progress: bool) -> LTData:
     root = _need_root(spec, root)
     return array_dataset(spec, root, *(sources.read_cifar(root, 10, train=t) for t in (True, False)))
 
 
-@register_dataset("cifar100-lt", n_max=500, downloads=True)
+@register_dataset("cifar100-lt", n_max=500)
 def cifar100_lt(spec: DatasetSpec, root: Path | None, progress: bool) -> LTData:
     root = _need_root(spec, root)
     return array_dataset(spec, root, *(sources.read_cifar(root, 100, train=t) for t in (True, False)))
 
 
-@register_dataset("fashion-mnist-lt", n_max=6000, downloads=True)
+@register_dataset("fashion-mnist-lt", n_max=6000)
 def fashion_mnist_lt(spec: DatasetSpec, root: Path | None, progress: bool) -> LTData:
     root = _need_root(spec, root)
     return array_dataset(spec, root, *(sources.read_fashion(root, train=t) for t in (True, False)))
@@ -382,7 +382,6 @@ def inat2018(spec: DatasetSpec, root: Path | None, progress: bool) -> LTData:
 # Images up to folder.SMALL_MAX px get the CIFAR recipe, larger ones ImageNet-LT's (extract.train).
 @register_dataset(FOLDER, kind="folder", recipe=CIFAR_RECIPE)
 def image_folder(spec: DatasetSpec, root: Path | None, progress: bool) -> LTData:
-
     if root is None:
         raise GlagError(
             "dataset 'folder' needs data_root (--data-root): a folder holding train/<class>/* and "
@@ -454,13 +453,11 @@ def load_dataset(spec: DatasetSpec, download: bool = False, progress: bool = Tru
             f"but '{spec.data_root}' was given; drop it, or choose a dataset that reads files"
         )
     if download and not kind.bundled:
-        if not kind.downloads:
-            if kind.kind == "folder":
-                raise GlagError(
-                    f"download does not apply to dataset '{spec.name}' (its images are already on disk)"
-                )
-            raise GlagError(f"--download is not available for '{spec.name}'; fetch its files by hand")
+        if kind.kind == "folder":
+            raise GlagError(
+                f"download does not apply to dataset '{spec.name}' (its images are already on disk)"
+            )
         if root is None:
             raise GlagError("download needs data_root (--data-root): where to put the files")
-        sources.download(spec.name, root)
+        sources.download(spec.name, root)  # refuses a dataset torchvision cannot fetch
     return kind.read(spec, root, progress)

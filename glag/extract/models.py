@@ -150,7 +150,6 @@ class Classifier(nn.Module):
 
     def __init__(self, backbone: str, num_classes: int, in_channels: int, head: str = "linear"):
         super().__init__()
-
         if is_torchvision(backbone):
             self.backbone = TorchvisionBackbone(backbone)
         elif backbone in BACKBONES:

@@ -43,7 +43,6 @@ from glag.extract.torchfile import safe_load
 def preset_for(ds: DatasetSpec) -> dict:
     """The stage-one recipe defaults of a resolved dataset spec (registered with the dataset); an image
     folder of images over folder.SMALL_MAX px gets ImageNet-LT's."""
-
     if ds.name == "folder" and ds.image_size > SMALL_MAX:
         return IMAGENET_RECIPE
     return kind_of(ds.name).recipe

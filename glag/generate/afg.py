@@ -259,7 +259,6 @@ class AFG:
 
     def summary(self, n_target: int = 0) -> list[dict]:
         """Per group: classes, real rows, synthetic rows per epoch."""
-
         counts = self.stats.counts
         target = n_target or int(counts.max())
         syn = np.maximum(target - counts, 0)

@@ -110,7 +110,6 @@ class Factors:
 
     def cov(self, c: int) -> np.ndarray:
         """``Sigma_c`` (float64, NumPy), from the factor."""
-
         if self.dense_of[c] >= 0:
             Lt = to_numpy(self.chol_t[self.dense_of[c]]).astype(np.float64)
             return Lt.T @ Lt
