@@ -346,6 +346,13 @@ class StageTwoSettings:
         "Logit-adjust the final classifier, z - tau log(pi), with tau picked on val (0..2).",
         flag="--posthoc-la/--no-posthoc-la",
     )
+    train_la_tau: float = setting(
+        0.0,
+        "Logit-adjusted CE inside stage two: the CE term reads z + tau log(pi_train) (0: plain CE; 1: "
+        "Balanced Softmax with the training prior). A control for post-hoc adjustment (docs/ablations.md).",
+        lo=0,
+        hi=10,
+    )
     beta_delta: float = setting(0.05, "Step of the beta_c update.", lo=0, hi=0.9)
     alpha: float = setting(0.0, "Dispersion added to calibrated covariances.", lo=0, hi=100)
     dispersion: str = setting(

@@ -262,12 +262,17 @@ def test_posthoc_la_shifts_bias_by_val_tuned_prior(cache):
 
 
 @pytest.mark.parametrize("compiled", [True, False])
-@pytest.mark.parametrize("momentum,wd,kd_coef", [(0.9, 5e-4, 0.7), (0.0, 0.0, 0.0)])
-def test_linear_sgd_matches_autograd_and_torch_sgd(momentum, wd, kd_coef, compiled):
+@pytest.mark.parametrize(
+    "momentum,wd,kd_coef,la", [(0.9, 5e-4, 0.7, 0.0), (0.0, 0.0, 0.0, 0.0), (0.9, 5e-4, 0.7, 1.0)]
+)
+def test_linear_sgd_matches_autograd_and_torch_sgd(momentum, wd, kd_coef, la, compiled):
     from glag.classify.linear_sgd import LinearSGD
 
     d, C, T, B = 6, 5, 2.0, 9
-    g = LinearSGD(d, C, momentum=momentum, weight_decay=wd, device="cpu", seed=1, compiled=compiled)
+    offset = la * torch.log(torch.tensor([0.5, 0.2, 0.15, 0.1, 0.05]))  # a logit-adjusted CE term
+    g = LinearSGD(
+        d, C, momentum=momentum, weight_decay=wd, device="cpu", seed=1, compiled=compiled, offset=offset
+    )
     ref = torch.nn.Linear(d, C)
     with torch.no_grad():
         ref.weight.copy_(g.weight)
@@ -293,7 +298,7 @@ def test_linear_sgd_matches_autograd_and_torch_sgd(momentum, wd, kd_coef, compil
         for grp in opt.param_groups:
             grp["lr"] = lrs[i]
         logits = ref(xb)
-        ce = torch.nn.functional.cross_entropy(logits, yb)
+        ce = torch.nn.functional.cross_entropy(logits + offset, yb)
         loss = ce
         if kd_coef and len(rows[i]):
             kd = T * T * (p[i] * (p[i].log() - torch.log_softmax(logits[rows[i]] / T, 1))).sum(1).mean()

@@ -218,6 +218,8 @@ class FeatureCache:
     file from a cache calls it first. ``check_data=False`` is for listing and lookup only.
     """
 
+    persistent = True  # a file on disk; a view of it (glag.cache.derived) is not, and stores nothing derived
+
     def __init__(self, path, key: str | None = None, check_data: bool = True):
         self.path = Path(path)
         if not self.path.is_file():

@@ -26,7 +26,7 @@ def stage_one(cache: FeatureCache, device=torch.device("cpu")) -> dict:
     return _result("stage-one", cache.head_fn(device), cache, device)
 
 
-def _fresh_linear(
+def fresh_linear(
     cache: FeatureCache, split: str, balanced: bool, *, epochs, batch_size, lr, weight_decay, seed, device
 ) -> torch.nn.Linear:
     """A new linear classifier trained by SGD on one split's cached features."""
@@ -62,7 +62,7 @@ def crt(
     device=torch.device("cpu"),
 ) -> dict:
     """Classifier re-training: a fresh linear layer on class-balanced batches of the frozen features."""
-    g = _fresh_linear(
+    g = fresh_linear(
         cache,
         "train",
         True,
@@ -149,7 +149,7 @@ def probe(
             f"cache '{cache.path}' has no 'full' split; re-extract with full_split (--full-split) "
             "for the probe"
         )
-    g = _fresh_linear(
+    g = fresh_linear(
         cache,
         "full",
         False,

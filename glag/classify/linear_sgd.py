@@ -1,5 +1,5 @@
-"""One linear layer trained by SGD with hand-written gradients of CE + lam2 * KD, a block of
-batches per call.
+"""One linear layer trained by SGD with hand-written gradients of CE (optionally logit-adjusted) +
+lam2 * KD, a block of batches per call.
 
 Same arithmetic as ``torch.optim.SGD`` (momentum, weight decay on every parameter, no dampening)
 over autograd of ``F.cross_entropy + lam2 * kd_loss``; a test checks the two agree. At stage two's
@@ -35,10 +35,13 @@ def _block_steps(
     weight_decay: float,
     temperature: float,
     sums: torch.Tensor,
+    offset: torch.Tensor,
 ) -> None:
     """SGD steps over batch i = ``x[mix[i*B:(i+1)*B]]`` with labels ``y[i*B:(i+1)*B]`` and learning
     rate ``lrs[i]``; rows ``kd_rows[kd_bounds[i]:kd_bounds[i+1]]`` of batch i (batch-local) get
-    ``lam2s[i] * T^2 KL(kd_p || softmax(logits / T))`` over those rows. ``sums`` += (CE, KD)."""
+    ``lam2s[i] * T^2 KL(kd_p || softmax(logits / T))`` over those rows. ``sums`` += (CE, KD). The CE
+    term reads ``logits + offset`` ([C]; zeros: plain CE, ``tau log(pi)``: a logit-adjusted loss), KD
+    the logits."""
     t = temperature
     for i in range(len(lrs)):
         sel = mix[i * batch_size : (i + 1) * batch_size]
@@ -46,7 +49,7 @@ def _block_steps(
         yb = y[i * batch_size : (i + 1) * batch_size]
         n = xb.shape[0]
         z = torch.addmm(bias, xb, weight.t())
-        grad = torch.log_softmax(z, 1)
+        grad = torch.log_softmax(z + offset, 1)
         sums[0] -= grad.gather(1, yb.unsqueeze(1)).sum() / n
         grad = grad.exp()
         grad[torch.arange(n, device=x.device), yb] -= 1.0
@@ -87,6 +90,7 @@ class LinearSGD:
         device,
         seed: int | None = None,
         compiled: bool = True,
+        offset: torch.Tensor | None = None,
     ):
         if seed is not None:
             torch.manual_seed(seed)
@@ -99,6 +103,7 @@ class LinearSGD:
         self.sums = torch.zeros(2, device=device, dtype=torch.float32)
         self._run = _compiled() if compiled else _block_steps
         self._none = torch.zeros(0, dtype=torch.int64, device=device)
+        self.offset = torch.zeros(C, device=device) if offset is None else offset.to(device, torch.float32)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return torch.addmm(self.bias, x, self.weight.t())
@@ -142,6 +147,7 @@ class LinearSGD:
             float(self.weight_decay),
             float(temperature),
             self.sums,
+            self.offset,
         )
 
     def take_sums(self) -> tuple[float, float]:

@@ -9,6 +9,7 @@ import numpy as np
 
 from glag import events
 from glag.cache.format import FeatureCache
+from glag.classify import heldout  # noqa: F401  (registers the held-out stage twos)
 from glag.classify.common import torch_device
 from glag.classify.export import checkpoint_of, export
 from glag.classify.methods import METHODS, MethodRun

@@ -42,6 +42,7 @@ class StageTwoConfig:
     beta_delta: float = default("beta_delta")
     beta_min: float = 0.0
     beta_max: float = 0.9
+    train_la_tau: float = default("train_la_tau")  # CE on z + tau log(pi_train)
     seed: int = 0
 
     @classmethod
@@ -57,6 +58,7 @@ class StageTwoConfig:
             posthoc_la=s.posthoc_la,
             beta_init=s.beta_init,
             beta_delta=s.beta_delta,
+            train_la_tau=s.train_la_tau,
             seed=cfg.stage_one.seed,
         )
 
@@ -165,10 +167,12 @@ def train_glag(
     sampling: SamplingConfig = SamplingConfig(),
     progress: bool = True,
     log=None,
+    beta0=None,
 ) -> dict:
     """Train the stage-two classifier; returns its weights, the beta history and val/test metrics.
 
     Only train and val rows inform training and the beta updates; test is read once, at the end.
+    ``beta0`` (per class) replaces ``cfg.beta_init`` as the tail classes' starting confidence.
     Blocks of real + synthetic rows are made ahead by a background thread while the classifier trains.
     """
     cfg = cfg.check()
@@ -178,10 +182,18 @@ def train_glag(
     counts = cache.train_counts
     tail = counts < afg.cfg.tail_below
     val = cache.split("val")
-    g = LinearSGD(d, C, momentum=cfg.momentum, weight_decay=cfg.weight_decay, device=device, seed=cfg.seed)
+    g = LinearSGD(
+        d,
+        C,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        device=device,
+        seed=cfg.seed,
+        offset=cfg.train_la_tau * log_prior(counts, device),
+    )
     stream = FeatureStream(afg, sampling, cfg.batch_size, seed=cfg.seed, synthetic=cfg.generate)
     steps = -(-stream.rows_per_epoch() // cfg.batch_size)
-    beta = np.where(tail, cfg.beta_init, 0.0).astype(np.float64)
+    beta = np.where(tail, cfg.beta_init if beta0 is None else np.asarray(beta0), 0.0).astype(np.float64)
     val_tukey = tukey(np.asarray(val.features, dtype=np.float32), afg.cfg.lt)
     val_x = torch.as_tensor(val_tukey, device=device)
     has_val = np.bincount(val.labels, minlength=C) > 0

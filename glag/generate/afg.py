@@ -58,6 +58,9 @@ class SamplingConfig:
     alpha: float = default("alpha")
     dispersion: str = default("dispersion")
     n_target: int = default("n_target")  # 0 = n_max
+    # per class, a factor on the covariance of its tail draws (empty: 1 for every class); set by a
+    # held-out law (glag.classify.heldout), not by a recipe
+    spread: tuple = ()
 
     @classmethod
     def from_config(cls, cfg: Config) -> SamplingConfig:
@@ -73,6 +76,8 @@ class SamplingConfig:
             raise GlagError(
                 f"dispersion '{self.dispersion}' is invalid; choose one of: {', '.join(DISPERSIONS)}"
             )
+        if self.spread and (not all(np.isfinite(v) and v > 0 for v in self.spread)):
+            raise GlagError(f"spread factors must be finite and > 0, got {list(self.spread)}")
         if self.n_target < 0:
             raise GlagError(
                 f"n_target (--n-target) {self.n_target} is invalid; it must be >= 0 (0 = the largest class "
@@ -148,14 +153,15 @@ class AFG:
     ) -> AFG:
         """Load the statistics file for (cache, cfg) if present, else compute it (and store it)."""
         check_lt(cfg.lt)
+        save = save and cache.persistent  # statistics of a view (glag.cache.derived) are never stored
+        path = stats_path(cache, cfg)
         xp = get_xp(device)
         train = cache.split("train")
-        path = stats_path(cache, cfg)
         if save and not path.is_file():
             check_writable(path, "the statistics file beside the cache", folder=False)
         dense = dense_classes(cfg.mode, train.counts, cache.feature_dim, cfg.max_dense_gb * 2**30)
         rows = tukey_rows(train.features, cfg.lt, xp)
-        if path.is_file():
+        if cache.persistent and path.is_file():
             counts, means, covs, sup = _read_stats(path, cfg.key(cache.key), cache)
             stats = ClassStats(counts, xp.asarray(means), None if covs is None else xp.asarray(covs))
         else:
@@ -215,6 +221,8 @@ class AFG:
         support = np.full((m, k), -1, dtype=np.int64)
         coef = np.zeros((m, k), dtype=np.float32)
         support[tpos], coef[tpos] = sup.support[j], np.sqrt(sup.weights[j])
+        if sampling.spread:  # sqrt of the class's covariance factor on each tail draw's noise
+            coef[tpos] *= np.sqrt(np.asarray(sampling.spread, dtype=np.float32)[sup.classes[j]])[:, None]
         support[hpos, 0], coef[hpos, 0] = hc, 1.0
         x = self.factors.noise(support, coef, normals, out=out)
         labels = np.empty(m, dtype=np.int64)
