@@ -35,6 +35,7 @@ from glag.cache.format import FeatureCache
 from glag.classify.methods import MethodRun
 from glag.classify.runner import METHODS
 from glag.generate.stats import tukey
+from glag.metrics import group_masks
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "configs" / "cifar10-lt-500.toml"
@@ -119,7 +120,10 @@ def diagnose_one(path: str) -> dict:
 
         noise = tr_var / len(t)  # the training mean's own error
         val_shift, val_spread = _shift_est(v, mu, noise) if len(v) > 1 else (None, None)
-        boot = [_shift_est(pool[rng.choice(len(pool), 20, replace=False)], mu, noise) for _ in range(200)]
+        boot = [
+            _shift_est(pool[rng.choice(len(pool), 20, replace=False)], mu, noise)
+            for _ in range(200 if len(pool) >= 40 else 0)  # 20 of at least 40: subsets that differ
+        ] or [(np.nan, np.nan)]
         bs, bv = np.array([b[0] for b in boot]), np.array([b[1] for b in boot])
         classes.append(
             {
@@ -166,13 +170,18 @@ def _run(cache, cfg, name: str) -> dict:
     return {"res": res, "seconds": round(time.perf_counter() - t0, 2)}
 
 
-def _metrics(m: dict) -> dict:
-    return {k: round(100 * m[k], 2) for k in ("top1", "many", "medium", "few")}
+def _metrics(m: dict, counts) -> dict:
+    """Top-1 and the groups of the real training counts (an oracle view's own counts differ)."""
+    acc = np.array([np.nan if a is None else a for a in m["per_class"]], dtype=np.float64)
+    out = {"top1": round(100 * m["top1"], 2)}
+    for g, mask in group_masks(counts).items():
+        out[g] = round(100 * float(np.nanmean(acc[mask])), 2) if mask.any() else None
+    return out
 
 
 def select_one(path: str, methods: list[str]) -> list[dict]:
     cache = FeatureCache(path)
-    seed = int(cache.provenance.get("seed", cache.config.get("extraction", {}).get("seed", 0)))
+    seed = int(cache.provenance.get("seed", 0))
     cfg = glag.load_config(RECIPE, {"stage_one.seed": seed})
     full = cache.split("full")
     score, oracle = pools(cache)
@@ -183,7 +192,12 @@ def select_one(path: str, methods: list[str]) -> list[dict]:
         "oracle-matched": np.concatenate([o[: counts[k]] for k, o in enumerate(oracle)]),
         "oracle-balanced": np.concatenate([o[: counts.max()] for o in oracle]),
     }
-    for name, at in oracle_train.items():
+    short = [k for k, o in enumerate(oracle) if len(o) < counts.max()]
+    if short:
+        print(
+            f"no oracle: class(es) {short} have fewer than {counts.max()} oracle-pool rows", file=sys.stderr
+        )
+    for name, at in oracle_train.items() if not short else ():
         views[name] = derive(scored, name, train=rows_of(full, at))
     out = []
     for view_name, view in views.items():
@@ -195,8 +209,8 @@ def select_one(path: str, methods: list[str]) -> list[dict]:
                 "seed": seed,
                 "train_rows": view_name or "train",
                 "method": m,
-                "score_pool": _metrics(r["res"]["test"]),
-                "val": _metrics(r["res"]["val"]),
+                "score_pool": _metrics(r["res"]["test"], counts),
+                "val": _metrics(r["res"]["val"], counts),
                 "seconds": r["seconds"],
             }
             for k in ("ens_weight", "la_tau", "posthoc_tau", "tau"):

@@ -280,6 +280,13 @@ class StageOneSettings:
         hi=MAX_EPOCHS,
         optional=True,
     )
+    weight_decay: float = setting(5e-4, "Stage-one SGD weight decay.", lo=0, hi=1)
+    mixup: float = setting(
+        0.0,
+        "Input mixup in stage one (MiSLAS's): alpha of Beta(alpha, alpha), 0 = off; part of the cache key.",
+        lo=0,
+        hi=100,
+    )
     seed: int = setting(0, "Random seed (stage one and stage two).", lo=0, hi=U32, hi_open=True)
     compile: bool = setting(
         False,

@@ -255,3 +255,55 @@ def test_ldam_drw_extract_cache_reproduces_stage_one_model(cache_dir, glag_cli):
     model_acc = float(np.mean(model_rows.argmax(1) == test.labels))
     assert stage_one(cache)["test"]["top1"] == pytest.approx(model_acc)
     assert res["top1"] == pytest.approx(round(100 * model_acc, 2))
+
+
+def test_mixup_mixes_inputs_and_targets_linearly():
+    from glag.extract.train import mix_batch
+
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 3), torch.arange(8)
+    mixed, y2, lam = mix_batch(x, y, 1.0)
+    assert 0 < lam < 1 and sorted(y2.tolist()) == list(range(8))
+    torch.testing.assert_close(mixed, lam * x + (1 - lam) * x[y2])  # y = position, so y2 is the permutation
+    logits = torch.randn(8, 4)
+    loss = GraLoss(COUNTS, 10)
+    t = torch.randint(0, 4, (8,))
+    soft = lam * loss(logits, t, 5.0) + (1 - lam) * loss(logits, t.flip(0), 5.0)
+    assert torch.isfinite(soft)
+
+
+def test_mixup_and_weight_decay_key_new_stage_ones_and_resume_identically(tmp_path):
+    """No mixup keys the folders trained before the setting; mixup or another weight decay a new one; a
+    mixup run resumed after a kill reaches the same weights."""
+    base = TrainConfig(epochs=2, loss="ce", seed=1)
+    assert "mixup" not in base.identity()
+    assert TrainConfig(epochs=2, loss="ce", seed=1, mixup=0.2).identity() != base.identity()
+    assert TrainConfig(epochs=2, loss="ce", seed=1, weight_decay=2e-3).identity() != base.identity()
+    data = load_dataset(DatasetSpec())
+    cfg = TrainConfig(epochs=2, loss="graloss", seed=2, mixup=1.0)
+    ref = torch.load(train(cfg, data, tmp_path / "a", progress=False, log=lambda m: None), weights_only=True)
+
+    class Killed(Exception):
+        pass
+
+    def kill(epoch, rec):
+        raise Killed
+
+    with pytest.raises(Killed):
+        train(cfg, data, tmp_path / "b", progress=False, on_epoch_end=kill, log=lambda m: None)
+    resumed = torch.load(
+        train(cfg, data, tmp_path / "b", progress=False, log=lambda m: None), weights_only=True
+    )
+    for k, v in ref["model"].items():
+        assert torch.equal(v, resumed["model"][k]), k
+    plain = torch.load(
+        train(
+            TrainConfig(epochs=2, loss="graloss", seed=2),
+            data,
+            tmp_path / "c",
+            progress=False,
+            log=lambda m: None,
+        ),
+        weights_only=True,
+    )
+    assert any(not torch.equal(v, plain["model"][k]) for k, v in ref["model"].items())

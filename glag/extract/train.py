@@ -48,7 +48,7 @@ def preset_for(ds: DatasetSpec) -> dict:
     return kind_of(ds.name).recipe
 
 
-FLOAT_FIELDS = ("a", "g", "tau", "gamma", "lr", "warmup", "momentum", "weight_decay")
+FLOAT_FIELDS = ("a", "g", "tau", "gamma", "lr", "warmup", "momentum", "weight_decay", "mixup")
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,8 @@ class TrainConfig:
     lr: float = 0.0
     warmup: float = -1.0
     momentum: float = 0.9
-    weight_decay: float = 5e-4
+    weight_decay: float = default("weight_decay")
+    mixup: float = default("mixup")  # alpha of input mixup's Beta(alpha, alpha); 0: off
     pad: int = -1
     flip: bool | None = None
     seed: int = default("seed")
@@ -88,6 +89,8 @@ class TrainConfig:
             batch_size=s.batch_size or 0,
             lr=s.lr or 0.0,
             warmup=-1.0 if s.warmup is None else s.warmup,
+            weight_decay=s.weight_decay,
+            mixup=s.mixup,
             seed=s.seed,
             weights=s.weights or "",
         ).resolved()
@@ -131,6 +134,8 @@ class TrainConfig:
         d["weights"] = weights_identity(self.weights)  # the file's content, not its path
         if not d["weights"]:
             del d["weights"]  # random init, as before the field existed: trained runs keep their folders
+        if not d["mixup"]:
+            del d["mixup"]  # likewise: no mixup keys the folders trained before the setting existed
         # Training never reads the full balanced split, so asking to dump it must not retrain.
         d["dataset"] = {**self.dataset.identity(), "full_split": False}
         return d
@@ -266,13 +271,26 @@ def _set_seed(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
-def _step(net, loss_fn, opt, x, y, t: float, device, amp: bool) -> torch.Tensor:
+def mix_batch(x: torch.Tensor, y: torch.Tensor, alpha: float):
+    """Input mixup (Zhang et al.; MiSLAS's stage one): ``lam x + (1 - lam) x[perm]`` with lam ~
+    Beta(alpha, alpha) from torch's seeded generator, so a resumed run mixes the same way. Returns the
+    mixed batch, the partner labels and lam."""
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    perm = torch.randperm(len(y)).to(x.device)
+    return lam * x + (1 - lam) * x[perm], y[perm], lam
+
+
+def _step(net, loss_fn, opt, x, y, t: float, device, amp: bool, mixup: float = 0.0) -> torch.Tensor:
     """One SGD step; returns the loss. Gradients are cleared first, so a step that failed part-way
     (a compile error in backward) can be re-run eagerly."""
     opt.zero_grad(set_to_none=True)
+    if mixup > 0:
+        x, y2, lam = mix_batch(x, y, mixup)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
         logits = net(x)
     loss = loss_fn(logits.float(), y, t)
+    if mixup > 0:  # the loss is linear in the target, so a mixed target is the mixed loss
+        loss = lam * loss + (1 - lam) * loss_fn(logits.float(), y2, t)
     loss.backward()
     opt.step()
     return loss
@@ -371,7 +389,7 @@ def train(
             # statistics
             saved = [b.detach().clone() for b in model.buffers()] if net is not eager else None
             try:
-                loss = _step(net, loss_fn, opt, x, y, t, device, amp)
+                loss = _step(net, loss_fn, opt, x, y, t, device, amp, cfg.mixup)
             except Exception as exc:  # noqa: BLE001 -- any failure of a compiled step means: train eagerly
                 if saved is None:
                     raise
@@ -383,7 +401,7 @@ def train(
                     for b, v in zip(model.buffers(), saved, strict=False):
                         b.copy_(v)
                 net = eager
-                loss = _step(net, loss_fn, opt, x, y, t, device, amp)
+                loss = _step(net, loss_fn, opt, x, y, t, device, amp, cfg.mixup)
             total_loss += loss.detach().double() * len(y)
             seen += len(y)
         val = (
