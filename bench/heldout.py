@@ -56,16 +56,9 @@ CANDIDATES = [
     "crt-heldout",
     "la-bias",
 ]
-# name -> (registered method, stage-two settings changed): the pre-registered grid (docs/ablations.md)
-VARIANTS = {
-    "glag-no-kd": ("glag", {"kd": False}),
-    "glag-no-gen": ("glag", {"generate": False}),
-    "glag-train-la": ("glag", {"train_la_tau": 1.0}),
-    "glag-ens-no-kd": ("glag-ens", {"kd": False}),
-}
 
 
-def pools(cache: FeatureCache):
+def pools(cache: FeatureCache, score_per_class: int = SCORE_PER_CLASS):
     """(scoring pool, oracle pool) row positions of the full split, per class split once by POOL_SEED."""
     full = cache.split("full")
     left = np.flatnonzero(leftover_mask(cache))
@@ -73,8 +66,8 @@ def pools(cache: FeatureCache):
     score, oracle = [], []
     for c in range(cache.num_classes):
         mine = rng.permutation(left[full.labels[left] == c])
-        score.append(mine[:SCORE_PER_CLASS])
-        oracle.append(mine[SCORE_PER_CLASS:])
+        score.append(mine[:score_per_class])
+        oracle.append(mine[score_per_class:])
     return np.concatenate(score), oracle
 
 
@@ -161,7 +154,9 @@ def laws(rows: list[dict]) -> dict:
 
 
 def _run(cache, cfg, name: str) -> dict:
-    method, changes = VARIANTS.get(name, (name, {}))
+    """A registered method, or one of the recipe's variants (a method with stage-two settings changed)."""
+    changes = dict(cfg.variants.get(name, {"method": (name,)}))
+    method = changes.pop("method")[0]
     if changes:
         cfg = replace(cfg, stage_two=replace(cfg.stage_two, **changes))
     run = MethodRun(cfg, torch.device("cpu"), "cpu", progress=False)
@@ -179,12 +174,12 @@ def _metrics(m: dict, counts) -> dict:
     return out
 
 
-def select_one(path: str, methods: list[str]) -> list[dict]:
+def select_one(path: str, methods: list[str], score_per_class: int = SCORE_PER_CLASS) -> list[dict]:
     cache = FeatureCache(path)
     seed = int(cache.provenance.get("seed", 0))
     cfg = glag.load_config(RECIPE, {"stage_one.seed": seed})
     full = cache.split("full")
-    score, oracle = pools(cache)
+    score, oracle = pools(cache, score_per_class)
     scored = derive(cache, "score", test=rows_of(full, score))  # test := leftover scoring pool
     counts = cache.train_counts
     views = {"": scored}
@@ -228,6 +223,7 @@ def main(argv=None) -> int:
     p.add_argument("what", choices=["diagnose", "select"])
     p.add_argument("caches", nargs="+")
     p.add_argument("--methods", default=",".join(CANDIDATES), help="comma-separated (select)")
+    p.add_argument("--score-per-class", type=int, default=SCORE_PER_CLASS, help="scoring-pool rows per class")
     a = p.parse_args(argv)
     if a.what == "diagnose":
         per = [diagnose_one(c) for c in a.caches]
@@ -235,7 +231,7 @@ def main(argv=None) -> int:
         print(json.dumps({"bench": "heldout-diagnose", "caches": per, "laws": laws(rows)}, indent=1))
     else:
         for c in a.caches:
-            select_one(c, a.methods.split(","))
+            select_one(c, a.methods.split(","), a.score_per_class)
     return 0
 
 

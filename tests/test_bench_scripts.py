@@ -265,3 +265,79 @@ def test_cifar10_lt_500_protocol_pairs_seeds_and_tabulates_the_probe(tmp_path):
     assert md.count("glag sweep configs/cifar10-lt-500.toml --seeds ") == 2 and "--set loss=graloss,ce " in md
     assert "* Probe, GraLoss features minus ce features (same seed): " in md and "(n=2, " in md
     assert "| graloss | glag-no-gen | " in md and "| graloss | 2 | " in md
+
+
+def _full_split_cache(path, shuffle_test: bool):
+    """A 3-class mixture with a full balanced split; train and val rows are some of the full split's."""
+    import numpy as np
+
+    from glag.cache.format import key_payload, write_cache
+
+    rng = np.random.default_rng(0)
+    C, d, per = 3, 4, 200
+    centres = rng.uniform(1, 4, (C, d))
+    y = np.repeat(np.arange(C), per)
+    x = np.abs(centres[y] + 0.6 * rng.standard_normal((len(y), d))).astype(np.float32)
+    idx = np.arange(len(y))
+    tr = np.concatenate([idx[y == c][:n] for c, n in enumerate((60, 20, 6))])
+    va = np.concatenate([idx[y == c][60:66] for c in range(C)])
+    te = rng.permutation(len(y))[:60]
+    test_y = rng.permutation(y[te]) if shuffle_test else y[te]
+    splits = {
+        "train": (x[tr], y[tr], tr),
+        "val": (x[va], y[va], va),
+        "test": (x[te], test_y, te),
+        "full": (x, y, idx),
+    }
+    return write_cache(
+        path,
+        key_parts=key_payload({"n": 1}, "0" * 64, {}),
+        dataset="toy",
+        num_classes=C,
+        class_names=list("abc"),
+        splits=splits,
+        classifier=(centres.astype(np.float32), (-0.5 * (centres**2).sum(1)).astype(np.float32)),
+    )
+
+
+def test_heldout_bench_scores_on_leftovers_and_never_reads_test(tmp_path):
+    outs = []
+    for shuffle in (False, True):
+        (tmp_path / str(shuffle)).mkdir()
+        path = _full_split_cache(tmp_path / str(shuffle) / "toy.h5", shuffle)
+        r = subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "bench" / "heldout.py"),
+                "select",
+                str(path),
+                "--methods",
+                "logit-adjust,glag-ens",
+                "--score-per-class",
+                "30",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
+        assert r.returncode == 0, r.stderr[-2000:]
+        outs.append([json.loads(line) for line in r.stdout.splitlines()])
+        d = subprocess.run(
+            [sys.executable, str(ROOT / "bench" / "heldout.py"), "diagnose", str(path)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
+        assert d.returncode == 0, d.stderr[-2000:]
+        diag = json.loads(d.stdout)
+        assert [c["n_train"] for c in diag["caches"][0]["classes"]] == [60, 20, 6]
+    rows = outs[0]
+    # the real rows' methods, then the two oracles' cRT / GLAG / GLAG-no-KD / GLAG-no-gen
+    assert [(r["train_rows"], r["method"]) for r in rows][:2] == [
+        ("train", "logit-adjust"),
+        ("train", "glag-ens"),
+    ]
+    assert {r["train_rows"] for r in rows} == {"train", "oracle-matched", "oracle-balanced"}
+    assert all(0 <= r["score_pool"]["top1"] <= 100 for r in rows)
+    # the same rows with the test labels shuffled: test was never read
+    assert outs[0] == [{**r, "seconds": o["seconds"]} for r, o in zip(outs[1], outs[0], strict=True)]
