@@ -261,10 +261,52 @@ def headline(rows) -> list[str]:
     return out
 
 
+CANDIDATES = ["glag-ens", "glag-ens-no-kd", "glag-law", "glag-heldout", "glag-train-la"]  # issue 34
+CONTROLS = ["glag-heldout-no-gen", "crt-heldout", "la-bias"]  # get the same validation rows as glag-heldout
+
+
+def candidate_lines(rows) -> list[str]:
+    """Issue 34: each candidate stage two against the best decoupled baseline on the cells it ran on, the
+    controls that get the validation rows as training rows included; glag-heldout against each control."""
+    out = []
+    for im in sorted({r["imbalance"] for r in rows}):
+        for loss in LOSSES:
+            seeds = {
+                r["seed"]
+                for r in rows
+                if r["imbalance"] == im and r["stage_one"] == loss and r["method"] in CANDIDATES
+            }
+            if not seeds:
+                continue
+            cell = [r for r in rows if r["seed"] in seeds]
+            means = {m: mean_of(cell, im, loss, m) for m in DECOUPLED + CONTROLS}
+            means = {m: v for m, v in means.items() if v is not None}
+            best = max(means, key=means.get)
+            for c in CANDIDATES:
+                d = paired(cell, im, loss, c, best, "top1")
+                if not d:
+                    continue
+                few = paired(cell, im, loss, c, "logit-adjust", "few")
+                out.append(
+                    f"* IM {im:g}, {loss} features: {c} {mean_of(cell, im, loss, c):.2f} vs the best "
+                    f"decoupled baseline or control, {best} {means[best]:.2f}: {interval_text(d, c)}; "
+                    f"Few minus logit-adjust {interval_text(few, c) if few else '—'}."
+                )
+            ctl = [
+                f"{m} {interval_text(paired(cell, im, loss, 'glag-heldout', m, 'top1'), 'glag-heldout')}"
+                for m in CONTROLS
+                if paired(cell, im, loss, "glag-heldout", m, "top1")
+            ]
+            if ctl:
+                out.append(f"* IM {im:g}, {loss}: glag-heldout minus its controls: " + "; ".join(ctl) + ".")
+    return out
+
+
 def largest_class_lines(rows, val_rows: str) -> list[str]:
     """Test accuracy of class 0 (the largest) under GLAG and under the best decoupled baseline: what a tuning
     that never sees the largest class (--val-rows leftovers at n_max = its pool) was measured to cost."""
     out = []
+    rows = [r for r in rows if "_per_class" in r]  # CSV rows kept from run folders that are gone have none
     for im in sorted({r["imbalance"] for r in rows}):
         for loss in LOSSES:
             best = best_baseline(rows, im, loss)
@@ -379,6 +421,15 @@ def markdown(rows, args, p: dict, b: dict) -> str:
         *headline(rows),
         "",
     ]
+    cand = candidate_lines(rows)
+    if cand:
+        lines += [
+            "Issue 34's stage twos (docs/ablations.md: selected on validation and leftover rows of extra "
+            "seeds; here each ran once on test), paired by seed, 95 % t-interval:",
+            "",
+            *cand,
+            "",
+        ]
     big = largest_class_lines(rows, args.val_rows)
     if big:
         lines += ["The largest class (class 0), GLAG against the best decoupled baseline:", "", *big, ""]
@@ -463,6 +514,31 @@ def file_stem(args, p: dict) -> str:
     )
 
 
+NUMERIC = ("top1", "many", "medium", "few", "val_top1")
+
+
+def merge_kept_cells(old: list[dict], rows: list[dict], methods: list[str]) -> list[dict]:
+    """``rows`` plus the CSV rows of every (IM, stage one, seed) cell they do not hold: a cell's run folders
+    may be gone (a new machine) while its numbers stay reported, and a re-run replaces the cell whole."""
+    fresh = {(float(r["imbalance"]), r["stage_one"], int(r["seed"])) for r in rows}
+    kept = [
+        {
+            **r,
+            "imbalance": float(r["imbalance"]),
+            "seed": int(r["seed"]),
+            "epochs": int(r["epochs"]),
+            **{k: float(r[k]) if r[k] not in ("", None) else None for k in NUMERIC},
+        }
+        for r in old
+        if (float(r["imbalance"]), r["stage_one"], int(r["seed"])) not in fresh and r["method"] in methods
+    ]
+    order = {m: i for i, m in enumerate(methods)}
+    return sorted(
+        kept + rows,
+        key=lambda r: (r["imbalance"], LOSSES.index(r["stage_one"]), r["seed"], order[r["method"]]),
+    )
+
+
 def write(args, p: dict, rows: list[dict], b: dict, commands=()) -> None:
     """CSV rows of every budget and validation rule run so far (this one's replaced), and this one's
     markdown."""
@@ -471,7 +547,9 @@ def write(args, p: dict, rows: list[dict], b: dict, commands=()) -> None:
     if csv_path.is_file():
         with open(csv_path, newline="") as f:  # rows from before the val_rows column used the leftovers rule
             old = [{**r, "val_rows": r.get("val_rows") or "leftovers"} for r in csv.DictReader(f)]
-        old = [r for r in old if (r["budget"], r["val_rows"]) != (args.budget, args.val_rows)]
+    this = (args.budget, args.val_rows)
+    rows = merge_kept_cells([r for r in old if (r["budget"], r["val_rows"]) == this], rows, methods_of(p))
+    old = [r for r in old if (r["budget"], r["val_rows"]) != this]
     with open(csv_path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         w.writeheader()

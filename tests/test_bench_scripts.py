@@ -260,11 +260,19 @@ def test_cifar10_lt_500_protocol_pairs_seeds_and_tabulates_the_probe(tmp_path):
         ("graloss", "0"),
         ("graloss", "1"),
     ]
-    assert len(rows) == 4 * 11 and {x["method"] for x in rows} >= {"probe", "glag-no-gen", "glag-no-kd"}
+    assert len(rows) == 4 * 19 and {x["method"] for x in rows} >= {
+        "probe",
+        "glag-no-gen",
+        "glag-ens",
+        "la-bias",
+    }
     md = (tmp_path / "res" / "cifar10-lt-500.md").read_text()
     assert md.count("glag sweep configs/cifar10-lt-500.toml --seeds ") == 2 and "--set loss=graloss,ce " in md
     assert "* Probe, GraLoss features minus ce features (same seed): " in md and "(n=2, " in md
     assert "| graloss | glag-no-gen | " in md and "| graloss | 2 | " in md
+    assert (
+        "graloss features: glag-ens " in md and "glag-heldout minus its controls: glag-heldout-no-gen" in md
+    )
 
 
 def _full_split_cache(path, shuffle_test: bool):
