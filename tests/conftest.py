@@ -102,6 +102,31 @@ def mixture_cache(path, counts=(400, 300, 200, 60, 12, 1), dim=4, seed=0):
     )
 
 
+def shuffle_test_labels(src, dst, seed=0):
+    """The same cache (same key) re-written with its test labels permuted: a sound file, since an edit in
+    place would (rightly) be refused as damaged. Tuning that never reads test gives the same choices on
+    both."""
+    from glag.cache.format import FeatureCache, write_cache
+
+    c = FeatureCache(src)
+    splits = {
+        n: (np.asarray(c.split(n).features), c.split(n).labels, c.split(n).index) for n in c.split_names
+    }
+    feats, labels, index = splits["test"]
+    splits["test"] = (feats, np.random.default_rng(seed).permutation(labels), index)
+    write_cache(
+        dst,
+        key_parts=c.config,
+        dataset=c.dataset,
+        num_classes=c.num_classes,
+        class_names=c.class_names,
+        splits=splits,
+        classifier=(c.weight, c.bias),
+        head={"head": c.head, "scale": c.head_scale},
+    )
+    return FeatureCache(dst)
+
+
 def shell_glob(folder, pattern):
     """Paths as a shell's glob gives them (what a user passes to `glag report runs/*`): no hidden entries,
     such as --out's .stage_one/ (TensorBoard events)."""

@@ -4,7 +4,7 @@ never reading test, bad settings refused in one line."""
 import numpy as np
 import pytest
 import torch
-from conftest import mixture_cache
+from conftest import mixture_cache, shuffle_test_labels
 
 import glag
 from glag.cache.derived import class_folds, concat, derive, leftover_mask, rows_of
@@ -27,25 +27,6 @@ def cache(tmp_path):
 def _run(overrides=None):
     cfg = glag.load_config(None, {"stage_two.classifier_epochs": 3, **(overrides or {})})
     return MethodRun(cfg, torch.device("cpu"), "cpu", progress=False)
-
-
-def _with_test_labels_shuffled(cache, dst):
-    splits = {
-        n: (np.asarray(cache.split(n).features), cache.split(n).labels, cache.split(n).index)
-        for n in cache.split_names
-    }
-    f, y, i = splits["test"]
-    splits["test"] = (f, np.random.default_rng(1).permutation(y), i)
-    write_cache(
-        dst,
-        key_parts=cache.config,
-        dataset=cache.dataset,
-        num_classes=cache.num_classes,
-        class_names=cache.class_names,
-        splits=splits,
-        classifier=(cache.weight, cache.bias),
-    )
-    return FeatureCache(dst)
 
 
 def test_a_view_replaces_splits_keys_itself_and_stores_nothing(cache, tmp_path):
@@ -110,7 +91,7 @@ def test_leftovers_exclude_train_and_val_rows(tmp_path):
 @pytest.mark.parametrize("method", NEW)
 def test_new_methods_are_finite_reproducible_and_tune_without_test(method, cache, tmp_path):
     (tmp_path / "s").mkdir()
-    shuffled = _with_test_labels_shuffled(cache, tmp_path / "s" / cache.path.name)
+    shuffled = shuffle_test_labels(cache.path, tmp_path / "s" / cache.path.name, seed=1)
     run = _run()
     a, b, s = (METHODS[method].fn(c, run) for c in (cache, cache, shuffled))
     for m in ("val", "test"):

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import mixture_cache, shell_glob
+from conftest import mixture_cache, shell_glob, shuffle_test_labels
 
 from glag.cache.format import FeatureCache
 from glag.classify import baselines
@@ -58,33 +58,9 @@ def test_fixed_beta_never_moves(cache):
     assert any(b != StageTwoConfig().beta_init for h in adaptive["history"] for b in h["beta"])
 
 
-def _shuffle_test_labels(src, dst):
-    """The same cache (same key) re-written with its test labels permuted: a sound file, since an
-    edit in place would (rightly) be refused as damaged."""
-    from glag.cache.format import write_cache
-
-    c = FeatureCache(src)
-    splits = {
-        n: (np.asarray(c.split(n).features), c.split(n).labels, c.split(n).index) for n in c.split_names
-    }
-    feats, labels, index = splits["test"]
-    splits["test"] = (feats, np.random.default_rng(0).permutation(labels), index)
-    write_cache(
-        dst,
-        key_parts=c.config,
-        dataset=c.dataset,
-        num_classes=c.num_classes,
-        class_names=c.class_names,
-        splits=splits,
-        classifier=(c.weight, c.bias),
-        head={"head": c.head, "scale": c.head_scale},
-    )
-    return FeatureCache(dst)
-
-
 def test_no_training_choice_reads_test_labels(cache, tmp_path):
     (tmp_path / "shuffled").mkdir()
-    shuffled = _shuffle_test_labels(cache.path, tmp_path / "shuffled" / cache.path.name)
+    shuffled = shuffle_test_labels(cache.path, tmp_path / "shuffled" / cache.path.name)
     assert shuffled.key == cache.key
     a = train_glag(
         AFG.build(cache, GeneratorConfig(), device="cpu", save=False),

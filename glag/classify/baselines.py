@@ -11,7 +11,8 @@ from glag.config import default
 from glag.errors import GlagError
 
 
-def _result(method: str, logits_fn, cache: FeatureCache, device, **extra) -> dict:
+def result(method: str, logits_fn, cache: FeatureCache, device, **extra) -> dict:
+    """A method's record: val and test metrics of ``logits_fn`` on the cache, and ``extra``."""
     counts = cache.train_counts
     return {
         "method": method,
@@ -23,7 +24,7 @@ def _result(method: str, logits_fn, cache: FeatureCache, device, **extra) -> dic
 
 def stage_one(cache: FeatureCache, device=torch.device("cpu")) -> dict:
     """The stage-one classifier as dumped (no re-training)."""
-    return _result("stage-one", cache.head_fn(device), cache, device)
+    return result("stage-one", cache.head_fn(device), cache, device)
 
 
 def fresh_linear(
@@ -73,7 +74,7 @@ def crt(
         seed=seed,
         device=device,
     )
-    return _result("crt", g, cache, device, config={"epochs": epochs, "batch_size": batch_size, "lr": lr})
+    return result("crt", g, cache, device, config={"epochs": epochs, "batch_size": batch_size, "lr": lr})
 
 
 def lws(
@@ -106,7 +107,7 @@ def lws(
         balanced=True,
         num_classes=cache.num_classes,
     )
-    return _result("lws", fn, cache, device, scales=scale.detach().cpu().tolist())
+    return result("lws", fn, cache, device, scales=scale.detach().cpu().tolist())
 
 
 def _pick_on_val(cache: FeatureCache, make_fn, device):
@@ -121,7 +122,7 @@ def tau_norm(cache: FeatureCache, device=torch.device("cpu")) -> dict:
     norms = W.norm(dim=1, keepdim=True).clamp_min(1e-12)
     make = lambda tau: lambda x: x @ (W / norms**tau).T  # noqa: E731
     tau, scores = _pick_on_val(cache, make, device)
-    return _result("tau-norm", make(tau), cache, device, tau=tau, val_scores=scores)
+    return result("tau-norm", make(tau), cache, device, tau=tau, val_scores=scores)
 
 
 def logit_adjust(cache: FeatureCache, device=torch.device("cpu")) -> dict:
@@ -130,7 +131,7 @@ def logit_adjust(cache: FeatureCache, device=torch.device("cpu")) -> dict:
     lp = log_prior(cache.train_counts, device)
     make = lambda tau: lambda x: head(x) - tau * lp  # noqa: E731
     tau, scores = _pick_on_val(cache, make, device)
-    return _result("logit-adjust", make(tau), cache, device, tau=tau, val_scores=scores)
+    return result("logit-adjust", make(tau), cache, device, tau=tau, val_scores=scores)
 
 
 def probe(
@@ -160,4 +161,4 @@ def probe(
         seed=seed,
         device=device,
     )
-    return _result("probe", g, cache, device, config={"epochs": epochs, "batch_size": batch_size, "lr": lr})
+    return result("probe", g, cache, device, config={"epochs": epochs, "batch_size": batch_size, "lr": lr})

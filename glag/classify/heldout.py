@@ -65,16 +65,6 @@ def _glag(
     return res, afg
 
 
-def _result(name: str, fn, cache: FeatureCache, device, **extra) -> dict:
-    counts = cache.train_counts
-    return {
-        "method": name,
-        "val": split_metrics(fn, cache.split("val"), counts, device),
-        "test": split_metrics(fn, cache.split("test"), counts, device),
-        **extra,
-    }
-
-
 def _device(run: MethodRun):
     return run.device
 
@@ -96,7 +86,7 @@ def glag_ens(cache: FeatureCache, run: MethodRun) -> dict:
 
     val = cache.split("val")
     w, scores = pick_on_val(make, val.features, val.labels, device, grid=ENS_GRID)
-    return _result(
+    return baselines.result(
         "glag-ens",
         make(w),
         cache,
