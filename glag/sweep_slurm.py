@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import shutil
 import socket
 import subprocess
@@ -21,13 +20,16 @@ from glag.cache.format import atomic_path
 from glag.config import SlurmSettings
 from glag.errors import GlagError
 from glag.pipeline import load_config, run
+from glag.slurm_options import sbatch_options
 
 ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED"}
 
 
 def check_cluster(slurm: SlurmSettings) -> None:
-    """Refuse, in one line and before anything is submitted, a machine without SLURM, a controller that
-    does not answer, or an unknown partition."""
+    """Refuse, in one line and before anything is submitted, sbatch options a recipe may not give
+    (glag.slurm_options), a machine without SLURM, a controller that does not answer, or an unknown
+    partition."""
+    sbatch_options(slurm.sbatch_args)
     if shutil.which("sbatch") is None:
         raise GlagError("--executor slurm: no 'sbatch' on this machine; run on a SLURM login node")
     r = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=30)
@@ -102,14 +104,10 @@ def queue_states(job_ids) -> dict[str, str]:
     return out
 
 
-def _executor(folder: Path, slurm: SlurmSettings, n: int):
-    import submitit
-
-    ex = submitit.SlurmExecutor(folder=folder, python=None)
-    extra = {}
-    for arg in shlex.split(slurm.sbatch_args):
-        key, _, value = arg.lstrip("-").partition("=")
-        extra[key.replace("-", "_")] = value or None
+def sbatch_parameters(slurm: SlurmSettings, n: int) -> dict:
+    """submitit's parameters for a job array of ``n`` groups: the [slurm] settings and the checked extra
+    sbatch options (glag.slurm_options)."""
+    extra = {k.replace("-", "_"): v for k, v in sbatch_options(slurm.sbatch_args).items()}
     params = dict(
         time=slurm.time_limit,
         cpus_per_task=slurm.cpus_per_cell,
@@ -125,7 +123,14 @@ def _executor(folder: Path, slurm: SlurmSettings, n: int):
     tasks = slurm.tasks_per_cell or max(slurm.gpus_per_cell, 1)
     if tasks > 1:
         params["ntasks_per_node"] = tasks
-    ex.update_parameters(**params)
+    return params
+
+
+def _executor(folder: Path, slurm: SlurmSettings, n: int):
+    import submitit
+
+    ex = submitit.SlurmExecutor(folder=folder, python=None)
+    ex.update_parameters(**sbatch_parameters(slurm, n))
     return ex
 
 

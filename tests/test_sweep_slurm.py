@@ -208,3 +208,96 @@ def test_ctrl_c_leaves_the_jobs_running_and_says_how_to_resume_or_cancel(tmp_pat
         assert job in queued  # still queued or running
     finally:
         subprocess.run(["scancel", job], env=env)
+
+
+HOSTILE = [
+    ("--requeue\ntouch {marker}\n#=1", "holds a control character"),
+    ("--qos=a\r", "holds a control character"),
+    ("--output={victim} --open-mode=truncate", "--output is set by glag itself"),
+    ("--open-mode=truncate", "--open-mode is set by glag itself"),
+    ("--error={victim}", "--error is set by glag itself"),
+    ("--chdir=/tmp", "--chdir is not allowed"),
+    ('--wrap="touch {marker}"', "--wrap is not allowed"),
+    ("--export=LD_PRELOAD=/x.so", "--export is not allowed"),
+    ("--time=5", "--time is glag's: set [slurm] time_limit"),
+    ("-A lab", "'-A' is not a long option"),
+    ("--qos", "--qos needs a value"),
+    ("--requeue=1", "--requeue is a flag and takes no value"),
+    ('"--qos=x', "does not parse as shell words"),
+    ("--qos=a --qos=b", "--qos is given twice"),
+]
+
+
+@pytest.mark.parametrize("value, msg", HOSTILE)
+@pytest.mark.parametrize("via", ["recipe", "flag"])
+def test_hostile_sbatch_args_are_refused_before_anything_runs_or_is_written(
+    tmp_path, glag_cli, value, msg, via
+):
+    """A shared recipe's [slurm] sbatch_args (or --sbatch-args) cannot add script lines or redirect SLURM's
+    writes: one line naming the key, no folder made, the marker never created, the victim untouched.
+    Checked before SLURM is looked for, so this runs on any machine."""
+    marker, victim = tmp_path / "ran", tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    text = value.format(marker=marker, victim=victim)
+    if via == "recipe":  # a JSON string is a TOML basic string: the control characters arrive as such
+        recipe = tmp_path / "r.toml"
+        recipe.write_text(DIGITS.read_text() + f"\n[slurm]\nsbatch_args = {json.dumps(text)}\n")
+        args = [recipe]
+    else:
+        args = [DIGITS, "--sbatch-args", text]
+    code, _, err = glag_cli("sweep", *args, "--out", tmp_path / "sw", "--executor", "slurm")
+    assert code != 0 and len(err.strip().splitlines()) == 1 and "sbatch_args" in err and msg in err, err
+    assert not (tmp_path / "sw").exists() and not marker.exists() and victim.read_text() == "keep me"
+
+
+def test_allowed_sbatch_args_become_single_script_lines(tmp_path):
+    """Flags stay flags (no '=None'), '--qos normal' is --qos=normal, values are quoted, and glag's log
+    files and signal stay submitit's."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    from glag.config import SlurmSettings
+    from glag.sweep_slurm import sbatch_parameters
+
+    s = SlurmSettings(sbatch_args="--requeue --qos normal --comment='two words' --mail-type=END")
+    params = sbatch_parameters(s, 3)
+    params.pop("array_parallelism")
+    text = _make_sbatch_string(command="true", folder=tmp_path / "slurm", map_count=3, **params)
+    lines = text.splitlines()
+    assert "#SBATCH --requeue" in lines and "#SBATCH --qos=normal" in lines
+    assert "#SBATCH --comment='two words'" in lines and "#SBATCH --mail-type=END" in lines
+    assert not any("None" in line for line in lines)
+    assert sum(line.startswith("#SBATCH --output=") for line in lines) == 1
+    assert any(line.startswith("#SBATCH --output=" + str(tmp_path / "slurm")) for line in lines)
+
+
+@needs_slurm
+def test_hostile_recipe_on_a_real_cluster_runs_nothing(tmp_path):
+    marker, victim = tmp_path / "ran", tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(
+        DIGITS.read_text()
+        + f"\n[slurm]\nsbatch_args = '''--requeue\ntouch {marker}\n#=1 --output={victim}'''\n"
+    )
+    env = {**os.environ, "SLURM_CONF": CONF, "GLAG_CACHE_DIR": str(tmp_path / "c")}
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "glag.cli",
+            "sweep",
+            str(recipe),
+            "--out",
+            str(tmp_path / "sw"),
+            "--executor",
+            "slurm",
+            *FAST,
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert r.returncode != 0 and "control character" in r.stderr
+    time.sleep(2)  # a job, had one been submitted, would have had time to start
+    assert not marker.exists() and victim.read_text() == "keep me" and not (tmp_path / "sw").exists()
