@@ -6,9 +6,14 @@
 
 from __future__ import annotations
 
+import random
 import sys
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+
+import numpy as np
+import torch
 
 from glag.cache.format import FeatureCache
 from glag.cache.store import default_cache_dir
@@ -143,6 +148,20 @@ def run_stage_two(
     return records
 
 
+@contextmanager
+def caller_random_state():
+    """The caller's global random generators (torch's, CUDA's, NumPy's legacy one, Python's) as they were
+    before, whatever seeding happens inside: a library call must not reseed its caller."""
+    np_state, py_state = np.random.get_state(), random.getstate()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            np.random.set_state(np_state)
+            random.setstate(py_state)
+
+
 def run(
     cfg: Config,
     *,
@@ -154,7 +173,11 @@ def run(
 ) -> list[dict]:
     """The whole pipeline: stage one (or its cache, reused), then the stage-two methods; returns one record
     per method: {method, dir (its run folder), test (metrics), seconds}."""
-    out = Path(out)
+    with caller_random_state():
+        return _run(cfg, out=Path(out), cache_dir=cache_dir, methods=methods, quiet=quiet, download=download)
+
+
+def _run(cfg: Config, *, out: Path, cache_dir, methods, quiet: bool, download: bool) -> list[dict]:
     check_writable(out, "--out", folder=True)  # before training, so no work is lost to a bad --out
     done = run_stage_one(cfg, cache_dir, quiet=quiet, download=download, events_dir=out / ".stage_one")
     if done is None:  # a non-zero rank under torchrun: rank 0 runs stage two

@@ -279,3 +279,25 @@ def test_a_new_dataset_is_one_registered_function(tmp_path, cache_dir, glag_cli)
         CHOICES["dataset"] = before
     code, _, err = glag_cli("data", "--dataset", "blobs-lt")
     assert code == 2 and "'blobs-lt' is not one of" in err
+
+
+def test_run_leaves_the_callers_random_state_as_it_was(tmp_path, cache_dir):
+    import random
+
+    import numpy as np
+    import torch
+
+    def seed_all():
+        torch.manual_seed(1234)
+        np.random.seed(99)
+        random.seed(7)
+
+    seed_all()
+    expected = (torch.rand(3).tolist(), np.random.rand(3).tolist(), random.random())
+    seed_all()
+    cfg = glag.load_config(
+        None, {"stage_one.epochs": 1, "stage_two.method": ["stage-one"], "stage_one.seed": 5}
+    )
+    glag.run(cfg, out=tmp_path, quiet=True)  # seeds torch and NumPy with 5 inside
+    assert torch.initial_seed() == 1234
+    assert (torch.rand(3).tolist(), np.random.rand(3).tolist(), random.random()) == expected
