@@ -156,3 +156,23 @@ def test_packed_sweep_gives_the_single_worker_numbers(tmp_path, glag_cli, cache_
     assert all(
         len(f.read_text().splitlines()) == 2 for f in logs
     )  # 2 epochs, trained once (not twice at once)
+
+
+def test_run_folders_follow_the_umask(tmp_path):
+    """A run folder is as readable as everything else glag writes (mkdtemp's 0700 hid it on shared
+    clusters)."""
+    import os
+
+    from conftest import mixture_cache
+
+    from glag.cache.format import FeatureCache
+    from glag.classify import baselines
+    from glag.classify.results import write_run
+
+    cache = FeatureCache(mixture_cache(tmp_path / "m.h5"))
+    old = os.umask(0o022)
+    try:
+        folder = write_run(tmp_path / "runs" / "r", cache, "stage-one", baselines.stage_one(cache))
+    finally:
+        os.umask(old)
+    assert folder.stat().st_mode & 0o777 == 0o755

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -63,7 +63,10 @@ def write_run(
     """
     final = Path(out)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    # a unique name made with mkdir, not mkdtemp: the umask decides the mode (mkdtemp's 0700 hid results
+    # from everyone else on a shared cluster)
+    tmp = final.parent / f".{final.name}.tmp-{secrets.token_hex(8)}"
+    tmp.mkdir()
     try:
         counts = cache.train_counts
         record = {
