@@ -606,7 +606,7 @@ def config_from_dict(d: dict, *, methods=()) -> Config:
 
     with tempfile.TemporaryDirectory() as tmp:
         p = Path(tmp) / "config.toml"
-        p.write_text(to_toml(d))
+        p.write_text(to_toml(d), encoding="utf-8")
         return parse_config(p, methods=methods)
 
 
@@ -617,7 +617,13 @@ def _toml_value(v) -> str:
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     if isinstance(v, (int, float)):
         return repr(v)
-    return json.dumps(str(v))  # a TOML basic string
+    return toml_string(str(v))
+
+
+def toml_string(text: str) -> str:
+    """A TOML basic string: characters as they are (a JSON \\u escape of a character beyond the BMP is a
+    surrogate pair, which TOML refuses), with the control characters TOML needs escaped."""
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
 def to_toml(cfg: dict) -> str:
@@ -632,7 +638,7 @@ def to_toml(cfg: dict) -> str:
         for name, table in body.items():
             if isinstance(table, dict):
                 lines.append(
-                    f"[{section}.{name if re.fullmatch(r'[A-Za-z0-9_-]+', name) else json.dumps(name)}]"
+                    f"[{section}.{name if re.fullmatch(r'[A-Za-z0-9_-]+', name) else toml_string(name)}]"
                 )
                 lines += [f"{k} = {_toml_value(v)}" for k, v in table.items()]
                 lines.append("")

@@ -132,7 +132,7 @@ def run_folders(cell_dir: Path) -> dict[str, Path]:
 
 def cell_config(config: Path, cell: dict) -> str:
     """The cell's recipe: the sweep's config with the cell's --set values and seed, as TOML."""
-    raw = tomllib.loads(Path(config).read_text())
+    raw = tomllib.loads(Path(config).read_text(encoding="utf-8"))
     for key, value in {**cell["setting"], "seed": cell["seed"]}.items():
         raw.setdefault(SECTION_OF[key], {})[key] = value
     return to_toml(raw)
@@ -160,7 +160,7 @@ def locate(out: Path, cells: list[dict], config: Path) -> list[dict]:
         cfg = cell["dir"] / "config.toml"
         if cfg.is_file():
             try:
-                same = _recipe_part(cfg.read_text()) == _recipe_part(text)
+                same = _recipe_part(cfg.read_text(encoding="utf-8")) == _recipe_part(text)
             except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
                 same = False
             if not same:
@@ -223,10 +223,10 @@ def run_sweep(
         cell_dir.mkdir(parents=True, exist_ok=True)
         cfg_file = cell_dir / "config.toml"
         if (
-            not cfg_file.is_file() or cfg_file.read_text() != cell["config"]
+            not cfg_file.is_file() or cfg_file.read_text(encoding="utf-8") != cell["config"]
         ):  # new: or this sweep's methods grew
             with atomic_path(cfg_file) as t:
-                t.write_text(cell["config"])
+                t.write_text(cell["config"], encoding="utf-8")
         cell["missing"] = missing
         if executor == "local":
             _record_job(cell_dir, {"executor": "local", "job_id": ""})

@@ -22,7 +22,7 @@ OUTPUTS = {"cells", "cells.csv", "summary.md", "groups.png", MARKER}  # what a s
 def describe(config: Path, methods, seeds, sets) -> dict:
     """The record of a sweep: its recipe minus the method list and variants (which may grow), the variants'
     tables, the methods, the varied keys with their values, and the seeds."""
-    raw = tomllib.loads(Path(config).read_text())
+    raw = tomllib.loads(Path(config).read_text(encoding="utf-8"))
     raw.pop("slurm", None)  # where cells run is not what they are
     variants = raw.pop("variants", {})
     raw.get("stage_two", {}).pop("method", None)

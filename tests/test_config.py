@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import shell_glob
 
+import glag
 from glag.config import tomllib
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml"))
@@ -230,3 +231,16 @@ def test_every_setting_has_a_type_and_a_bounded_range():
                 rule.check(int(rule.hi) * 10 + 10)
             with pytest.raises(ValueError, match="out of range"):
                 rule.check(10**400)  # no OverflowError from float()
+
+
+@pytest.mark.parametrize("name", ["runs 😀", "données", "tab\there", "del\x7fx"])
+def test_written_toml_reads_back_with_any_character(tmp_path, name):
+    """Paths beyond the Basic Multilingual Plane (an emoji folder) and control characters round-trip
+    through the TOML glag writes (--print-config, sweep cell configs, result.json's config)."""
+    from glag.config import to_toml, tomllib
+    from glag.pipeline import load_run_config
+
+    cfg = glag.load_config(None, {"dataset": "folder", "data_root": str(tmp_path / name)})
+    text = to_toml(cfg.to_dict())
+    assert tomllib.loads(text)["dataset"]["data_root"] == str(tmp_path / name)
+    assert load_run_config({"run_config": cfg.to_dict()}).dataset.data_root == cfg.dataset.data_root
