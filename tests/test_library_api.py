@@ -90,7 +90,7 @@ def test_a_new_stage_two_method_is_one_registered_function(tmp_path, cache_dir):
         bad, crt = (r["test"]["top1"] for r in recs)
         assert bad == pytest.approx(1 / 6) and crt > 0.5  # 6 balanced test classes: one right in six
         assert load_run(Path(recs[0]["dir"]))["method"] == "always-tail"
-        with pytest.raises(ValueError, match="registered twice"):
+        with pytest.raises(GlagError, match="registered twice"):
             register("always-tail")(always_tail)
     finally:
         METHODS.pop("always-tail", None)
@@ -233,7 +233,7 @@ def test_a_new_backbone_is_one_registered_function(tmp_path, cache_dir):
         cfg = load_config(None, {"backbone": "tiny", "epochs": 1, "classifier_epochs": 1, "method": ["crt"]})
         (rec,) = glag.run(cfg, out=tmp_path, quiet=True)
         assert load_run(Path(rec["dir"]))["run_config"]["stage_one"]["backbone"] == "tiny"
-        with pytest.raises(ValueError, match="registered twice"):
+        with pytest.raises(GlagError, match="registered twice"):
             register_backbone("tiny")(Tiny)
     finally:
         BACKBONES.pop("tiny")
@@ -272,7 +272,7 @@ def test_a_new_dataset_is_one_registered_function(tmp_path, cache_dir, glag_cli)
         (rec,) = glag.run(cfg, out=tmp_path, quiet=True)
         res = load_run(Path(rec["dir"]))
         assert res["dataset"] == "blobs-lt-im10" and res["summary"]["top1"] > 40  # 4 classes: chance is 25
-        with pytest.raises(ValueError, match="registered twice"):
+        with pytest.raises(GlagError, match="registered twice"):
             register_dataset("blobs-lt")(blobs)
     finally:
         DATASET_KINDS.pop("blobs-lt")
@@ -301,3 +301,39 @@ def test_run_leaves_the_callers_random_state_as_it_was(tmp_path, cache_dir):
     glag.run(cfg, out=tmp_path, quiet=True)  # seeds torch and NumPy with 5 inside
     assert torch.initial_seed() == 1234
     assert (torch.rand(3).tolist(), np.random.rand(3).tolist(), random.random()) == expected
+
+
+@pytest.mark.parametrize(
+    "name, fn, msg",
+    [
+        ("", lambda cache, run: {}, "cannot name a folder"),
+        ("x/../IN", lambda cache, run: {}, "cannot name a folder"),
+        ("two words", lambda cache, run: {}, "cannot name a folder"),
+        (3, lambda cache, run: {}, "cannot name a folder"),
+        ("fine-name", 42, "is not callable"),
+        ("fine-name", lambda cache: {}, "cannot be called with 2 positional"),
+        ("glag-ens", lambda cache, run: {}, "'glag-ens' is registered twice"),  # glag's own, loaded first
+    ],
+)
+def test_registries_refuse_what_glag_cannot_use(name, fn, msg):
+    from glag.classify.methods import METHODS, register
+
+    before = dict(METHODS)
+    with pytest.raises(GlagError, match=msg):
+        register(name)(fn)
+    assert METHODS == before
+
+
+def test_every_registry_checks_the_call_glag_makes():
+    from glag.extract.dataset_kinds import register_dataset
+    from glag.extract.losses import register_loss
+    from glag.extract.models import register_backbone
+
+    with pytest.raises(GlagError, match="stage-one loss 'l1'.*tau="):
+        register_loss("l1")(lambda counts, total: None)
+    with pytest.raises(GlagError, match="backbone 'b1'.*1 positional"):
+        register_backbone("b1")(lambda: None)
+    with pytest.raises(GlagError, match="dataset 'digits' is registered twice"):  # built-ins load first
+        register_dataset("digits", kind="array")(lambda spec, root, progress: None)
+    with pytest.raises(GlagError, match="dataset 'd1'.*3 positional"):
+        register_dataset("d1", kind="array")(lambda spec: None)

@@ -44,7 +44,15 @@ def register(name: str, *, exports_model: bool = False):
     """Decorator: make ``fn(cache, run) -> result`` the stage-two method ``name``."""
 
     def deco(fn):
-        add(METHODS, name, Method(fn, exports_model), "stage-two method")
+        add(
+            METHODS,
+            name,
+            Method(fn, exports_model),
+            "stage-two method",
+            fn=fn,
+            args=2,
+            builtins="glag.classify.heldout",
+        )
         return fn
 
     return deco

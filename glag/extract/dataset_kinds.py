@@ -42,8 +42,17 @@ def register_dataset(name: str, **info):
     def deco(read):
         kind = DatasetKind(name, read, **info)
         if kind.kind not in KINDS:
-            raise ValueError(f"dataset '{name}': kind '{kind.kind}' is not one of {KINDS}")
-        add(DATASET_KINDS, name, kind, "dataset", setting="dataset")
+            raise GlagError(f"dataset '{name}': kind '{kind.kind}' is not one of {', '.join(KINDS)}")
+        add(
+            DATASET_KINDS,
+            name,
+            kind,
+            "dataset",
+            setting="dataset",
+            fn=read,
+            args=3,
+            builtins="glag.extract.datasets",
+        )
         return read
 
     return deco

@@ -103,7 +103,16 @@ def register_loss(name: str):
     (its name becomes a value of the ``loss`` setting)."""
 
     def deco(build):
-        add(LOSS_BUILDERS, name, build, "stage-one loss", setting="loss")
+        add(
+            LOSS_BUILDERS,
+            name,
+            build,
+            "stage-one loss",
+            setting="loss",
+            fn=build,
+            args=2,
+            kwargs=("tau", "a", "g", "gamma"),
+        )
         return build
 
     return deco

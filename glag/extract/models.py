@@ -107,7 +107,7 @@ def register_backbone(name: str):
     """Decorator: make ``build(in_channels) -> feature extractor`` the backbone ``name``."""
 
     def deco(build):
-        add(BACKBONES, name, build, "backbone")
+        add(BACKBONES, name, build, "backbone", fn=build, args=1)
         return build
 
     return deco
