@@ -300,7 +300,11 @@ class StageOneSettings:
 @dataclass(frozen=True)
 class GeneratorSettings:
     tukey_power: float = setting(
-        0.5, "Tukey power lambda in (0, 1]; 1 = no transform.", lo=0, hi=1, lo_open=True
+        0.5,
+        "Tukey power lambda in [0.01, 1]; 1 = no transform (below 0.01, x^lambda of float32 features "
+        "overflows on the way back).",
+        lo=0.01,
+        hi=1,
     )
     k: int = setting(2, "Support classes per tail sample.", lo=1, hi=1000)
     tail_below: int = setting(100, "Classes with fewer train rows are tail.", lo=1, hi=MAX_ROWS)
@@ -566,6 +570,11 @@ def recipe_values(raw: dict, where: str) -> tuple[dict, dict]:
             raise _err(where, f"'{section}' must be a [section] of keys")
         for key, value in body.items():
             _known(key, where, SECTIONS[section], section)
+            if isinstance(value, str) and RULES[key].kind in (int, float):  # a TOML string is not a number
+                raise _err(
+                    f"{where} [{section}] {key}",
+                    f"{_show(value, quote=True)} is text, not a number; write it without quotes",
+                )
             values[key] = check_value(key, value, f"{where} [{section}] {key}")
     return values, variants
 

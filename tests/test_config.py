@@ -73,7 +73,7 @@ def test_flags_override_config_keys(glag_cli):
         ),
         ("[dataset\n", "is not valid TOML"),
         ("dataset = 'digits'\n", "'dataset' must be a [section] of keys"),
-        ("[dataset]\nimbalance = 'steep'\n", "[dataset] imbalance: 'steep' is not a number"),
+        ("[dataset]\nimbalance = 'steep'\n", "[dataset] imbalance: 'steep' is text, not a number"),
         ("[stage_two]\nclassifier_lr = -1\n", "[stage_two] classifier_lr: -1 is out of range"),
         ("[stage_two]\ngen_lr = 0.1\n", "'gen_lr' is now called 'classifier_lr'; rename it"),
         ("[generator]\nlt = 0.5\n", "'lt' is now called 'tukey_power'; rename it"),

@@ -299,6 +299,6 @@ def test_generate_cli(cache, glag_cli):
     code, _, err = glag_cli("generate", "--cache", cache.path, "--tukey-power", "0")
     assert (
         code == 2
-        and "Invalid value for '--tukey-power': 0 is out of range; allowed: a finite number > 0 and <= 1"
+        and "Invalid value for '--tukey-power': 0 is out of range; allowed: a finite number >= 0.01 and <= 1"
         in err
     )

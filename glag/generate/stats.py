@@ -28,9 +28,12 @@ def untukey(x, lt: float, xp=np):
     return xp.sign(x) * xp.abs(x) ** (1.0 / lt)
 
 
+MIN_LT = 0.01  # below, untukey (x^(1/lt)) of float32 features overflows
+
+
 def check_lt(lt: float) -> float:
-    if not (0.0 < lt <= 1.0):
-        raise GlagError(f"Tukey power lt={lt} is invalid; it must lie in (0, 1]")
+    if not (MIN_LT <= lt <= 1.0):
+        raise GlagError(f"Tukey power lt={lt} is invalid; it must lie in [{MIN_LT}, 1]")
     return float(lt)
 
 
