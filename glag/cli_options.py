@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from glag.cache.store import default_cache_dir
+from glag.cache.store import cache_folder, default_cache_dir
 from glag.config import RENAMED, RULES, SECTIONS, Config, Rule, default, parse_override
 from glag.options import Number
 from glag.pipeline import load_config
@@ -110,6 +110,7 @@ def cache_dir_option(f):
         "--cache-dir",
         type=click.Path(file_okay=False, path_type=Path),
         default=lambda: str(default_cache_dir()),
+        callback=lambda ctx, param, value: cache_folder(value),  # '' and an unexpanded ~ as the library
         show_default="$GLAG_CACHE_DIR or ~/.cache/glag",
         help="Folder of feature caches.",
     )(f)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from glag.cache.format import FeatureCache
-from glag.cache.store import default_cache_dir
+from glag.cache.store import cache_folder
 from glag.classify.methods import METHODS
 from glag.classify.runner import run_methods
 from glag.config import Config, config_from_dict, parse_config
@@ -81,7 +81,7 @@ def run_stage_one(
 ):
     """Train (or reuse) the stage-one backbone and dump its cache: (cache path, report, reused), or None
     on a non-zero torchrun rank."""
-    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cache_dir = cache_folder(cache_dir)
     check_writable(cache_dir, "--cache-dir", folder=True)
     spec = DatasetSpec.from_config(cfg)
     TrainConfig.from_config(

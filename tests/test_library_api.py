@@ -337,3 +337,18 @@ def test_every_registry_checks_the_call_glag_makes():
         register_dataset("digits", kind="array")(lambda spec, root, progress: None)
     with pytest.raises(GlagError, match="dataset 'd1'.*3 positional"):
         register_dataset("d1", kind="array")(lambda spec: None)
+
+
+def test_empty_cache_dir_is_the_default_and_tilde_is_expanded(tmp_path, cache_dir, glag_cli, monkeypatch):
+    """cache_dir='' is unset (never the working folder); '~' is expanded however it arrives, so the cache
+    is written where a later lookup finds it."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    cfg = glag.load_config(None, {"stage_one.epochs": 1, "stage_two.method": ["stage-one"]})
+    glag.run(cfg, out=tmp_path / "a", cache_dir="", quiet=True)
+    assert list(cache_dir.glob("*.h5")) and not list(tmp_path.glob("*.h5"))
+    code, _, err = glag_cli(
+        "run", "--epochs", "1", "--method", "stage-one", "--cache-dir=~/c", "--out", tmp_path / "b", "-q"
+    )
+    assert code == 0, err
+    assert list((tmp_path / "home" / "c").glob("*.h5")) and not (tmp_path / "~").exists()

@@ -14,6 +14,14 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("GLAG_CACHE_DIR", "").strip() or "~/.cache/glag").expanduser()
 
 
+def cache_folder(value) -> Path:
+    """The cache folder a caller named: None or an empty value means the default (never the working
+    folder), and ``~`` is expanded whoever typed it, so a write and a later lookup agree."""
+    if value is None or not str(value).strip():
+        return default_cache_dir()
+    return Path(str(value)).expanduser()
+
+
 def list_caches(cache_dir: Path) -> list[dict]:
     """Info for every cache file in ``cache_dir``; unreadable files are listed with their error."""
     rows = []
