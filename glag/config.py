@@ -609,6 +609,26 @@ def parse_config(
     return replace(cfg, variants=variants)
 
 
+def checked(cfg, methods=()) -> Config:
+    """``cfg`` with every value checked against its setting's rule, whatever built it (a
+    ``dataclasses.replace`` bypasses the checks a recipe gets), or one line naming the setting."""
+    if not isinstance(cfg, Config):
+        raise GlagError(f"the config must be a glag Config (glag.load_config(...)), got {type(cfg).__name__}")
+    values = {}
+    for section in SECTION_TYPES:
+        body = getattr(cfg, section)
+        if not isinstance(body, SECTION_TYPES[section]):
+            raise GlagError(f"config section '{section}' is a {type(body).__name__}, not its settings")
+        for key in SECTIONS[section]:
+            values[key] = check_value(key, getattr(body, key), f"config {section}.{key}")
+    bad = [m for m in values["method"] if methods and m not in methods and m not in cfg.variants]
+    if bad:
+        raise GlagError(
+            f"config stage_two.method: '{bad[0]}' is not a method; choose from: {', '.join(methods)}"
+        )
+    return cfg.with_values(values)
+
+
 def config_from_dict(d: dict, *, methods=()) -> Config:
     """The Config a ``Config.to_dict`` (a result.json's ``run_config``) describes."""
     import tempfile

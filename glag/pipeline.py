@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 from contextlib import contextmanager
@@ -19,7 +20,7 @@ from glag.cache.format import FeatureCache
 from glag.cache.store import cache_folder
 from glag.classify.methods import METHODS
 from glag.classify.runner import run_methods
-from glag.config import Config, config_from_dict, parse_config
+from glag.config import Config, checked, config_from_dict, parse_config
 from glag.errors import GlagError
 from glag.extract.datasets import DatasetSpec, load_dataset
 from glag.extract.dump import load_checkpoint
@@ -148,6 +149,10 @@ def run_stage_two(
     return records
 
 
+def _what(value) -> str:
+    return f"{type(value).__name__} {str(value)[:40]!r}"
+
+
 @contextmanager
 def caller_random_state():
     """The caller's global random generators (torch's, CUDA's, NumPy's legacy one, Python's) as they were
@@ -173,6 +178,17 @@ def run(
 ) -> list[dict]:
     """The whole pipeline: stage one (or its cache, reused), then the stage-two methods; returns one record
     per method: {method, dir (its run folder), test (metrics), seconds}."""
+    cfg = checked(cfg, tuple(METHODS))
+    if not isinstance(out, (str, os.PathLike)) or not str(out).strip():
+        raise GlagError(f"glag.run: out must be a folder path, got {_what(out)}")
+    if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
+        raise GlagError(f"glag.run: cache_dir must be a folder path or None, got {_what(cache_dir)}")
+    if isinstance(methods, str):  # one name, not its letters
+        methods = [methods]
+    if methods is not None and (
+        not isinstance(methods, (list, tuple)) or not all(isinstance(m, str) for m in methods)
+    ):
+        raise GlagError(f"glag.run: methods must be a list of method names, got {_what(methods)}")
     with caller_random_state():
         return _run(cfg, out=Path(out), cache_dir=cache_dir, methods=methods, quiet=quiet, download=download)
 

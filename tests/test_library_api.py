@@ -3,6 +3,7 @@ registered function, old setting names are refused naming the new ones, and the 
 
 import ast
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -352,3 +353,42 @@ def test_empty_cache_dir_is_the_default_and_tilde_is_expanded(tmp_path, cache_di
     )
     assert code == 0, err
     assert list((tmp_path / "home" / "c").glob("*.h5")) and not (tmp_path / "~").exists()
+
+
+def _cfg_with(section, **kw):
+    import dataclasses
+
+    cfg = glag.load_config(None)
+    return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **kw)})
+
+
+@pytest.mark.parametrize(
+    "make, kwargs, msg",
+    [
+        (lambda: _cfg_with("stage_one", epochs=-5), {}, "config stage_one.epochs: -5 is out of range"),
+        (lambda: _cfg_with("stage_two", alpha=float("nan")), {}, "config stage_two.alpha: nan is not finite"),
+        (
+            lambda: _cfg_with("stage_two", method=("nope",)),
+            {},
+            "config stage_two.method: 'nope' is not a method",
+        ),
+        (lambda: _cfg_with("dataset", dataset="mnist"), {}, "config dataset.dataset: 'mnist' is not allowed"),
+        (lambda: {"stage_one": {}}, {}, "the config must be a glag Config"),
+        (lambda: glag.load_config(None), {"out": None}, "glag.run: out must be a folder path, got NoneType"),
+        (lambda: glag.load_config(None), {"out": ""}, "glag.run: out must be a folder path"),
+        (lambda: glag.load_config(None), {"cache_dir": 123}, "glag.run: cache_dir must be a folder path"),
+        (lambda: glag.load_config(None), {"methods": 5}, "glag.run: methods must be a list of method names"),
+        (lambda: glag.load_config(None), {"methods": [("crt",)]}, "methods must be a list of method names"),
+    ],
+)
+def test_run_checks_what_any_caller_passes(tmp_path, monkeypatch, make, kwargs, msg):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(GlagError, match=re.escape(msg)):
+        glag.run(make(), **{"out": tmp_path / "o", "cache_dir": tmp_path / "c", **kwargs})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_run_takes_one_method_name_as_one_method(tmp_path, cache_dir):
+    cfg = glag.load_config(None, {"stage_one.epochs": 1})
+    (rec,) = glag.run(cfg, out=tmp_path, methods="stage-one", quiet=True)
+    assert rec["method"] == "stage-one"
