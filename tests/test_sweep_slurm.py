@@ -301,3 +301,15 @@ def test_hostile_recipe_on_a_real_cluster_runs_nothing(tmp_path):
     assert r.returncode != 0 and "control character" in r.stderr
     time.sleep(2)  # a job, had one been submitted, would have had time to start
     assert not marker.exists() and victim.read_text() == "keep me" and not (tmp_path / "sw").exists()
+
+
+def test_local_slurm_env_prints_the_line_that_finds_the_cluster(tmp_path):
+    r = subprocess.run(
+        [str(ROOT / "tools" / "local-slurm"), "env"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "GLAG_SLURM_STATE": str(tmp_path / "st ate")},
+    )
+    assert r.returncode == 0 and r.stdout.startswith("export SLURM_CONF=")
+    out = subprocess.run(["bash", "-c", r.stdout + 'printf %s "$SLURM_CONF"'], capture_output=True, text=True)
+    assert out.stdout == str(tmp_path / "st ate" / "slurm.conf")
