@@ -12,6 +12,7 @@ import csv
 import itertools
 import json
 import re
+import shutil
 from pathlib import Path
 
 from glag.cache.format import atomic_path, json_hash
@@ -22,8 +23,8 @@ from glag.paths import check_safe_name
 from glag.pipeline import load_config, resolved, run
 from glag.reporting import METRICS, mean_std, num, ref_minus_each, run_row, t_interval, verdict
 from glag.sweep_folder import claim, describe, record_sweep
+from glag.sweep_slurm import SubmitRefused, check_cluster, job_of, run_on_slurm
 from glag.sweep_slurm import _record as _record_job
-from glag.sweep_slurm import check_cluster, job_of, run_on_slurm
 
 MAX_SEEDS = 10_000  # cells are trainings: a longer list is a typo, not a plan
 
@@ -174,6 +175,15 @@ def locate(out: Path, cells: list[dict], config: Path) -> list[dict]:
     return cells
 
 
+def _remove(made: list[Path]) -> None:
+    """Remove what this command made (the first the outermost), and nothing else."""
+    for p in made:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.exists():
+            p.unlink()
+
+
 def run_sweep(
     config: Path,
     seeds: list[int],
@@ -209,6 +219,10 @@ def run_sweep(
         raise GlagError("two cells of this sweep map to one folder name; give distinct --set values")
     for cell in cells:  # what `glag run --print-config` checks, for every cell
         resolved(load_config(config, {**cell["setting"], "seed": cell["seed"]}, source="--set"))
+    made = [
+        p for p in (out, out / "sweep.json", out / "slurm") if not p.exists()
+    ]  # what this command makes: removed again if sbatch refuses
+    earlier = (out / "sweep.json").read_bytes() if (out / "sweep.json").is_file() else None
     record = claim(out, describe(config, methods, seeds, sets), log)
     every = locate(out, plan(record["seeds"], record["sets"]), config)
     mine = {c["name"] for c in cells}
@@ -220,6 +234,8 @@ def run_sweep(
         missing = [m for m in methods if m not in run_folders(cell_dir)]
         if not missing:
             continue
+        if not cell_dir.exists():
+            made.append(cell_dir)
         cell_dir.mkdir(parents=True, exist_ok=True)
         cfg_file = cell_dir / "config.toml"
         if (
@@ -244,16 +260,24 @@ def run_sweep(
         bar.update()
 
     if executor == "slurm":
-        failed = run_on_slurm(
-            by_stage_one(todo),
-            out,
-            cache_dir,
-            base.slurm,
-            finished=finished,
-            log=log,
-            is_done=lambda c: all(m in run_folders(c["dir"]) for m in methods),
-            quiet=quiet,
-        )
+        try:
+            failed = run_on_slurm(
+                by_stage_one(todo),
+                out,
+                cache_dir,
+                base.slurm,
+                finished=finished,
+                log=log,
+                is_done=lambda c: all(m in run_folders(c["dir"]) for m in methods),
+                quiet=quiet,
+            )
+        except SubmitRefused:
+            bar.close()
+            _remove(made)  # nothing was submitted: leave --out as this command found it
+            if earlier is not None:
+                with atomic_path(out / "sweep.json") as t:
+                    t.write_bytes(earlier)
+            raise
         if failed:
             bar.close()
             write_outputs(out, record["methods"], every, record["sets"])

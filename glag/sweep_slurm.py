@@ -8,6 +8,8 @@ that are still queued or running, and submits only the cells that are missing or
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -21,6 +23,20 @@ from glag.config import SlurmSettings
 from glag.errors import GlagError
 from glag.pipeline import load_config, run
 from glag.slurm_options import sbatch_options
+
+
+class SubmitRefused(GlagError):
+    """sbatch refused the job array: nothing was submitted."""
+
+
+def _sbatch_reason(exc: Exception) -> str:
+    """sbatch's own words from a failed submission (submitit wraps them in its exception's text)."""
+    text = str(exc)
+    sbatch = [ln.strip().removeprefix("sbatch: error: ") for ln in text.splitlines() if "sbatch:" in ln]
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    reason = "; ".join(sbatch) or (lines[-1] if lines else type(exc).__name__)
+    return reason if len(reason) <= 300 else reason[:297] + "..."
+
 
 ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED"}
 
@@ -154,7 +170,13 @@ def run_on_slurm(
     if submit:
         ex = _executor(out / "slurm", slurm, len(submit))
         args = [[(str(c["dir"]), c["missing"]) for c in g] for g in submit]
-        jobs = ex.map_array(run_group, args, [str(cache_dir)] * len(args))
+        try:  # submitit prints sbatch's stderr itself: keep it for the one line below
+            with contextlib.redirect_stderr(io.StringIO()):
+                jobs = ex.map_array(run_group, args, [str(cache_dir)] * len(args))
+        except Exception as exc:  # noqa: BLE001 -- submitit's ways of saying sbatch refused: one line
+            raise SubmitRefused(
+                f"--executor slurm: sbatch refused the job array: {_sbatch_reason(exc)}"
+            ) from None
         for group, job in zip(submit, jobs, strict=True):
             info = {
                 "executor": "slurm",

@@ -313,3 +313,41 @@ def test_local_slurm_env_prints_the_line_that_finds_the_cluster(tmp_path):
     assert r.returncode == 0 and r.stdout.startswith("export SLURM_CONF=")
     out = subprocess.run(["bash", "-c", r.stdout + 'printf %s "$SLURM_CONF"'], capture_output=True, text=True)
     assert out.stdout == str(tmp_path / "st ate" / "slurm.conf")
+
+
+def _tree(root):
+    """Every path under ``root`` with its bytes (files) or None (folders)."""
+    return {
+        str(p.relative_to(root)): p.read_bytes() if p.is_file() else None for p in sorted(root.rglob("*"))
+    }
+
+
+@needs_slurm
+@pytest.mark.parametrize(
+    "args, reason",
+    [
+        (["--mem-gb", "100000"], "Memory specification can not be satisfied"),
+        (["--gpus-per-cell", "1"], "Invalid generic resource (gres) specification"),
+        (["--sbatch-args", "--constraint=no-such-feature"], "Batch job submission failed"),
+    ],
+)
+def test_an_sbatch_refusal_is_one_line_and_leaves_out_as_it_was(tmp_path, args, reason):
+    """sbatch's own reason in one line, nothing submitted, and --out as this command found it: absent, or a
+    sweep folder with its earlier cells."""
+    fresh = _sweep(tmp_path / "new", tmp_path / "c", "--executor", "slurm", *args, check=False)
+    lines = fresh.stderr.strip().splitlines()
+    assert fresh.returncode == 1 and len(lines) == 1 and "sbatch refused the job array" in lines[0], (
+        fresh.stderr
+    )
+    assert reason in lines[0] and not (tmp_path / "new").exists()
+    _sweep(tmp_path / "old", tmp_path / "c", "--seeds", "0")  # a finished local cell
+    before = _tree(tmp_path / "old")
+    more = _sweep(
+        tmp_path / "old", tmp_path / "c", "--seeds", "0-1", "--executor", "slurm", *args, check=False
+    )
+    lines = more.stderr.strip().splitlines()  # the sweep says it is extending, then refuses in one line
+    assert more.returncode == 1 and lines[-1].startswith("error: --executor slurm: sbatch refused"), (
+        more.stderr
+    )
+    assert len(lines) == 2 and lines[0].startswith("extending the sweep in")
+    assert _tree(tmp_path / "old") == before
