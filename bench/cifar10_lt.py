@@ -425,7 +425,10 @@ def markdown(rows, args, p: dict, b: dict) -> str:
     if cand:
         lines += [
             "Issue 34's stage twos (docs/ablations.md: selected on validation and leftover rows of extra "
-            "seeds; here each ran once on test), paired by seed, 95 % t-interval:",
+            "seeds; here each ran once on test), paired by seed, 95 % t-interval. The seeds that hold them "
+            "were re-trained for this (stage one on 2 CPU threads is not bit-identical across thread "
+            "counts, so their rows of every method replace the earlier ones); the other seeds' rows are "
+            "the earlier caches' as reported:",
             "",
             *cand,
             "",
@@ -517,6 +520,12 @@ def file_stem(args, p: dict) -> str:
 NUMERIC = ("top1", "many", "medium", "few", "val_top1")
 
 
+def _number(text: str):
+    """A CSV number as the run folders give it: 100, not 100.0."""
+    v = float(text)
+    return int(v) if v.is_integer() else v
+
+
 def merge_kept_cells(old: list[dict], rows: list[dict], methods: list[str]) -> list[dict]:
     """``rows`` plus the CSV rows of every (IM, stage one, seed) cell they do not hold: a cell's run folders
     may be gone (a new machine) while its numbers stay reported, and a re-run replaces the cell whole."""
@@ -524,7 +533,7 @@ def merge_kept_cells(old: list[dict], rows: list[dict], methods: list[str]) -> l
     kept = [
         {
             **r,
-            "imbalance": float(r["imbalance"]),
+            "imbalance": _number(r["imbalance"]),
             "seed": int(r["seed"]),
             "epochs": int(r["epochs"]),
             **{k: float(r[k]) if r[k] not in ("", None) else None for k in NUMERIC},
