@@ -24,7 +24,7 @@ from glag.cache.derived import class_folds, concat, derive, rows_of
 from glag.cache.format import FeatureCache
 from glag.classify import baselines
 from glag.classify.common import TAU_GRID, log_prior, pick_on_val, predict, split_metrics
-from glag.classify.methods import MethodRun, register
+from glag.classify.methods import MethodRun, crt_settings, register
 from glag.classify.stage_two import StageTwoConfig, train_glag
 from glag.errors import GlagError
 from glag.generate.afg import AFG, GeneratorConfig, SamplingConfig
@@ -249,20 +249,10 @@ def glag_heldout_no_gen(cache: FeatureCache, run: MethodRun) -> dict:
 def crt_heldout(cache: FeatureCache, run: MethodRun) -> dict:
     """Control: cRT on train plus the val-fold rows, post-hoc LA tau picked on the other fold
     (cross-fitted)."""
-    b, device = run.config.baselines, _device(run)
+    device = _device(run)
 
     def fit(view, _extra):
-        g = baselines.fresh_linear(
-            view,
-            "train",
-            True,
-            epochs=b.crt_epochs,
-            batch_size=b.baseline_batch_size,
-            lr=b.crt_lr,
-            weight_decay=b.baseline_weight_decay,
-            seed=run.config.stage_one.seed,
-            device=device,
-        )
+        g = baselines.fresh_linear(view, "train", True, **crt_settings(run))
         lp, tv = log_prior(view.train_counts, device), view.split("val")
         tau, _ = pick_on_val(lambda t: lambda x: g(x) - t * lp, tv.features, tv.labels, device)
         return lambda x: g(x) - tau * lp

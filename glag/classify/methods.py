@@ -78,11 +78,10 @@ def stage_one(cache: FeatureCache, run: MethodRun) -> dict:
     return baselines.stage_one(cache, device=run.device)
 
 
-@register("crt")
-def crt(cache: FeatureCache, run: MethodRun) -> dict:
+def crt_settings(run: MethodRun) -> dict:
+    """cRT's training settings from the run's config (the baselines section)."""
     b = run.config.baselines
-    return baselines.crt(
-        cache,
+    return dict(
         epochs=b.crt_epochs,
         batch_size=b.baseline_batch_size,
         lr=b.crt_lr,
@@ -90,6 +89,11 @@ def crt(cache: FeatureCache, run: MethodRun) -> dict:
         seed=run.config.stage_one.seed,
         device=run.device,
     )
+
+
+@register("crt")
+def crt(cache: FeatureCache, run: MethodRun) -> dict:
+    return baselines.crt(cache, **crt_settings(run))
 
 
 @register("lws")
