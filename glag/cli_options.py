@@ -10,6 +10,7 @@ import click
 
 from glag.cache.store import cache_folder, default_cache_dir
 from glag.config import RENAMED, RULES, SECTIONS, Config, Rule, default, parse_override
+from glag.errors import GlagError
 from glag.options import Number
 from glag.pipeline import load_config
 
@@ -153,6 +154,11 @@ quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar
 def config_from_cli(kw: dict, path: Path | None = None, sets=()) -> Config:
     """The run config: defaults <- recipe <- --set values <- flags given on the command line."""
     overrides = dict(parse_override(s) for s in sets)
+    for key in overrides:  # only a SLURM sweep reads them: taking one here would ignore it silently
+        if key.rpartition(".")[2] in SECTIONS["slurm"]:
+            raise GlagError(
+                f"--set {key}: [slurm] settings are for 'glag sweep --executor slurm'; this command runs here"
+            )
     flags = explicit(click.get_current_context(), kw)
     labels = {key: flag_of(key) for key in flags}  # a flag's value is named by its flag, not by --set
     return load_config(path, {**overrides, **flags}, source="--set", labels=labels)

@@ -245,6 +245,11 @@ CASES = [
     (["run", "--config", "{w}/epochs_text.toml"], "[stage_one] epochs: '3' is text, not a number"),
     (["run", "--config", "{w}/tukey_tiny.toml"], "[generator] tukey_power: 1e-300 is out of range"),
     (["run", "--tukey-power", "0.001"], "0.001 is out of range; allowed: a finite number >= 0.01"),
+    (
+        ["run", "--set", "partition=gpu"],
+        "--set partition: [slurm] settings are for 'glag sweep --executor slurm'",
+    ),
+    (["classify", "--cache", "x", "--set", "slurm.mem_gb=3"], "--set slurm.mem_gb: [slurm] settings are for"),
     (["run", "--config", "{w}/a_negative.toml"], "[stage_one] a: -1.0 is out of range"),
     (["run", "--config", "{w}/variant_huge.toml"], "[variants.x] classifier_epochs: 100000 is out of range"),
     (["run", "--config", "{w}/im_huge.toml"], "[dataset] imbalance: 1e+300 is out of range"),
