@@ -602,11 +602,16 @@ def parse_config(
         values[key] = check_value(key, value, where)
     cfg = Config().with_values(values)
     variants = _variants(f"--config '{path}'", raw_variants, methods) if raw_variants else {}
-    bad = [m for m in cfg.stage_two.method if m not in methods and m not in variants]
+    _check_methods(cfg.stage_two.method, methods, variants, "method ")
+    return replace(cfg, variants=variants)
+
+
+def _check_methods(names, methods, variants, lead: str) -> None:
+    """Refuse a stage-two method that is neither registered nor a variant, in one line led by ``lead``."""
+    bad = [m for m in names if m not in methods and m not in variants]
     if bad:
         allowed = ", ".join([*methods, *variants])
-        raise GlagError(f"method '{bad[0]}' is not a method; choose from: {allowed}")
-    return replace(cfg, variants=variants)
+        raise GlagError(f"{lead}'{bad[0]}' is not a method; choose from: {allowed}")
 
 
 def checked(cfg, methods=()) -> Config:
@@ -621,11 +626,8 @@ def checked(cfg, methods=()) -> Config:
             raise GlagError(f"config section '{section}' is a {type(body).__name__}, not its settings")
         for key in SECTIONS[section]:
             values[key] = check_value(key, getattr(body, key), f"config {section}.{key}")
-    bad = [m for m in values["method"] if methods and m not in methods and m not in cfg.variants]
-    if bad:
-        raise GlagError(
-            f"config stage_two.method: '{bad[0]}' is not a method; choose from: {', '.join(methods)}"
-        )
+    if methods:
+        _check_methods(values["method"], methods, cfg.variants, "config stage_two.method: ")
     return cfg.with_values(values)
 
 

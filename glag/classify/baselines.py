@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from glag.cache.format import FeatureCache
-from glag.classify.common import log_prior, pick_on_val, split_metrics, train_linear
+from glag.classify.common import logit_adjusted, pick_on_val, split_metrics, train_linear
 from glag.config import default
 from glag.errors import GlagError
 
@@ -127,11 +127,11 @@ def tau_norm(cache: FeatureCache, device=torch.device("cpu")) -> dict:
 
 def logit_adjust(cache: FeatureCache, device=torch.device("cpu")) -> dict:
     """Post-hoc logit adjustment ``z - tau log(pi)``, tau picked on val."""
-    head = cache.head_fn(device)
-    lp = log_prior(cache.train_counts, device)
-    make = lambda tau: lambda x: head(x) - tau * lp  # noqa: E731
-    tau, scores = _pick_on_val(cache, make, device)
-    return result("logit-adjust", make(tau), cache, device, tau=tau, val_scores=scores)
+    val = cache.split("val")
+    fn, tau, scores = logit_adjusted(
+        cache.head_fn(device), cache.train_counts, val.features, val.labels, device
+    )
+    return result("logit-adjust", fn, cache, device, tau=tau, val_scores=scores)
 
 
 def probe(

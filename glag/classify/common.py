@@ -57,6 +57,18 @@ def pick_on_val(make_fn, features, labels, device, grid=TAU_GRID) -> tuple[float
     return float(grid[int(np.argmax(scores))]), dict(zip(map(float, grid), scores, strict=False))
 
 
+def logit_adjusted(logits_fn, counts, features, labels, device):
+    """Post-hoc logit adjustment ``z - tau log(pi)`` of ``logits_fn``, ``pi`` from ``counts``, tau picked
+    on these (val) rows from TAU_GRID: (the adjusted function, tau, every tau's score)."""
+    lp = log_prior(counts, device)
+
+    def make(tau):
+        return lambda x: logits_fn(x) - tau * lp
+
+    tau, scores = pick_on_val(make, features, labels, device)
+    return make(tau), tau, scores
+
+
 def split_metrics(logits_fn, split, train_counts, device) -> dict:
     return evaluate(predict(logits_fn, split.features, device), split.labels, train_counts)
 

@@ -23,7 +23,7 @@ import torch
 from glag.cache.derived import class_folds, concat, derive, rows_of
 from glag.cache.format import FeatureCache
 from glag.classify import baselines
-from glag.classify.common import TAU_GRID, log_prior, pick_on_val, predict, split_metrics
+from glag.classify.common import logit_adjusted, pick_on_val, predict, split_metrics
 from glag.classify.methods import MethodRun, crt_settings, register
 from glag.classify.stage_two import StageTwoConfig, train_glag
 from glag.errors import GlagError
@@ -36,22 +36,18 @@ KAPPA_MAX = 16.0  # the fitted spread law never widens a tail class's draws more
 FOLDS_SEED = 0  # the validation rows' two folds: the same split for a method and its controls
 
 
-def _tukey_torch(lt: float):
-    return lambda x: x if lt == 1 else torch.sign(x) * x.abs().pow(lt)
-
-
 def _linear_on_tukey(weight, bias, lt: float, device):
-    W, b, t = torch.as_tensor(weight, device=device), torch.as_tensor(bias, device=device), _tukey_torch(lt)
-    return lambda x: t(x) @ W.T + b
+    W, b = torch.as_tensor(weight, device=device), torch.as_tensor(bias, device=device)
+    return lambda x: tukey(x, lt, torch) @ W.T + b
 
 
 def _la_head(cache: FeatureCache, device, counts=None):
-    """Post-hoc logit adjustment of the stage-one head, tau picked on the cache's val rows."""
-    head = cache.head_fn(device)
-    lp = log_prior(cache.train_counts if counts is None else counts, device)
+    """Post-hoc logit adjustment of the stage-one head (prior from ``counts``, default the cache's train
+    counts), tau picked on the cache's val rows: (function, tau)."""
     val = cache.split("val")
-    tau, _ = pick_on_val(lambda t: lambda x: head(x) - t * lp, val.features, val.labels, device)
-    return (lambda x: head(x) - tau * lp), tau
+    counts = cache.train_counts if counts is None else counts
+    fn, tau, _ = logit_adjusted(cache.head_fn(device), counts, val.features, val.labels, device)
+    return fn, tau
 
 
 def _glag(
@@ -65,10 +61,6 @@ def _glag(
     return res, afg
 
 
-def _device(run: MethodRun):
-    return run.device
-
-
 # -- 2a: GLAG (+) logit adjustment ---------------------------------------------------------------------
 
 
@@ -76,7 +68,7 @@ def _device(run: MethodRun):
 def glag_ens(cache: FeatureCache, run: MethodRun) -> dict:
     """GLAG and post-hoc LA of the stage-one head: w log softmax(z_GLAG) + (1 - w) log softmax(z_LA),
     w in 0, 0.1, ..., 1 picked on val (ties: the smaller w, i.e. nearer LA)."""
-    device = _device(run)
+    device = run.device
     res, afg = _glag(cache, run)
     g = _linear_on_tukey(res["weight"], res["bias"], afg.cfg.lt, device)
     la, la_tau = _la_head(cache, device)
@@ -192,7 +184,7 @@ def crossfit(cache: FeatureCache, run: MethodRun, name: str, fit) -> dict:
     0, 1 (the view's test split is empty: fitting never sees test). ``fit(view, extra_rows)`` returns a
     function of raw features -> logits. Val metrics are out of fold (each val row scored by the classifier
     that did not train on it); test logits are the two classifiers' log-probabilities averaged."""
-    device = _device(run)
+    device = run.device
     train, val = cache.split("train"), cache.split("val")
     folds = class_folds(val.labels, 2, FOLDS_SEED)
     if min(np.bincount(folds[val.labels >= 0], minlength=2)) == 0:
@@ -228,7 +220,7 @@ def crossfit(cache: FeatureCache, run: MethodRun, name: str, fit) -> dict:
 def _glag_fit(run: MethodRun, **stage_two):
     def fit(view, _extra):
         res, afg = _glag(view, replace(run, progress=False), **stage_two)
-        return _linear_on_tukey(res["weight"], res["bias"], afg.cfg.lt, _device(run))
+        return _linear_on_tukey(res["weight"], res["bias"], afg.cfg.lt, run.device)
 
     return fit
 
@@ -249,13 +241,12 @@ def glag_heldout_no_gen(cache: FeatureCache, run: MethodRun) -> dict:
 def crt_heldout(cache: FeatureCache, run: MethodRun) -> dict:
     """Control: cRT on train plus the val-fold rows, post-hoc LA tau picked on the other fold
     (cross-fitted)."""
-    device = _device(run)
+    device = run.device
 
     def fit(view, _extra):
         g = baselines.fresh_linear(view, "train", True, **crt_settings(run))
-        lp, tv = log_prior(view.train_counts, device), view.split("val")
-        tau, _ = pick_on_val(lambda t: lambda x: g(x) - t * lp, tv.features, tv.labels, device)
-        return lambda x: g(x) - tau * lp
+        tv = view.split("val")
+        return logit_adjusted(g, view.train_counts, tv.features, tv.labels, device)[0]
 
     return crossfit(cache, run, "crt-heldout", fit)
 
@@ -268,7 +259,7 @@ def la_bias(cache: FeatureCache, run: MethodRun) -> dict:
     """Control: post-hoc LA of the stage-one head (training prior; tau picked on the tuning fold) plus a
     per-class bias fitted by CE on the val-fold rows (full-batch gradient descent, L2 toward 0;
     cross-fitted)."""
-    device, counts = _device(run), cache.train_counts
+    device, counts = run.device, cache.train_counts
 
     def fit(view, extra):
         la, _ = _la_head(view, device, counts=counts)
@@ -287,6 +278,3 @@ def la_bias(cache: FeatureCache, run: MethodRun) -> dict:
         return lambda x: la(x) + b
 
     return crossfit(cache, run, "la-bias", fit)
-
-
-__all__ = ["ENS_GRID", "TAU_GRID", "crossfit", "fit_heldout_laws"]

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from glag.classify.common import as_tensor, cosine_lr, log_prior, pick_on_val, predict, torch_device
+from glag.classify.common import as_tensor, cosine_lr, log_prior, logit_adjusted, predict, torch_device
 from glag.classify.linear_sgd import LinearSGD
 from glag.config import Config, default
 from glag.errors import GlagError
@@ -260,9 +260,9 @@ def train_glag(
     weight, bias = g.weight, g.bias
     tau = 0.0
     if cfg.posthoc_la:  # a prior bias left in the classifier, removed with tau picked on val only
-        lp = log_prior(counts, device)
-        tau, _ = pick_on_val(lambda t: lambda x: g.logits(x) - t * lp, val_x, val.labels, device)
-        bias = bias - tau * lp  # folded into the classifier, so the export predicts the same
+        _, tau, _ = logit_adjusted(g.logits, counts, val_x, val.labels, device)
+        # folded into the classifier, so the export predicts the same
+        bias = bias - tau * log_prior(counts, device)
     head = lambda x: x @ weight.T + bias  # noqa: E731
     val_pred = predict(head, val_x, device)
     test = cache.split("test")
