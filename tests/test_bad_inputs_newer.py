@@ -96,6 +96,9 @@ def world(tmp_path_factory):
     _folder(w / "emptyval")
     (w / "emptyval" / "val").mkdir()
     _folder(w / "subdir")
+    # a 1- or 2-image class makes the default n_max tiny (issue 36 item 18): first, last, alone
+    _folder(w / "tiny_first", per=(2, 30, 25))
+    _folder(w / "tiny_last", per=(30, 25, 1))
     _png(w / "subdir" / "train" / "a" / "more" / "x.png")
     _folder(w / "badname")
     _png(w / "badname" / "train" / "a" / os.fsdecode(b"bad\xffname.png"))
@@ -176,6 +179,19 @@ CASES = [
     (
         [*FOLDER, "{w}/emptyval"],
         "emptyval/val' holds no class folders; fill it (val/<class>/<image>) or remove it",
+    ),
+    # the default n_max is the smallest class: a refusal names it as the cause, wherever it sits
+    (
+        ["data", "--dataset", "folder", "--data-root", "{w}/tiny_first"],
+        "(n_max defaulted to 2, the 2 training images of the smallest class 'a'; set n_max (--n-max)",
+    ),
+    (
+        ["data", "--dataset", "folder", "--data-root", "{w}/tiny_last"],
+        "(n_max defaulted to 1, the 1 training images of the smallest class 'c'; set n_max (--n-max)",
+    ),
+    (
+        ["data", "--dataset", "folder", "--data-root", "{w}/tiny_first", "--val-per-class", "3"],
+        "n_max defaulted to 2, the 2 training images of the smallest class 'a'",
     ),
     ([*FOLDER, "{w}/subdir"], "subdir/train/a/more' is a folder inside class folder"),
     ([*FOLDER, "{w}/badname"], "is not valid UTF-8; rename it"),

@@ -403,6 +403,7 @@ def _lt_subset(spec: DatasetSpec, root: Path, fd) -> tuple[dict, DatasetSpec, np
     num_classes = len(fd.classes)
     train_labels = fd.splits["train"].labels
     avail = class_counts(train_labels, num_classes)
+    defaulted = not spec.n_max
     n_max = spec.n_max or int(avail.min())
     if n_max > avail.max():
         c = int(np.argmax(avail))
@@ -415,9 +416,18 @@ def _lt_subset(spec: DatasetSpec, root: Path, fd) -> tuple[dict, DatasetSpec, np
         spec, n_max=int(n_max), content=fd.digest, image_size=int(fd.image_size), val_rows=val_rows
     ).resolved()
     counts = profile_counts(spec.profile, spec.n_max, num_classes, spec.imbalance)
-    tr, va, lent = lt_indices(
-        train_labels, counts, spec.val_per_class, spec.subset_seed, fd.classes, val_rows
-    )
+    try:
+        tr, va, lent = lt_indices(
+            train_labels, counts, spec.val_per_class, spec.subset_seed, fd.classes, val_rows
+        )
+    except GlagError as e:
+        if defaulted:  # the cause is the smallest class, whichever class the refusal names
+            c = int(np.argmin(avail))
+            raise GlagError(
+                f"{e} (n_max defaulted to {n_max}, the {avail[c]} training images of the smallest class "
+                f"'{fd.classes[c]}'; set n_max (--n-max), or profile 'all' to keep the folder as it is)"
+            ) from None
+        raise
     splits = {
         "train": _split("train", tr, train_labels),
         "test": _split("test", np.arange(len(fd.splits["test"].labels)), fd.splits["test"].labels),
