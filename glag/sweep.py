@@ -11,13 +11,14 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import os
 import re
 import shutil
 from pathlib import Path
 
 from glag.cache.format import atomic_path, json_hash
 from glag.classify.results import label, load_run
-from glag.config import RENAMED, SECTION_OF, SECTIONS, check_value, to_toml, toml_value, tomllib
+from glag.config import RENAMED, RULES, SECTION_OF, SECTIONS, check_value, to_toml, toml_value, tomllib
 from glag.errors import GlagError
 from glag.paths import check_safe_name
 from glag.pipeline import load_config, resolved, run
@@ -47,8 +48,11 @@ def parse_seeds(text: str) -> list[int]:
     return sorted(seeds)
 
 
-def _same(v) -> object:
-    """A --set value as a run sees it: 1 and 1.0 of a number key are one value."""
+def _same(key: str, v) -> object:
+    """A --set value as a run sees it: 1 and 1.0 of a number key are one value, and so are 'f3', './f3',
+    '~/f3' and a link to it of a path key (one folder read twice would be fake replicates)."""
+    if RULES[key].kind is Path and isinstance(v, str):
+        return os.path.realpath(os.path.expanduser(v))
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
 
 
@@ -78,12 +82,12 @@ def parse_sets(items) -> dict[str, list]:
         seen = []
         for v in vals:
             check_value(key, v, f"--set {key}={values}")  # typed first: true and 1 are not one value
-            if _same(v) in seen:
+            if _same(key, v) in seen:
                 raise GlagError(
                     f"--set {key}={values} lists {v!r} twice; each value makes its own cells "
                     "(use --seeds for replicates)"
                 )
-            seen.append(_same(v))
+            seen.append(_same(key, v))
         out[key] = vals
     return out
 

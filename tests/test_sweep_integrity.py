@@ -79,6 +79,19 @@ def test_repeated_set_keys_and_values_are_refused(items, msg):
     assert msg in str(e.value)
 
 
+def test_one_folder_spelt_two_ways_is_one_data_root(tmp_path, monkeypatch):
+    """'f3', './f3', 'x/../f3', an absolute path and a link to it name one folder: one cell, not two."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "f3").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "f3")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for other in ("./f3", "x/../f3", str(tmp_path / "f3"), "link", "~/f3", "f3/"):
+        with pytest.raises(GlagError) as e:
+            parse_sets([f"data_root=f3,{other}"])
+        assert f"--set data_root=f3,{other} lists '{other}' twice" in str(e.value)
+    assert parse_sets(["data_root=f3,f4"]) == {"data_root": ["f3", "f4"]}  # two folders: two cells
+
+
 def test_sweep_folder_records_itself_refuses_another_and_extends(tmp_path, glag_cli, cache_dir):
     out = tmp_path / "sw"
     code, _, err = glag_cli("sweep", DIGITS, "--seeds", "0", "--out", out, *FAST, "-q")
