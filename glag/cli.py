@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from glag.cli_options import (
 from glag.cli_results import predict, report
 from glag.cli_sweep import sweep
 from glag.config import RULES, to_toml
-from glag.errors import GlagError
+from glag.errors import DEBUG_ENV, GlagError
 from glag.extract.dataset_report import describe, describe_lines
 from glag.extract.datasets import DatasetSpec, load_dataset
 from glag.extract.dump import load_checkpoint
@@ -40,11 +41,19 @@ from glag.pipeline import run as run_pipeline
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="glag")
-def cli():
+@click.option(
+    "--debug",
+    is_flag=True,
+    help=f"Show the traceback when a registered method, loss, backbone or dataset of your own raises "
+    f"(otherwise one line names it); the same as setting {DEBUG_ENV}=1.",
+)
+def cli(debug: bool):
     """GLAG long-tailed classification: dataset inspection (data), stage-one training and feature dump
     (extract), the adaptive feature generator (generate), classifier-only stage two (classify), the whole
     pipeline (run), multi-seed paired grids (sweep), cache management (cache), run comparison (report) and
     prediction with an exported model (predict)."""
+    if debug:
+        os.environ[DEBUG_ENV] = "1"  # read where user code runs, and by a sweep's worker processes
 
 
 for command in (cache, report, predict, sweep):

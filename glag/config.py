@@ -413,6 +413,13 @@ class SlurmSettings:
     mem_gb: float = setting(4.0, "Memory per cell, in GB.", lo=0, hi=1e6, lo_open=True)
     array_parallelism: int = setting(64, "How many of the sweep's cells run at once.", lo=1, hi=100_000)
     sbatch_args: str = setting("", "Extra sbatch arguments, e.g. '--qos=short --account=lab'.")
+    lost_after_s: int = setting(
+        600,
+        "Seconds a job may stay COMPLETING, or on a node that is down or not responding, before the sweep "
+        "stops waiting for it and counts its unfinished cells as failed (a re-run resubmits them).",
+        lo=5,
+        hi=7 * 24 * 3600,
+    )
 
 
 SECTION_TYPES = {

@@ -29,3 +29,23 @@ def check_inside(base: Path, path: Path, what: str) -> Path:
     if target != root and root not in target.parents:
         raise GlagError(f"{what} '{path}' would be written outside '{base}'; refusing it")
     return Path(path)
+
+
+def missing_folders(path: Path, stop: Path | None = None) -> list[Path]:
+    """The folders from ``path`` up (to ``stop``, excluded) that do not exist yet, innermost first: what a
+    ``mkdir(parents=True)`` of ``path`` would make, so a failed command can take them back."""
+    path = Path(path).absolute()
+    stop = Path(stop).absolute() if stop is not None else None
+    made = []
+    for p in (path, *path.parents):
+        if p.exists() or p == stop:
+            break
+        made.append(p)
+    return made
+
+
+def remove_if_empty(folders: list[Path]) -> None:
+    """Remove each folder (innermost first) that is still empty: never a file, never anyone's content."""
+    for p in folders:
+        if p.is_dir() and not p.is_symlink() and not any(p.iterdir()):
+            p.rmdir()

@@ -27,8 +27,10 @@ from glag.extract.dump import load_checkpoint
 from glag.extract.stage_one import stage_one
 from glag.extract.torchfile import safe_load
 from glag.extract.train import TrainConfig
-from glag.generate.afg import AFG, GeneratorConfig, SamplingConfig, check_for_cache
+from glag.generate.afg import AFG, GeneratorConfig, SamplingConfig, check_fit, check_for_cache
+from glag.generate.backend import get_xp
 from glag.options import check_writable
+from glag.paths import missing_folders, remove_if_empty
 
 
 def log(msg: str) -> None:
@@ -79,9 +81,10 @@ def run_stage_one(
     resume: bool = True,
     download: bool = False,
     events_dir: Path | None = None,
+    check=None,
 ):
     """Train (or reuse) the stage-one backbone and dump its cache: (cache path, report, reused), or None
-    on a non-zero torchrun rank."""
+    on a non-zero torchrun rank. ``check(data)`` runs once the data is read, before any training."""
     cache_dir = cache_folder(cache_dir)
     check_writable(cache_dir, "--cache-dir", folder=True)
     spec = DatasetSpec.from_config(cfg)
@@ -94,6 +97,8 @@ def run_stage_one(
     if checkpoint is not None:
         load_checkpoint(checkpoint)
     data = load_dataset(spec, download=download, progress=not quiet)
+    if check is not None:
+        check(data)
     train = TrainConfig.from_config(cfg, data.spec)  # an image folder's spec is complete only once it is read
     return stage_one(
         train,
@@ -107,6 +112,28 @@ def run_stage_one(
         compile_model=cfg.stage_one.compile,
         events_dir=events_dir,
     )
+
+
+def _check_known(cfg: Config, methods: list) -> None:
+    unknown = [m for m in methods if m not in cfg.variants and m not in METHODS]
+    if unknown:
+        raise GlagError(
+            f"method '{unknown[0]}' is not a method; choose from: " + ", ".join([*METHODS, *cfg.variants])
+        )
+
+
+def check_fits(cfg: Config, data, methods=None) -> None:
+    """Every stage-two setting that depends on the data (the methods, k and n_target against its classes,
+    the generator's device), for each method and variant that will run: checked before stage one trains,
+    so a setting that cannot run is refused before hours of training and before any file is written."""
+    methods = list(methods or cfg.stage_two.method)
+    _check_known(cfg, methods)
+    what = f"dataset '{data.spec.name}'"
+    for name in dict.fromkeys(m if m in cfg.variants else "" for m in methods):
+        c = replace(cfg, variants=cfg.variants).variant(name) if name else cfg
+        where = f"{what} (variant '{name}')" if name else what
+        check_fit(data.train_counts, GeneratorConfig.from_config(c), SamplingConfig.from_config(c), where)
+        get_xp(c.generator.device)  # --device gpu without CuPy or CUDA
 
 
 def build_generator(cache_path: Path, cfg: Config) -> AFG:
@@ -129,11 +156,7 @@ def run_stage_two(
     """The config's methods (or ``methods``) on a cache: plain methods first, then each variant named, with
     its own settings. Every result.json records the config it ran with (a variant's also its name)."""
     methods = list(methods or cfg.stage_two.method)
-    unknown = [m for m in methods if m not in cfg.variants and m not in METHODS]
-    if unknown:
-        raise GlagError(
-            f"method '{unknown[0]}' is not a method; choose from: " + ", ".join([*METHODS, *cfg.variants])
-        )
+    _check_known(cfg, methods)
     ran = resolved(cfg).with_values({"method": tuple(methods)})
     plain = [m for m in methods if m not in cfg.variants]
     common = dict(checkpoint=checkpoint, progress=not quiet)
@@ -195,7 +218,24 @@ def run(
 
 def _run(cfg: Config, *, out: Path, cache_dir, methods, quiet: bool, download: bool) -> list[dict]:
     check_writable(out, "--out", folder=True)  # before training, so no work is lost to a bad --out
-    done = run_stage_one(cfg, cache_dir, quiet=quiet, download=download, events_dir=out / ".stage_one")
+    events = out / ".stage_one"
+    if events.is_symlink() or (events.exists() and not events.is_dir()):
+        raise GlagError(
+            f"'{events}' is a link or a file; glag writes its stage-one events there itself (remove it)"
+        )
+    made = missing_folders(events)  # removed again (once empty) if this run stops in stage one
+    try:
+        done = run_stage_one(
+            cfg,
+            cache_dir,
+            quiet=quiet,
+            download=download,
+            events_dir=events,
+            check=lambda data: check_fits(cfg, data, methods),
+        )
+    except BaseException:
+        remove_if_empty(made)
+        raise
     if done is None:  # a non-zero rank under torchrun: rank 0 runs stage two
         return []
     path, _, reused = done

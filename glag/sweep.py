@@ -20,8 +20,9 @@ from glag.cache.format import atomic_path, json_hash
 from glag.classify.results import label, load_run
 from glag.config import RENAMED, RULES, SECTION_OF, SECTIONS, check_value, to_toml, toml_value, tomllib
 from glag.errors import GlagError
+from glag.extract.datasets import DatasetSpec, load_dataset
 from glag.paths import check_safe_name
-from glag.pipeline import load_config, resolved, run
+from glag.pipeline import check_fits, load_config, resolved, run
 from glag.reporting import METRICS, mean_std, num, ref_minus_each, run_row, t_interval, verdict
 from glag.sweep_folder import claim, describe, record_sweep
 from glag.sweep_slurm import SubmitRefused, check_cluster, job_of, run_on_slurm
@@ -221,8 +222,18 @@ def run_sweep(
     names = [c["name"] for c in cells]
     if len(set(names)) != len(names):  # cannot happen with digests; a last guard against merged cells
         raise GlagError("two cells of this sweep map to one folder name; give distinct --set values")
-    for cell in cells:  # what `glag run --print-config` checks, for every cell
-        resolved(load_config(config, {**cell["setting"], "seed": cell["seed"]}, source="--set"))
+    data = {}  # one read per dataset
+    for cell in cells:  # what `glag run --print-config` checks, then what depends on the data, every cell
+        cfg = load_config(config, {**cell["setting"], "seed": cell["seed"]}, source="--set")
+        resolved(cfg)
+        spec = DatasetSpec.from_config(cfg)
+        key = (spec, spec.data_root)  # data_root is not part of a spec's identity, but it is read here
+        if key not in data:
+            data[key] = load_dataset(spec, progress=False)
+        try:
+            check_fits(cfg, data[key], methods)
+        except GlagError as exc:  # before any cell runs: a late cell must not fail after hours of others
+            raise GlagError(f"cell {cell['name']}: {exc}") from None
     made = [
         p for p in (out, out / "sweep.json", out / "slurm") if not p.exists()
     ]  # what this command makes: removed again if sbatch refuses
@@ -260,6 +271,7 @@ def run_sweep(
     )
 
     def finished():
+        gone(out)
         write_outputs(out, record["methods"], every, record["sets"])
         bar.update()
 
@@ -284,6 +296,7 @@ def run_sweep(
             raise
         if failed:
             bar.close()
+            gone(out)
             write_outputs(out, record["methods"], every, record["sets"])
             raise GlagError(
                 f"{len(failed)} cell(s) failed (the others are kept; run the same command to resubmit "
@@ -297,7 +310,17 @@ def run_sweep(
     else:
         _run_packed(todo, jobs, cache_dir, finished)
     bar.close()
+    gone(out)
     return write_outputs(out, record["methods"], every, record["sets"])
+
+
+def gone(out: Path) -> None:
+    """Refuse to write a sweep's tables into an --out that vanished while it ran (never re-create it)."""
+    if not (out / "sweep.json").is_file():
+        raise GlagError(
+            f"--out '{out}' (its sweep.json) vanished while the sweep ran; nothing more was written (run the "
+            "same command to start again)"
+        )
 
 
 def stage_one_group(cell: dict) -> tuple:

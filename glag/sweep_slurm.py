@@ -104,20 +104,51 @@ def job_of(cell_dir: Path) -> dict:
         return {}
 
 
-def queue_states(job_ids) -> dict[str, str]:
-    """job id -> its SLURM state, for the jobs still in the queue (finished ones have left it)."""
+def queue_states(job_ids) -> dict[str, dict]:
+    """job id -> {state, node, reason} as squeue says, for the jobs still in the queue (finished ones have
+    left it)."""
     ids = sorted(set(job_ids))
     if not ids:
         return {}
     r = subprocess.run(
-        ["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(ids)], capture_output=True, text=True, timeout=60
+        ["squeue", "-h", "-r", "-o", "%i|%T|%N|%r", "-j", ",".join(ids)],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     out = {}
     for line in r.stdout.splitlines():
-        parts = line.split()
-        if len(parts) == 2:
-            out[parts[0]] = parts[1]
+        parts = line.strip().split("|")
+        if len(parts) == 4:
+            out[parts[0]] = dict(zip(("state", "node", "reason"), parts[1:], strict=True))
     return out
+
+
+def node_states() -> dict[str, str]:
+    """node -> its SLURM state (``down*``, ``idle``, ...; a trailing ``*``: not responding)."""
+    r = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %T"], capture_output=True, text=True, timeout=60)
+    return dict(line.split(None, 1) for line in r.stdout.splitlines() if len(line.split()) == 2)
+
+
+LOST_NODE = ("down", "drain", "fail", "unknown", "not_responding")
+
+
+def lost(q: dict, nodes: dict) -> str:
+    """Why a queued job looks lost ('' if it does not): still COMPLETING (its work has ended), or on a
+    node that is down or does not respond."""
+    node_state = nodes.get(q["node"], "")
+    if node_state.endswith("*") or node_state.lower().startswith(LOST_NODE):
+        return f"{q['state']} on node {q['node']}, which is {node_state}"
+    if q["state"] == "COMPLETING":
+        return f"COMPLETING on node {q['node'] or '?'}"
+    return ""
+
+
+def _said(q: dict) -> str:
+    """What the scheduler says of a job, in a few words: state, node, reason."""
+    where = f" on {q['node']}" if q.get("node") else ""
+    why = f" ({q['reason']})" if q.get("reason") not in (None, "", "None") else ""
+    return f"{q['state']}{where}{why}"
 
 
 def sbatch_parameters(slurm: SlurmSettings, n: int) -> dict:
@@ -165,8 +196,10 @@ def run_on_slurm(
     whether a cell's methods all have run folders. Returns the failed cells, each with its log file."""
     waiting, submit = [], []
     for group in todo_groups:
-        known = [job_of(c["dir"]).get("job_id") for c in group]
-        waiting.append(group) if known[0] and known[0] in queue_states(known[:1]) else submit.append(group)
+        known = job_of(group[0]["dir"]).get("job_id")
+        q = queue_states([known]).get(known) if known else None
+        # a job still queued is waited for; one that is lost (its node down, or COMPLETING) is not
+        waiting.append(group) if q and not lost(q, node_states()) else submit.append(group)
     if submit:
         ex = _executor(out / "slurm", slurm, len(submit))
         args = [[(str(c["dir"]), c["missing"]) for c in g] for g in submit]
@@ -190,27 +223,65 @@ def run_on_slurm(
         first = jobs[0].job_id.split("_")[0]
         log(f"submitted {len(jobs)} job(s) as array {first}; cancel with: scancel {first}")
     groups = waiting + submit
-    return _wait(groups, finished, log, is_done, quiet)
+    return _wait(groups, finished, log, is_done, quiet, slurm.lost_after_s, out)
 
 
-def _wait(groups, finished, log, is_done, quiet) -> list[str]:
+def _failure(c: dict, info: dict, last: dict | None, why_lost: str, out: Path) -> str:
+    """One failed cell, with where its log is, or what the scheduler last said when there is none."""
+    job = f"job {info['job_id']}"
+    if why_lost:
+        return f"{c['name']} ({job} was {why_lost}: the scheduler lost it; log {info['stderr']})"
+    if (c["dir"] / "slurm.err").is_file():
+        return f"{c['name']} ({job}; log {c['dir'] / 'slurm.err'})"
+    seen = f", last seen {_said(last)}" if last else ""
+    return (
+        f"{c['name']} ({job} ended{seen} and wrote no log '{info['stderr']}': the compute node cannot "
+        f"write --out '{out}'? put --out and --cache-dir on storage shared with the compute nodes)"
+    )
+
+
+def _wait(groups, finished, log, is_done, quiet, lost_after_s: float, out: Path) -> list[str]:
     """Poll the queue until every group's job has left it; a job that left without finishing its cells
-    failed. Ctrl-C leaves the jobs running and says how to resume or cancel."""
+    failed. Each job's state changes are said as the scheduler says them (state, node, reason); a job lost
+    with its node (COMPLETING, or its node down) for ``lost_after_s`` is given up on. Ctrl-C leaves the
+    jobs running and says how to resume or cancel."""
     from tqdm.auto import tqdm
 
     pending = {id(g): g for g in groups}
     jobs = {key: job_of(g[0]["dir"]) for key, g in pending.items()}  # job.json is written once, at submit
     failed, done = [], 0
+    said, last, lost_since = {}, {}, {}
     bar = tqdm(total=len(groups), desc="slurm jobs", unit="job", disable=True if quiet else None)
     try:
         while pending:
             states = queue_states(jobs[key]["job_id"] for key in pending)
+            nodes = node_states() if states else {}
             for key, g in list(pending.items()):
                 info = jobs[key]
-                if states.get(info["job_id"], "") in ACTIVE:
-                    continue
+                q = states.get(info["job_id"])
+                why_lost = ""
+                if q is not None:
+                    last[key] = q
+                    if not quiet and said.get(key) != _said(q):
+                        said[key] = _said(q)
+                        log(f"job {info['job_id']}: {said[key]}")
+                    why_lost = lost(q, nodes)
+                    since = lost_since.setdefault(key, time.monotonic()) if why_lost else None
+                    if not why_lost:
+                        lost_since.pop(key, None)
+                    if q["state"] in ACTIVE and (since is None or time.monotonic() - since < lost_after_s):
+                        continue
+                    if q["state"] in ACTIVE:
+                        why_lost = f"{why_lost} for over {lost_after_s:g} s"
+                    else:
+                        why_lost = ""
                 del pending[key]
                 for c in g:
+                    if not c["dir"].is_dir():
+                        raise GlagError(
+                            f"cell folder '{c['dir']}' vanished while the sweep waited; nothing more was "
+                            "written (run the same command to start the missing cells again)"
+                        )
                     for src, name in ((info["stdout"], "slurm.out"), (info["stderr"], "slurm.err")):
                         if Path(src).is_file():
                             shutil.copyfile(src, c["dir"] / name)
@@ -218,11 +289,11 @@ def _wait(groups, finished, log, is_done, quiet) -> list[str]:
                         finished()
                         done += 1
                     else:
-                        failed.append(f"{c['name']} (job {info['job_id']}; log {c['dir'] / 'slurm.err'})")
+                        failed.append(_failure(c, info, last.get(key), why_lost, out))
                 bar.update()
             counts = {s: 0 for s in ("queued", "running")}
             for key in pending:
-                state = states.get(jobs[key]["job_id"], "")
+                state = states.get(jobs[key]["job_id"], {}).get("state", "")
                 counts["running" if state == "RUNNING" else "queued"] += 1
             bar.set_postfix(**counts, done=done, failed=len(failed))
             if pending:

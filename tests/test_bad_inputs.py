@@ -433,8 +433,12 @@ def test_diverged_stage_one_keeps_nothing_and_is_not_reused(tmp_path, glag_cli, 
     from glag.extract.losses import LOSS_BUILDERS, CrossEntropy, register_loss
 
     class Exploding(CrossEntropy):
+        def __init__(self, always=False):
+            super().__init__()
+            self.always = always
+
         def forward(self, logits, target, t: float = 0.0):
-            return super().forward(logits, target, t) * (float("inf") if t >= 1 else 1.0)
+            return super().forward(logits, target, t) * (float("inf") if t >= 1 or self.always else 1.0)
 
     monkeypatch.setenv("GLAG_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setitem(CHOICES, "loss", CHOICES["loss"])  # restored after the test
@@ -444,7 +448,16 @@ def test_diverged_stage_one_keeps_nothing_and_is_not_reused(tmp_path, glag_cli, 
             code, _, err = glag_cli("extract", "--epochs", "2", "--loss", "exploding", "-q")
             assert code == 1 and "stage one diverged" in err and len(err.strip().splitlines()) == 1
             assert not list(tmp_path.rglob("final.pt")) and not list(tmp_path.rglob("*.h5"))
+        # diverged in its first epoch, through `glag run`: no --out, no events, no empty cache folders
+        register_loss("exploding-now")(lambda counts, total, **kw: Exploding(always=True))
+        before = sorted(tmp_path.rglob("*"))
+        code, _, err = glag_cli(
+            "run", "--epochs", "1", "--loss", "exploding-now", "--out", tmp_path / "o", "-q"
+        )
+        assert code == 1 and "stage one diverged at epoch 1" in err and len(err.strip().splitlines()) == 1
+        assert sorted(tmp_path.rglob("*")) == before
     finally:
+        LOSS_BUILDERS.pop("exploding-now", None)
         LOSS_BUILDERS.pop("exploding")
 
 

@@ -132,6 +132,12 @@ def world(tmp_path_factory):
     (w / "big.toml").write_text("# " + "x" * (2 << 20) + "\n")
     for name, text in RECIPES.items():
         (w / f"{name}.toml").write_text(text)
+    # an --out whose events folder is a link to somewhere else (issue 36 item 14)
+    (w / "elsewhere").mkdir()
+    (w / "linkout").mkdir()
+    (w / "linkout" / ".stage_one").symlink_to(w / "elsewhere")
+    (w / "fileout").mkdir()
+    (w / "fileout" / ".stage_one").write_text("mine")
     return w
 
 
@@ -155,6 +161,8 @@ RECIPES = {
     "a_negative": "[stage_one]\na = -1.0\n",
     "variant_huge": "[variants.x]\nclassifier_epochs = 100000\n[stage_two]\nmethod = ['x']\n",
     "im_huge": "[dataset]\nimbalance = 1e300\n",
+    "variant_k": "[variants.wide]\nk = 50\n[stage_two]\nmethod = ['glag', 'wide']\n",
+    "variant_target": "[variants.big]\nn_target = 100000\n[stage_two]\nmethod = ['crt', 'big']\n",
 }
 
 
@@ -274,6 +282,41 @@ CASES = [
         "--set epochs=1e30: 1e+30 is out of range",
     ),
     (["sweep", DIGITS, "--out", "{w}/sw", "--set", "seed=1,2"], "seeds are swept with --seeds"),
+    # settings that do not fit the data are refused before stage one trains (a new stage-one key: epochs
+    # 2), so nothing is written: no cache, no --out, no events (item 14)
+    (
+        ["run", "--epochs", "2", "--k", "50", "--out", "{w}/o14"],
+        "k (--k) 50 is more than the 9 other classes of dataset 'digits'; allowed: 1 to 9",
+    ),
+    (
+        ["run", "--epochs", "2", "--n-target", "100000", "--out", "{w}/o14"],
+        "n_target (--n-target) 100000 is over 100 x the largest class (110 rows) of dataset 'digits'",
+    ),
+    (["run", "--epochs", "2", "--method", "nosuch", "--out", "{w}/o14"], "method 'nosuch' is not a method"),
+    (
+        ["run", "--epochs", "2", "--config", "{w}/variant_k.toml", "--out", "{w}/o14"],
+        "of dataset 'digits' (variant 'wide'); allowed: 1 to 9",
+    ),
+    (
+        ["run", "--epochs", "2", "--config", "{w}/variant_target.toml", "--out", "{w}/runs/new"],
+        "n_target (--n-target) 100000 is over 100 x the largest class (110 rows) of dataset 'digits' "
+        "(variant 'big')",
+    ),
+    (["run", "--out", "{w}/linkout"], "linkout/.stage_one' is a link or a file; glag writes its stage-one"),
+    (["run", "--epochs", "2", "--out", "{w}/fileout"], "fileout/.stage_one' is a link or a file"),
+    # a sweep checks every cell against its data before the first cell runs (item 15)
+    (
+        ["sweep", DIGITS, "--out", "{w}/sw15", "--seeds", "0", "--set", "k=2,50", "--set", "epochs=2"],
+        "cell k=50_epochs=2_seed=0: k (--k) 50 is more than the 9 other classes of dataset 'digits'",
+    ),
+    (
+        ["sweep", DIGITS, "--out", "{w}/sw15", "--seeds", "0,1", "--set", "n_target=0,200000"],
+        "cell n_target=200000_seed=0: n_target (--n-target) 200000 is over 100 x the largest class",
+    ),
+    (
+        ["sweep", "{w}/variant_k.toml", "--out", "{w}/sw15", "--set", "epochs=2"],
+        "cell epochs=2_seed=0: k (--k) 50 is more than the 9 other classes of dataset 'digits' (variant",
+    ),
     (["run", "--epochs", "1", "--data-root", "{w}"], "dataset 'digits' is bundled with its library"),
     (
         ["sweep", DIGITS, "--out", "/proc/sw"],

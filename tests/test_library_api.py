@@ -274,7 +274,7 @@ def test_a_new_dataset_is_one_registered_function(tmp_path, cache_dir, glag_cli)
         res = load_run(Path(rec["dir"]))
         assert res["dataset"] == "blobs-lt-im10" and res["summary"]["top1"] > 40  # 4 classes: chance is 25
         with pytest.raises(GlagError, match="registered twice"):
-            register_dataset("blobs-lt")(blobs)
+            register_dataset("blobs-lt", n_max=30)(blobs)
     finally:
         DATASET_KINDS.pop("blobs-lt")
         CHOICES["dataset"] = before

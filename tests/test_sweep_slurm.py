@@ -351,3 +351,85 @@ def test_an_sbatch_refusal_is_one_line_and_leaves_out_as_it_was(tmp_path, args, 
     )
     assert len(lines) == 2 and lines[0].startswith("extending the sweep in")
     assert _tree(tmp_path / "old") == before
+
+
+def _wait_for(path: Path, seconds: float = 60) -> None:
+    for _ in range(int(seconds * 10)):
+        if path.is_file():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{path} never appeared")
+
+
+@needs_slurm
+def test_a_lost_node_does_not_hang_the_sweep_and_local_slurm_restarts_it(tmp_path):
+    """slurmd stopped mid-cell: the job ends up COMPLETING on a node nobody serves. The sweep says what the
+    scheduler says while it waits and stops waiting after --lost-after-s; status says the node cannot run
+    jobs, start restarts slurmd, and the same command then finishes the sweep (issue 36 item 5)."""
+    out = tmp_path / "sw"
+    env = {**os.environ, "SLURM_CONF": CONF, "GLAG_CACHE_DIR": str(tmp_path / "cache")}
+    cmd = [sys.executable, "-m", "glag.cli", "sweep", str(DIGITS), "--out", str(out), "--seeds", "0"]
+    cmd += ["--set", "epochs=20", "--executor", "slurm", "--lost-after-s", "5"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    tool = [str(ROOT / "tools" / "local-slurm")]
+    try:
+        job = out / "cells" / "epochs=20_seed=0" / "job.json"
+        _wait_for(job)
+        job_id = json.loads(job.read_text())["job_id"]
+        for _ in range(600):  # running: then the node's daemon goes away
+            q = subprocess.run(
+                ["squeue", "-h", "-o", "%T", "-j", job_id], capture_output=True, text=True, env=env
+            )
+            if "RUNNING" in q.stdout:
+                break
+            time.sleep(0.1)
+        (STATE / "slurmd.pid").is_file() and os.kill(int((STATE / "slurmd.pid").read_text()), 15)
+        t0 = time.monotonic()
+        _, err = proc.communicate(timeout=240)
+        assert time.monotonic() - t0 < 200, err  # bounded, not forever
+        assert f"job {job_id}: RUNNING on " in err, err  # what the scheduler said, while waiting
+        lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+        # its cell either finished before the job got stuck COMPLETING (then the sweep is done), or is
+        # counted failed, naming the state and the node
+        assert proc.returncode == 0 or ("the scheduler lost it" in lines[-1] and "on node" in lines[-1]), err
+        status = subprocess.run([*tool, "status"], capture_output=True, text=True, env=env)
+        assert status.returncode == 1 and "slurmd not running" in status.stdout, status.stdout
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        started = subprocess.run([*tool, "start"], capture_output=True, text=True, env=env)
+    assert started.returncode == 0 and "slurmd restarted" in started.stdout, started.stdout + started.stderr
+    assert subprocess.run([*tool, "status"], capture_output=True, text=True, env=env).returncode == 0
+    again = subprocess.run([*cmd, "-q"], capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert {r["method"] for r in _rows(out)} >= {"glag", "crt"}
+
+
+@needs_slurm
+def test_a_job_that_cannot_write_its_log_is_named_and_out_is_not_recreated(tmp_path):
+    """The compute node cannot see --out (here: the job's log folder is gone before it starts): the failed
+    cell names the missing log and the shared-storage fix, not a slurm.err that does not exist; and an
+    --out that vanished while the sweep waited is not re-created (issue 36 item 6)."""
+    out = tmp_path / "sw"
+    env = {**os.environ, "SLURM_CONF": CONF, "GLAG_CACHE_DIR": str(tmp_path / "cache")}
+    cmd = [sys.executable, "-m", "glag.cli", "sweep", str(DIGITS), "--out", str(out), "--seeds", "0", *FAST]
+    cmd += ["-q", "--executor", "slurm", "--sbatch-args", "--begin=now+8"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    _wait_for(out / "cells" / "epochs=2_classifier_epochs=2_seed=0" / "job.json")
+    shutil.rmtree(out / "slurm")  # what the job needs to start and to write its log
+    _, err = proc.communicate(timeout=120)
+    errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert proc.returncode == 1 and len(errors) == 1 and "Traceback" not in err, err
+    assert "wrote no log" in err and "put --out and --cache-dir on storage shared" in err, err
+    assert "epochs=2_classifier_epochs=2_seed=0/slurm.err" not in err  # no log that does not exist
+
+    out = tmp_path / "sw2"
+    cmd[cmd.index("--out") + 1] = str(out)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    _wait_for(out / "cells" / "epochs=2_classifier_epochs=2_seed=0" / "job.json")  # waiting to begin
+    shutil.rmtree(out)
+    _, err = proc.communicate(timeout=120)
+    errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert proc.returncode == 1 and len(errors) == 1 and "vanished while the sweep" in errors[0], err
+    assert "Traceback" not in err
+    assert not out.exists()  # the tables are not written into a re-created --out

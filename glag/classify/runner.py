@@ -16,10 +16,49 @@ from glag.classify.methods import METHODS, MethodRun
 from glag.classify.results import write_run
 from glag.classify.stage_two import StageTwoConfig
 from glag.config import Config
-from glag.errors import GlagError
+from glag.errors import GlagError, user_code
 from glag.generate.afg import GeneratorConfig, SamplingConfig, check_for_cache
 from glag.generate.backend import get_xp
 from glag.paths import check_inside
+
+
+def check_result(res, method: str, cache: FeatureCache, exports: bool) -> None:
+    """What a stage-two method returns, checked before anything is written (the contract in docs/usage.md):
+    a dict with ``val`` and ``test`` metrics (a top-1 in [0, 1], finite where the split has rows, and one
+    per-class entry per class), and a ``weight`` [C, d] with a ``bias`` [C], if any, that fit the cache."""
+    C = cache.num_classes
+
+    def bad(why: str):
+        return GlagError(f"stage-two method '{method}' returned {why}; see 'Add your own' in docs/usage.md")
+
+    if not isinstance(res, dict):
+        raise bad(f"{type(res).__name__} {str(res)[:40]!r}, not a dict with 'val' and 'test' metrics")
+    for split in ("val", "test"):
+        m = res.get(split)
+        if not isinstance(m, dict) or "top1" not in m:
+            raise bad(f"no '{split}' metrics (a dict with 'top1', as classify.common.split_metrics makes)")
+        top1, rows = m["top1"], len(cache.split(split))
+        if (
+            not isinstance(top1, (int, float))
+            or isinstance(top1, bool)
+            or not (0 <= top1 <= 1 or (top1 != top1 and not rows))
+        ):
+            raise bad(f"'{split}' top1 {top1!r}; it must be a number in [0, 1]")
+        per = m.get("per_class")
+        if not isinstance(per, (list, tuple)) or len(per) != C:
+            raise bad(
+                f"'{split}' per_class of length {len(per) if hasattr(per, '__len__') else per!r}; "
+                f"it must list the {C} classes"
+            )
+    if ("weight" in res) != ("bias" in res):
+        raise bad("a weight without a bias, or a bias without a weight")
+    if "weight" in res:
+        w, b = np.asarray(res["weight"]), np.asarray(res["bias"])
+        d = f", {cache.feature_dim}" if exports else ", d"
+        if w.ndim != 2 or len(w) != C or b.shape != (C,) or (exports and w.shape[1] != cache.feature_dim):
+            raise bad(f"a weight {list(w.shape)} and bias {list(b.shape)}; they must be [{C}{d}] and [{C}]")
+        if not (np.issubdtype(w.dtype, np.number) and np.issubdtype(b.dtype, np.number)):
+            raise bad(f"a weight of {w.dtype} and a bias of {b.dtype}; they must be numbers")
 
 
 def check_finite(res: dict, method: str) -> None:
@@ -60,7 +99,10 @@ def run_methods(
     records = []
     for method in methods:
         t0 = time.perf_counter()
-        res = METHODS[method].fn(cache, run)
+        fn = METHODS[method].fn
+        with user_code(f"stage-two method '{method}'", fn):
+            res = fn(cache, run)
+        check_result(res, method, cache, METHODS[method].exports_model)
         check_finite(res, method)
         extra = {**(record or {}), "seconds": round(time.perf_counter() - t0, 3)}
         cache.ensure_sound()  # checked while the method ran; a damaged cache writes no run folder

@@ -53,6 +53,13 @@ def register_dataset(name: str, **info):
             args=3,
             builtins="glag.extract.datasets",
         )
+        if kind.kind == "array" and (not isinstance(kind.n_max, int) or kind.n_max < 1):
+            DATASET_KINDS.pop(name)  # after add's own checks (a duplicate is named as one), then taken back
+            CHOICES["dataset"] = tuple(c for c in CHOICES["dataset"] if c != name)
+            raise GlagError(
+                f"dataset '{name}': an array dataset picks its subset from n_max (its largest class's "
+                f"size), so register it with n_max >= 1, not {kind.n_max!r}"
+            )
         return read
 
     return deco

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from glag.config import CHOICES, Config, default
-from glag.errors import GlagError
+from glag.errors import GlagError, user_code
 from glag.extract import sources
 from glag.extract.dataset_kinds import CIFAR_RECIPE, IMAGENET_RECIPE, kind_of, register_dataset
 from glag.extract.folder import load_folder
@@ -470,4 +470,11 @@ def load_dataset(spec: DatasetSpec, download: bool = False, progress: bool = Tru
         if root is None:
             raise GlagError("download needs data_root (--data-root): where to put the files")
         sources.download(spec.name, root)  # refuses a dataset torchvision cannot fetch
-    return kind.read(spec, root, progress)
+    with user_code(f"dataset '{spec.name}'", kind.read):
+        data = kind.read(spec, root, progress)
+    if not isinstance(data, LTData):
+        raise GlagError(
+            f"dataset '{spec.name}' read {type(data).__name__}, not the LTData glag trains on (array_dataset "
+            "builds one); see 'Add your own' in docs/usage.md"
+        )
+    return data

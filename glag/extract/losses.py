@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from glag.config import CHOICES
-from glag.errors import GlagError
+from glag.errors import GlagError, user_code
 from glag.registry import add
 
 
@@ -136,7 +138,18 @@ def make_loss(
     """Build a stage-one loss by name (see ``LOSS_BUILDERS``)."""
     if name not in LOSS_BUILDERS:
         raise GlagError(f"unknown loss '{name}'; choose one of: {', '.join(LOSS_BUILDERS)}")
-    return LOSS_BUILDERS[name](counts, total_epochs, tau=tau, a=a, g=g, gamma=gamma)
+    build = LOSS_BUILDERS[name]
+    with user_code(f"stage-one loss '{name}'", build):
+        loss = build(counts, total_epochs, tau=tau, a=a, g=g, gamma=gamma)
+        lam = loss.lam(0.0) if callable(getattr(loss, "lam", None)) else None
+    # checked before the first epoch, not after it: training calls loss(logits, target, t) and logs lam(t)
+    if not isinstance(loss, nn.Module) or not isinstance(lam, (int, float)) or not math.isfinite(lam):
+        raise GlagError(
+            f"stage-one loss '{name}' built {type(loss).__name__}, which is not a torch module with "
+            f"forward(logits, target, t) and a lam(t) giving a finite number (lam(0) = {lam!r}); "
+            "see 'Add your own' in docs/usage.md"
+        )
+    return loss
 
 
 register_loss("ce")(lambda counts, total, **kw: CrossEntropy())

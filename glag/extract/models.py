@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from glag.errors import GlagError
+from glag.errors import GlagError, user_code
 from glag.extract.pretrained import TorchvisionBackbone, is_torchvision
 from glag.registry import add
 
@@ -153,7 +153,14 @@ class Classifier(nn.Module):
         if is_torchvision(backbone):
             self.backbone = TorchvisionBackbone(backbone)
         elif backbone in BACKBONES:
-            self.backbone = BACKBONES[backbone](in_channels)
+            with user_code(f"backbone '{backbone}'", BACKBONES[backbone]):
+                self.backbone = BACKBONES[backbone](in_channels)
+            dim = getattr(self.backbone, "feature_dim", None)
+            if not isinstance(self.backbone, nn.Module) or not isinstance(dim, int) or dim < 1:
+                raise GlagError(
+                    f"backbone '{backbone}' built {type(self.backbone).__name__}, not a torch module "
+                    f"with a positive integer feature_dim (got {dim!r}); see 'Add your own' in docs/usage.md"
+                )
         else:
             raise GlagError(
                 f"unknown backbone '{backbone}'; choose one of: {', '.join(BACKBONES)} or torchvision:NAME"

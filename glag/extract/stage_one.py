@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+from contextlib import nullcontext
 from pathlib import Path
 
 from glag import events
 from glag.cache.format import json_hash
-from glag.errors import GlagError
+from glag.errors import GlagError, is_builtin, user_code
 from glag.extract.datasets import LTData
 from glag.extract.dump import dump, load_checkpoint, stage_one_report
+from glag.extract.losses import LOSS_BUILDERS
+from glag.extract.models import BACKBONES
 from glag.extract.train import TrainConfig, finite_weights, train
+from glag.paths import missing_folders, remove_if_empty
 
 
 def workdir_for(cfg: TrainConfig, cache_dir: Path) -> Path:
@@ -25,6 +30,17 @@ def workdir_for(cfg: TrainConfig, cache_dir: Path) -> Path:
 
     canonical, legacy = name(cfg.identity()), name(cfg.identity(legacy=True))
     return legacy if not canonical.exists() and legacy.exists() else canonical
+
+
+def _user_parts(cfg: TrainConfig) -> str:
+    """The registered loss and backbone of a user's own that this training runs ('' for glag's own)."""
+    parts = []
+    if cfg.loss in LOSS_BUILDERS and not is_builtin(LOSS_BUILDERS[cfg.loss]):
+        parts.append(f"loss '{cfg.loss}'")
+    bb = cfg.resolved().backbone
+    if bb in BACKBONES and not is_builtin(BACKBONES[bb]):
+        parts.append(f"backbone '{bb}'")
+    return ", ".join(parts)
 
 
 def stage_one(
@@ -65,21 +81,29 @@ def stage_one(
         else:
             log(f"training {cfg.resolved().backbone} with {cfg.loss} in {wd}")
             tb = Path(events_dir) / wd.name if events_dir else wd / "tensorboard"
+            fresh, made = not tb.exists(), missing_folders(wd)
             w = events.writer(tb) if int(os.environ.get("RANK", "0")) == 0 else None
             try:
-                train(
-                    cfg,
-                    data,
-                    wd,
-                    resume=resume,
-                    progress=progress,
-                    log=log,
-                    compile_model=compile_model,
-                    on_epoch_end=lambda epoch, rec: events.stage_one_epoch(w, epoch, rec),
-                )
-            finally:
+                with user_code(f"stage one ({_user_parts(cfg)})") if _user_parts(cfg) else nullcontext():
+                    train(
+                        cfg,
+                        data,
+                        wd,
+                        resume=resume,
+                        progress=progress,
+                        log=log,
+                        compile_model=compile_model,
+                        on_epoch_end=lambda epoch, rec: events.stage_one_epoch(w, epoch, rec),
+                    )
+            except BaseException:
                 if w is not None:
                     w.close()
+                if fresh and tb.is_dir():  # the events of a training that did not finish are not kept
+                    shutil.rmtree(tb)
+                remove_if_empty(made)  # a training stopped before its first checkpoint leaves no folder
+                raise
+            if w is not None:
+                w.close()
         checkpoint = final
     if int(os.environ.get("RANK", "0")) != 0:
         return None

@@ -95,18 +95,25 @@ def check_for_cache(
     cache: FeatureCache, gen: GeneratorConfig, sampling: SamplingConfig | None = None
 ) -> None:
     """Refuse generator settings that do not fit this cache, naming the flag and what is allowed."""
-    others = cache.num_classes - 1
+    check_fit(cache.train_counts, gen, sampling, f"cache '{cache.path.name}'")
+
+
+def check_fit(
+    train_counts: np.ndarray, gen: GeneratorConfig, sampling: SamplingConfig | None, what: str
+) -> None:
+    """Refuse generator settings that do not fit data with these training class counts (``what`` names
+    the data); the same check before stage one trains (from the dataset) and after (from the cache)."""
+    others = len(train_counts) - 1
     if gen.k > max(others, 1):
         raise GlagError(
-            f"k (--k) {gen.k} is more than the {others} other classes of cache '{cache.path.name}'; "
+            f"k (--k) {gen.k} is more than the {others} other classes of {what}; "
             f"allowed: 1 to {max(others, 1)}"
         )
-    n_max = int(cache.train_counts.max())
+    n_max = int(np.max(train_counts))
     if sampling is not None and sampling.n_target > MAX_TOP_UP * n_max:
         raise GlagError(
             f"n_target (--n-target) {sampling.n_target} is over {MAX_TOP_UP} x the largest class "
-            f"({n_max} rows) of "
-            f"cache '{cache.path.name}'; allowed: 0 (= {n_max}) to {MAX_TOP_UP * n_max}"
+            f"({n_max} rows) of {what}; allowed: 0 (= {n_max}) to {MAX_TOP_UP * n_max}"
         )
 
 
