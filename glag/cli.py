@@ -37,6 +37,7 @@ from glag.metrics import summary_row
 from glag.options import Number, check_writable
 from glag.pipeline import build_generator, resolved, run_stage_one, run_stage_two
 from glag.pipeline import run as run_pipeline
+from glag.reporting import groups_header
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -88,7 +89,7 @@ def data_cmd(download, indices, export, as_json, **kw):
         check_new_folder(export, kw["data_root"])
     cfg = config_from_cli(kw)
     data = load_dataset(DatasetSpec.from_config(cfg), download=download, progress=not as_json)
-    summary = describe(data, indices, export)
+    summary = describe(data, indices, export, (cfg.dataset.many_above, cfg.dataset.few_below))
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
@@ -165,6 +166,7 @@ def generate(target, cache_dir, as_json, **kw):
 
 
 def _print_results(records):
+    click.echo(groups_header(records))
     rows = [
         {"method": r["method"], **summary_row(r["test"]), "seconds": r["seconds"], "run": r["dir"]}
         for r in records

@@ -14,7 +14,7 @@ from glag.classify.results import load_run
 from glag.errors import GlagError
 from glag.options import check_writable
 from glag.pipeline import log
-from glag.reporting import paired_table, summary_table
+from glag.reporting import groups_header, paired_table, summary_table
 
 
 @click.command()
@@ -48,6 +48,10 @@ def report(runs, fmt, plots, tsne, paired):
     check_writable(plots, "--plots", folder=True)
     check_writable(tsne, "--tsne", folder=False)
     recs = [load_run(r) for r in runs]
+    if fmt == "markdown":
+        click.echo(groups_header(recs) + "\n")
+    else:  # CSV stays CSV: the thresholds go to stderr
+        log(groups_header(recs))
     for table in [summary_table(recs)] + ([paired_table(recs)] if paired else []):
         click.echo(
             table.to_markdown(index=False) if fmt == "markdown" else table.to_csv(index=False).rstrip()

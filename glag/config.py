@@ -159,7 +159,9 @@ CHOICES = {
         "inat2018",
         "places-lt",
     ),
-    "profile": ("exp", "step", "all"),  # all: every training image of an image folder, as it is
+    # all: every training image of an image folder, as it is; auto: 'all' for an image folder whose
+    # training classes are already imbalanced, 'exp' for everything else (glag.extract.datasets)
+    "profile": ("auto", "exp", "step", "all"),
     "val_rows": ("every-class", "leftovers"),
     "loss": ("ce", "focal", "ldam", "ldam-drw", "balanced-softmax", "la", "graloss"),
     "weighting": ("count-distance", "uniform"),
@@ -190,9 +192,11 @@ class DatasetSettings:
         flag="-im",
     )
     profile: str = setting(
-        "exp",
+        "auto",
         "Class-size profile: exp (n_max * IM^(-c/(C-1))), step (first C/2 classes n_max, the rest n_max/IM), "
-        "or all (an image folder that is already the subset: every image, val/ for validation).",
+        "all (an image folder used as it is: every training image), or auto: all for an image folder whose "
+        "training classes are already imbalanced (largest/smallest above 1.5) and no --imbalance or "
+        "--n-max is given, else exp.",
         choices=_choices("profile"),
     )
     n_max: int = setting(
@@ -232,6 +236,27 @@ class DatasetSettings:
         optional=True,
     )
     full_split: bool = setting(False, "Also dump the full balanced training set (probe protocol).")
+    many_above: int = setting(
+        100,
+        "Many-shot classes have more training images than this (the literature's 100); reports only: "
+        "never part of a cache key.",
+        lo=0,
+        hi=MAX_ROWS,
+    )
+    few_below: int = setting(
+        20,
+        "Few-shot classes have fewer training images than this (the literature's 20), at most "
+        "--many-above + 1; reports only.",
+        lo=1,
+        hi=MAX_ROWS,
+    )
+    test_fraction: float = setting(
+        0.0,
+        "An image folder with train/ only: carve this fraction of each class's training images as the "
+        "test split (seeded by --subset-seed, part of the cache key); 0 = the folder's test/ (or val/).",
+        lo=0,
+        hi=0.9,
+    )
 
 
 @dataclass(frozen=True)
@@ -608,9 +633,20 @@ def parse_config(
             raise _err(where, f"'{key}' is in [{SECTION_OF[key]}], not [{section}]")
         values[key] = check_value(key, value, where)
     cfg = Config().with_values(values)
+    _check_groups(cfg)
     variants = _variants(f"--config '{path}'", raw_variants, methods) if raw_variants else {}
     _check_methods(cfg.stage_two.method, methods, variants, "method ")
     return replace(cfg, variants=variants)
+
+
+def _check_groups(cfg) -> None:
+    """Few below Medium below Many: the two thresholds must leave the groups in that order."""
+    d = cfg.dataset
+    if d.few_below > d.many_above + 1:
+        raise GlagError(
+            f"few_below (--few-below) {d.few_below} is above many_above (--many-above) {d.many_above} + 1; "
+            "a class cannot be both Few and Many: lower few_below or raise many_above"
+        )
 
 
 def _check_methods(names, methods, variants, lead: str) -> None:
@@ -635,7 +671,9 @@ def checked(cfg, methods=()) -> Config:
             values[key] = check_value(key, getattr(body, key), f"config {section}.{key}")
     if methods:
         _check_methods(values["method"], methods, cfg.variants, "config stage_two.method: ")
-    return cfg.with_values(values)
+    cfg = cfg.with_values(values)
+    _check_groups(cfg)
+    return cfg
 
 
 def config_from_dict(d: dict, *, methods=()) -> Config:

@@ -18,6 +18,9 @@ def per_class_accuracy(pred: np.ndarray, labels: np.ndarray, num_classes: int) -
         return np.where(n > 0, hits / np.maximum(n, 1), np.nan)
 
 
+MANY_ABOVE, FEW_BELOW = 100, 20  # the literature's thresholds (training images); --many-above, --few-below
+
+
 def evaluate(pred: np.ndarray, labels: np.ndarray, train_counts: np.ndarray) -> dict:
     """``top1`` over all rows, the mean per-class accuracy of each group (NaN if the group is empty), per
     class."""
@@ -36,13 +39,32 @@ def summary_row(metrics: dict, scale: float = 100.0) -> dict:
     return {k: round(metrics[k] * scale, 2) for k in ("top1", *GROUPS)}
 
 
-def group_of(counts: np.ndarray) -> np.ndarray:
-    """Group name per class: many (n > 100), medium (20 <= n <= 100), few (n < 20)."""
+def group_of(counts: np.ndarray, many_above: int = MANY_ABOVE, few_below: int = FEW_BELOW) -> np.ndarray:
+    """Group name per class: many (n > many_above), medium (few_below <= n <= many_above), few (n <
+    few_below); the literature's 100 and 20 by default."""
     counts = np.asarray(counts)
-    return np.where(counts > 100, "many", np.where(counts >= 20, "medium", "few"))
+    return np.where(counts > many_above, "many", np.where(counts >= few_below, "medium", "few"))
 
 
-def group_masks(counts: np.ndarray) -> dict[str, np.ndarray]:
+def group_masks(counts: np.ndarray, many_above: int = MANY_ABOVE, few_below: int = FEW_BELOW) -> dict:
     """Boolean class mask for each of the three groups."""
-    g = group_of(counts)
+    g = group_of(counts, many_above, few_below)
     return {name: g == name for name in GROUPS}
+
+
+def regroup(metrics: dict, train_counts: np.ndarray, many_above: int, few_below: int) -> dict:
+    """``metrics`` (from ``evaluate``) with its group means recomputed from its per-class accuracies under
+    other thresholds: the groups are a way to report, so a user's own thresholds never retrain anything."""
+    acc = np.array([np.nan if a is None else a for a in metrics["per_class"]], dtype=float)
+    out = dict(metrics)
+    for name, mask in group_masks(train_counts, many_above, few_below).items():
+        vals = acc[mask & ~np.isnan(acc)]
+        out[name] = float(vals.mean()) if vals.size else float("nan")
+    return out
+
+
+def groups_line(many_above: int = MANY_ABOVE, few_below: int = FEW_BELOW) -> str:
+    """The groups in words, for report headers."""
+    return (
+        f"groups by training images: Many > {many_above}, Medium {few_below}-{many_above}, Few < {few_below}"
+    )

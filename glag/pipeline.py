@@ -97,6 +97,8 @@ def run_stage_one(
     if checkpoint is not None:
         load_checkpoint(checkpoint)
     data = load_dataset(spec, download=download, progress=not quiet)
+    if data.rule and not quiet:
+        log(f"dataset rule: {data.rule}")
     if check is not None:
         check(data)
     train = TrainConfig.from_config(cfg, data.spec)  # an image folder's spec is complete only once it is read

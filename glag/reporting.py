@@ -13,6 +13,7 @@ import pandas as pd
 
 from glag.classify.results import label
 from glag.errors import GlagError
+from glag.metrics import FEW_BELOW, MANY_ABOVE, groups_line
 
 METRICS = ("top1", "many", "medium", "few")
 
@@ -151,3 +152,20 @@ def paired_table(recs: list[dict], metric: str = "top1") -> pd.DataFrame:
             "--paired found no method run on the same cache as a GLAG run; pass both runs of each cache"
         )
     return pd.DataFrame(out)
+
+
+def groups_header(recs: list[dict]) -> str:
+    """The Many/Medium/Few thresholds the runs were reported with (result.json's ``groups``; the
+    literature's 100 and 20 for runs from before the setting), for a report's header."""
+    seen = sorted(
+        {
+            (
+                (r.get("groups") or {}).get("many_above", MANY_ABOVE),
+                (r.get("groups") or {}).get("few_below", FEW_BELOW),
+            )
+            for r in recs
+        }
+    )
+    if len(seen) <= 1:
+        return groups_line(*(seen[0] if seen else (MANY_ABOVE, FEW_BELOW)))
+    return "groups differ between these runs (" + "; ".join(groups_line(*g) for g in seen) + ")"

@@ -23,7 +23,16 @@ from glag.errors import GlagError
 from glag.extract.datasets import DatasetSpec, load_dataset
 from glag.paths import check_safe_name
 from glag.pipeline import check_fits, load_config, resolved, run
-from glag.reporting import METRICS, mean_std, num, ref_minus_each, run_row, t_interval, verdict
+from glag.reporting import (
+    METRICS,
+    groups_header,
+    mean_std,
+    num,
+    ref_minus_each,
+    run_row,
+    t_interval,
+    verdict,
+)
 from glag.sweep_folder import claim, describe, record_sweep
 from glag.sweep_slurm import SubmitRefused, check_cluster, job_of, run_on_slurm
 from glag.sweep_slurm import _record as _record_job
@@ -399,14 +408,15 @@ def collect(out: Path, methods, cells: list[dict], sets) -> list[dict]:
     return rows
 
 
-def summary(rows: list[dict], methods, sets) -> str:
+def summary(rows: list[dict], methods, sets, header: str = "") -> str:
     keys = list(sets)
     groups = sorted({tuple(r[k] for k in keys) for r in rows}, key=str)
     lines = [
         "# Sweep summary",
         "",
         "Mean ± std over seeds; paired differences are GLAG minus each method on the same "
-        "stage-one cache (same seed), mean [95 % t-interval]; 'tie' when the interval holds 0.",
+        "stage-one cache (same seed), mean [95 % t-interval]; 'tie' when the interval holds 0."
+        + (f" Many/Medium/Few: {header}." if header else ""),
         "",
     ]
     for g in groups:
@@ -477,7 +487,8 @@ def write_outputs(out: Path, methods, cells: list[dict], sets) -> list[dict]:
             w.writeheader()
             w.writerows(rows)
     with atomic_path(out / "summary.md") as tmp:
-        tmp.write_text(summary(rows, methods, sets))
+        recs = [load_run(out / rows[0]["run"])] if rows else []
+        tmp.write_text(summary(rows, methods, sets, groups_header(recs)))
     if rows:
         with atomic_path(out / "groups.png") as tmp:
             plot_groups(rows, methods, Path(str(tmp) + ".png"))

@@ -75,7 +75,7 @@ def test_data_cifar100_lt_indices_are_source_positions(tmp_path, fake_cifar100, 
             "Invalid value for '--subset-seed': -3 is out of range; allowed: a finite integer >= 0 and < "
             "4294967296",
         ),
-        (["--profile", "zigzag"], "'zigzag' is not one of 'exp', 'step'"),
+        (["--profile", "zigzag"], "'zigzag' is not one of 'auto', 'exp', 'step'"),
     ],
 )
 def test_data_bad_options_one_line(tmp_path, fake_cifar100, glag_cli, args, msg):

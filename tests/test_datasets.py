@@ -111,7 +111,7 @@ def test_bad_dataset_options_name_the_value(fake_cifar100):
     with pytest.raises(GlagError, match=r"imbalance \(--imbalance\) 0.5 is invalid; it must be >= 1"):
         DatasetSpec("cifar100-lt", 0.5).resolved()
     with pytest.raises(
-        GlagError, match=r"profile \(--profile\) 'zigzag' is unknown; choose one of: exp, step"
+        GlagError, match=r"profile \(--profile\) 'zigzag' is unknown; choose one of: auto, exp, step"
     ):
         DatasetSpec("cifar100-lt", profile="zigzag").resolved()
     with pytest.raises(GlagError, match=r"subset_seed \(--subset-seed\) -1 is invalid"):

@@ -182,7 +182,7 @@ def _break(root, how):
     "how, extra, expect",
     [
         ("no-train", [], "has no train/ sub-folder"),
-        ("no-test", [], "has no test/ sub-folder"),
+        ("no-test", [], "has train/ but neither test/ nor val/ to evaluate on; carve a seeded"),
         ("class-sets", [], "only in train/: bee; only in test/: wasp"),
         ("empty-class", [], "class 'ant' has no images in"),
         ("not-image", [], "005.png' is not an image"),
@@ -322,7 +322,14 @@ def test_export_then_profile_all_gives_the_same_images_in_order(tmp_path, glag_c
             ["--dataset", "digits", "--profile", "all"],
             "profile 'all' (--profile) applies to dataset 'folder' only",
         ),
-        (["--dataset", "folder", "--profile", "all"], "validation needs a"),
+        (
+            ["--dataset", "folder", "--profile", "all", "--test-fraction", "0.2"],
+            "has its own test/ to evaluate on; drop test_fraction (--test-fraction 0.2)",
+        ),
+        (["--dataset", "digits", "--test-fraction", "0.2"], "applies to dataset 'folder' only"),
+        (["--dataset", "folder", "--test-fraction", "0.95"], "0.95 is out of range"),
+        (["--dataset", "folder", "--test-fraction", "-0.1"], "-0.1 is out of range"),
+        (["--dataset", "folder", "--profile", "even"], "'even' is not one of"),
         (
             ["--dataset", "digits", "--export", "EXPORT"],
             "--export writes image folders from --dataset folder only",

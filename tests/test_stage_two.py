@@ -104,7 +104,8 @@ def test_run_end_to_end_on_digits(cache_dir, glag_cli, tmp_path):
     code, stdout, err = glag_cli("run", "-q", "--epochs", "3", "--classifier-epochs", "3", "--out", out)
     assert code == 0, err
     lines = stdout.splitlines()
-    assert lines[0].split()[:5] == ["method", "top1", "many", "medium", "few"]
+    assert lines[0] == "groups by training images: Many > 100, Medium 20-100, Few < 20"
+    assert lines[1].split()[:5] == ["method", "top1", "many", "medium", "few"]
     for m in ("stage-one", "crt", "glag"):
         row = next(line for line in lines if line.startswith(m + " "))
         assert "nan" not in row.lower() and " - " not in row  # every group has a number

@@ -15,7 +15,7 @@ import pandas as pd
 
 from glag.cache.format import FeatureCache
 from glag.errors import GlagError
-from glag.metrics import group_of, summary_row
+from glag.metrics import FEW_BELOW, MANY_ABOVE, group_of, summary_row
 
 
 def _clean(obj):
@@ -54,6 +54,7 @@ def write_run(
     result: dict,
     extra: dict | None = None,
     model_writer: Callable[[Path], object] | None = None,
+    groups: tuple[int, int] = (MANY_ABOVE, FEW_BELOW),
 ) -> Path:
     """Write a run folder at ``out`` (or ``out-2``, ...) and return it. Weights (if any) go to
     ``classifier.npz``; ``model_writer(folder)`` adds the exported model.
@@ -74,6 +75,7 @@ def write_run(
             "cache": str(cache.path),
             "cache_key": cache.key,
             "dataset": cache.dataset,
+            "dataset_spec": cache.config.get("dataset", {}),  # the subset rule applied (profile, ...)
             "summary": summary_row(result["test"]),
             "val_summary": summary_row(result["val"]),
             "train_counts": counts,
@@ -86,7 +88,7 @@ def write_run(
                 "class": np.arange(cache.num_classes),
                 "name": cache.class_names,
                 "train_count": counts,
-                "group": group_of(counts),
+                "group": group_of(counts, *groups),
                 "test_acc": result["test"]["per_class"],
                 "val_acc": result["val"]["per_class"],
             }

@@ -19,6 +19,7 @@ from glag.config import Config
 from glag.errors import GlagError, user_code
 from glag.generate.afg import GeneratorConfig, SamplingConfig, check_for_cache
 from glag.generate.backend import get_xp
+from glag.metrics import regroup
 from glag.paths import check_inside
 
 
@@ -97,6 +98,7 @@ def run_methods(
     backend = config.generator.device
     run = MethodRun(config, torch_device(get_xp(backend)), backend, progress, log)
     records = []
+    groups = (config.dataset.many_above, config.dataset.few_below)  # how results are reported, nothing else
     for method in methods:
         t0 = time.perf_counter()
         fn = METHODS[method].fn
@@ -104,7 +106,12 @@ def run_methods(
             res = fn(cache, run)
         check_result(res, method, cache, METHODS[method].exports_model)
         check_finite(res, method)
-        extra = {**(record or {}), "seconds": round(time.perf_counter() - t0, 3)}
+        res = {**res, **{s: regroup(res[s], cache.train_counts, *groups) for s in ("val", "test")}}
+        extra = {
+            **(record or {}),
+            "seconds": round(time.perf_counter() - t0, 3),
+            "groups": dict(zip(("many_above", "few_below"), groups, strict=True)),
+        }
         cache.ensure_sound()  # checked while the method ran; a damaged cache writes no run folder
         exports = METHODS[method].exports_model and (checkpoint or checkpoint_of(cache))
 
@@ -116,8 +123,14 @@ def run_methods(
         folder = check_inside(
             out_base, Path(out_base) / f"{cache.path.stem}-{variant or method}", "run folder"
         )
-        out = write_run(folder, cache, method, res, extra, model_writer=writer)
+        out = write_run(folder, cache, method, res, extra, model_writer=writer, groups=groups)
         records.append(
-            {"method": variant or method, "dir": str(out), "test": res["test"], "seconds": extra["seconds"]}
+            {
+                "method": variant or method,
+                "dir": str(out),
+                "test": res["test"],
+                "seconds": extra["seconds"],
+                "groups": extra["groups"],
+            }
         )
     return records

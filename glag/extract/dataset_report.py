@@ -12,15 +12,16 @@ from glag.cache.format import atomic_path
 from glag.extract.datasets import LTData
 from glag.extract.profile import class_counts
 from glag.extract.subset_export import export_subset
-from glag.metrics import group_of
+from glag.metrics import FEW_BELOW, MANY_ABOVE, group_of, groups_line
 
 INDEX_SPLITS = ("train", "val", "test")
 
 
-def class_table(data: LTData) -> list[dict]:
-    """One row per class: its name, train/val/test counts and Many/Medium/Few group (by train count)."""
+def class_table(data: LTData, groups: tuple[int, int] = (MANY_ABOVE, FEW_BELOW)) -> list[dict]:
+    """One row per class: its name, train/val/test counts and Many/Medium/Few group (by train count, with
+    the ``groups`` thresholds: many above, few below)."""
     counts = {s: class_counts(data.splits[s].labels, data.num_classes) for s in INDEX_SPLITS}
-    groups = group_of(counts["train"])
+    groups = group_of(counts["train"], *groups)
     return [
         {
             "class": c,
@@ -67,17 +68,25 @@ def write_indices(data: LTData, path: Path) -> int:
     return n
 
 
-def describe(data: LTData, indices: Path | None = None, export: Path | None = None) -> dict:
+def describe(
+    data: LTData,
+    indices: Path | None = None,
+    export: Path | None = None,
+    groups: tuple[int, int] = (MANY_ABOVE, FEW_BELOW),
+) -> dict:
     """What ``glag data`` reports: the classes, totals, where validation rows came from, and the
     ``indices`` CSV and ``export`` folder it writes."""
     spec = data.spec
-    rows = class_table(data)
+    rows = class_table(data, groups)
     out = {
         "dataset": spec.label(),
+        "groups": dict(zip(("many_above", "few_below"), groups, strict=True)),
         "spec": spec.identity(),
         "totals": totals(rows),
         "val_rows": {"rule": spec.val_rows or "given", "from_train": lent_rows(data)},
     }
+    if data.rule:
+        out["rule"] = data.rule
     if spec.content:
         out["digest"] = spec.content
     if indices:
@@ -94,6 +103,9 @@ def describe_lines(summary: dict) -> list[str]:
         f"{summary['dataset']}: train {t['train']}, val {t['val']}, test {t['test']} images; "
         f"{t['many_classes']} many / {t['medium_classes']} medium / {t['few_classes']} few classes"
     ]
+    lines.append(groups_line(**summary["groups"]))
+    if "rule" in summary:
+        lines.append(f"rule: {summary['rule']}")
     lent = summary["val_rows"]["from_train"]
     if lent:
         lines.append(
@@ -111,6 +123,6 @@ def describe_lines(summary: dict) -> list[str]:
     if "export" in summary:
         lines.append(
             f"exported {sum(summary['export']['files'].values())} images to {summary['export']['folder']} "
-            "(use: --dataset folder --profile all)"
+            "(use: --dataset folder --data-root <it>; a long-tailed folder is used as it is)"
         )
     return lines

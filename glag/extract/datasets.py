@@ -56,6 +56,9 @@ class DatasetSpec:
     # VAL_ROWS; '' where it does not apply (list files and val/ folders give their own validation rows).
     # 'leftovers' and '' are left out of the identity, so caches made before the field keep their keys.
     val_rows: str = default("val_rows")
+    # An image folder without test/: the fraction of each class's training images carved as the test split
+    # (0, left out of the identity, keeps every existing key).
+    test_fraction: float = default("test_fraction")
 
     @classmethod
     def from_config(cls, cfg: Config) -> DatasetSpec:
@@ -71,6 +74,7 @@ class DatasetSpec:
             n_max=d.n_max,
             subset_seed=d.subset_seed,
             val_rows=d.val_rows,
+            test_fraction=d.test_fraction,
         ).resolved()
 
     def resolved(self) -> DatasetSpec:
@@ -97,13 +101,22 @@ class DatasetSpec:
             raise GlagError(
                 f"profile (--profile) '{self.profile}' is unknown; choose one of: {', '.join(PROFILES)}"
             )
+        if self.test_fraction and self.name != FOLDER:
+            raise GlagError(
+                f"test_fraction (--test-fraction) {self.test_fraction:g} applies to dataset 'folder' only "
+                f"(an image folder without test/), not '{self.name}'; drop it"
+            )
+        if self.profile == "auto" and (self.name != FOLDER or self.imbalance or self.n_max):
+            return replace(self, profile="exp").resolved()  # a formula was asked for, or no folder to look at
         if self.profile == "all":  # the folder is the subset: its digest identifies it, no formula picks
             if self.name != FOLDER:
                 raise GlagError(
                     f"profile 'all' (--profile) applies to dataset 'folder' only (a folder that is already "
                     f"long-tailed), not '{self.name}'; use profile 'exp' or 'step'"
                 )
-            return replace(self, imbalance=0.0, n_max=0, subset_seed=0, val_rows="")
+            # subset_seed and val_rows stay: they pick validation rows when the folder has no val/ for them
+            # (the reader clears val_rows when a val/ folder gives them, as every key before had it)
+            return replace(self, imbalance=0.0, n_max=0, subset_seed=int(self.subset_seed))
         if (
             isinstance(self.subset_seed, bool)
             or not isinstance(self.subset_seed, (int, np.integer))
@@ -113,6 +126,8 @@ class DatasetSpec:
                 f"subset_seed (--subset-seed) {self.subset_seed} is invalid; it must be an integer in "
                 "[0, 2^32)"
             )
+        if self.profile == "auto":  # an image folder: decided once its class sizes are read (image_folder)
+            return replace(self, subset_seed=int(self.subset_seed))
         if (
             self.name == FOLDER and not self.n_max
         ):  # the default needs the folder's class sizes: set by load_dataset
@@ -133,6 +148,8 @@ class DatasetSpec:
         d.pop("data_root")
         if d["val_rows"] in ("", "leftovers"):
             d.pop("val_rows")
+        if not d["test_fraction"]:
+            d.pop("test_fraction")
         if self.name != FOLDER:  # datasets from before the folder fields keep their keys
             d.pop("content")
             d.pop("image_size")
@@ -143,8 +160,8 @@ class DatasetSpec:
         if kind_of(r.name).kind == "list":
             return r.name
         extra = "" if r.profile == "exp" else f"-{r.profile}"
-        if r.name == FOLDER and r.profile == "all":
-            return f"folder-{r.content[:8] or 'unread'}-all"
+        if r.name == FOLDER and r.profile in ("all", "auto"):
+            return f"folder-{r.content[:8] or 'unread'}-{r.profile}"
         if r.name == FOLDER:
             return f"folder-{r.content[:8] or 'unread'}-im{r.imbalance:g}{extra}-n{r.n_max}" + (
                 "" if r.subset_seed == 0 else f"-s{r.subset_seed}"
@@ -177,6 +194,7 @@ class LTData:
     paths: dict | None = None  # source name -> image paths relative to ``root`` (image folders)
     # per class, the rows its LT training part gave to validation (--val-rows every-class); None: none given
     lent: np.ndarray | None = None
+    rule: str = ""  # which subset and split rule an image folder got, in words (glag data, glag run)
 
     @property
     def train_counts(self) -> np.ndarray:
@@ -385,24 +403,123 @@ def image_folder(spec: DatasetSpec, root: Path | None, progress: bool) -> LTData
     if root is None:
         raise GlagError(
             "dataset 'folder' needs data_root (--data-root): a folder holding train/<class>/* and "
-            "test/<class>/*"
+            "test/<class>/* (or val/<class>/*)"
         )
     fd = load_folder(root, progress=progress)
-    splits, spec, lent = (_whole_folder if spec.profile == "all" else _lt_subset)(spec, root, fd)
+    test, pool, val_folder, where = _evaluation(spec, root, fd)
+    spec, rule = _profile_of(spec, fd, pool)
+    splits, spec, lent = (_whole_folder if spec.profile == "all" else _lt_subset)(
+        spec, root, fd, pool, val_folder
+    )
+    splits["test"] = test
     train_labels = fd.splits["train"].labels
     if spec.full_split:
         splits["full"] = _split("train", np.arange(len(train_labels)), train_labels)
     paths = {s: sp.paths for s, sp in fd.splits.items()}
     srcs = fd.images if fd.images is not None else {s: [str(root / p) for p in ps] for s, ps in paths.items()}
-    return LTData(spec, len(fd.classes), list(fd.classes), srcs, splits, root, paths=paths, lent=lent)
+    return LTData(
+        spec,
+        len(fd.classes),
+        list(fd.classes),
+        srcs,
+        splits,
+        root,
+        paths=paths,
+        lent=lent,
+        rule=f"{rule}; {where}",
+    )
 
 
-def _lt_subset(spec: DatasetSpec, root: Path, fd) -> tuple[dict, DatasetSpec, np.ndarray | None]:
-    """The profile's subset of each class's files (LDAM-DRW's rule); validation from a val/ folder, or by
-    ``val_rows`` from the training files (a val/ folder makes ``val_rows`` not apply: '')."""
-    num_classes = len(fd.classes)
+def _evaluation(spec: DatasetSpec, root: Path, fd) -> tuple[Split, np.ndarray, bool, str]:
+    """The split a folder is evaluated on, the training rows left to pick from, whether a val/ folder gives
+    the validation rows, and where the evaluation images come from, in words: test/; else val/ (then
+    validation rows come from train/); else ``test_fraction`` of each class carved from train/."""
     train_labels = fd.splits["train"].labels
-    avail = class_counts(train_labels, num_classes)
+    everything = np.arange(len(train_labels))
+    f = spec.test_fraction
+    for name in ("test", "val"):
+        if name not in fd.splits:
+            continue
+        if f:
+            raise GlagError(
+                f"image folder '{root}' has its own {name}/ to evaluate on; drop test_fraction "
+                f"(--test-fraction {f:g}), which carves a test split from train/ only where there is none"
+            )
+        labels = fd.splits[name].labels
+        if name == "test":
+            return (
+                _split("test", np.arange(len(labels)), labels),
+                everything,
+                "val" in fd.splits,
+                "tested on test/",
+            )
+        return (
+            _split("val", np.arange(len(labels)), labels),
+            everything,
+            False,
+            "no test/: tested on val/, validation rows from train/",
+        )
+    if not f:
+        raise GlagError(
+            f"image folder '{root}' has train/ but neither test/ nor val/ to evaluate on; carve a seeded, "
+            "stratified test split from train/ with test_fraction (--test-fraction 0.2), or add "
+            "test/<class>/*"
+        )
+    test, pool = carve(train_labels, len(fd.classes), f, spec.subset_seed)
+    where = (
+        f"no test/ or val/: tested on {f:g} of each class carved from train/ (subset_seed {spec.subset_seed})"
+    )
+    return _split("train", test, train_labels), pool, False, where
+
+
+def carve(labels: np.ndarray, num_classes: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded, stratified split of each class's rows: (round(fraction * n_c) rows, the rest), at least one
+    row on each side for a class of two or more; the same on every run with the same seed."""
+    rng = np.random.RandomState(np.random.SeedSequence([int(seed), 0x7E57]).generate_state(1))
+    out, rest = [], []
+    for c in range(num_classes):
+        idx = np.flatnonzero(labels == c)
+        rng.shuffle(idx)
+        k = min(max(int(round(fraction * len(idx))), 1), len(idx) - 1) if len(idx) >= 2 else 0
+        out.append(idx[:k])
+        rest.append(idx[k:])
+    return np.concatenate(out), np.concatenate(rest)
+
+
+IMBALANCED_ABOVE = 1.5  # largest over smallest training class: above this a folder is already long-tailed
+
+
+def _profile_of(spec: DatasetSpec, fd, pool: np.ndarray) -> tuple[DatasetSpec, str]:
+    """The profile an image folder gets, and why, in words: 'auto' is 'all' when its training classes are
+    already imbalanced (largest over smallest above ``IMBALANCED_ABOVE``), else the literature's 'exp'."""
+    if spec.profile != "auto":
+        return spec, f"profile '{spec.profile}' (as given)"
+    counts = class_counts(fd.splits["train"].labels[pool], len(fd.classes))
+    ratio = counts.max() / max(counts.min(), 1)
+    sizes = f"classes of {counts.max()} ... {counts.min()} training images, ratio {ratio:.3g}"
+    if ratio > IMBALANCED_ABOVE:
+        why = (
+            f"profile 'all' (auto): already long-tailed ({sizes} > {IMBALANCED_ABOVE}), used as it is; "
+            "--profile exp, --imbalance or --n-max picks the literature's subset instead"
+        )
+        return replace(spec, profile="all").resolved(), why
+    spec = replace(spec, profile="exp").resolved()
+    why = f"profile 'exp' (auto): balanced ({sizes} <= {IMBALANCED_ABOVE}), the literature's subset rule"
+    return spec, why
+
+
+def _lt_subset(
+    spec: DatasetSpec, root: Path, fd, pool: np.ndarray, val_folder: bool
+) -> tuple[dict, DatasetSpec, np.ndarray | None]:
+    """The profile's subset of each class's files in ``pool`` (LDAM-DRW's rule); validation from a val/
+    folder, or by ``val_rows`` from the training files (a val/ folder makes ``val_rows`` not apply: '')."""
+    num_classes = len(fd.classes)
+    all_labels = fd.splits["train"].labels
+    train_labels = np.full_like(
+        all_labels, -1
+    )  # rows outside the pool (a carved test split) are never picked
+    train_labels[pool] = all_labels[pool]
+    avail = class_counts(all_labels[pool], num_classes)
     defaulted = not spec.n_max
     n_max = spec.n_max or int(avail.min())
     if n_max > avail.max():
@@ -411,7 +528,7 @@ def _lt_subset(spec: DatasetSpec, root: Path, fd) -> tuple[dict, DatasetSpec, np
             f"n_max (--n-max) {n_max} is larger than the largest class ('{fd.classes[c]}', {avail[c]} "
             f"training images); use n_max <= {avail[c]}"
         )
-    val_rows = "" if "val" in fd.splits else spec.val_rows
+    val_rows = "" if val_folder else spec.val_rows
     spec = replace(
         spec, n_max=int(n_max), content=fd.digest, image_size=int(fd.image_size), val_rows=val_rows
     ).resolved()
@@ -428,26 +545,44 @@ def _lt_subset(spec: DatasetSpec, root: Path, fd) -> tuple[dict, DatasetSpec, np
                 f"'{fd.classes[c]}'; set n_max (--n-max), or profile 'all' to keep the folder as it is)"
             ) from None
         raise
-    splits = {
-        "train": _split("train", tr, train_labels),
-        "test": _split("test", np.arange(len(fd.splits["test"].labels)), fd.splits["test"].labels),
-    }
-    if "val" in fd.splits:  # a val folder is used whole; without one, validation comes from the leftovers
+    splits = {"train": _split("train", tr, all_labels)}
+    if val_folder:  # a val folder is used whole; without one, validation comes from the leftovers
         splits["val"] = _split("val", np.arange(len(fd.splits["val"].labels)), fd.splits["val"].labels)
     else:
-        splits["val"] = _split("train", va, train_labels)
+        splits["val"] = _split("train", va, all_labels)
     return splits, spec, (lent if lent.any() else None)
 
 
-def _whole_folder(spec: DatasetSpec, root: Path, fd) -> tuple[dict, DatasetSpec, None]:
-    """``--profile all``: every image of the folder in file order, validation from its val/ folder."""
-    if "val" not in fd.splits:
-        raise GlagError(
-            f"profile 'all' keeps every training image of '{root}', so validation needs a "
-            f"'{root / 'val'}' folder (glag data --export writes one)"
+def _whole_folder(
+    spec: DatasetSpec, root: Path, fd, pool: np.ndarray, val_folder: bool
+) -> tuple[dict, DatasetSpec, np.ndarray | None]:
+    """Profile 'all': every training image of ``pool`` as it is. Validation from the val/ folder; without
+    one, ``val_per_class`` rows of each class from the end of its shuffled training images (the
+    every-class rule), at most half of a class, so that no class is left without training images."""
+    labels = fd.splits["train"].labels
+    if val_folder:
+        spec = replace(spec, content=fd.digest, image_size=int(fd.image_size), val_rows="").resolved()
+        val = fd.splits["val"].labels
+        return (
+            {"train": _split("train", pool, labels), "val": _split("val", np.arange(len(val)), val)},
+            spec,
+            None,
         )
-    spec = replace(spec, content=fd.digest, image_size=int(fd.image_size)).resolved()
-    return {s: _split(s, np.arange(len(sp.labels)), sp.labels) for s, sp in fd.splits.items()}, spec, None
+    spec = replace(spec, content=fd.digest, image_size=int(fd.image_size), val_rows="every-class").resolved()
+    rng = np.random.RandomState(spec.subset_seed)
+    train, val, lent = [], [], []
+    for c in range(len(fd.classes)):
+        idx = pool[labels[pool] == c]
+        rng.shuffle(idx)
+        k = min(spec.val_per_class, len(idx) // 2)
+        train.append(idx[: len(idx) - k])
+        val.append(idx[len(idx) - k :])
+        lent.append(k)
+    splits = {
+        "train": _split("train", np.concatenate(train), labels),
+        "val": _split("train", np.concatenate(val), labels),
+    }
+    return splits, spec, np.asarray(lent, dtype=np.int64)
 
 
 def load_dataset(spec: DatasetSpec, download: bool = False, progress: bool = True) -> LTData:

@@ -1,4 +1,4 @@
-"""Image-folder datasets: ``<root>/{train,test[,val]}/<class>/<image>`` (torchvision's ImageFolder layout).
+"""Image-folder datasets: ``<root>/{train[,test][,val]}/<class>/<image>`` (torchvision's ImageFolder layout).
 
 Classes are the sorted folder names; a class's images are its files sorted by name. Every file is
 read once: its bytes feed the content digest (the dataset's identity) and are decoded to RGB. Small
@@ -65,11 +65,10 @@ def list_folder(root: Path) -> tuple[list[str], dict[str, FolderSplit]]:
     root = Path(root)
     if not root.is_dir():
         raise GlagError(f"data_root (--data-root) '{root}' does not exist or is not a folder")
-    missing = [s for s in ("train", "test") if not (root / s).is_dir()]
-    if missing:
+    if not (root / "train").is_dir():  # test/ and val/ may be missing: the dataset decides (image_folder)
         raise GlagError(
-            f"image folder '{root}' has no {' or '.join(m + '/' for m in missing)} sub-folder; "
-            "expected <root>/train/<class>/* and <root>/test/<class>/* (optionally <root>/val/<class>/*)"
+            f"image folder '{root}' has no train/ sub-folder; expected <root>/train/<class>/* with "
+            "<root>/test/<class>/* and/or <root>/val/<class>/*"
         )
     present = [s for s in SPLITS if (root / s).is_dir()]
     per_split = {s: _class_dirs(root / s) for s in present}
