@@ -73,6 +73,16 @@ def test_an_exported_long_tailed_folder_keeps_every_image_with_no_flag(tmp_path,
     a = load_dataset(spec(tmp_path / "lt"), progress=False).spec.identity()
     b = load_dataset(spec(tmp_path / "lt", profile="all"), progress=False).spec.identity()
     assert a == b
+    # the worked example of docs/usage.md: data -> run -> predict
+    code, out, err = glag_cli(
+        "run", "--dataset", "folder", "--data-root", tmp_path / "lt", "--epochs", "1", "--classifier-epochs",
+        "1", "--method", "glag", "--out", tmp_path / "runs", "-q",
+    )  # fmt: skip
+    assert code == 0, err
+    model = next((tmp_path / "runs").glob("folder-*-all-*-glag/model.pt"))
+    code, out, err = glag_cli("predict", model, tmp_path / "lt" / "test" / "cat")
+    rows = list(csv.DictReader(out.splitlines()))
+    assert code == 0 and len(rows) == 3 and all(r["name"] in CLASSES for r in rows), err
 
 
 def test_train_and_val_layout_runs_evaluated_on_val(tmp_path, glag_cli, cache_dir):
@@ -113,6 +123,14 @@ def test_train_only_is_refused_naming_test_fraction_and_runs_with_it(tmp_path, g
     assert carved("--subset-seed", "3")[1] != first
     train = {p for s, p in first if s in ("train", "val")}
     assert not train & set(test)  # nothing evaluated on was trained or tuned on
+    run = ("run", "--dataset", "folder", "--data-root", root, "--test-fraction", "0.2", "--epochs", "1")
+    code, out, err = glag_cli(
+        *run, "--classifier-epochs", "1", "--method", "crt", "--out", tmp_path / "r", "-q"
+    )
+    res = json.loads(next((tmp_path / "r").glob("*-crt/result.json")).read_text())
+    assert code == 0 and res["dataset_spec"]["test_fraction"] == 0.2 and sum(res["test"]["per_class"]) >= 0, (
+        err
+    )
     a = load_dataset(spec(root, test_fraction=0.2), progress=False).spec.identity()
     b = load_dataset(spec(root, test_fraction=0.3), progress=False).spec.identity()
     assert a["test_fraction"] == 0.2 and a != b  # the carve is part of the cache key
