@@ -129,20 +129,25 @@ LOSSES = [
 ]
 
 
+def _extract_with(tmp_path, glag_cli, table, setting, flag, build):
+    """`glag extract` with ``build`` registered as ``mine`` in ``table`` (taken back after): (code, err)."""
+    before = CHOICES.get(setting)
+    (register_loss if table is LOSS_BUILDERS else register_backbone)("mine")(build)
+    try:
+        code, _, err = glag_cli("extract", flag, "mine", "--epochs", "1", "--cache-dir", tmp_path / "c", "-q")
+    finally:
+        table.pop("mine")
+        if before is not None:
+            CHOICES[setting] = before
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and "Traceback" not in err, err
+    assert not list(tmp_path.rglob("*.pt")) and not list(tmp_path.rglob("*.h5"))
+    return lines[0]
+
+
 @pytest.mark.parametrize("build, msg", LOSSES, ids=[m[-40:] for _, m in LOSSES])
 def test_a_loss_glag_cannot_train_with_is_refused_before_the_first_epoch(tmp_path, glag_cli, build, msg):
-    before_choices = CHOICES["loss"]
-    register_loss("mine")(build)
-    try:
-        code, _, err = glag_cli(
-            "extract", "--loss", "mine", "--epochs", "1", "--cache-dir", tmp_path / "c", "-q"
-        )
-    finally:
-        LOSS_BUILDERS.pop("mine")
-        CHOICES["loss"] = before_choices
-    lines = err.strip().splitlines()
-    assert code == 1 and len(lines) == 1 and msg in lines[0], err
-    assert not list(tmp_path.rglob("*.pt")) and not list(tmp_path.rglob("*.h5"))
+    assert msg in _extract_with(tmp_path, glag_cli, LOSS_BUILDERS, "loss", "--loss", build)
 
 
 class NoDim(torch.nn.Module):
@@ -172,19 +177,7 @@ BACKBONE_CASES = [
 
 @pytest.mark.parametrize("build, msg", BACKBONE_CASES, ids=[m[-40:] for _, m in BACKBONE_CASES])
 def test_a_backbone_glag_cannot_use_is_one_line(tmp_path, glag_cli, build, msg):
-    before_choices = CHOICES["backbone"] if "backbone" in CHOICES else None
-    register_backbone("mine")(build)
-    try:
-        code, _, err = glag_cli(
-            "extract", "--backbone", "mine", "--epochs", "1", "--cache-dir", tmp_path / "c", "-q"
-        )
-    finally:
-        BACKBONES.pop("mine")
-        if before_choices is not None:
-            CHOICES["backbone"] = before_choices
-    lines = err.strip().splitlines()
-    assert code == 1 and len(lines) == 1 and msg in lines[0], err
-    assert not list(tmp_path.rglob("*.pt")) and not list(tmp_path.rglob("*.h5"))
+    assert msg in _extract_with(tmp_path, glag_cli, BACKBONES, "backbone", "--backbone", build)
     assert not [p for p in Path(tmp_path).rglob("*") if p.is_dir() and not any(p.iterdir())]
 
 
