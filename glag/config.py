@@ -168,6 +168,7 @@ CHOICES = {
     "mode": ("auto", "dense", "factor"),
     "dispersion": ("identity", "all-entries"),
     "device": ("auto", "cpu", "gpu"),
+    "precision": ("auto", "fp32", "bf16"),
 }
 
 
@@ -311,6 +312,13 @@ class StageOneSettings:
         "Input mixup in stage one (MiSLAS's): alpha of Beta(alpha, alpha), 0 = off; part of the cache key.",
         lo=0,
         hi=100,
+    )
+    precision: str = setting(
+        "auto",
+        "Stage-one arithmetic: bf16 autocast (the loss, optimizer state, BatchNorm statistics and the dumped "
+        "features stay fp32) or fp32. auto: bf16 on CUDA; on CPU fp32 until bf16's accuracy parity is "
+        "measured (docs/benchmarks.md). bf16 is part of the cache key; fp32 keeps every earlier key.",
+        choices=_choices("precision"),
     )
     seed: int = setting(0, "Random seed (stage one and stage two).", lo=0, hi=U32, hi_open=True)
     compile: bool = setting(

@@ -102,9 +102,13 @@ class ExportedModel(torch.nn.Module):
         self.head = torch.nn.Linear(bundle["weight"].shape[1], bundle["num_classes"])
         self.head.weight.data = torch.as_tensor(bundle["weight"])
         self.head.bias.data = torch.as_tensor(bundle["bias"])
+        # features as they were dumped for stage two: under bf16 autocast when the cache's were
+        self.amp = bundle.get("precision") == "bf16"
 
     def forward(self, x):
-        f = self.backbone(x)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            f = self.backbone(x)
+        f = f.float()
         return self.head(torch.sign(f) * f.abs() ** self.lt)
 
 
@@ -133,6 +137,7 @@ def export(out: Path, cache: FeatureCache, weight, bias, lt: float, checkpoint: 
         "in_channels": state["in_channels"],
         "input_size": state.get("input_size", [224, 224]),
         "norm": state["norm"],
+        "precision": cache.provenance.get("precision", ""),
         "lt": lt,
         "backbone_state": state["model"],
         "weight": torch.as_tensor(np.asarray(weight, dtype=np.float32)),

@@ -76,6 +76,7 @@ def write_run(
             "cache_key": cache.key,
             "dataset": cache.dataset,
             "dataset_spec": cache.config.get("dataset", {}),  # the subset rule applied (profile, ...)
+            "stage_one_precision": cache.provenance.get("precision", ""),  # '' for caches made before
             "summary": summary_row(result["test"]),
             "val_summary": summary_row(result["val"]),
             "train_counts": counts,

@@ -44,10 +44,9 @@ def load_checkpoint(path: Path) -> dict:
 
 
 @torch.no_grad()
-def features_of(model: Classifier, batches, device, desc: str, progress: bool = True):
-    """Backbone features ``[N, d]`` float32 and labels of every batch."""
+def features_of(model: Classifier, batches, device, desc: str, progress: bool = True, amp: bool = False):
+    """Backbone features ``[N, d]`` float32 (under bf16 autocast with ``amp``) and labels of every batch."""
     model.eval()
-    amp = device.type == "cuda"
     feats, labels = [], []
     for x, y in tqdm(
         batches, desc=desc, leave=False, disable=None if progress else True
@@ -109,12 +108,14 @@ def dump(
     model.load_state_dict(state["model"])
     model = model.to(device, memory_format=torch.channels_last)
     cfg = TrainConfig(**{**cfg_d, "dataset": data.spec})
+    # as the backbone was trained: a checkpoint from before the setting ran bf16 on CUDA, fp32 on CPU
+    amp = state["precision"] == "bf16" if "precision" in state else device.type == "cuda"
     splits = {}
     for name, split in data.splits.items():
         batches = epoch_batches(
             data, cfg, name, train=False, seed=0, norm=state["norm"], batch_size=batch_size, device=device
         )
-        feats, labels = features_of(model, batches, device, f"dump {name}", progress)
+        feats, labels = features_of(model, batches, device, f"dump {name}", progress, amp)
         splits[name] = (feats, labels, split.index)
     if views > 0:
         if not data.is_array:
@@ -131,7 +132,7 @@ def dump(
                 seed=1_000_003 + v,
                 device=device,
             )
-            chunks.append(features_of(model, b, device, f"dump view {v + 1}/{views}", progress)[0])
+            chunks.append(features_of(model, b, device, f"dump view {v + 1}/{views}", progress, amp)[0])
         splits["train_views"] = (np.concatenate(chunks), np.tile(tr.labels, views), np.tile(tr.index, views))
     if cfg_d["epochs"] == 0:  # an untrained head says nothing: fit one on the train features (plain CE)
         weight, bias = fit_linear_head(splits["train"][0], splits["train"][1], data.num_classes)
@@ -145,7 +146,7 @@ def dump(
         num_classes=data.num_classes,
         class_names=data.class_names,
         splits=splits,
-        provenance=cfg_d,
+        provenance={**cfg_d, "precision": "bf16" if amp else "fp32"},  # as trained and dumped (not keyed)
         classifier=(weight, bias),
         head=head,
     )

@@ -73,6 +73,7 @@ class TrainConfig:
     flip: bool | None = None
     seed: int = default("seed")
     weights: str = default("weights")  # '' (random init), a state-dict file, or torchvision:DEFAULT
+    precision: str = default("precision")  # resolved: fp32 or bf16 (autocast)
 
     @classmethod
     def from_config(cls, cfg: Config, spec: DatasetSpec) -> TrainConfig:
@@ -93,6 +94,7 @@ class TrainConfig:
             mixup=s.mixup,
             seed=s.seed,
             weights=s.weights or "",
+            precision=s.precision,
         ).resolved()
 
     def resolved(self) -> TrainConfig:
@@ -109,6 +111,7 @@ class TrainConfig:
             warmup=p["warmup"] if self.warmup < 0 else self.warmup,
             pad=p["pad"] if self.pad < 0 else self.pad,
             flip=p["flip"] if self.flip is None else self.flip,
+            precision=resolve_precision(self.precision),
         )
         for name, ok in (("batch_size", cfg.batch_size >= 1), ("lr", cfg.lr > 0)):
             if not ok:
@@ -136,9 +139,38 @@ class TrainConfig:
             del d["weights"]  # random init, as before the field existed: trained runs keep their folders
         if not d["mixup"]:
             del d["mixup"]  # likewise: no mixup keys the folders trained before the setting existed
+        if d["precision"] == "fp32":
+            del d["precision"]  # likewise: fp32 keys every folder trained before the setting existed
         # Training never reads the full balanced split, so asking to dump it must not retrain.
         d["dataset"] = {**self.dataset.identity(), "full_split": False}
         return d
+
+
+# bf16 autocast on CPU waits for its accuracy parity run (issue 35): until then 'auto' is fp32 on CPU
+CPU_BF16_BY_DEFAULT = False
+
+
+def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
+    """True on a CPU with native bf16 arithmetic (avx512_bf16 or amx_bf16 among its flags)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = open("/proc/cpuinfo").read()
+        except OSError:
+            return False
+    flags = set(" ".join(ln for ln in cpuinfo.splitlines() if ln.startswith("flags")).split())
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def resolve_precision(precision: str) -> str:
+    """'auto' as this machine runs it: bf16 on CUDA (and on a bf16 CPU once CPU_BF16_BY_DEFAULT), else
+    fp32; 'fp32' and 'bf16' as given."""
+    if precision in ("fp32", "bf16"):
+        return precision
+    if precision != "auto":
+        raise GlagError(f"precision (--precision) '{precision}' is unknown; choose one of: auto, fp32, bf16")
+    if torch.cuda.is_available() or (CPU_BF16_BY_DEFAULT and cpu_has_bf16()):
+        return "bf16"
+    return "fp32"
 
 
 def canonical(identity: dict) -> dict:
@@ -319,7 +351,7 @@ def train(
     if final.is_file():
         return final
     device, rank, world = device_and_dist()
-    amp = device.type == "cuda"
+    amp = cfg.precision == "bf16"  # autocast: the loss, optimizer and BatchNorm statistics stay fp32
     _set_seed(cfg.seed)
     counts = data.train_counts
     model = Classifier(cfg.backbone, data.num_classes, in_channels(data), head_for(cfg.loss))
@@ -449,6 +481,7 @@ def train(
                 "epoch": epoch + 1,
                 "history": history,
                 "config": cfg.identity(),
+                "precision": cfg.precision,
                 "norm": norm,
             }
             with atomic_path(last) as tmp:
@@ -463,6 +496,7 @@ def train(
             "epoch": cfg.epochs,
             "history": history,
             "config": cfg.identity(),
+            "precision": cfg.precision,
             "norm": norm,
             "backbone": cfg.backbone,
             "head": head_for(cfg.loss),
