@@ -10,6 +10,8 @@ For each shape, interleaved in one process and repeated (median reported):
   once per run, reported beside it);
 * floor: the same model's forward + backward + SGD step on pre-made batches on the same device, the
   faster of NCHW and channels-last;
+* the same default run and floor in each precision (``fp32``, ``bf16`` autocast), whatever ``auto`` picks
+  here: the bf16 floor is the hardware's on a CPU with native bf16 (issue 35);
 * with --compile, also the default run with ``--compile`` (torch.compile), against the same eager floor;
 * with --graphs (CUDA only), the floor's step captured once as a CUDA graph and replayed: the arithmetic
   with no launch overhead, i.e. how fast a graph-captured stage one could be.
@@ -33,7 +35,7 @@ from glag.extract.datasets import DatasetSpec, LTData, Split
 from glag.extract.losses import make_loss
 from glag.extract.models import Classifier
 from glag.extract.profile import exponential_counts
-from glag.extract.train import TrainConfig, train
+from glag.extract.train import TrainConfig, resolve_precision, train
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {
@@ -82,9 +84,12 @@ def synthetic(shape: dict, steps: int | None, seed: int = 0) -> LTData:
     )
 
 
-def time_default(shape: dict, data: LTData, compile_model: bool = False) -> tuple[float, float]:
+def time_default(
+    shape: dict, data: LTData, compile_model: bool = False, precision: str = "auto"
+) -> tuple[float, float]:
     """(first epoch, second epoch) wall seconds of a default two-epoch run, from the start of ``train``."""
     cfg = TrainConfig(
+        precision=precision,
         dataset=DatasetSpec("digits"),
         backbone=shape["backbone"],
         loss="graloss",
@@ -159,16 +164,16 @@ def floor_setup(shape: dict, device: torch.device, fmt) -> tuple:
     return model, opt, x, y
 
 
-def time_floor(shape: dict, steps: int, device: torch.device) -> dict:
-    """Forward + backward + SGD step on pre-made batches, per memory format: seconds for ``steps`` steps."""
+def time_floor(shape: dict, steps: int, device: torch.device, amp: bool) -> dict:
+    """Forward + backward + SGD step on pre-made batches (under bf16 autocast with ``amp``), per memory
+    format: seconds for ``steps`` steps."""
     out = {}
     for fmt in (torch.contiguous_format, torch.channels_last):
         model, opt, x, y = floor_setup(shape, device, fmt)
         loss_fn = make_loss("ce", np.ones(shape["classes"], np.int64), 1).to(device)
-        amp = device.type == "cuda"
         for i in range(steps + 2):  # 2 warm-up steps
             if i == 2:
-                if amp:
+                if device.type == "cuda":
                     torch.cuda.synchronize()
                 t0 = time.perf_counter()
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
@@ -177,7 +182,7 @@ def time_floor(shape: dict, steps: int, device: torch.device) -> dict:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        if amp:
+        if device.type == "cuda":
             torch.cuda.synchronize()
         out["nchw" if fmt is torch.contiguous_format else "channels_last"] = time.perf_counter() - t0
     return out
@@ -240,9 +245,9 @@ def main(argv=None):
         data = synthetic(shape, args.steps)
         steps = -(-len(data.splits["train"]) // shape["batch"])
         runs = []
-        for _ in range(args.repeats):  # interleaved: default then floor, so drift hits both
+        for _ in range(args.repeats):  # interleaved: each arm in turn, so drift hits all of them
             first, d = time_default(shape, data)
-            f = time_floor(shape, steps, device)
+            f = time_floor(shape, steps, device, amp=resolve_precision("auto") == "bf16")
             runs.append(
                 {
                     "default_s": d,
@@ -251,6 +256,10 @@ def main(argv=None):
                     "floor_s": min(f.values()),
                 }
             )
+            # issue 35: both precisions' runs and floors, whatever 'auto' is on this machine
+            for prec, amp in (("fp32", False), ("bf16", True)):
+                runs[-1][f"{prec}_s"] = time_default(shape, data, precision=prec)[1]
+                runs[-1][f"floor_{prec}_s"] = min(time_floor(shape, steps, device, amp).values())
             if args.compile:
                 runs[-1]["compiled_first_epoch_s"], runs[-1]["compiled_s"] = time_default(shape, data, True)
             runs[-1].update(time_overheads(shape, data, device))
@@ -273,6 +282,10 @@ def main(argv=None):
                 "repeats": runs,
                 **{f"median_{k}": round(v, 3) for k, v in med.items()},
                 "ratio": round(med["default_s"] / med["floor_s"], 3),
+                "default_over_bf16_floor": round(med["default_s"] / med["floor_bf16_s"], 3),
+                "bf16_over_bf16_floor": round(med["bf16_s"] / med["floor_bf16_s"], 3),
+                "fp32_over_bf16": round(med["fp32_s"] / med["bf16_s"], 3),
+                "fp32_floor_over_bf16_floor": round(med["floor_fp32_s"] / med["floor_bf16_s"], 3),
                 **({"compiled_ratio": round(med["compiled_s"] / med["floor_s"], 3)} if args.compile else {}),
                 **(graphed or {}),
             }
