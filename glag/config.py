@@ -643,7 +643,7 @@ def parse_config(
     cfg = Config().with_values(values)
     _check_groups(cfg)
     variants = _variants(f"--config '{path}'", raw_variants, methods) if raw_variants else {}
-    _check_methods(cfg.stage_two.method, methods, variants, "method ")
+    check_methods(cfg.stage_two.method, methods, variants, "method ")
     return replace(cfg, variants=variants)
 
 
@@ -657,7 +657,7 @@ def _check_groups(cfg) -> None:
         )
 
 
-def _check_methods(names, methods, variants, lead: str) -> None:
+def check_methods(names, methods, variants, lead: str = "method ") -> None:
     """Refuse a stage-two method that is neither registered nor a variant, in one line led by ``lead``."""
     bad = [m for m in names if m not in methods and m not in variants]
     if bad:
@@ -678,7 +678,7 @@ def checked(cfg, methods=()) -> Config:
         for key in SECTIONS[section]:
             values[key] = check_value(key, getattr(body, key), f"config {section}.{key}")
     if methods:
-        _check_methods(values["method"], methods, cfg.variants, "config stage_two.method: ")
+        check_methods(values["method"], methods, cfg.variants, "config stage_two.method: ")
     cfg = cfg.with_values(values)
     _check_groups(cfg)
     return cfg

@@ -7,7 +7,9 @@ checked to resolve inside its base before it is written.
 
 from __future__ import annotations
 
+import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 from glag.errors import GlagError
@@ -49,3 +51,21 @@ def remove_if_empty(folders: list[Path]) -> None:
     for p in folders:
         if p.is_dir() and not p.is_symlink() and not any(p.iterdir()):
             p.rmdir()
+
+
+@contextmanager
+def atomic_path(path: Path):
+    """Yield a temporary path beside ``path``; rename it into place only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as exc:  # disk full, quota, read-only: name the file, never leave the partial one
+        raise GlagError(
+            f"could not write '{path}': {exc.strerror or exc}; the partial file was removed"
+        ) from exc
+    finally:
+        if tmp.exists():
+            tmp.unlink()

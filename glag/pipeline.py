@@ -20,7 +20,7 @@ from glag.cache.format import FeatureCache
 from glag.cache.store import cache_folder
 from glag.classify.methods import METHODS
 from glag.classify.runner import run_methods
-from glag.config import Config, checked, config_from_dict, parse_config
+from glag.config import Config, check_methods, checked, config_from_dict, parse_config
 from glag.errors import GlagError
 from glag.extract.datasets import DatasetSpec, load_dataset
 from glag.extract.dump import load_checkpoint
@@ -116,20 +116,12 @@ def run_stage_one(
     )
 
 
-def _check_known(cfg: Config, methods: list) -> None:
-    unknown = [m for m in methods if m not in cfg.variants and m not in METHODS]
-    if unknown:
-        raise GlagError(
-            f"method '{unknown[0]}' is not a method; choose from: " + ", ".join([*METHODS, *cfg.variants])
-        )
-
-
 def check_fits(cfg: Config, data, methods=None) -> None:
     """Every stage-two setting that depends on the data (the methods, k and n_target against its classes,
     the generator's device), for each method and variant that will run: checked before stage one trains,
     so a setting that cannot run is refused before hours of training and before any file is written."""
     methods = list(methods or cfg.stage_two.method)
-    _check_known(cfg, methods)
+    check_methods(methods, METHODS, cfg.variants)
     what = f"dataset '{data.spec.name}'"
     for name in dict.fromkeys(m if m in cfg.variants else "" for m in methods):
         c = replace(cfg, variants=cfg.variants).variant(name) if name else cfg
@@ -158,7 +150,7 @@ def run_stage_two(
     """The config's methods (or ``methods``) on a cache: plain methods first, then each variant named, with
     its own settings. Every result.json records the config it ran with (a variant's also its name)."""
     methods = list(methods or cfg.stage_two.method)
-    _check_known(cfg, methods)
+    check_methods(methods, METHODS, cfg.variants)
     ran = resolved(cfg).with_values({"method": tuple(methods)})
     plain = [m for m in methods if m not in cfg.variants]
     common = dict(checkpoint=checkpoint, progress=not quiet)

@@ -16,12 +16,12 @@ import re
 import shutil
 from pathlib import Path
 
-from glag.cache.format import atomic_path, json_hash
+from glag.cache.format import json_hash
 from glag.classify.results import label, load_run
 from glag.config import RENAMED, RULES, SECTION_OF, SECTIONS, check_value, to_toml, toml_value, tomllib
 from glag.errors import GlagError
 from glag.extract.datasets import DatasetSpec, load_dataset
-from glag.paths import check_safe_name
+from glag.paths import atomic_path, check_safe_name
 from glag.pipeline import check_fits, load_config, resolved, run
 from glag.reporting import (
     METRICS,

@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from glag.cache.format import atomic_path
 from glag.config import tomllib
 from glag.errors import GlagError
+from glag.paths import atomic_path
 
 MARKER = "sweep.json"
 OUTPUTS = {"cells", "cells.csv", "summary.md", "groups.png", MARKER}  # what a sweep writes at its top level

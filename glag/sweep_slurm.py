@@ -18,9 +18,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from glag.cache.format import atomic_path
 from glag.config import SlurmSettings
 from glag.errors import GlagError
+from glag.paths import atomic_path
 from glag.pipeline import load_config, run
 from glag.slurm_options import sbatch_options
 

@@ -3,6 +3,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -133,3 +134,20 @@ def shell_glob(folder, pattern):
     import glob
 
     return [Path(p) for p in glob.glob(str(Path(folder) / pattern))]
+
+
+CLASSES = ["cat", "ant", "bee"]  # not in sorted order on purpose: labels follow the sorted names
+
+
+def make_folder(root, train=(14, 12, 10), test=3, val=None, size=8, seed=0):
+    """A tiny image folder of random PNGs; returns root."""
+    rng = np.random.default_rng(seed)
+    for split, per in (("train", train), ("test", (test,) * 3)) + ((("val", (val,) * 3),) if val else ()):
+        for name, n in zip(CLASSES, per, strict=False):
+            d = root / split / name
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(
+                    d / f"{i:03d}.png"
+                )
+    return root

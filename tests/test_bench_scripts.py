@@ -3,6 +3,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import make_folder
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -116,9 +118,6 @@ def test_evidence_tables_pair_by_seed(tmp_path):
 
 
 def test_cifar10_lt_protocol_runs_resumes_and_says_its_budget(tmp_path):
-    sys.path.insert(0, str(ROOT / "tests"))
-    from test_folder import make_folder
-
     root = make_folder(tmp_path / "f", train=(40, 30, 20), test=4, size=16)
     cmd = [
         sys.executable,
@@ -220,9 +219,6 @@ def test_device_check_dry_run(tmp_path):
 def test_cifar10_lt_500_protocol_pairs_seeds_and_tabulates_the_probe(tmp_path):
     """cifar10-lt-500 runs one sweep per seed (both losses side by side), and its report pairs GLAG with the
     baselines and GLAG without generation on Few, and the probe across losses by seed."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from test_folder import make_folder
-
     root = make_folder(tmp_path / "f", train=(40, 30, 20), test=4, size=16)
     cmd = [
         sys.executable,

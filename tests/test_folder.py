@@ -7,27 +7,11 @@ import json
 
 import numpy as np
 import pytest
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, make_folder
 from PIL import Image
 
 from glag.extract.datasets import DatasetSpec, load_dataset
 from glag.extract.profile import profile_counts
-
-CLASSES = ["cat", "ant", "bee"]  # not in sorted order on purpose: labels follow the sorted names
-
-
-def make_folder(root, train=(14, 12, 10), test=3, val=None, size=8, seed=0):
-    """A tiny image folder of random PNGs; returns root."""
-    rng = np.random.default_rng(seed)
-    for split, per in (("train", train), ("test", (test,) * 3)) + ((("val", (val,) * 3),) if val else ()):
-        for name, n in zip(CLASSES, per, strict=False):
-            d = root / split / name
-            d.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(
-                    d / f"{i:03d}.png"
-                )
-    return root
 
 
 def tree_digest(root):

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import numpy as np
 
 from glag.cache.integrity import Verifier, damaged, seal, write_array
 from glag.errors import GlagError
+from glag.paths import atomic_path
 
 # 2: per-array sha256 checksums, attribute digest, head type in the root attributes.
 FORMAT_VERSION = 2
@@ -60,24 +59,6 @@ def group_by_class(features: np.ndarray, labels: np.ndarray, index: np.ndarray, 
         np.asarray(index, dtype=np.int64)[order],
         offsets,
     )
-
-
-@contextmanager
-def atomic_path(path: Path):
-    """Yield a temporary path beside ``path``; rename it into place only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except OSError as exc:  # disk full, quota, read-only: name the file, never leave the partial one
-        raise GlagError(
-            f"could not write '{path}': {exc.strerror or exc}; the partial file was removed"
-        ) from exc
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def write_cache(

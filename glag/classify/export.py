@@ -8,13 +8,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from glag.cache.format import FeatureCache, atomic_path
+from glag.cache.format import FeatureCache
 from glag.errors import GlagError
 from glag.extract.dump import load_checkpoint, weights_hash
 from glag.extract.models import Classifier
 from glag.extract.pixels import open_image
 from glag.extract.pretrained import preprocess_of
 from glag.extract.torchfile import safe_load
+from glag.paths import atomic_path
 
 BUNDLE_KEYS = {
     "backbone",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from glag.cache.format import atomic_path
+from glag.paths import atomic_path
 
 
 def _plt():

@@ -15,7 +15,7 @@ from glag.classify.export import checkpoint_of, export
 from glag.classify.methods import METHODS, MethodRun
 from glag.classify.results import write_run
 from glag.classify.stage_two import StageTwoConfig
-from glag.config import Config
+from glag.config import Config, check_methods
 from glag.errors import GlagError, user_code
 from glag.generate.afg import GeneratorConfig, SamplingConfig, check_for_cache
 from glag.generate.backend import get_xp
@@ -88,9 +88,7 @@ def run_methods(
     their records. ``record`` is stored in every result.json as it is (e.g. the run config); ``variant``
     names a config's stage-two variant (one method with changed settings)."""
     methods = list(methods or config.stage_two.method)
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise GlagError(f"unknown method(s) {', '.join(unknown)}; choose from: {', '.join(METHODS)}")
+    check_methods(methods, METHODS, ())  # a variant runs as its method, so only registered names here
     cache = FeatureCache(cache_path)
     gen, sampling = GeneratorConfig.from_config(config), SamplingConfig.from_config(config).check()
     StageTwoConfig.from_config(config).check()

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from glag.cache.format import atomic_path
 from glag.extract.datasets import LTData
 from glag.extract.profile import class_counts
 from glag.extract.subset_export import export_subset
 from glag.metrics import FEW_BELOW, MANY_ABOVE, group_of, groups_line
+from glag.paths import atomic_path
 
 INDEX_SPLITS = ("train", "val", "test")
 

@@ -14,7 +14,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from glag.cache.format import atomic_path
 from glag.config import Config, default
 from glag.errors import GlagError
 from glag.extract.batches import (
@@ -38,6 +37,7 @@ from glag.extract.pretrained import (
     weights_identity,
 )
 from glag.extract.torchfile import safe_load
+from glag.paths import atomic_path
 
 
 def preset_for(ds: DatasetSpec) -> dict:
@@ -371,7 +371,8 @@ def train(
         state = safe_load(last, "training checkpoint", map_location=device)
         if canonical(state["config"]) != cfg.identity():
             raise GlagError(
-                f"checkpoint '{last}' was made with another config; remove it or use another --workdir"
+                f"checkpoint '{last}' was made with another config (another glag, or an edited file); "
+                f"remove it (rm '{last}') and rerun to train this config afresh"
             )
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])

@@ -9,7 +9,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from glag.cache.format import STATS_MARK, FeatureCache, atomic_path, canonical_json, json_hash
+from glag.cache.format import STATS_MARK, FeatureCache, canonical_json, json_hash
 from glag.cache.integrity import damaged, seal, write_array
 from glag.config import Config, default
 from glag.errors import GlagError
@@ -28,6 +28,7 @@ from glag.generate.stats import ClassStats, check_lt, class_stats, tukey_rows
 from glag.generate.support import SupportSets, faiss_gpu_available, support_sets
 from glag.metrics import group_of
 from glag.options import check_writable
+from glag.paths import atomic_path
 
 STATS_VERSION = 2  # 2: per-array sha256 checksums
 
