@@ -108,8 +108,8 @@ def runs_frame(recs: list[dict]) -> pd.DataFrame:
 
 def read_cells(path: Path) -> list[dict]:
     """A sweep's cells.csv, typed: seed an int, metrics and val_top1 floats (None where missing)."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    with open(path, newline="") as f:  # a failed cell's rows (status 'failed: ...') carry no numbers
+        rows = [r for r in csv.DictReader(f) if not r.get("status", "").startswith("failed")]
     for r in rows:
         r["seed"] = int(r["seed"])
         r.update({k: num(r.get(k)) for k in (*METRICS, "val_top1")})

@@ -22,7 +22,7 @@ from glag.config import RENAMED, RULES, SECTION_OF, SECTIONS, check_value, to_to
 from glag.errors import GlagError
 from glag.extract.datasets import DatasetSpec, load_dataset
 from glag.paths import atomic_path, check_safe_name
-from glag.pipeline import check_fits, load_config, resolved, run
+from glag.pipeline import check_fits, load_config, resolved
 from glag.reporting import (
     METRICS,
     groups_header,
@@ -33,6 +33,7 @@ from glag.reporting import (
     t_interval,
     verdict,
 )
+from glag.sweep_cell import CellFailed, error_of, run_cell
 from glag.sweep_folder import claim, describe, record_sweep
 from glag.sweep_slurm import SubmitRefused, check_cluster, job_of, run_on_slurm
 from glag.sweep_slurm import _record as _record_job
@@ -311,13 +312,26 @@ def run_sweep(
                 f"{len(failed)} cell(s) failed (the others are kept; run the same command to resubmit "
                 f"them): {failed[0]}"
             )
-    elif jobs <= 1:
-        for cell in todo:
-            cfg = load_config(cell["dir"] / "config.toml")
-            run(cfg, out=cell["dir"] / "runs", cache_dir=cache_dir, methods=cell["missing"], quiet=True)
-            finished()
     else:
-        _run_packed(todo, jobs, cache_dir, finished)
+        failed = []
+        if jobs <= 1:
+            for cell in todo:
+                try:
+                    run_cell(cell["dir"], cell["missing"], cache_dir, cell["setting"])
+                except CellFailed as exc:  # the others go on; the same command re-runs only this one
+                    failed.append(str(exc))
+                    continue
+                finished()
+        else:
+            failed = _run_packed(todo, jobs, cache_dir, finished)
+        if failed:
+            bar.close()
+            gone(out)
+            write_outputs(out, record["methods"], every, record["sets"])
+            raise GlagError(
+                f"{len(failed)} cell(s) failed (the others are kept; each failed cell folder holds its "
+                f"cell.log and error.txt; run the same command to re-run only them): {failed[0]}"
+            )
     bar.close()
     gone(out)
     return write_outputs(out, record["methods"], every, record["sets"])
@@ -347,9 +361,9 @@ def by_stage_one(cells: list[dict]) -> list[list[dict]]:
     return list(groups.values())
 
 
-def _run_packed(todo, jobs: int, cache_dir: Path, finished) -> None:
-    """Cells in ``jobs`` worker processes (``glag run``) at a time; a group sharing a stage-one cache stays
-    in one worker."""
+def _run_packed(todo, jobs: int, cache_dir: Path, finished) -> list[str]:
+    """Cells in ``jobs`` worker processes (``python -m glag.sweep_cell``) at a time; a group sharing a
+    stage-one cache stays in one worker. Returns the failed cells, each with its one line."""
     import subprocess
     import sys
     import threading
@@ -359,57 +373,58 @@ def _run_packed(todo, jobs: int, cache_dir: Path, finished) -> None:
 
     def work(group):
         for cell in group:
-            args = ["run", "--config", str(cell["dir"] / "config.toml"), "--out", str(cell["dir"] / "runs")]
-            args += [
-                "--cache-dir",
-                str(cache_dir),
-                "-q",
-                *[a for m in cell["missing"] for a in ("--method", m)],
-            ]
-            r = subprocess.run([sys.executable, "-m", "glag.cli", *args], capture_output=True, text=True)
+            setting = json.dumps(cell["setting"])
+            args = [str(cell["dir"]), str(cache_dir), setting, *cell["missing"]]
+            r = subprocess.run(
+                [sys.executable, "-m", "glag.sweep_cell", *args], capture_output=True, text=True
+            )
             with lock:
                 if r.returncode != 0:
-                    lines = [x for x in r.stderr.strip().splitlines() if x.strip()]
-                    failed.append(f"{cell['name']}: {lines[-1] if lines else f'exit {r.returncode}'}")
-                    return
+                    why = (
+                        error_of(cell["dir"])
+                        or (r.stderr.strip().splitlines() or [f"exit {r.returncode}"])[-1]
+                    )
+                    failed.append(f"{cell['name']}: {why}")
+                    continue  # the group's other cells still run (their stage one may be theirs alone)
                 finished()
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         list(pool.map(work, by_stage_one(todo)))
-    if failed:
-        raise GlagError(
-            f"{len(failed)} cell(s) failed (the others are kept; run again to retry): {failed[0]}"
-        )
+    return failed
 
 
 def collect(out: Path, methods, cells: list[dict], sets) -> list[dict]:
     """cells.csv's rows: each cell's finished runs (glag.reporting.run_row) with the cell's name, seed,
-    --set values and job."""
+    --set values and job; a failed cell's missing methods as rows with no numbers and its error line in
+    ``status``, so a failure never just vanishes from the tables."""
     rows = []
     for cell in cells:
-        found = run_folders(cell.get("dir") or out / "cells" / cell["name"])
-        job = job_of(cell.get("dir") or out / "cells" / cell["name"])
+        cell_dir = cell.get("dir") or out / "cells" / cell["name"]
+        found, job, error = run_folders(cell_dir), job_of(cell_dir), error_of(cell_dir)
         for m in methods:
-            if m not in found:
-                continue
-            r = run_row(load_run(found[m]))
-            rows.append(
-                {
-                    "cell": cell["name"],
-                    "seed": cell["seed"],
-                    **{k: cell["setting"][k] for k in sets},
-                    "method": m,
-                    **{k: r[k] for k in (*METRICS, "val_top1")},
-                    "run": str(found[m].relative_to(out)),
-                    "executor": job.get("executor", "local"),
-                    "job_id": job.get("job_id", ""),
-                }
-            )
+            base = {"cell": cell["name"], "seed": cell["seed"], **{k: cell["setting"][k] for k in sets}}
+            where = {"executor": job.get("executor", "local"), "job_id": job.get("job_id", "")}
+            if m in found:
+                r = run_row(load_run(found[m]))
+                rows.append(
+                    {
+                        **base,
+                        "method": m,
+                        **{k: r[k] for k in (*METRICS, "val_top1")},
+                        "run": str(found[m].relative_to(out)),
+                        **where,
+                        "status": "done",
+                    }
+                )
+            elif error:
+                rows.append({**base, "method": m, "run": "", **where, "status": f"failed: {error}"})
     return rows
 
 
 def summary(rows: list[dict], methods, sets, header: str = "") -> str:
     keys = list(sets)
+    failed = {r["cell"]: r["status"] for r in rows if r.get("status", "done") != "done"}
+    rows = [r for r in rows if r.get("status", "done") == "done"]
     groups = sorted({tuple(r[k] for k in keys) for r in rows}, key=str)
     lines = [
         "# Sweep summary",
@@ -444,6 +459,9 @@ def summary(rows: list[dict], methods, sets, header: str = "") -> str:
                         f"{verdict(lo, hi)} |"
                     )
         lines.append("")
+    if failed:  # named, never silently missing from the tables
+        lines += ["## Failed cells (run the same command to re-run only them)", ""]
+        lines += [f"* {cell}: {status}" for cell, status in failed.items()] + [""]
     lines += ["![Many / Medium / Few per method](groups.png)", ""]
     return "\n".join(lines)
 
@@ -480,7 +498,7 @@ def write_outputs(out: Path, methods, cells: list[dict], sets) -> list[dict]:
     """cells.csv, summary.md and groups.png from the finished run folders (each written whole, then
     renamed)."""
     rows = collect(out, methods, cells, sets)
-    cols = ["cell", "seed", *sets, "method", *METRICS, "val_top1", "run", "executor", "job_id"]
+    cols = ["cell", "seed", *sets, "method", *METRICS, "val_top1", "run", "executor", "job_id", "status"]
     with atomic_path(out / "cells.csv") as tmp:
         with open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=cols)
@@ -491,6 +509,6 @@ def write_outputs(out: Path, methods, cells: list[dict], sets) -> list[dict]:
         tmp.write_text(summary(rows, methods, sets, groups_header(recs)))
     if rows:
         with atomic_path(out / "groups.png") as tmp:
-            plot_groups(rows, methods, Path(str(tmp) + ".png"))
+            plot_groups([r for r in rows if r["status"] == "done"], methods, Path(str(tmp) + ".png"))
             Path(str(tmp) + ".png").rename(tmp)
     return rows

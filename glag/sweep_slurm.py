@@ -12,6 +12,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -21,8 +22,8 @@ from pathlib import Path
 from glag.config import SlurmSettings
 from glag.errors import GlagError
 from glag.paths import atomic_path
-from glag.pipeline import load_config, run
 from glag.slurm_options import sbatch_options
+from glag.sweep_cell import CellFailed, error_of, run_cell
 
 
 class SubmitRefused(GlagError):
@@ -61,8 +62,9 @@ def check_cluster(slurm: SlurmSettings) -> None:
             )
 
 
-def run_group(cells: list[tuple[str, list[str]]], cache_dir: str) -> list[str]:
-    """A job's work: each (cell folder, missing methods) in turn; runs on the compute node."""
+def run_group(cells: list[tuple], cache_dir: str) -> list[str]:
+    """A job's work: each (cell folder, missing methods, --set values) in turn, through the same
+    ``run_cell`` as a local sweep; runs on the compute node."""
     import torch
 
     # threads as asked (cpus_per_cell), not the node's: task/none binds no CPUs, and torchrun's 2-process
@@ -73,22 +75,24 @@ def run_group(cells: list[tuple[str, list[str]]], cache_dir: str) -> list[str]:
         import submitit
 
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-    for cell_dir, _ in cells:
+    for cell_dir, *_ in cells:
         for what, path in (("cell folder", Path(cell_dir)), ("--cache-dir", Path(cache_dir).parent)):
             if not path.is_dir():
                 raise GlagError(
                     f"compute node {socket.gethostname()} cannot see the {what} '{path}'; put --out and "
                     "--cache-dir on storage shared with the compute nodes"
                 )
-    for cell_dir, missing in cells:
-        cfg = load_config(Path(cell_dir) / "config.toml")
-        run(cfg, out=Path(cell_dir) / "runs", cache_dir=cache_dir, methods=missing, quiet=True)
+    for cell_dir, missing, *setting in cells:
+        try:
+            run_cell(Path(cell_dir), missing, cache_dir, setting[0] if setting else {})
+        except CellFailed:  # in error.txt; the job's other cells still run
+            pass
         if world > 1:  # rank 0 runs stage two alone; the next cell starts together
             import torch.distributed as dist
 
             if dist.is_initialized():
                 dist.barrier()
-    return [c for c, _ in cells]
+    return [c[0] for c in cells]
 
 
 def _record(cell_dir: Path, info: dict) -> None:
@@ -122,6 +126,19 @@ def queue_states(job_ids) -> dict[str, dict]:
         if len(parts) == 4:
             out[parts[0]] = dict(zip(("state", "node", "reason"), parts[1:], strict=True))
     return out
+
+
+def final_state(job_id: str) -> str:
+    """How a job that left the queue ended (``FAILED``, ``CANCELLED by 0``, ...), while the controller
+    still remembers it (MinJobAge); '' once it has forgotten."""
+    try:
+        r = subprocess.run(
+            ["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    state = re.search(r"JobState=(\S+)", r.stdout)
+    return state.group(1) if state and r.returncode == 0 else ""
 
 
 def node_states() -> dict[str, str]:
@@ -202,7 +219,7 @@ def run_on_slurm(
         waiting.append(group) if q and not lost(q, node_states()) else submit.append(group)
     if submit:
         ex = _executor(out / "slurm", slurm, len(submit))
-        args = [[(str(c["dir"]), c["missing"]) for c in g] for g in submit]
+        args = [[(str(c["dir"]), c["missing"], c["setting"]) for c in g] for g in submit]
         try:  # submitit prints sbatch's stderr itself: keep it for the one line below
             with contextlib.redirect_stderr(io.StringIO()):
                 jobs = ex.map_array(run_group, args, [str(cache_dir)] * len(args))
@@ -231,9 +248,15 @@ def _failure(c: dict, info: dict, last: dict | None, why_lost: str, out: Path) -
     job = f"job {info['job_id']}"
     if why_lost:
         return f"{c['name']} ({job} was {why_lost}: the scheduler lost it; log {info['stderr']})"
+    if error_of(c["dir"]):  # the cell's own one line (glag.sweep_cell), beside its log
+        return f"{c['name']}: {error_of(c['dir'])} ({job}; log {c['dir'] / 'cell.log'})"
     if (c["dir"] / "slurm.err").is_file():
         return f"{c['name']} ({job}; log {c['dir'] / 'slurm.err'})"
+    end = final_state(info["job_id"])
+    if end.startswith("CANCELLED"):
+        return f"{c['name']} ({job} was cancelled ({end}) before it wrote a log)"
     seen = f", last seen {_said(last)}" if last else ""
+    seen += f", ended {end}" if end else ""
     return (
         f"{c['name']} ({job} ended{seen} and wrote no log '{info['stderr']}': the compute node cannot "
         f"write --out '{out}'? put --out and --cache-dir on storage shared with the compute nodes)"

@@ -1,4 +1,7 @@
+import os
 import pickle
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -151,3 +154,17 @@ def make_folder(root, train=(14, 12, 10), test=3, val=None, size=8, seed=0):
                     d / f"{i:03d}.png"
                 )
     return root
+
+
+STATE = Path(os.environ.get("GLAG_SLURM_STATE", "/tmp/glag-local-slurm"))  # tools/local-slurm's
+
+
+def slurm_conf() -> str | None:
+    """The SLURM_CONF of a controller that answers (the environment's, or tools/local-slurm's), or None."""
+    conf = os.environ.get("SLURM_CONF") or str(STATE / "slurm.conf")
+    if not shutil.which("scontrol") or not Path(conf).is_file():
+        return None
+    r = subprocess.run(
+        ["scontrol", "ping"], capture_output=True, text=True, env={**os.environ, "SLURM_CONF": conf}
+    )
+    return conf if r.returncode == 0 and "UP" in r.stdout else None

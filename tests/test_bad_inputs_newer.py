@@ -188,17 +188,28 @@ CASES = [
         [*FOLDER, "{w}/emptyval"],
         "emptyval/val' holds no class folders; fill it (val/<class>/<image>) or remove it",
     ),
-    # the default n_max is the smallest class: a refusal names it as the cause, wherever it sits
+    # the default n_max is the smallest class (the literature's profile asked for: such a folder is used as
+    # it is by default): a refusal names that class as the cause, wherever it sits
     (
-        ["data", "--dataset", "folder", "--data-root", "{w}/tiny_first"],
+        ["data", "--dataset", "folder", "--profile", "exp", "--data-root", "{w}/tiny_first"],
         "(n_max defaulted to 2, the 2 training images of the smallest class 'a'; set n_max (--n-max)",
     ),
     (
-        ["data", "--dataset", "folder", "--data-root", "{w}/tiny_last"],
+        ["data", "--dataset", "folder", "--profile", "exp", "--data-root", "{w}/tiny_last"],
         "(n_max defaulted to 1, the 1 training images of the smallest class 'c'; set n_max (--n-max)",
     ),
     (
-        ["data", "--dataset", "folder", "--data-root", "{w}/tiny_first", "--val-per-class", "3"],
+        [
+            "data",
+            "--dataset",
+            "folder",
+            "--profile",
+            "exp",
+            "--data-root",
+            "{w}/tiny_first",
+            "--val-per-class",
+            "3",
+        ],
         "n_max defaulted to 2, the 2 training images of the smallest class 'a'",
     ),
     ([*FOLDER, "{w}/subdir"], "subdir/train/a/more' is a folder inside class folder"),
