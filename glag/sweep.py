@@ -304,37 +304,26 @@ def run_sweep(
                 with atomic_path(out / "sweep.json") as t:
                     t.write_bytes(earlier)
             raise
-        if failed:
-            bar.close()
-            gone(out)
-            write_outputs(out, record["methods"], every, record["sets"])
-            raise GlagError(
-                f"{len(failed)} cell(s) failed (the others are kept; run the same command to resubmit "
-                f"them): {failed[0]}"
-            )
-    else:
+    elif jobs <= 1:
         failed = []
-        if jobs <= 1:
-            for cell in todo:
-                try:
-                    run_cell(cell["dir"], cell["missing"], cache_dir, cell["setting"])
-                except CellFailed as exc:  # the others go on; the same command re-runs only this one
-                    failed.append(str(exc))
-                    continue
-                finished()
-        else:
-            failed = _run_packed(todo, jobs, cache_dir, finished)
-        if failed:
-            bar.close()
-            gone(out)
-            write_outputs(out, record["methods"], every, record["sets"])
-            raise GlagError(
-                f"{len(failed)} cell(s) failed (the others are kept; each failed cell folder holds its "
-                f"cell.log and error.txt; run the same command to re-run only them): {failed[0]}"
-            )
+        for cell in todo:
+            try:
+                run_cell(cell["dir"], cell["missing"], cache_dir, cell["setting"])
+            except CellFailed as exc:  # the others go on; the same command re-runs only this one
+                failed.append(str(exc))
+                continue
+            finished()
+    else:
+        failed = _run_packed(todo, jobs, cache_dir, finished)
     bar.close()
     gone(out)
-    return write_outputs(out, record["methods"], every, record["sets"])
+    rows = write_outputs(out, record["methods"], every, record["sets"])
+    if failed:  # one story on every executor
+        raise GlagError(
+            f"{len(failed)} cell(s) failed (the others are kept; each failed cell's folder holds its log; "
+            f"run the same command to re-run only them): {failed[0]}"
+        )
+    return rows
 
 
 def gone(out: Path) -> None:
