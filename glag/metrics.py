@@ -27,10 +27,17 @@ def evaluate(pred: np.ndarray, labels: np.ndarray, train_counts: np.ndarray) -> 
     train_counts = np.asarray(train_counts)
     acc = per_class_accuracy(pred, labels, len(train_counts))
     out = {"top1": float(np.mean(np.asarray(pred) == np.asarray(labels))) if len(labels) else float("nan")}
-    for name, mask in group_masks(train_counts).items():
+    out.update(group_means(acc, train_counts))
+    out["per_class"] = [None if np.isnan(a) else float(a) for a in acc]
+    return out
+
+
+def group_means(acc: np.ndarray, train_counts, many_above: int = MANY_ABOVE, few_below: int = FEW_BELOW):
+    """Mean per-class accuracy of each group (NaN for an empty group or one whose classes have no rows)."""
+    out = {}
+    for name, mask in group_masks(train_counts, many_above, few_below).items():
         vals = acc[mask & ~np.isnan(acc)]
         out[name] = float(vals.mean()) if vals.size else float("nan")
-    out["per_class"] = [None if np.isnan(a) else float(a) for a in acc]
     return out
 
 
@@ -56,11 +63,7 @@ def regroup(metrics: dict, train_counts: np.ndarray, many_above: int, few_below:
     """``metrics`` (from ``evaluate``) with its group means recomputed from its per-class accuracies under
     other thresholds: the groups are a way to report, so a user's own thresholds never retrain anything."""
     acc = np.array([np.nan if a is None else a for a in metrics["per_class"]], dtype=float)
-    out = dict(metrics)
-    for name, mask in group_masks(train_counts, many_above, few_below).items():
-        vals = acc[mask & ~np.isnan(acc)]
-        out[name] = float(vals.mean()) if vals.size else float("nan")
-    return out
+    return {**metrics, **group_means(acc, train_counts, many_above, few_below)}
 
 
 def groups_line(many_above: int = MANY_ABOVE, few_below: int = FEW_BELOW) -> str:

@@ -157,15 +157,8 @@ def paired_table(recs: list[dict], metric: str = "top1") -> pd.DataFrame:
 def groups_header(recs: list[dict]) -> str:
     """The Many/Medium/Few thresholds the runs were reported with (result.json's ``groups``; the
     literature's 100 and 20 for runs from before the setting), for a report's header."""
-    seen = sorted(
-        {
-            (
-                (r.get("groups") or {}).get("many_above", MANY_ABOVE),
-                (r.get("groups") or {}).get("few_below", FEW_BELOW),
-            )
-            for r in recs
-        }
-    )
+    given = [r.get("groups") or {} for r in recs]
+    seen = sorted({(g.get("many_above", MANY_ABOVE), g.get("few_below", FEW_BELOW)) for g in given})
     if len(seen) <= 1:
         return groups_line(*(seen[0] if seen else (MANY_ABOVE, FEW_BELOW)))
     return "groups differ between these runs (" + "; ".join(groups_line(*g) for g in seen) + ")"

@@ -390,9 +390,9 @@ def collect(out: Path, methods, cells: list[dict], sets) -> list[dict]:
     for cell in cells:
         cell_dir = cell.get("dir") or out / "cells" / cell["name"]
         found, job, error = run_folders(cell_dir), job_of(cell_dir), error_of(cell_dir)
+        base = {"cell": cell["name"], "seed": cell["seed"], **{k: cell["setting"][k] for k in sets}}
+        where = {"executor": job.get("executor", "local"), "job_id": job.get("job_id", "")}
         for m in methods:
-            base = {"cell": cell["name"], "seed": cell["seed"], **{k: cell["setting"][k] for k in sets}}
-            where = {"executor": job.get("executor", "local"), "job_id": job.get("job_id", "")}
             if m in found:
                 r = run_row(load_run(found[m]))
                 rows.append(
@@ -412,8 +412,8 @@ def collect(out: Path, methods, cells: list[dict], sets) -> list[dict]:
 
 def summary(rows: list[dict], methods, sets, header: str = "") -> str:
     keys = list(sets)
-    failed = {r["cell"]: r["status"] for r in rows if r.get("status", "done") != "done"}
-    rows = [r for r in rows if r.get("status", "done") == "done"]
+    failed = {r["cell"]: r["status"] for r in rows if r["status"] != "done"}
+    rows = [r for r in rows if r["status"] == "done"]
     groups = sorted({tuple(r[k] for k in keys) for r in rows}, key=str)
     lines = [
         "# Sweep summary",
@@ -493,11 +493,12 @@ def write_outputs(out: Path, methods, cells: list[dict], sets) -> list[dict]:
             w = csv.DictWriter(f, fieldnames=cols)
             w.writeheader()
             w.writerows(rows)
+    done = [r for r in rows if r["status"] == "done"]  # a failed cell's rows have no run folder
     with atomic_path(out / "summary.md") as tmp:
-        recs = [load_run(out / rows[0]["run"])] if rows else []
+        recs = [load_run(out / done[0]["run"])] if done else []
         tmp.write_text(summary(rows, methods, sets, groups_header(recs)))
-    if rows:
+    if done:
         with atomic_path(out / "groups.png") as tmp:
-            plot_groups([r for r in rows if r["status"] == "done"], methods, Path(str(tmp) + ".png"))
+            plot_groups(done, methods, Path(str(tmp) + ".png"))
             Path(str(tmp) + ".png").rename(tmp)
     return rows

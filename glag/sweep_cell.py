@@ -67,7 +67,8 @@ def main(argv: list[str]) -> int:
 
     cell_dir, cache_dir, setting, *missing = argv
     setting = json.loads(setting)
-    with open(Path(cell_dir) / LOG, "a", encoding="utf-8") as log:
+    # line-buffered: run_cell appends its error line to the same file, after what the run said
+    with open(Path(cell_dir) / LOG, "a", encoding="utf-8", buffering=1) as log:
         sys.stderr = log  # everything the run says, kept beside its result
         try:
             run_cell(Path(cell_dir), missing, cache_dir, setting)

@@ -248,8 +248,9 @@ def _failure(c: dict, info: dict, last: dict | None, why_lost: str, out: Path) -
     job = f"job {info['job_id']}"
     if why_lost:
         return f"{c['name']} ({job} was {why_lost}: the scheduler lost it; log {info['stderr']})"
-    if error_of(c["dir"]):  # the cell's own one line (glag.sweep_cell), beside its log
-        return f"{c['name']}: {error_of(c['dir'])} ({job}; log {c['dir'] / 'cell.log'})"
+    error = error_of(c["dir"])
+    if error:  # the cell's own one line (glag.sweep_cell), beside its log
+        return f"{c['name']}: {error} ({job}; log {c['dir'] / 'cell.log'})"
     if (c["dir"] / "slurm.err").is_file():
         return f"{c['name']} ({job}; log {c['dir'] / 'slurm.err'})"
     end = final_state(info["job_id"])
@@ -289,14 +290,17 @@ def _wait(groups, finished, log, is_done, quiet, lost_after_s: float, out: Path)
                         said[key] = _said(q)
                         log(f"job {info['job_id']}: {said[key]}")
                     why_lost = lost(q, nodes)
-                    since = lost_since.setdefault(key, time.monotonic()) if why_lost else None
-                    if not why_lost:
-                        lost_since.pop(key, None)
-                    if q["state"] in ACTIVE and (since is None or time.monotonic() - since < lost_after_s):
-                        continue
-                    if q["state"] in ACTIVE:
-                        why_lost = f"{why_lost} for over {lost_after_s:g} s"
+                    now = time.monotonic()
+                    if why_lost:
+                        lost_since.setdefault(key, now)
                     else:
+                        lost_since.pop(key, None)
+                    lost_for = now - lost_since.get(key, now)
+                    if q["state"] in ACTIVE:
+                        if lost_for < lost_after_s:  # still running, or not lost for long enough
+                            continue
+                        why_lost = f"{why_lost} for over {lost_after_s:g} s"
+                    else:  # it left the queue's active states by itself
                         why_lost = ""
                 del pending[key]
                 for c in g:

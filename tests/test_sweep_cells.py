@@ -30,11 +30,13 @@ CONF = slurm_conf()
     ],
 )
 def test_a_failed_cell_has_the_same_story_on_every_executor(tmp_path, path):
-    weights = tmp_path / "w.pt"  # missing: the cell that uses it fails when it runs, the other does not
+    # missing: the cell that uses it fails when it runs, the other does not; it comes first, so the
+    # tables are written with a failed cell before any finished one
+    weights = tmp_path / "w.pt"
     out, cache = tmp_path / "sw", tmp_path / "cache"
     env = {**os.environ, "GLAG_CACHE_DIR": str(cache), **({"SLURM_CONF": CONF} if CONF else {})}
     cmd = [sys.executable, "-m", "glag.cli", "sweep", str(DIGITS), "--out", str(out), "--seeds", "0", "-q"]
-    cmd += ["--set", "epochs=1", "--set", "classifier_epochs=1", "--set", f"weights=,{weights}"]
+    cmd += ["--set", "epochs=1", "--set", "classifier_epochs=1", "--set", f"weights={weights},"]
     cmd += {"in-process": [], "jobs-2": ["--jobs", "2"], "slurm": ["--executor", "slurm"]}[path]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]

@@ -472,18 +472,32 @@ def _evaluation(spec: DatasetSpec, root: Path, fd) -> tuple[Split, np.ndarray, b
     return _split("train", test, train_labels), pool, False, where
 
 
+def split_each_class(labels: np.ndarray, rows: np.ndarray, num_classes: int, take, rng):
+    """Each class's rows among ``rows``, shuffled by ``rng`` class by class, split into (kept, taken, how
+    many each class gave): the last ``take(n)`` of a class of ``n`` rows are taken."""
+    kept, taken, counts = [], [], []
+    for c in range(num_classes):
+        idx = rows[labels[rows] == c]
+        rng.shuffle(idx)
+        k = take(len(idx))
+        kept.append(idx[: len(idx) - k])
+        taken.append(idx[len(idx) - k :])
+        counts.append(k)
+    return np.concatenate(kept), np.concatenate(taken), np.asarray(counts, dtype=np.int64)
+
+
 def carve(labels: np.ndarray, num_classes: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """A seeded, stratified split of each class's rows: (round(fraction * n_c) rows, the rest), at least one
     row on each side for a class of two or more; the same on every run with the same seed."""
     rng = np.random.RandomState(np.random.SeedSequence([int(seed), 0x7E57]).generate_state(1))
-    out, rest = [], []
-    for c in range(num_classes):
-        idx = np.flatnonzero(labels == c)
-        rng.shuffle(idx)
-        k = min(max(int(round(fraction * len(idx))), 1), len(idx) - 1) if len(idx) >= 2 else 0
-        out.append(idx[:k])
-        rest.append(idx[k:])
-    return np.concatenate(out), np.concatenate(rest)
+    rest, out, _ = split_each_class(
+        labels,
+        np.arange(len(labels)),
+        num_classes,
+        lambda n: min(max(int(round(fraction * n)), 1), n - 1) if n >= 2 else 0,
+        rng,
+    )
+    return out, rest
 
 
 IMBALANCED_ABOVE = 1.5  # largest over smallest training class: above this a folder is already long-tailed
@@ -570,19 +584,10 @@ def _whole_folder(
         )
     spec = replace(spec, content=fd.digest, image_size=int(fd.image_size), val_rows="every-class").resolved()
     rng = np.random.RandomState(spec.subset_seed)
-    train, val, lent = [], [], []
-    for c in range(len(fd.classes)):
-        idx = pool[labels[pool] == c]
-        rng.shuffle(idx)
-        k = min(spec.val_per_class, len(idx) // 2)
-        train.append(idx[: len(idx) - k])
-        val.append(idx[len(idx) - k :])
-        lent.append(k)
-    splits = {
-        "train": _split("train", np.concatenate(train), labels),
-        "val": _split("train", np.concatenate(val), labels),
-    }
-    return splits, spec, np.asarray(lent, dtype=np.int64)
+    take = lambda n: min(spec.val_per_class, n // 2)  # noqa: E731
+    train, val, lent = split_each_class(labels, pool, len(fd.classes), take, rng)
+    splits = {"train": _split("train", train, labels), "val": _split("train", val, labels)}
+    return splits, spec, lent
 
 
 def load_dataset(spec: DatasetSpec, download: bool = False, progress: bool = True) -> LTData:

@@ -84,7 +84,8 @@ def stage_one(
             fresh, made = not tb.exists(), missing_folders(wd)
             w = events.writer(tb) if int(os.environ.get("RANK", "0")) == 0 else None
             try:
-                with user_code(f"stage one ({_user_parts(cfg)})") if _user_parts(cfg) else nullcontext():
+                mine = _user_parts(cfg)
+                with user_code(f"stage one ({mine})") if mine else nullcontext():
                     train(
                         cfg,
                         data,
