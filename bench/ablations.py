@@ -21,8 +21,8 @@ from glag.classify import baselines
 from glag.classify.stage_two import StageTwoConfig, train_glag
 from glag.config import default
 from glag.extract.datasets import DatasetSpec, load_dataset
+from glag.extract.recipe import StageOne
 from glag.extract.stage_one import stage_one
-from glag.extract.train import TrainConfig
 from glag.generate.afg import AFG, GeneratorConfig, SamplingConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +37,7 @@ def graloss(args):
     for loss, a, g in grid:
         s1, crt = [], []
         for seed in args.seeds:
-            cfg = TrainConfig(dataset=data.spec, loss=loss, a=a or 1.0, g=g, seed=seed, epochs=args.epochs)
+            cfg = StageOne.make(data.spec, loss=loss, a=a or 1.0, g=g, seed=seed, epochs=args.epochs)
             path, _, _ = stage_one(cfg, data, args.cache_dir, progress=False, log=lambda m: None)
             cache = FeatureCache(path)
             s1.append(baselines.stage_one(cache)["val"]["top1"])

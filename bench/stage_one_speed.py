@@ -26,6 +26,7 @@ import json
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +35,10 @@ import torch
 from glag.extract.datasets import DatasetSpec, LTData, Split
 from glag.extract.losses import make_loss
 from glag.extract.models import Classifier
+from glag.extract.precision import resolve_precision
 from glag.extract.profile import exponential_counts
-from glag.extract.train import TrainConfig, resolve_precision, train
+from glag.extract.recipe import StageOne
+from glag.extract.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {
@@ -84,22 +87,17 @@ def synthetic(shape: dict, steps: int | None, seed: int = 0) -> LTData:
     )
 
 
+def job(shape: dict, **settings) -> StageOne:
+    """A GraLoss training of the shape's backbone and batch, lr 0.1 without warm-up, pad-crop-flip."""
+    s = dict(backbone=shape["backbone"], loss="graloss", batch_size=shape["batch"], lr=0.1, warmup=0.0)
+    return replace(StageOne.make(DatasetSpec("digits"), **s, **settings), pad=shape["pad"], flip=True)
+
+
 def time_default(
     shape: dict, data: LTData, compile_model: bool = False, precision: str = "auto"
 ) -> tuple[float, float]:
     """(first epoch, second epoch) wall seconds of a default two-epoch run, from the start of ``train``."""
-    cfg = TrainConfig(
-        precision=precision,
-        dataset=DatasetSpec("digits"),
-        backbone=shape["backbone"],
-        loss="graloss",
-        epochs=2,
-        batch_size=shape["batch"],
-        lr=0.1,
-        warmup=0.0,
-        pad=shape["pad"],
-        flip=True,
-    )
+    cfg = job(shape, epochs=2, precision=precision)
     ends = []
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -118,22 +116,18 @@ def time_default(
 def time_overheads(shape: dict, data: LTData, device: torch.device) -> dict:
     """Where the default epoch spends time beyond the steps: assembling the augmented batches, the
     validation pass and the epoch checkpoint, each timed alone as train() runs it."""
-    from glag.extract.train import accuracy, epoch_batches, normalisation
+    from glag.extract.batches import Augment
+    from glag.extract.inputs import epoch_batches, normalisation
+    from glag.extract.steps import accuracy
 
-    cfg = TrainConfig(
-        dataset=DatasetSpec("digits"),
-        backbone=shape["backbone"],
-        loss="graloss",
-        epochs=1,
-        batch_size=shape["batch"],
-        lr=0.1,
-        warmup=0.0,
-        pad=shape["pad"],
-        flip=True,
-    ).resolved()
-    norm = normalisation(cfg, data)
+    cfg = job(shape, epochs=1)
+    norm = normalisation(cfg.settings.backbone, data)
     t0 = time.perf_counter()
-    for _ in epoch_batches(data, cfg, "train", train=True, seed=1, norm=norm, device=device):
+    bb, bs = cfg.settings.backbone, cfg.settings.batch_size
+    aug = Augment(cfg.pad, cfg.flip)
+    for _ in epoch_batches(
+        data, "train", backbone=bb, batch_size=bs, norm=norm, augment=aug, seed=1, device=device
+    ):
         pass
     out = {"batches_s": time.perf_counter() - t0}
     model = Classifier(shape["backbone"], shape["classes"], 3, "linear").to(
@@ -142,7 +136,7 @@ def time_overheads(shape: dict, data: LTData, device: torch.device) -> dict:
     t0 = time.perf_counter()
     accuracy(
         model,
-        epoch_batches(data, cfg, "val", train=False, seed=0, norm=norm, batch_size=512, device=device),
+        epoch_batches(data, "val", backbone=bb, batch_size=512, norm=norm, device=device),
         device,
         device.type == "cuda",
     )

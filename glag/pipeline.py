@@ -24,9 +24,9 @@ from glag.config import Config, check_methods, checked, config_from_dict, parse_
 from glag.errors import GlagError
 from glag.extract.datasets import DatasetSpec, load_dataset
 from glag.extract.dump import load_checkpoint
+from glag.extract.recipe import StageOne
 from glag.extract.stage_one import stage_one
 from glag.extract.torchfile import safe_load
-from glag.extract.train import TrainConfig
 from glag.generate.afg import AFG, GeneratorConfig, SamplingConfig, check_fit, check_for_cache
 from glag.generate.backend import get_xp
 from glag.options import check_writable
@@ -56,17 +56,17 @@ def load_run_config(record: dict) -> Config:
 def resolved(cfg: Config) -> Config:
     """The config with the dataset's preset filled in where stage-one values are unset (what runs, as far
     as it is known before the data is read: an image folder's image size can still change the preset)."""
-    spec = DatasetSpec.from_config(cfg)
-    train = TrainConfig.from_config(cfg, spec)
+    job = StageOne.of(cfg)
+    s = job.settings
     return cfg.with_values(
         {
-            "imbalance": spec.imbalance,
-            "n_max": spec.n_max,
-            "backbone": train.backbone,
-            "epochs": train.epochs,
-            "batch_size": train.batch_size,
-            "lr": float(train.lr),
-            "warmup": float(train.warmup),
+            "imbalance": job.dataset.imbalance,
+            "n_max": job.dataset.n_max,
+            "backbone": s.backbone,
+            "epochs": s.epochs,
+            "batch_size": s.batch_size,
+            "lr": float(s.lr),
+            "warmup": float(s.warmup),
         }
     )
 
@@ -88,9 +88,7 @@ def run_stage_one(
     cache_dir = cache_folder(cache_dir)
     check_writable(cache_dir, "--cache-dir", folder=True)
     spec = DatasetSpec.from_config(cfg)
-    TrainConfig.from_config(
-        cfg, spec
-    ).identity()  # a missing weights file fails here, before any data is read
+    StageOne.of(cfg, spec).identity()  # a missing weights file fails here, before any data is read
     weights = cfg.stage_one.weights
     if weights and Path(weights).expanduser().is_file():
         safe_load(Path(weights), "weights file")  # a foreign or unsafe file fails before the data is read
@@ -101,9 +99,9 @@ def run_stage_one(
         log(f"dataset rule: {data.rule}")
     if check is not None:
         check(data)
-    train = TrainConfig.from_config(cfg, data.spec)  # an image folder's spec is complete only once it is read
+    job = StageOne.of(cfg, data.spec)  # an image folder's spec is complete only once it is read
     return stage_one(
-        train,
+        job,
         data,
         cache_dir,
         checkpoint=checkpoint,

@@ -198,14 +198,14 @@ def test_preset_numbers_key_as_flags_do_and_legacy_folders_are_found(tmp_path, g
 
     from glag.cache.format import json_hash
     from glag.extract.datasets import DatasetSpec
-    from glag.extract.train import TrainConfig
+    from glag.extract.recipe import StageOne
 
     code, out, err = glag_cli("extract", "--epochs", "3", "-q")
     assert code == 0, err
     code, out2, err = glag_cli("extract", "--epochs", "3", "--warmup", "2", "-q")
     assert code == 0 and json.loads(out2)["reused"] is True, err
     [folder] = list(cache_dir.glob("stage1/*"))
-    cfg = TrainConfig(dataset=DatasetSpec("digits"), epochs=3)
+    cfg = StageOne.make(DatasetSpec("digits"), epochs=3)
     assert cfg.identity(legacy=True)["warmup"] == 2 and cfg.identity()["warmup"] == 2.0
     legacy = folder.with_name(folder.name.rsplit("-", 1)[0] + "-" + json_hash(cfg.identity(legacy=True))[:16])
     assert legacy != folder

@@ -97,18 +97,23 @@ def test_digest_matches_reference_and_changes_with_content(tmp_path):
 
 
 def test_default_n_max_and_presets(tmp_path):
-    from glag.extract.train import TrainConfig
+    from glag.extract.recipe import StageOne
 
     d = load_dataset(spec(make_folder(tmp_path / "f")), progress=False)
     assert d.spec.n_max == 10  # the smallest class
-    small = TrainConfig(dataset=d.spec).resolved()
-    assert (small.backbone, small.pad, small.flip, small.batch_size) == ("resnet32", 4, True, 128)
+    small = StageOne.make(d.spec)
+    assert (small.settings.backbone, small.pad, small.flip, small.settings.batch_size) == (
+        "resnet32",
+        4,
+        True,
+        128,
+    )
     big = load_dataset(
         spec(make_folder(tmp_path / "g", train=(3, 3, 3), test=1, size=80), n_max=3), progress=False
     )
     assert not big.is_array and big.spec.image_size == 80
-    cfg = TrainConfig(dataset=big.spec).resolved()
-    assert (cfg.backbone, cfg.pad) == ("resnet10", 0)
+    cfg = StageOne.make(big.spec)
+    assert (cfg.settings.backbone, cfg.pad) == ("resnet10", 0)
 
 
 def test_data_cmd_prints_digest_and_writes_paths(tmp_path, glag_cli):

@@ -175,7 +175,7 @@ def test_shipped_recipes_key_the_same_caches_as_before_the_config_tree():
     folder hash, the dataset identity and the generator statistics key of every shipped recipe."""
     from glag.cache.format import json_hash
     from glag.extract.datasets import DatasetSpec
-    from glag.extract.train import TrainConfig
+    from glag.extract.recipe import StageOne
     from glag.generate.afg import GeneratorConfig
 
     before = json.loads((ROOT / "tests" / "data" / "recipe_keys.json").read_text())
@@ -185,7 +185,7 @@ def test_shipped_recipes_key_the_same_caches_as_before_the_config_tree():
         cfg = load_config(recipes[name])
         spec = DatasetSpec.from_config(cfg)
         now = {
-            "train_identity": json_hash(TrainConfig.from_config(cfg, spec).identity()),
+            "train_identity": json_hash(StageOne.of(cfg, spec).identity()),
             "gen_key": GeneratorConfig.from_config(cfg).key("x"),
             "dataset_identity": spec.identity(),
         }

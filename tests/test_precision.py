@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from glag.extract import train
-from glag.extract.train import cpu_has_bf16, resolve_precision
+from glag.extract import precision
+from glag.extract.precision import cpu_has_bf16, resolve_precision
 
 
 @pytest.mark.parametrize(
@@ -24,14 +24,14 @@ def test_bf16_cpus_are_told_by_their_flags(flags, has):
 
 def test_auto_resolves_by_the_machine(monkeypatch):
     assert resolve_precision("fp32") == "fp32" and resolve_precision("bf16") == "bf16"
-    monkeypatch.setattr(train.torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(train, "cpu_has_bf16", lambda cpuinfo=None: True)
+    monkeypatch.setattr(precision.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda cpuinfo=None: True)
     assert resolve_precision("auto") == "fp32"  # CPU: fp32 until bf16's parity is measured
-    monkeypatch.setattr(train, "CPU_BF16_BY_DEFAULT", True)
+    monkeypatch.setattr(precision, "CPU_BF16_BY_DEFAULT", True)
     assert resolve_precision("auto") == "bf16"
-    monkeypatch.setattr(train, "cpu_has_bf16", lambda cpuinfo=None: False)
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda cpuinfo=None: False)
     assert resolve_precision("auto") == "fp32"  # no native bf16: fp32 whatever the default
-    monkeypatch.setattr(train.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(precision.torch.cuda, "is_available", lambda: True)
     assert resolve_precision("auto") == "bf16"  # CUDA
 
 

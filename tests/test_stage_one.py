@@ -8,7 +8,9 @@ import torch.nn.functional as F
 from glag.cache.format import FeatureCache, verify
 from glag.extract.datasets import DatasetSpec, load_dataset
 from glag.extract.losses import LDAM, GraLoss, LogitAdjusted, gradual_lambda, make_loss
-from glag.extract.train import TrainConfig, lr_at, train
+from glag.extract.recipe import StageOne
+from glag.extract.steps import lr_at
+from glag.extract.train import train
 
 COUNTS = np.array([100, 40, 10, 3])
 
@@ -63,7 +65,7 @@ def test_balanced_softmax_is_la_tau_one():
 
 
 def test_lr_schedule_warmup_then_cosine():
-    cfg = TrainConfig(epochs=10, lr=0.1, warmup=2, batch_size=8).resolved()
+    cfg = StageOne.make(epochs=10, lr=0.1, warmup=2.0, batch_size=8).settings
     assert lr_at(0, cfg, 0.1) == pytest.approx(0.005)
     assert lr_at(2, cfg) == pytest.approx(0.1)
     assert lr_at(6, cfg) == pytest.approx(0.05)
@@ -72,7 +74,7 @@ def test_lr_schedule_warmup_then_cosine():
 
 def test_killed_and_resumed_run_matches_uninterrupted(tmp_path):
     data = load_dataset(DatasetSpec())
-    cfg = TrainConfig(epochs=3, loss="graloss", seed=3)
+    cfg = StageOne.make(epochs=3, loss="graloss", seed=3)
     ref = torch.load(train(cfg, data, tmp_path / "a", progress=False, log=lambda m: None), weights_only=True)
 
     class Killed(Exception):
@@ -96,7 +98,7 @@ def test_compile_failure_falls_back_to_eager_with_the_same_weights(tmp_path, mon
     """A model torch.compile cannot run (here: it raises in the first backward) trains eagerly, from a clean
     step, to exactly the weights of an eager run; the log says so."""
     data = load_dataset(DatasetSpec())
-    cfg = TrainConfig(epochs=2, loss="graloss", seed=1)
+    cfg = StageOne.make(epochs=2, loss="graloss", seed=1)
     ref = torch.load(
         train(cfg, data, tmp_path / "eager", progress=False, log=lambda m: None), weights_only=True
     )
@@ -229,8 +231,8 @@ def test_ldam_on_cosine_head_is_reference_formula():
 
 def test_ldam_drw_extract_cache_reproduces_stage_one_model(cache_dir, glag_cli):
     from glag.classify.baselines import stage_one
+    from glag.extract.inputs import epoch_batches
     from glag.extract.models import Classifier
-    from glag.extract.train import TrainConfig, epoch_batches
 
     code, out, err = glag_cli("extract", "--loss", "ldam-drw", "--epochs", "3", "-q")
     assert code == 0, err
@@ -242,8 +244,7 @@ def test_ldam_drw_extract_cache_reproduces_stage_one_model(cache_dir, glag_cli):
     net = Classifier(ckpt["backbone"], 10, ckpt["in_channels"], ckpt["head"]).eval()
     net.load_state_dict(ckpt["model"])
     data = load_dataset(DatasetSpec())
-    cfg = TrainConfig(**{**ckpt["config"], "dataset": data.spec})
-    batches = epoch_batches(data, cfg, "test", train=False, seed=0, norm=ckpt["norm"], batch_size=512)
+    batches = epoch_batches(data, "test", backbone=ckpt["backbone"], batch_size=512, norm=ckpt["norm"])
     with torch.no_grad():
         model_logits = torch.cat([net(x) for x, _ in batches]).numpy()
     test = cache.split("test")
@@ -258,7 +259,7 @@ def test_ldam_drw_extract_cache_reproduces_stage_one_model(cache_dir, glag_cli):
 
 
 def test_mixup_mixes_inputs_and_targets_linearly():
-    from glag.extract.train import mix_batch
+    from glag.extract.steps import mix_batch
 
     torch.manual_seed(0)
     x, y = torch.randn(8, 3), torch.arange(8)
@@ -275,12 +276,12 @@ def test_mixup_mixes_inputs_and_targets_linearly():
 def test_mixup_and_weight_decay_key_new_stage_ones_and_resume_identically(tmp_path):
     """No mixup keys the folders trained before the setting; mixup or another weight decay a new one; a
     mixup run resumed after a kill reaches the same weights."""
-    base = TrainConfig(epochs=2, loss="ce", seed=1)
+    base = StageOne.make(epochs=2, loss="ce", seed=1)
     assert "mixup" not in base.identity()
-    assert TrainConfig(epochs=2, loss="ce", seed=1, mixup=0.2).identity() != base.identity()
-    assert TrainConfig(epochs=2, loss="ce", seed=1, weight_decay=2e-3).identity() != base.identity()
+    assert StageOne.make(epochs=2, loss="ce", seed=1, mixup=0.2).identity() != base.identity()
+    assert StageOne.make(epochs=2, loss="ce", seed=1, weight_decay=2e-3).identity() != base.identity()
     data = load_dataset(DatasetSpec())
-    cfg = TrainConfig(epochs=2, loss="graloss", seed=2, mixup=1.0)
+    cfg = StageOne.make(epochs=2, loss="graloss", seed=2, mixup=1.0)
     ref = torch.load(train(cfg, data, tmp_path / "a", progress=False, log=lambda m: None), weights_only=True)
 
     class Killed(Exception):
@@ -298,7 +299,7 @@ def test_mixup_and_weight_decay_key_new_stage_ones_and_resume_identically(tmp_pa
         assert torch.equal(v, resumed["model"][k]), k
     plain = torch.load(
         train(
-            TrainConfig(epochs=2, loss="graloss", seed=2),
+            StageOne.make(epochs=2, loss="graloss", seed=2),
             data,
             tmp_path / "c",
             progress=False,

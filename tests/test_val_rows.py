@@ -11,7 +11,7 @@ from test_folder import make_folder, spec
 from glag.errors import GlagError
 from glag.extract.datasets import DatasetSpec, load_dataset, lt_indices
 from glag.extract.profile import class_counts, profile_counts
-from glag.extract.train import TrainConfig
+from glag.extract.recipe import StageOne
 
 # Pools chosen so that, at n_max 10, IM 5 and 4 validation rows, the classes have no leftovers, some
 # (fewer than 4) and enough, under both profiles (exp: 10 7 5 3 2 2; step: 10 10 10 2 2 2).
@@ -114,7 +114,7 @@ def test_identity_keys_the_rule_and_keeps_old_keys():
     # leftovers is what glag keyed before the field existed: its identity has no such field, so old caches
     # and stage-one folders are still found under --val-rows leftovers
     assert "val_rows" not in left.identity() and every.identity() != left.identity()
-    assert TrainConfig(dataset=every).identity() != TrainConfig(dataset=left).identity()
+    assert StageOne.make(every).identity() != StageOne.make(left).identity()
     assert "val_rows" not in DatasetSpec("imagenet-lt").identity()  # list files give their own val split
     with pytest.raises(
         GlagError, match=r"val_rows \(--val-rows\) 'some' is unknown; choose one of: every-class, leftovers"

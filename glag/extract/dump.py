@@ -15,10 +15,10 @@ from glag.cache.head import HEAD_FIT, fit_linear_head
 from glag.errors import GlagError
 from glag.extract.batches import ArrayBatches, Augment
 from glag.extract.datasets import LTData
+from glag.extract.inputs import device_and_dist, epoch_batches
 from glag.extract.models import Classifier
 from glag.extract.pretrained import preprocess_of
 from glag.extract.torchfile import safe_load
-from glag.extract.train import TrainConfig, device_and_dist, epoch_batches
 from glag.metrics import evaluate, summary_row
 
 
@@ -107,13 +107,12 @@ def dump(
     )
     model.load_state_dict(state["model"])
     model = model.to(device, memory_format=torch.channels_last)
-    cfg = TrainConfig(**{**cfg_d, "dataset": data.spec})
     # as the backbone was trained: a checkpoint from before the setting ran bf16 on CUDA, fp32 on CPU
     amp = state["precision"] == "bf16" if "precision" in state else device.type == "cuda"
     splits = {}
     for name, split in data.splits.items():
         batches = epoch_batches(
-            data, cfg, name, train=False, seed=0, norm=state["norm"], batch_size=batch_size, device=device
+            data, name, backbone=state["backbone"], batch_size=batch_size, norm=state["norm"], device=device
         )
         feats, labels = features_of(model, batches, device, f"dump {name}", progress, amp)
         splits[name] = (feats, labels, split.index)

@@ -15,36 +15,41 @@ from glag.extract.datasets import LTData
 from glag.extract.dump import dump, load_checkpoint, stage_one_report
 from glag.extract.losses import LOSS_BUILDERS
 from glag.extract.models import BACKBONES
-from glag.extract.train import TrainConfig, finite_weights, train
+from glag.extract.recipe import StageOne
+from glag.extract.steps import finite_weights
+from glag.extract.train import train
 from glag.paths import missing_folders, remove_if_empty
 
 
-def workdir_for(cfg: TrainConfig, cache_dir: Path) -> Path:
+def workdir_for(job: StageOne, cache_dir: Path) -> Path:
     """Training folder named by a hash of the full recipe, so an identical call finds its weights. A folder
     keyed the way glag did before float fields were canonical (``warmup`` 5 and 5.0 keyed apart) is used
     when it exists and the canonical one does not, so no finished training is silently redone."""
-    cfg = cfg.resolved()
 
     def name(identity):
-        return Path(cache_dir) / "stage1" / f"{cfg.dataset.label()}-{cfg.loss}-{json_hash(identity)[:16]}"
+        return (
+            Path(cache_dir)
+            / "stage1"
+            / f"{job.dataset.label()}-{job.settings.loss}-{json_hash(identity)[:16]}"
+        )
 
-    canonical, legacy = name(cfg.identity()), name(cfg.identity(legacy=True))
+    canonical, legacy = name(job.identity()), name(job.identity(legacy=True))
     return legacy if not canonical.exists() and legacy.exists() else canonical
 
 
-def _user_parts(cfg: TrainConfig) -> str:
+def _user_parts(job: StageOne) -> str:
     """The registered loss and backbone of a user's own that this training runs ('' for glag's own)."""
-    parts = []
-    if cfg.loss in LOSS_BUILDERS and not is_builtin(LOSS_BUILDERS[cfg.loss]):
-        parts.append(f"loss '{cfg.loss}'")
-    bb = cfg.resolved().backbone
+    parts, loss = [], job.settings.loss
+    if loss in LOSS_BUILDERS and not is_builtin(LOSS_BUILDERS[loss]):
+        parts.append(f"loss '{loss}'")
+    bb = job.settings.backbone
     if bb in BACKBONES and not is_builtin(BACKBONES[bb]):
         parts.append(f"backbone '{bb}'")
     return ", ".join(parts)
 
 
 def stage_one(
-    cfg: TrainConfig,
+    job: StageOne,
     data: LTData,
     cache_dir: Path,
     *,
@@ -65,7 +70,7 @@ def stage_one(
     log("data " + " ".join(f"{k}={v}" for k, v in data.summary().items()))
     state = None
     if checkpoint is None:
-        wd = workdir_for(cfg, cache_dir)
+        wd = workdir_for(job, cache_dir)
         final = wd / "final.pt"
         if final.is_file():
             state = load_checkpoint(final)  # read once: checked here, dumped below
@@ -79,15 +84,15 @@ def stage_one(
             if int(os.environ.get("RANK", "0")) == 0 and not tb.exists():
                 events.stage_one_from_log(wd / "train_log.jsonl", tb)
         else:
-            log(f"training {cfg.resolved().backbone} with {cfg.loss} in {wd}")
+            log(f"training {job.settings.backbone} with {job.settings.loss} in {wd}")
             tb = Path(events_dir) / wd.name if events_dir else wd / "tensorboard"
             fresh, made = not tb.exists(), missing_folders(wd)
             w = events.writer(tb) if int(os.environ.get("RANK", "0")) == 0 else None
             try:
-                mine = _user_parts(cfg)
+                mine = _user_parts(job)
                 with user_code(f"stage one ({mine})") if mine else nullcontext():
                     train(
-                        cfg,
+                        job,
                         data,
                         wd,
                         resume=resume,
