@@ -308,3 +308,31 @@ def test_mixup_and_weight_decay_key_new_stage_ones_and_resume_identically(tmp_pa
         weights_only=True,
     )
     assert any(not torch.equal(v, plain["model"][k]) for k, v in ref["model"].items())
+
+
+def test_epoch_hooks_alone_and_a_users_hook(tmp_path):
+    """The loop's parts are testable alone: the divergence guard refuses a non-finite loss, and a hook
+    passed to train() sees every epoch's record and the live model, after the checkpoint is written."""
+    from types import SimpleNamespace
+
+    from glag.errors import GlagError
+    from glag.extract.train import guard_divergence
+
+    fine = SimpleNamespace(model=torch.nn.Linear(2, 2))
+    guard_divergence(fine, {"epoch": 1, "loss": 0.5})
+    with pytest.raises(GlagError, match="stage one diverged at epoch 4 \\(loss nan"):
+        guard_divergence(fine, {"epoch": 4, "loss": float("nan")})
+    with torch.no_grad():
+        fine.model.weight[0, 0] = float("inf")
+    with pytest.raises(GlagError, match="non-finite weights"):
+        guard_divergence(fine, {"epoch": 2, "loss": 0.5})
+
+    seen = []
+
+    def hook(run, rec):
+        assert (run.workdir / "last.pt").is_file()  # save_last ran before the user's hook
+        seen.append((rec["epoch"], sum(float(p.abs().sum()) for p in run.model.parameters())))
+
+    data = load_dataset(DatasetSpec())
+    train(StageOne.make(epochs=2, seed=1), data, tmp_path, progress=False, log=lambda m: None, hooks=[hook])
+    assert [e for e, _ in seen] == [1, 2] and seen[0][1] != seen[1][1]
