@@ -331,7 +331,7 @@ def test_epoch_hooks_alone_and_a_users_hook(tmp_path):
 
     def hook(run, rec):
         assert (run.workdir / "last.pt").is_file()  # save_last ran before the user's hook
-        seen.append((rec["epoch"], sum(float(p.abs().sum()) for p in run.model.parameters())))
+        seen.append((rec["epoch"], sum(float(p.detach().abs().sum()) for p in run.model.parameters())))
 
     data = load_dataset(DatasetSpec())
     train(StageOne.make(epochs=2, seed=1), data, tmp_path, progress=False, log=lambda m: None, hooks=[hook])
