@@ -18,8 +18,8 @@ from pathlib import Path
 
 from glag.cache.format import FeatureCache
 from glag.classify import baselines
-from glag.classify.stage_two import StageTwoConfig, train_glag
-from glag.config import default
+from glag.classify.stage_two import train_glag
+from glag.config import StageTwoSettings, default
 from glag.extract.datasets import DatasetSpec, load_dataset
 from glag.extract.recipe import StageOne
 from glag.extract.stage_one import stage_one
@@ -72,8 +72,9 @@ def stage_two(args):
                 vals = [
                     train_glag(
                         afg,
-                        StageTwoConfig(beta_init=beta_init, seed=s, epochs=args.classifier_epochs),
+                        StageTwoSettings(beta_init=beta_init, classifier_epochs=args.classifier_epochs),
                         SamplingConfig(alpha=alpha, dispersion=form),
+                        seed=s,
                         progress=False,
                     )["val"]["top1"]
                     for s in args.seeds
@@ -93,7 +94,7 @@ def stage_two(args):
     return rows
 
 
-# name -> (GeneratorConfig, StageTwoConfig, SamplingConfig) overrides; all scored on val only.
+# name -> (GeneratorConfig, StageTwoSettings, SamplingConfig) overrides; all scored on val only.
 GLAG_PROBES = {
     "default": ({}, {}, {}),
     "beta 0.0 fixed": ({}, {"beta_init": 0.0, "adaptive": False}, {}),
@@ -113,12 +114,12 @@ GLAG_PROBES = {
     "no KD": ({}, {"kd": False}, {}),
     "KD T 4": ({}, {"kd_temperature": 4.0}, {}),
     "KD weight linear (g2 1)": ({}, {"kd_g": 1.0}, {}),
-    "lr 0.01": ({}, {"lr": 0.01}, {}),
-    "20 epochs": ({}, {"epochs": 20}, {}),
-    "80 epochs": ({}, {"epochs": 80}, {}),
+    "lr 0.01": ({}, {"classifier_lr": 0.01}, {}),
+    "20 epochs": ({}, {"classifier_epochs": 20}, {}),
+    "80 epochs": ({}, {"classifier_epochs": 80}, {}),
     "no generation": ({}, {"generate": False}, {}),
     "beta 0.0 adaptive": ({}, {"beta_init": 0.0}, {}),
-    "beta 0.0 fixed, 80 epochs": ({}, {"beta_init": 0.0, "adaptive": False, "epochs": 80}, {}),
+    "beta 0.0 fixed, 80 epochs": ({}, {"beta_init": 0.0, "adaptive": False, "classifier_epochs": 80}, {}),
     "beta 0.0 fixed, k 3": ({"k": 3}, {"beta_init": 0.0, "adaptive": False}, {}),
     "beta 0.0 fixed, no KD": ({}, {"beta_init": 0.0, "adaptive": False, "kd": False}, {}),
     "beta 0.0 fixed, KD T 4": ({}, {"beta_init": 0.0, "adaptive": False, "kd_temperature": 4.0}, {}),
@@ -165,10 +166,11 @@ def glag_val(args):
             # without stage two's own adjustment, so the '+LA' row below is the one adjustment
             res = train_glag(
                 afg,
-                StageTwoConfig(
-                    **{"seed": seed, "epochs": args.classifier_epochs, "posthoc_la": False, **st_kw}
+                StageTwoSettings(
+                    **{"classifier_epochs": args.classifier_epochs, "posthoc_la": False, **st_kw}
                 ),
                 SamplingConfig(**sam_kw),
+                seed=seed,
                 progress=False,
             )
             add(name, res["val"]["top1"], res["val"]["few"])

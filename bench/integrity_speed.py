@@ -126,9 +126,10 @@ def open_and_build(path, check):
 
 
 def stage_two_total(path, check, epochs):
-    from glag.classify.stage_two import StageTwoConfig, train_glag
+    from glag.classify.stage_two import train_glag
+    from glag.config import StageTwoSettings
 
-    train_glag(open_and_build(path, check), StageTwoConfig(epochs=epochs), progress=False)
+    train_glag(open_and_build(path, check), StageTwoSettings(classifier_epochs=epochs), progress=False)
 
 
 def bench_shape(name, spec, repeats, tmp, rate, stage_two_epochs):

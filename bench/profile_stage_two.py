@@ -16,7 +16,8 @@ from pathlib import Path
 from common import cifar100_lt_counts, synthetic_cache
 
 from glag.cache.format import FeatureCache
-from glag.classify.stage_two import StageTwoConfig, train_glag
+from glag.classify.stage_two import train_glag
+from glag.config import StageTwoSettings
 from glag.generate.afg import AFG, GeneratorConfig, SamplingConfig
 from glag.generate.stream import FeatureStream
 
@@ -29,7 +30,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         cache = FeatureCache(synthetic_cache(Path(tmp) / "c100.h5", cifar100_lt_counts(), 64))
         afg = AFG.build(cache, GeneratorConfig(), device="cpu", save=False)
-        train_glag(afg, StageTwoConfig(epochs=1), progress=False)  # warm-up
+        train_glag(afg, StageTwoSettings(classifier_epochs=1), progress=False)  # warm-up
         stream = FeatureStream(afg, SamplingConfig(), 512, seed=0)
 
         def blocks_only():
@@ -38,7 +39,10 @@ def main():
                     pass
 
         for name, fn in (
-            ("stage two", lambda: train_glag(afg, StageTwoConfig(epochs=args.epochs), progress=False)),
+            (
+                "stage two",
+                lambda: train_glag(afg, StageTwoSettings(classifier_epochs=args.epochs), progress=False),
+            ),
             ("generator blocks alone", blocks_only),
         ):
             prof = cProfile.Profile()

@@ -30,7 +30,8 @@ from common import emit, synthetic_cache, timed
 
 from glag.cache.format import FeatureCache
 from glag.classify.common import cosine_lr
-from glag.classify.stage_two import StageTwoConfig, train_glag
+from glag.classify.stage_two import train_glag
+from glag.config import StageTwoSettings
 from glag.extract.profile import exponential_counts
 from glag.generate.afg import AFG, GeneratorConfig, SamplingConfig
 from glag.generate.stream import FeatureStream
@@ -85,9 +86,10 @@ def measured_shape(name, spec, repeats, tmp, device="cpu"):
     t = time.perf_counter()
     afg = AFG.build(cache, GeneratorConfig(), device=device, save=False)
     stats_s = time.perf_counter() - t
-    cfg = StageTwoConfig(epochs=spec["epochs"])
-    rows = FeatureStream(afg, SamplingConfig(), cfg.batch_size).rows_per_epoch()
-    train_glag(afg, StageTwoConfig(epochs=1), progress=False) if name == "cifar100-lt" else None  # warm-up
+    cfg = StageTwoSettings(classifier_epochs=spec["epochs"])
+    rows = FeatureStream(afg, SamplingConfig(), cfg.classifier_batch_size).rows_per_epoch()
+    if name == "cifar100-lt":  # warm-up
+        train_glag(afg, StageTwoSettings(classifier_epochs=1), progress=False)
     stage, floor = [], []
     for _ in range(repeats):  # interleaved, so both see the same machine state
         stage.append(timed(lambda: train_glag(afg, cfg, progress=False), 1)[0])

@@ -72,7 +72,8 @@ def test_stage_two_on_gpu_matches_cpu(tmp_path):
     from conftest import mixture_cache
 
     from glag.cache.format import FeatureCache
-    from glag.classify.stage_two import StageTwoConfig, train_glag
+    from glag.classify.stage_two import train_glag
+    from glag.config import StageTwoSettings
     from glag.generate.afg import AFG, GeneratorConfig, SamplingConfig
 
     cache = FeatureCache(mixture_cache(tmp_path / "mix.h5", counts=(300, 150, 80, 30, 10, 3)))
@@ -80,7 +81,10 @@ def test_stage_two_on_gpu_matches_cpu(tmp_path):
     for device in ("cpu", "gpu"):
         afg = AFG.build(cache, GeneratorConfig(mode="factor"), device=device, save=False)
         res = train_glag(
-            afg, StageTwoConfig(epochs=8, batch_size=128), SamplingConfig(alpha=0.1), progress=False
+            afg,
+            StageTwoSettings(classifier_epochs=8, classifier_batch_size=128),
+            SamplingConfig(alpha=0.1),
+            progress=False,
         )
         top1[device] = 100 * res["test"]["top1"]
     assert abs(top1["gpu"] - top1["cpu"]) <= 3.0, top1

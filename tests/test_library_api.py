@@ -126,15 +126,14 @@ def test_old_flags_name_their_new_spelling(glag_cli, flag, new):
 
 def test_defaults_live_in_the_config_tree():
     from glag.classify.baselines import crt
-    from glag.classify.stage_two import StageTwoConfig
+    from glag.classify.stage_two import train_glag
+    from glag.config import BaselineSettings, StageTwoSettings
     from glag.generate.afg import GeneratorConfig
 
     d = Config()
-    assert (
-        StageTwoConfig().epochs == d.stage_two.classifier_epochs
-        and GeneratorConfig().lt == d.generator.tukey_power
-    )
-    assert crt.__kwdefaults__["epochs"] == d.baselines.crt_epochs
+    assert train_glag.__defaults__[0] == StageTwoSettings() == d.stage_two
+    assert GeneratorConfig().lt == d.generator.tukey_power
+    assert crt.__defaults__[0] == BaselineSettings() == d.baselines
 
 
 def _glag_imports(path: Path) -> set[str]:

@@ -7,11 +7,12 @@ from conftest import mixture_cache, shell_glob, shuffle_test_labels
 
 from glag.cache.format import FeatureCache
 from glag.classify import baselines
-from glag.classify.stage_two import StageTwoConfig, kd_loss, train_glag, update_beta
+from glag.classify.stage_two import kd_loss, train_glag, update_beta
+from glag.config import BaselineSettings, StageTwoSettings
 from glag.errors import GlagError
 from glag.generate.afg import AFG, GeneratorConfig, SamplingConfig
 
-FAST = StageTwoConfig(epochs=4, batch_size=128)
+FAST = StageTwoSettings(classifier_epochs=4, classifier_batch_size=128)
 
 
 @pytest.fixture
@@ -33,7 +34,7 @@ def test_kd_matches_definition():
 
 
 def test_beta_moves_with_val_accuracy_and_stays_in_bounds():
-    cfg = StageTwoConfig(beta_delta=0.05, beta_min=0.0, beta_max=0.9)
+    cfg = 0.05  # beta_delta; beta_c is clipped to [0, 0.9]
     tail = np.array([False, True, True, True, True])
     beta = np.array([0.0, 0.6, 0.6, 0.88, 0.02])
     prev = np.array([0.5, 0.5, 0.5, 0.5, 0.5])
@@ -51,11 +52,15 @@ def test_beta_moves_with_val_accuracy_and_stays_in_bounds():
 def test_fixed_beta_never_moves(cache):
     afg = AFG.build(cache, GeneratorConfig(), device="cpu", save=False)
     res = train_glag(
-        afg, StageTwoConfig(epochs=3, batch_size=128, adaptive=False, beta_init=0.55), progress=False
+        afg,
+        StageTwoSettings(classifier_epochs=3, classifier_batch_size=128, adaptive=False, beta_init=0.55),
+        progress=False,
     )
     assert all(b == 0.55 for h in res["history"] for b in h["beta"])
-    adaptive = train_glag(afg, StageTwoConfig(epochs=6, batch_size=128), progress=False)
-    assert any(b != StageTwoConfig().beta_init for h in adaptive["history"] for b in h["beta"])
+    adaptive = train_glag(
+        afg, StageTwoSettings(classifier_epochs=6, classifier_batch_size=128), progress=False
+    )
+    assert any(b != StageTwoSettings().beta_init for h in adaptive["history"] for b in h["beta"])
 
 
 def test_no_training_choice_reads_test_labels(cache, tmp_path):
@@ -81,14 +86,15 @@ def test_no_training_choice_reads_test_labels(cache, tmp_path):
     for name in ("tau_norm", "logit_adjust"):
         ra, rb = getattr(baselines, name)(cache), getattr(baselines, name)(shuffled)
         assert ra["tau"] == rb["tau"] and ra["val_scores"] == rb["val_scores"]
+    two = BaselineSettings(crt_epochs=2, lws_epochs=2)
     for name in ("crt", "lws"):
-        ra, rb = getattr(baselines, name)(cache, epochs=2), getattr(baselines, name)(shuffled, epochs=2)
+        ra, rb = getattr(baselines, name)(cache, two), getattr(baselines, name)(shuffled, two)
         assert ra["val"] == rb["val"]
 
 
 def test_glag_learns_and_reports_all_groups(cache):
     afg = AFG.build(cache, GeneratorConfig(), device="cpu", save=False)
-    res = train_glag(afg, StageTwoConfig(epochs=8, batch_size=128), progress=False)
+    res = train_glag(afg, StageTwoSettings(classifier_epochs=8, classifier_batch_size=128), progress=False)
     assert res["test"]["top1"] > 0.5  # well-separated mixture; chance is 1/6
     assert {"top1", "many", "medium", "few", "per_class"} <= set(res["test"])
     assert len(res["history"]) == 8 and res["history"][-1]["kd"] > 0
@@ -111,7 +117,7 @@ def test_run_end_to_end_on_digits(cache_dir, glag_cli, tmp_path):
         assert "nan" not in row.lower() and " - " not in row  # every group has a number
     glag_dir = next(out.glob("*-glag"))
     rec = json.loads((glag_dir / "result.json").read_text())
-    assert rec["cache_key"] and rec["config"]["epochs"] == 3 and len(rec["history"]) == 3
+    assert rec["cache_key"] and rec["config"]["classifier_epochs"] == 3 and len(rec["history"]) == 3
     assert (
         (glag_dir / "per_class.csv").read_text().startswith("class,name,train_count,group,test_acc,val_acc")
     )
@@ -313,7 +319,11 @@ def test_fixed_seed_gives_the_same_run(cache, mode):
     np.testing.assert_array_equal(a["weight"], b["weight"])
     assert a["history"] == b["history"]
     c = train_glag(
-        afg, StageTwoConfig(epochs=4, batch_size=128, seed=1), SamplingConfig(alpha=0.1), progress=False
+        afg,
+        StageTwoSettings(classifier_epochs=4, classifier_batch_size=128),
+        SamplingConfig(alpha=0.1),
+        seed=1,
+        progress=False,
     )
     assert not np.array_equal(a["weight"], c["weight"])
 
@@ -350,5 +360,10 @@ def test_stage_two_on_gpu(cache):
     except Exception:
         pytest.skip("no CUDA device")
     afg = AFG.build(cache, GeneratorConfig(mode="factor"), device="gpu", save=False)
-    res = train_glag(afg, StageTwoConfig(epochs=8, batch_size=128), SamplingConfig(alpha=0.1), progress=False)
+    res = train_glag(
+        afg,
+        StageTwoSettings(classifier_epochs=8, classifier_batch_size=128),
+        SamplingConfig(alpha=0.1),
+        progress=False,
+    )
     assert res["test"]["top1"] > 0.5 and res["history"][-1]["kd"] > 0

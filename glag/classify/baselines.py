@@ -7,7 +7,7 @@ import torch
 
 from glag.cache.format import FeatureCache
 from glag.classify.common import logit_adjusted, pick_on_val, split_metrics, train_linear
-from glag.config import default
+from glag.config import BaselineSettings
 from glag.errors import GlagError
 
 
@@ -28,9 +28,10 @@ def stage_one(cache: FeatureCache, device=torch.device("cpu")) -> dict:
 
 
 def fresh_linear(
-    cache: FeatureCache, split: str, balanced: bool, *, epochs, batch_size, lr, weight_decay, seed, device
+    cache: FeatureCache, split: str, balanced: bool, b: BaselineSettings, *, epochs, lr, seed, device
 ) -> torch.nn.Linear:
-    """A new linear classifier trained by SGD on one split's cached features."""
+    """A new linear classifier trained by SGD on one split's cached features (``epochs`` and ``lr`` the
+    method's own; batch size and weight decay the baselines' shared ones)."""
     torch.manual_seed(seed)
     rows = cache.split(split)
     g = torch.nn.Linear(cache.feature_dim, cache.num_classes).to(device)
@@ -40,9 +41,9 @@ def fresh_linear(
         rows.features,
         rows.labels,
         epochs=epochs,
-        batch_size=batch_size,
+        batch_size=b.baseline_batch_size,
         lr=lr,
-        weight_decay=weight_decay,
+        weight_decay=b.baseline_weight_decay,
         momentum=0.9,
         seed=seed,
         device=device,
@@ -52,39 +53,22 @@ def fresh_linear(
     return g
 
 
+def crt_classifier(cache: FeatureCache, b: BaselineSettings, *, seed, device) -> torch.nn.Linear:
+    """cRT's classifier: trained on class-balanced batches of the cache's train rows."""
+    return fresh_linear(cache, "train", True, b, epochs=b.crt_epochs, lr=b.crt_lr, seed=seed, device=device)
+
+
 def crt(
-    cache: FeatureCache,
-    *,
-    epochs=default("crt_epochs"),
-    batch_size=default("baseline_batch_size"),
-    lr=default("crt_lr"),
-    weight_decay=default("baseline_weight_decay"),
-    seed=0,
-    device=torch.device("cpu"),
+    cache: FeatureCache, b: BaselineSettings = BaselineSettings(), *, seed=0, device=torch.device("cpu")
 ) -> dict:
     """Classifier re-training: a fresh linear layer on class-balanced batches of the frozen features."""
-    g = fresh_linear(
-        cache,
-        "train",
-        True,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        seed=seed,
-        device=device,
-    )
-    return result("crt", g, cache, device, config={"epochs": epochs, "batch_size": batch_size, "lr": lr})
+    g = crt_classifier(cache, b, seed=seed, device=device)
+    config = {"epochs": b.crt_epochs, "batch_size": b.baseline_batch_size, "lr": b.crt_lr}
+    return result("crt", g, cache, device, config=config)
 
 
 def lws(
-    cache: FeatureCache,
-    *,
-    epochs=default("lws_epochs"),
-    batch_size=default("baseline_batch_size"),
-    lr=default("lws_lr"),
-    seed=0,
-    device=torch.device("cpu"),
+    cache: FeatureCache, b: BaselineSettings = BaselineSettings(), *, seed=0, device=torch.device("cpu")
 ) -> dict:
     """Learnable weight scaling: per-class scales of the stage-one logits, trained class-balanced."""
     torch.manual_seed(seed)
@@ -97,9 +81,9 @@ def lws(
         fn,
         train.features,
         train.labels,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
+        epochs=b.lws_epochs,
+        batch_size=b.baseline_batch_size,
+        lr=b.lws_lr,
         weight_decay=0.0,
         momentum=0.9,
         seed=seed,
@@ -135,14 +119,7 @@ def logit_adjust(cache: FeatureCache, device=torch.device("cpu")) -> dict:
 
 
 def probe(
-    cache: FeatureCache,
-    *,
-    epochs=default("probe_epochs"),
-    batch_size=default("baseline_batch_size"),
-    lr=default("probe_lr"),
-    weight_decay=default("baseline_weight_decay"),
-    seed=0,
-    device=torch.device("cpu"),
+    cache: FeatureCache, b: BaselineSettings = BaselineSettings(), *, seed=0, device=torch.device("cpu")
 ) -> dict:
     """Probe protocol: a fresh linear classifier on the full balanced training set's features."""
     if not cache.has_split("full"):
@@ -150,15 +127,6 @@ def probe(
             f"cache '{cache.path}' has no 'full' split; re-extract with full_split (--full-split) "
             "for the probe"
         )
-    g = fresh_linear(
-        cache,
-        "full",
-        False,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        seed=seed,
-        device=device,
-    )
-    return result("probe", g, cache, device, config={"epochs": epochs, "batch_size": batch_size, "lr": lr})
+    g = fresh_linear(cache, "full", False, b, epochs=b.probe_epochs, lr=b.probe_lr, seed=seed, device=device)
+    config = {"epochs": b.probe_epochs, "batch_size": b.baseline_batch_size, "lr": b.probe_lr}
+    return result("probe", g, cache, device, config=config)

@@ -24,8 +24,8 @@ from glag.cache.derived import class_folds, concat, derive, rows_of
 from glag.cache.format import FeatureCache
 from glag.classify import baselines
 from glag.classify.common import logit_adjusted, pick_on_val, predict, split_metrics
-from glag.classify.methods import MethodRun, crt_settings, register
-from glag.classify.stage_two import StageTwoConfig, train_glag
+from glag.classify.methods import MethodRun, register
+from glag.classify.stage_two import train_glag
 from glag.errors import GlagError
 from glag.generate.afg import AFG, GeneratorConfig, SamplingConfig
 from glag.generate.stats import tukey
@@ -55,9 +55,10 @@ def _glag(
 ):
     gen = GeneratorConfig.from_config(run.config)
     afg = AFG.build(cache, gen, device=run.backend)
-    cfg = replace(StageTwoConfig.from_config(run.config), **stage_two)
+    s = replace(run.config.stage_two, **stage_two)
     sampling = sampling or SamplingConfig.from_config(run.config)
-    res = train_glag(afg, cfg, sampling, progress=run.progress, log=run.log, beta0=beta0)
+    seed = run.config.stage_one.seed
+    res = train_glag(afg, s, sampling, seed=seed, progress=run.progress, log=run.log, beta0=beta0)
     return res, afg
 
 
@@ -165,8 +166,8 @@ def glag_law(cache: FeatureCache, run: MethodRun) -> dict:
     val = cache.split("val")
     laws = fit_heldout_laws(afg, val.features, val.labels)
     sampling = replace(SamplingConfig.from_config(run.config), spread=tuple(float(v) for v in laws["kappa"]))
-    cfg = replace(StageTwoConfig.from_config(run.config), adaptive=False)
-    res = train_glag(afg, cfg, sampling, progress=run.progress, log=run.log, beta0=laws["beta"])
+    s, seed = replace(run.config.stage_two, adaptive=False), run.config.stage_one.seed
+    res = train_glag(afg, s, sampling, seed=seed, progress=run.progress, log=run.log, beta0=laws["beta"])
     laws = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in laws.items()}
     return {**res, "method": "glag-law", "laws": laws, "generator": asdict(gen)}
 
@@ -244,7 +245,9 @@ def crt_heldout(cache: FeatureCache, run: MethodRun) -> dict:
     device = run.device
 
     def fit(view, _extra):
-        g = baselines.fresh_linear(view, "train", True, **crt_settings(run))
+        g = baselines.crt_classifier(
+            view, run.config.baselines, seed=run.config.stage_one.seed, device=device
+        )
         tv = view.split("val")
         return logit_adjusted(g, view.train_counts, tv.features, tv.labels, device)[0]
 

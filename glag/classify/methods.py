@@ -12,7 +12,7 @@ import torch
 
 from glag.cache.format import FeatureCache
 from glag.classify import baselines
-from glag.classify.stage_two import StageTwoConfig, train_glag
+from glag.classify.stage_two import train_glag
 from glag.config import Config
 from glag.generate.afg import AFG, GeneratorConfig, SamplingConfig
 from glag.registry import add
@@ -65,8 +65,9 @@ def glag(cache: FeatureCache, run: MethodRun) -> dict:
     afg = AFG.build(cache, gen, device=run.backend)
     res = train_glag(
         afg,
-        StageTwoConfig.from_config(run.config),
+        run.config.stage_two,
         SamplingConfig.from_config(run.config),
+        seed=run.config.stage_one.seed,
         progress=run.progress,
         log=run.log,
     )
@@ -78,35 +79,14 @@ def stage_one(cache: FeatureCache, run: MethodRun) -> dict:
     return baselines.stage_one(cache, device=run.device)
 
 
-def crt_settings(run: MethodRun) -> dict:
-    """cRT's training settings from the run's config (the baselines section)."""
-    b = run.config.baselines
-    return dict(
-        epochs=b.crt_epochs,
-        batch_size=b.baseline_batch_size,
-        lr=b.crt_lr,
-        weight_decay=b.baseline_weight_decay,
-        seed=run.config.stage_one.seed,
-        device=run.device,
-    )
-
-
 @register("crt")
 def crt(cache: FeatureCache, run: MethodRun) -> dict:
-    return baselines.crt(cache, **crt_settings(run))
+    return baselines.crt(cache, run.config.baselines, seed=run.config.stage_one.seed, device=run.device)
 
 
 @register("lws")
 def lws(cache: FeatureCache, run: MethodRun) -> dict:
-    b = run.config.baselines
-    return baselines.lws(
-        cache,
-        epochs=b.lws_epochs,
-        batch_size=b.baseline_batch_size,
-        lr=b.lws_lr,
-        seed=run.config.stage_one.seed,
-        device=run.device,
-    )
+    return baselines.lws(cache, run.config.baselines, seed=run.config.stage_one.seed, device=run.device)
 
 
 @register("tau-norm")
@@ -121,13 +101,4 @@ def logit_adjust(cache: FeatureCache, run: MethodRun) -> dict:
 
 @register("probe")
 def probe(cache: FeatureCache, run: MethodRun) -> dict:
-    b = run.config.baselines
-    return baselines.probe(
-        cache,
-        epochs=b.probe_epochs,
-        batch_size=b.baseline_batch_size,
-        lr=b.probe_lr,
-        weight_decay=b.baseline_weight_decay,
-        seed=run.config.stage_one.seed,
-        device=run.device,
-    )
+    return baselines.probe(cache, run.config.baselines, seed=run.config.stage_one.seed, device=run.device)

@@ -14,7 +14,6 @@ from glag.classify.common import torch_device
 from glag.classify.export import checkpoint_of, export
 from glag.classify.methods import METHODS, MethodRun
 from glag.classify.results import write_run
-from glag.classify.stage_two import StageTwoConfig
 from glag.config import Config, check_methods
 from glag.errors import GlagError, user_code
 from glag.generate.afg import GeneratorConfig, SamplingConfig, check_for_cache
@@ -91,7 +90,6 @@ def run_methods(
     check_methods(methods, METHODS, ())  # a variant runs as its method, so only registered names here
     cache = FeatureCache(cache_path)
     gen, sampling = GeneratorConfig.from_config(config), SamplingConfig.from_config(config).check()
-    StageTwoConfig.from_config(config).check()
     check_for_cache(cache, gen, sampling)
     backend = config.generator.device
     run = MethodRun(config, torch_device(get_xp(backend)), backend, progress, log)

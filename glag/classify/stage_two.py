@@ -14,8 +14,7 @@ from tqdm.auto import tqdm
 
 from glag.classify.common import as_tensor, cosine_lr, log_prior, logit_adjusted, predict, torch_device
 from glag.classify.linear_sgd import LinearSGD
-from glag.config import Config, default
-from glag.errors import GlagError
+from glag.config import StageTwoSettings
 from glag.extract.losses import gradual_lambda
 from glag.generate.afg import AFG, SamplingConfig
 from glag.generate.feed import feed
@@ -23,58 +22,11 @@ from glag.generate.stats import tukey, untukey
 from glag.generate.stream import FeatureStream
 from glag.metrics import evaluate, per_class_accuracy
 
-
-@dataclass(frozen=True)
-class StageTwoConfig:
-    epochs: int = default("classifier_epochs")
-    batch_size: int = default("classifier_batch_size")
-    lr: float = default("classifier_lr")
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    kd: bool = default("kd")
-    kd_temperature: float = 2.0
-    kd_a: float = 1.0  # lam2(e) = kd_a * (e / E) ** kd_g
-    kd_g: float = 3.0
-    adaptive: bool = default("adaptive")
-    generate: bool = default("generate")  # False: real rows only (the 'GLAG without generation' ablation)
-    posthoc_la: bool = default("posthoc_la")
-    beta_init: float = default("beta_init")
-    beta_delta: float = default("beta_delta")
-    beta_min: float = 0.0
-    beta_max: float = 0.9
-    train_la_tau: float = default("train_la_tau")  # CE on z + tau log(pi_train)
-    seed: int = 0
-
-    @classmethod
-    def from_config(cls, cfg: Config) -> StageTwoConfig:
-        s = cfg.stage_two
-        return cls(
-            epochs=s.classifier_epochs,
-            batch_size=s.classifier_batch_size,
-            lr=s.classifier_lr,
-            kd=s.kd,
-            adaptive=s.adaptive,
-            generate=s.generate,
-            posthoc_la=s.posthoc_la,
-            beta_init=s.beta_init,
-            beta_delta=s.beta_delta,
-            train_la_tau=s.train_la_tau,
-            seed=cfg.stage_one.seed,
-        )
-
-    def check(self) -> StageTwoConfig:
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise GlagError(
-                f"epochs={self.epochs}, batch_size={self.batch_size}, lr={self.lr}: all must be positive"
-            )
-        if not (0.0 <= self.beta_min <= self.beta_init <= self.beta_max <= 1.0):
-            raise GlagError(
-                f"need 0 <= beta_min <= beta_init <= beta_max <= 1, got "
-                f"{self.beta_min}, {self.beta_init}, {self.beta_max}"
-            )
-        if self.kd_temperature <= 0:
-            raise GlagError(f"kd_temperature={self.kd_temperature} is invalid; it must be > 0")
-        return self
+# GLAG's stage two as SPEC section 4 fixes it: not settings (the rest is [stage_two], StageTwoSettings)
+MOMENTUM, WEIGHT_DECAY = 0.9, 5e-4
+KD_TEMPERATURE = 2.0
+KD_A, KD_G = 1.0, 3.0  # lam2(e) = KD_A * (e / E) ** KD_G
+BETA_MIN, BETA_MAX = 0.0, 0.9  # beta_c is clipped to these
 
 
 def kd_loss(student_logits, teacher_logits, temperature: float):
@@ -92,11 +44,11 @@ def kd_loss(student_logits, teacher_logits, temperature: float):
     )
 
 
-def update_beta(beta, acc_now, acc_prev, tail_mask, cfg: StageTwoConfig):
+def update_beta(beta, acc_now, acc_prev, tail_mask, delta: float):
     """``beta_c += delta * sign(acc_c(e) - acc_c(e-1))`` for tail classes with validation rows, clipped."""
     step = np.sign(np.nan_to_num(acc_now - acc_prev, nan=0.0))
-    new = np.where(tail_mask, beta + cfg.beta_delta * step, beta)
-    return np.clip(new, cfg.beta_min, cfg.beta_max)
+    new = np.where(tail_mask, beta + delta * step, beta)
+    return np.clip(new, BETA_MIN, BETA_MAX)
 
 
 WIDE_GEMM = 1 << 26  # batch x d x C multiply-adds from which the classifier's GEMMs use every core
@@ -161,121 +113,155 @@ def kd_targets(afg: AFG, teacher, batch_size: int, temperature: float, device):
     return prepare
 
 
+@dataclass
+class _Training:
+    """What the parts of one stage-two training share."""
+
+    afg: AFG
+    s: StageTwoSettings
+    device: torch.device
+    g: LinearSGD
+    stream: FeatureStream
+    steps: int  # optimizer steps per epoch
+    tail: np.ndarray  # bool per class
+    beta: np.ndarray
+    val_x: torch.Tensor  # validation rows, Tukey space, on the device
+    has_val: np.ndarray  # bool per class
+
+
+def _set_up(afg: AFG, s: StageTwoSettings, sampling: SamplingConfig, seed: int, beta0) -> _Training:
+    cache, device = afg.cache, torch_device(afg.xp)
+    counts = cache.train_counts
+    tail = counts < afg.cfg.tail_below
+    g = LinearSGD(
+        cache.feature_dim,
+        cache.num_classes,
+        momentum=MOMENTUM,
+        weight_decay=WEIGHT_DECAY,
+        device=device,
+        seed=seed,
+        offset=s.train_la_tau * log_prior(counts, device),
+    )
+    stream = FeatureStream(afg, sampling, s.classifier_batch_size, seed=seed, synthetic=s.generate)
+    steps = -(-stream.rows_per_epoch() // s.classifier_batch_size)
+    beta = np.where(tail, s.beta_init if beta0 is None else np.asarray(beta0), 0.0).astype(np.float64)
+    val = cache.split("val")
+    val_x = torch.as_tensor(tukey(np.asarray(val.features, dtype=np.float32), afg.cfg.lt), device=device)
+    has_val = np.bincount(val.labels, minlength=cache.num_classes) > 0
+    return _Training(afg, s, device, g, stream, steps, tail, beta, val_x, has_val)
+
+
+def _train_blocks(t: _Training, e: int, blocks) -> None:
+    """Epoch ``e``'s blocks of real + synthetic rows as SGD steps, batch by batch (KD on real head rows)."""
+    s, B, device = t.s, t.s.classifier_batch_size, t.device
+    done = 0
+    for _ in range(t.stream.blocks_per_epoch()):
+        block = next(blocks).finish(t.beta)
+        x, mix = as_tensor(block.x, device), torch.as_tensor(block.mix, device=device)
+        y = torch.as_tensor(block.y[block.mix], device=device)  # labels in batch order
+        ts = [e + (done + i) / t.steps for i in range(-(-len(block.y) // B))]
+        done += len(ts)
+        lrs = [cosine_lr(s.classifier_lr, p, s.classifier_epochs) for p in ts]
+        if s.kd:
+            kd_rows, bounds, kd_p, kd_ne = block.extra
+            lam2s = [gradual_lambda(p, s.classifier_epochs, KD_A, KD_G) for p in ts]
+            t.g.steps(
+                x,
+                mix,
+                y,
+                lrs,
+                lam2s,
+                kd_rows,
+                bounds.tolist(),
+                kd_p,
+                kd_ne,
+                batch_size=B,
+                temperature=KD_TEMPERATURE,
+            )
+        else:
+            t.g.steps(x, mix, y, lrs, batch_size=B)
+
+
+def _end_epoch(t: _Training, e: int, prev_acc):
+    """The epoch's record (losses, val top-1, tail betas); beta_c adapted on val. Returns (record, acc)."""
+    val, C = t.afg.cache.split("val"), t.afg.cache.num_classes
+    ce_sum, kd_sum = t.g.take_sums()
+    val_pred = predict(t.g.logits, t.val_x, t.device)
+    acc = per_class_accuracy(val_pred, val.labels, C)
+    rec = {
+        "epoch": e + 1,
+        "ce": ce_sum / t.steps,
+        "kd": kd_sum / t.steps,
+        "val_top1": float(np.mean(val_pred == val.labels)),
+        "beta": t.beta[t.tail].round(4).tolist(),
+    }
+    if t.s.adaptive and prev_acc is not None:
+        t.beta = update_beta(t.beta, acc, prev_acc, t.tail & t.has_val, t.s.beta_delta)
+    return rec, acc
+
+
+def _final_head(t: _Training) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The classifier's (weight, bias, tau): with post-hoc LA, tau picked on val only and folded into the
+    bias, so the export predicts the same."""
+    weight, bias, tau = t.g.weight, t.g.bias, 0.0
+    if t.s.posthoc_la:  # a prior bias left in the classifier, removed
+        counts, val = t.afg.cache.train_counts, t.afg.cache.split("val")
+        _, tau, _ = logit_adjusted(t.g.logits, counts, t.val_x, val.labels, t.device)
+        bias = bias - tau * log_prior(counts, t.device)
+    return weight, bias, tau
+
+
 def train_glag(
     afg: AFG,
-    cfg: StageTwoConfig,
+    s: StageTwoSettings = StageTwoSettings(),
     sampling: SamplingConfig = SamplingConfig(),
+    *,
+    seed: int = 0,
     progress: bool = True,
     log=None,
     beta0=None,
 ) -> dict:
-    """Train the stage-two classifier; returns its weights, the beta history and val/test metrics.
+    """Train the stage-two classifier of ``[stage_two]`` settings ``s``; returns its weights, the beta
+    history and val/test metrics.
 
     Only train and val rows inform training and the beta updates; test is read once, at the end.
-    ``beta0`` (per class) replaces ``cfg.beta_init`` as the tail classes' starting confidence.
+    ``beta0`` (per class) replaces ``s.beta_init`` as the tail classes' starting confidence.
     Blocks of real + synthetic rows are made ahead by a background thread while the classifier trains.
     """
-    cfg = cfg.check()
-    cache, xp = afg.cache, afg.xp
-    device = torch_device(xp)
-    C, d = cache.num_classes, cache.feature_dim
-    counts = cache.train_counts
-    tail = counts < afg.cfg.tail_below
-    val = cache.split("val")
-    g = LinearSGD(
-        d,
-        C,
-        momentum=cfg.momentum,
-        weight_decay=cfg.weight_decay,
-        device=device,
-        seed=cfg.seed,
-        offset=cfg.train_la_tau * log_prior(counts, device),
-    )
-    stream = FeatureStream(afg, sampling, cfg.batch_size, seed=cfg.seed, synthetic=cfg.generate)
-    steps = -(-stream.rows_per_epoch() // cfg.batch_size)
-    beta = np.where(tail, cfg.beta_init if beta0 is None else np.asarray(beta0), 0.0).astype(np.float64)
-    val_tukey = tukey(np.asarray(val.features, dtype=np.float32), afg.cfg.lt)
-    val_x = torch.as_tensor(val_tukey, device=device)
-    has_val = np.bincount(val.labels, minlength=C) > 0
+    cache = afg.cache
+    t = _set_up(afg, s, sampling, seed, beta0)
+    d, C, B = cache.feature_dim, cache.num_classes, s.classifier_batch_size
+    prepare = kd_targets(afg, cache.head_fn(t.device), B, KD_TEMPERATURE, t.device) if s.kd else None
     history, prev_acc = [], None
-    prepare = (
-        kd_targets(afg, cache.head_fn(device), cfg.batch_size, cfg.kd_temperature, device) if cfg.kd else None
-    )
-    per_epoch = stream.blocks_per_epoch()
-    bar = tqdm(
-        range(cfg.epochs), desc="stage two", leave=False, disable=None if progress else True
-    )  # None: off when not a terminal
-    blocks = feed(stream, cfg.epochs, prepare)
-    B = cfg.batch_size
-    with cpu_threads_beside_generator(xp, cfg.batch_size * d * C):
+    # disable=None: off when not a terminal
+    bar = tqdm(range(s.classifier_epochs), desc="stage two", leave=False, disable=None if progress else True)
+    blocks = feed(t.stream, s.classifier_epochs, prepare)
+    with cpu_threads_beside_generator(afg.xp, B * d * C):
         for e in bar:
-            s = 0
-            for _ in range(per_epoch):
-                block = next(blocks).finish(beta)
-                x, mix = as_tensor(block.x, device), torch.as_tensor(block.mix, device=device)
-                y = torch.as_tensor(block.y[block.mix], device=device)  # labels in batch order
-                ts = [e + (s + i) / steps for i in range(-(-len(block.y) // B))]
-                s += len(ts)
-                lrs = [cosine_lr(cfg.lr, t, cfg.epochs) for t in ts]
-                if cfg.kd:
-                    kd_rows, bounds, kd_p, kd_ne = block.extra
-                    lam2s = [gradual_lambda(t, cfg.epochs, cfg.kd_a, cfg.kd_g) for t in ts]
-                    g.steps(
-                        x,
-                        mix,
-                        y,
-                        lrs,
-                        lam2s,
-                        kd_rows,
-                        bounds.tolist(),
-                        kd_p,
-                        kd_ne,
-                        batch_size=B,
-                        temperature=cfg.kd_temperature,
-                    )
-                else:
-                    g.steps(x, mix, y, lrs, batch_size=B)
-            ce_sum, kd_sum = g.take_sums()
-            val_pred = predict(g.logits, val_x, device)
-            acc = per_class_accuracy(val_pred, val.labels, C)
-            rec = {
-                "epoch": e + 1,
-                "ce": ce_sum / steps,
-                "kd": kd_sum / steps,
-                "val_top1": float(np.mean(val_pred == val.labels)),
-                "beta": beta[tail].round(4).tolist(),
-            }
-            if cfg.adaptive and prev_acc is not None:
-                beta = update_beta(beta, acc, prev_acc, tail & has_val, cfg)
-            prev_acc = acc
+            _train_blocks(t, e, blocks)
+            rec, prev_acc = _end_epoch(t, e, prev_acc)
             history.append(rec)
             bar.set_postfix(val=f"{rec['val_top1']:.3f}")
             if log:
                 log(
-                    f"epoch {e + 1:>3}/{cfg.epochs}  ce {rec['ce']:.4f}  kd {rec['kd']:.4f}  val_top1 "
-                    f"{rec['val_top1']:.4f}"
+                    f"epoch {e + 1:>3}/{s.classifier_epochs}  ce {rec['ce']:.4f}  kd {rec['kd']:.4f}  "
+                    f"val_top1 {rec['val_top1']:.4f}"
                 )
         for _ in blocks:  # exhausts the feed, which lets its thread finish
             raise RuntimeError("the block feed made more blocks than the epochs hold")
-    weight, bias = g.weight, g.bias
-    tau = 0.0
-    if cfg.posthoc_la:  # a prior bias left in the classifier, removed with tau picked on val only
-        _, tau, _ = logit_adjusted(g.logits, counts, val_x, val.labels, device)
-        # folded into the classifier, so the export predicts the same
-        bias = bias - tau * log_prior(counts, device)
+    weight, bias, tau = _final_head(t)
     head = lambda x: x @ weight.T + bias  # noqa: E731
-    val_pred = predict(head, val_x, device)
-    test = cache.split("test")
-    test_pred = predict(head, tukey(np.asarray(test.features, dtype=np.float32), afg.cfg.lt), device)
+    val, test, counts = cache.split("val"), cache.split("test"), cache.train_counts
+    test_pred = predict(head, tukey(np.asarray(test.features, dtype=np.float32), afg.cfg.lt), t.device)
     return {
         "weight": weight.cpu().numpy(),
         "bias": bias.cpu().numpy(),
         "posthoc_tau": tau,
-        "beta_final": beta.tolist(),
-        "tail_classes": np.flatnonzero(tail).tolist(),
+        "beta_final": t.beta.tolist(),
+        "tail_classes": np.flatnonzero(t.tail).tolist(),
         "history": history,
-        "val": evaluate(val_pred, val.labels, counts),
+        "val": evaluate(predict(head, t.val_x, t.device), val.labels, counts),
         "test": evaluate(test_pred, test.labels, counts),
-        "config": asdict(cfg),
+        "config": {**asdict(s), "seed": seed},
         "sampling": asdict(sampling),
     }
