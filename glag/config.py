@@ -52,6 +52,12 @@ class Rule:
     choices: Callable[[], tuple] | None = None  # lazy: the registries import torch
     flag: str = ""  # click's declaration when not --key-with-dashes ("--kd/--no-kd", "-im")
     optional: bool = False  # None allowed: the dataset's preset decides
+    # [stage_one] only (glag.extract.recipe): whether the setting changes the trained weights and so keys
+    # the training; a keyed setting newer than recipe.ALWAYS_KEYED is left out of the key at
+    # ``unkeyed_at`` (default: its default), so adding one keeps every earlier key
+    keyed: bool = True
+    unkeyed_at: object = None
+    loss_param: bool = False  # [stage_one]: passed to the stage-one loss's builder by name
 
     def allowed(self) -> str:
         if self.choices:
@@ -263,9 +269,11 @@ class DatasetSettings:
 @dataclass(frozen=True)
 class StageOneSettings:
     loss: str = setting("graloss", "Stage-one loss.", choices=_choices("loss"))
-    a: float = setting(1.0, "GraLoss scale a in lam(t) = a (t/T)^g.", lo=0, hi=10)
-    g: float = setting(3.0, "GraLoss exponent g (<1 concave, 1 linear, >1 convex).", lo=0, hi=100)
-    tau: float = setting(1.0, "Fixed strength for --loss la.", lo=0, hi=10)
+    a: float = setting(1.0, "GraLoss scale a in lam(t) = a (t/T)^g.", lo=0, hi=10, loss_param=True)
+    g: float = setting(
+        3.0, "GraLoss exponent g (<1 concave, 1 linear, >1 convex).", lo=0, hi=100, loss_param=True
+    )
+    tau: float = setting(1.0, "Fixed strength for --loss la.", lo=0, hi=10, loss_param=True)
     backbone: str | None = setting(
         None,
         "Backbone: cnn, resnet10, resnet32, resnet50, or torchvision:NAME (e.g. torchvision:resnet18; "
@@ -319,6 +327,7 @@ class StageOneSettings:
         "features stay fp32) or fp32. auto: bf16 on CUDA; on CPU fp32 until bf16's accuracy parity is "
         "measured (docs/benchmarks.md). bf16 is part of the cache key; fp32 keeps every earlier key.",
         choices=_choices("precision"),
+        unkeyed_at="fp32",  # as resolved: fp32 trained every folder before the setting existed
     )
     seed: int = setting(0, "Random seed (stage one and stage two).", lo=0, hi=U32, hi_open=True)
     compile: bool = setting(
@@ -327,6 +336,7 @@ class StageOneSettings:
         "compile). On 2 CPU cores: steps 1.10x faster for ResNet-32, after a one-off compile "
         "(docs/benchmarks.md). Not part of the cache key.",
         flag="--compile/--no-compile",
+        keyed=False,  # compiled steps train to the same weights, or fall back to eager
     )
 
 

@@ -1,13 +1,17 @@
 """Issue 38 item 3: the stage-one key is built from an explicit list of the settings that change the
-trained weights, so a setting that does not change them leaves every key as it is."""
+trained weights (recipe.ALWAYS_KEYED, then each newer setting as its declaration says), so a setting that
+does not change them, or a new one at its default, leaves every key as it is; and a loss parameter is one
+declaration in config.py plus its use in the loss."""
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 
+import numpy as np
 import pytest
 
 from glag.cache.format import json_hash
 from glag.config import Config, StageOneSettings, setting
-from glag.extract.recipe import KEYED, NOT_KEYED, StageOne
+from glag.extract import losses
+from glag.extract.recipe import ALWAYS_KEYED, KEYED, NOT_KEYED, StageOne
 
 # a value other than the default for each keyed setting (all valid on the default dataset)
 CHANGED = {
@@ -32,10 +36,11 @@ def key(job: StageOne) -> str:
     return json_hash(job.identity())
 
 
-def test_every_stage_one_setting_is_keyed_or_says_why_not():
-    names = {f.name for f in fields(StageOneSettings)}
-    assert names == set(KEYED) | set(NOT_KEYED), "put the new setting in recipe.KEYED or recipe.NOT_KEYED"
-    assert not set(KEYED) & set(NOT_KEYED) and set(CHANGED) == set(KEYED)
+def test_keyed_and_unkeyed_settings():
+    assert set(KEYED) == set(CHANGED) and KEYED[: len(ALWAYS_KEYED)] == ALWAYS_KEYED
+    assert NOT_KEYED == ("compile",)
+    base = StageOne.make().identity()
+    assert set(ALWAYS_KEYED) <= set(base) and not {"mixup", "weights", "precision", "compile"} & set(base)
 
 
 @pytest.mark.parametrize("name", KEYED)
@@ -45,14 +50,27 @@ def test_each_keyed_setting_changes_the_key(name):
     assert key(StageOne.make(**{name: CHANGED[name]})) != key(StageOne.make())
 
 
-def test_settings_that_do_not_change_the_weights_leave_the_key():
+@dataclass(frozen=True)
+class WithNewSettings(StageOneSettings):  # as if glag gained two settings
+    log_every: int = setting(10, "How often to log.", lo=1, hi=1000, keyed=False)
+    b: float = setting(0.0, "A new GraLoss parameter.", lo=0, hi=10, loss_param=True)
+
+
+def test_new_settings_leave_every_key_and_a_new_loss_parameter_reaches_the_loss(monkeypatch):
     base = key(StageOne.make())
     assert key(StageOne.make(compile=True)) == base
+    new = lambda **kw: StageOne.of(replace(Config(), stage_one=WithNewSettings(**kw)))  # noqa: E731
+    assert key(new(log_every=3)) == base  # declared keyed=False
+    assert key(new()) == base  # keyed, but left out at its default: no earlier key moves
+    assert key(new(b=0.5)) != base and new(b=0.5).identity()["b"] == 0.5
 
-    @dataclass(frozen=True)
-    class WithANewSetting(StageOneSettings):  # as if glag gained a setting that does not change the weights
-        log_every: int = setting(10, "How often to log.", lo=1, hi=1000)
+    # the loss's builder gets the new parameter by name, with no other edit
+    seen = {}
 
-    cfg = replace(Config(), stage_one=WithANewSetting(log_every=3))
-    assert key(StageOne.of(cfg)) == base
-    assert key(StageOne.of(replace(Config(), stage_one=WithANewSetting(seed=7)))) != base
+    def build(counts, total, **params):
+        seen.update(params)
+        return losses.CrossEntropy()
+
+    monkeypatch.setitem(losses.LOSS_BUILDERS, "ce", build)
+    losses.make_loss("ce", np.array([5, 3]), 2, **new(b=0.5).loss_params())
+    assert seen == {"a": 1.0, "g": 3.0, "tau": 1.0, "b": 0.5, "gamma": 1.0}

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+from dataclasses import fields
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from glag.config import CHOICES
+from glag.config import CHOICES, StageOneSettings
 from glag.errors import GlagError, user_code
 from glag.registry import add
 
@@ -125,22 +126,28 @@ def head_for(loss: str) -> str:
     return "cosine" if loss in COSINE_LOSSES else "linear"
 
 
-def make_loss(
-    name: str,
-    counts,
-    total_epochs: float,
-    *,
-    tau: float = 1.0,
-    a: float = 1.0,
-    g: float = 3.0,
-    gamma: float = 1.0,
-) -> nn.Module:
-    """Build a stage-one loss by name (see ``LOSS_BUILDERS``)."""
+FOCAL_GAMMA = 1.0  # the focal loss's gamma: not a setting, but keyed (glag.extract.recipe)
+
+
+def loss_params(settings=StageOneSettings) -> tuple[str, ...]:
+    """The [stage_one] settings passed to a loss's builder by name: those declared loss_param."""
+    return tuple(f.name for f in fields(settings) if f.metadata["rule"].loss_param)
+
+
+def loss_defaults() -> dict:
+    names = loss_params()
+    return {**{f.name: f.default for f in fields(StageOneSettings) if f.name in names}, "gamma": FOCAL_GAMMA}
+
+
+def make_loss(name: str, counts, total_epochs: float, **params) -> nn.Module:
+    """Build a stage-one loss by name (see ``LOSS_BUILDERS``); ``params`` are the [stage_one] settings
+    declared ``loss_param`` (a, g, tau) and the focal gamma (glag.extract.recipe.StageOne.loss_params)."""
+    params = {**loss_defaults(), **params}
     if name not in LOSS_BUILDERS:
         raise GlagError(f"unknown loss '{name}'; choose one of: {', '.join(LOSS_BUILDERS)}")
     build = LOSS_BUILDERS[name]
     with user_code(f"stage-one loss '{name}'", build):
-        loss = build(counts, total_epochs, tau=tau, a=a, g=g, gamma=gamma)
+        loss = build(counts, total_epochs, **params)
         lam = loss.lam(0.0) if callable(getattr(loss, "lam", None)) else None
     # checked before the first epoch, not after it: training calls loss(logits, target, t) and logs lam(t)
     if not isinstance(loss, nn.Module) or not isinstance(lam, (int, float)) or not math.isfinite(lam):

@@ -4,22 +4,22 @@ trained weights."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 from glag.config import Config, StageOneSettings
 from glag.errors import GlagError
 from glag.extract.dataset_kinds import IMAGENET_RECIPE, kind_of
 from glag.extract.datasets import DatasetSpec
 from glag.extract.folder import SMALL_MAX
+from glag.extract.losses import FOCAL_GAMMA, loss_params
 from glag.extract.models import BACKBONES
 from glag.extract.precision import resolve_precision
 from glag.extract.pretrained import is_torchvision, model_name, weights_identity
 
 MOMENTUM = 0.9  # stage-one SGD momentum: not a setting, but keyed (as it always was)
-FOCAL_GAMMA = 1.0  # the focal loss's gamma: likewise
 
-# The [stage_one] settings that change the trained weights, and so the features: each is in the key.
-KEYED = (
+# The [stage_one] settings in every key, at whatever value: those that keyed trainings from the start.
+ALWAYS_KEYED = (
     "backbone",
     "loss",
     "a",
@@ -30,16 +30,27 @@ KEYED = (
     "lr",
     "warmup",
     "weight_decay",
-    "mixup",
     "seed",
-    "weights",
-    "precision",
 )
-# The ones that do not, with the reason. A new setting goes in one of the two lists; the test
-# (tests/test_stage_one_key.py) fails until it does, and shows that these leave every key as it is.
-NOT_KEYED = {"compile": "torch.compile trains to the same weights, or falls back to eager"}
+
+
+def newer_keyed(settings) -> dict:
+    """The keyed settings newer than ALWAYS_KEYED that are not at their old value: each as its declaration
+    in config.py says (Rule.keyed, Rule.unkeyed_at), so a new setting leaves every earlier key as it is."""
+    out = {}
+    for f in fields(settings):
+        rule = f.metadata["rule"]
+        old = rule.unkeyed_at if rule.unkeyed_at is not None else f.default
+        if rule.keyed and f.name not in ALWAYS_KEYED and getattr(settings, f.name) != old:
+            out[f.name] = getattr(settings, f.name)
+    return out
+
+
+_RULES = {f.name: f.metadata["rule"] for f in fields(StageOneSettings)}
+KEYED = ALWAYS_KEYED + tuple(n for n, r in _RULES.items() if r.keyed and n not in ALWAYS_KEYED)
+NOT_KEYED = tuple(n for n, r in _RULES.items() if not r.keyed)
 # Keyed numbers that are floats whatever way they were typed (a preset's warmup 5, a recipe's 5.0).
-FLOAT_FIELDS = ("a", "g", "tau", "gamma", "lr", "warmup", "momentum", "weight_decay", "mixup")
+FLOAT_FIELDS = ("gamma", "momentum") + tuple(n for n in KEYED if _RULES[n].kind is float)
 
 
 def preset_for(ds: DatasetSpec) -> dict:
@@ -95,6 +106,10 @@ class StageOne:
         the default dataset), e.g. ``StageOne.make(epochs=3, seed=1)``."""
         return cls.of(Config().with_values(settings), spec)
 
+    def loss_params(self) -> dict:
+        """What the stage-one loss's builder is given: every setting declared loss_param, and gamma."""
+        return {**{k: getattr(self.settings, k) for k in loss_params(self.settings)}, "gamma": FOCAL_GAMMA}
+
     @property
     def amp(self) -> bool:
         """bf16 autocast: the loss, optimizer and BatchNorm statistics stay fp32."""
@@ -105,17 +120,12 @@ class StageOne:
         preset's augmentation and the dataset. Float fields are floats however they were typed; ``legacy``
         keeps them as typed, as glag did before, so folders trained then are still found."""
         s = self.settings
-        d = {k: getattr(s, k) for k in KEYED}
+        d = {k: getattr(s, k) for k in ALWAYS_KEYED} | newer_keyed(s)
         d.update(momentum=MOMENTUM, gamma=FOCAL_GAMMA, pad=self.pad, flip=self.flip)
         if not legacy:
-            d.update({k: float(d[k]) for k in FLOAT_FIELDS})
-        # Each left out at its old value, so the folders trained before it existed keep their keys.
-        d["weights"] = weights_identity(s.weights)  # the file's content, not its path
-        for k in ("weights", "mixup"):
-            if not d[k]:
-                del d[k]
-        if d["precision"] == "fp32":
-            del d["precision"]
+            d.update({k: float(d[k]) for k in FLOAT_FIELDS if k in d})
+        if "weights" in d:
+            d["weights"] = weights_identity(s.weights)  # the file's content, not its path
         # Training never reads the full balanced split, so asking to dump it must not retrain.
         d["dataset"] = {**self.dataset.identity(), "full_split": False}
         return d

@@ -28,7 +28,7 @@ from glag.extract.inputs import (
 from glag.extract.losses import head_for, make_loss
 from glag.extract.models import Classifier
 from glag.extract.pretrained import load_initial_weights
-from glag.extract.recipe import FOCAL_GAMMA, MOMENTUM, StageOne, canonical
+from glag.extract.recipe import MOMENTUM, StageOne, canonical
 from glag.extract.steps import accuracy, finite_weights, lr_at, set_seed, sgd_step
 from glag.extract.torchfile import safe_load
 from glag.paths import atomic_path
@@ -76,7 +76,7 @@ def set_up(job: StageOne, data: LTData, workdir: Path, log) -> TrainRun:
     # channels-last on CPU too: 1.3-1.7x faster steps for ResNet-32 on 2 cores (docs/benchmarks.md)
     model = model.to(device, memory_format=torch.channels_last)
     counts = data.train_counts
-    loss_fn = make_loss(s.loss, counts, s.epochs, tau=s.tau, a=s.a, g=s.g, gamma=FOCAL_GAMMA).to(device)
+    loss_fn = make_loss(s.loss, counts, s.epochs, **job.loss_params()).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=s.lr, momentum=MOMENTUM, weight_decay=s.weight_decay)
     norm = normalisation(s.backbone, data)
     return TrainRun(job, data, workdir, log, device, rank, world, model, loss_fn, opt, norm)
