@@ -19,11 +19,11 @@ from pathlib import Path
 from glag.cache.format import FeatureCache
 from glag.classify import baselines
 from glag.classify.stage_two import train_glag
-from glag.config import StageTwoSettings, default
+from glag.config import GeneratorSettings, StageTwoSettings, default
 from glag.extract.datasets import DatasetSpec, load_dataset
 from glag.extract.recipe import StageOne
 from glag.extract.stage_one import stage_one
-from glag.generate.afg import AFG, GeneratorConfig, SamplingConfig
+from glag.generate.afg import AFG
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,15 +65,19 @@ def stage_two(args):
             ("all-entries", "count-distance"),
             ("identity", "uniform"),
         ):
-            afg = AFG.build(cache, GeneratorConfig(weighting=weighting), device="cpu")
+            afg = AFG.build(cache, GeneratorSettings(weighting=weighting), device="cpu")
             for beta_init, alpha in itertools.product((0.4, 0.6), (0.0, 0.1)):
                 if form == "all-entries" and alpha == 0.0:
                     continue  # identical to identity at alpha 0
                 vals = [
                     train_glag(
                         afg,
-                        StageTwoSettings(beta_init=beta_init, classifier_epochs=args.classifier_epochs),
-                        SamplingConfig(alpha=alpha, dispersion=form),
+                        StageTwoSettings(
+                            beta_init=beta_init,
+                            classifier_epochs=args.classifier_epochs,
+                            alpha=alpha,
+                            dispersion=form,
+                        ),
                         seed=s,
                         progress=False,
                     )["val"]["top1"]
@@ -94,7 +98,7 @@ def stage_two(args):
     return rows
 
 
-# name -> (GeneratorConfig, StageTwoSettings, SamplingConfig) overrides; all scored on val only.
+# name -> (GeneratorSettings, StageTwoSettings, StageTwoSettings) overrides; all scored on val only.
 GLAG_PROBES = {
     "default": ({}, {}, {}),
     "beta 0.0 fixed": ({}, {"beta_init": 0.0, "adaptive": False}, {}),
@@ -162,21 +166,20 @@ def glag_val(args):
             sam_kw = dict(sam_kw)
             if sam_kw.get("n_target") == -2:
                 sam_kw["n_target"] = int(counts.max()) // 2
-            afg = AFG.build(cache, GeneratorConfig(**gen_kw), device="cpu", save=False)
+            afg = AFG.build(cache, GeneratorSettings(**gen_kw), device="cpu", save=False)
             # without stage two's own adjustment, so the '+LA' row below is the one adjustment
             res = train_glag(
                 afg,
                 StageTwoSettings(
-                    **{"classifier_epochs": args.classifier_epochs, "posthoc_la": False, **st_kw}
+                    **{"classifier_epochs": args.classifier_epochs, "posthoc_la": False, **st_kw}, **sam_kw
                 ),
-                SamplingConfig(**sam_kw),
                 seed=seed,
                 progress=False,
             )
             add(name, res["val"]["top1"], res["val"]["few"])
             W, bias = torch.as_tensor(res["weight"]), torch.as_tensor(res["bias"])
             lp = log_prior(counts, cpu)
-            x = tukey(np.asarray(val.features, dtype=np.float32), afg.cfg.lt)
+            x = tukey(np.asarray(val.features, dtype=np.float32), afg.cfg.tukey_power)
             make = lambda tau, W=W, bias=bias, lp=lp: lambda z: z @ W.T + bias - tau * lp  # noqa: E731
             tau, _ = pick_on_val(make, x, val.labels, cpu)
             best = evaluate(predict(make(tau), x, cpu), val.labels, counts)

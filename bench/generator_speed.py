@@ -17,8 +17,9 @@ import numpy as np
 from common import emit, synthetic_cache
 
 from glag.cache.format import FeatureCache
+from glag.config import GeneratorSettings, StageTwoSettings
 from glag.extract.profile import exponential_counts
-from glag.generate.afg import AFG, GeneratorConfig, SamplingConfig
+from glag.generate.afg import AFG
 
 
 def reference(afg: AFG, js, per_sample: int, beta: float, rng) -> int:
@@ -42,7 +43,7 @@ def reference(afg: AFG, js, per_sample: int, beta: float, rng) -> int:
 def one_dim(dim: int, C: int, n_ref_samples: int, per_sample: int, tmp: Path) -> dict:
     counts = exponential_counts(200, C, 50)
     cache = FeatureCache(synthetic_cache(tmp / f"g{dim}.h5", counts, dim))
-    afg = AFG.build(cache, GeneratorConfig(mode="dense"), device="cpu", save=False)
+    afg = AFG.build(cache, GeneratorSettings(mode="dense"), device="cpu", save=False)
     rng = np.random.default_rng(0)
     js = rng.choice(len(afg.supports), n_ref_samples)
     t = time.perf_counter()
@@ -54,7 +55,7 @@ def one_dim(dim: int, C: int, n_ref_samples: int, per_sample: int, tmp: Path) ->
     beta = np.full(C, 0.6)
     t = time.perf_counter()
     for s in range(0, len(jj), 8192):
-        afg.sample_tail(jj[s : s + 8192], beta, SamplingConfig(alpha=0.1), seed=s)
+        afg.sample_tail(jj[s : s + 8192], beta, StageTwoSettings(alpha=0.1), seed=s)
     bat_s = time.perf_counter() - t
     ref_fps, bat_fps = n_ref / ref_s, len(jj) / bat_s
     return {
@@ -74,13 +75,14 @@ import sys, numpy as np
 sys.path.insert(0, {root!r}); sys.path.insert(0, {bench!r})
 from common import synthetic_cache
 from glag.cache.format import FeatureCache
-from glag.generate.afg import AFG, GeneratorConfig
+from glag.config import GeneratorSettings
+from glag.generate.afg import AFG
 from pathlib import Path
 def hwm():  # peak resident KB; getrusage's ru_maxrss lags (updated on unmap and exit), /proc does not
     return int([l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0].split()[1])
 cache = FeatureCache(Path({path!r}))
 base = hwm()
-afg = AFG.build(cache, GeneratorConfig(mode={mode!r}), device="cpu", save=False)
+afg = AFG.build(cache, GeneratorSettings(mode={mode!r}), device="cpu", save=False)
 print(hwm() - base, afg.factors.nbytes())
 """
 

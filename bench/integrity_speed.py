@@ -22,6 +22,7 @@ import torch
 from common import cifar100_lt_counts, emit, synthetic_splits, timed
 
 from glag.cache.format import FeatureCache, key_payload, write_cache
+from glag.config import GeneratorSettings, StageTwoSettings
 from glag.extract.profile import exponential_counts
 
 SHAPES = {
@@ -117,17 +118,16 @@ def forward_rate(n=512):
 
 def open_and_build(path, check):
     """Open a cache and build the generator on it: where stage two waits for the checksum check."""
-    from glag.generate.afg import AFG, GeneratorConfig
+    from glag.generate.afg import AFG
 
     cache = FeatureCache(path, check_data=check)
     if not check:
         cache.ensure_sound = lambda: cache  # the unchecked path: format 1's behaviour
-    return AFG.build(cache, GeneratorConfig(), device="cpu", save=False)
+    return AFG.build(cache, GeneratorSettings(), device="cpu", save=False)
 
 
 def stage_two_total(path, check, epochs):
     from glag.classify.stage_two import train_glag
-    from glag.config import StageTwoSettings
 
     train_glag(open_and_build(path, check), StageTwoSettings(classifier_epochs=epochs), progress=False)
 

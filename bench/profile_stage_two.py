@@ -17,8 +17,8 @@ from common import cifar100_lt_counts, synthetic_cache
 
 from glag.cache.format import FeatureCache
 from glag.classify.stage_two import train_glag
-from glag.config import StageTwoSettings
-from glag.generate.afg import AFG, GeneratorConfig, SamplingConfig
+from glag.config import GeneratorSettings, StageTwoSettings
+from glag.generate.afg import AFG
 from glag.generate.stream import FeatureStream
 
 
@@ -29,9 +29,9 @@ def main():
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         cache = FeatureCache(synthetic_cache(Path(tmp) / "c100.h5", cifar100_lt_counts(), 64))
-        afg = AFG.build(cache, GeneratorConfig(), device="cpu", save=False)
+        afg = AFG.build(cache, GeneratorSettings(), device="cpu", save=False)
         train_glag(afg, StageTwoSettings(classifier_epochs=1), progress=False)  # warm-up
-        stream = FeatureStream(afg, SamplingConfig(), 512, seed=0)
+        stream = FeatureStream(afg, StageTwoSettings(), 512, seed=0)
 
         def blocks_only():
             for e in range(args.epochs):

@@ -31,9 +31,9 @@ from common import emit, synthetic_cache, timed
 from glag.cache.format import FeatureCache
 from glag.classify.common import cosine_lr
 from glag.classify.stage_two import train_glag
-from glag.config import StageTwoSettings
+from glag.config import GeneratorSettings, StageTwoSettings
 from glag.extract.profile import exponential_counts
-from glag.generate.afg import AFG, GeneratorConfig, SamplingConfig
+from glag.generate.afg import AFG
 from glag.generate.stream import FeatureStream
 
 SHAPES = {
@@ -84,10 +84,10 @@ def measured_shape(name, spec, repeats, tmp, device="cpu"):
     counts = exponential_counts(spec["n_max"], spec["C"], spec["im"])
     cache = FeatureCache(synthetic_cache(Path(tmp) / f"{name}.h5", counts, spec["d"], test_per_class=5))
     t = time.perf_counter()
-    afg = AFG.build(cache, GeneratorConfig(), device=device, save=False)
+    afg = AFG.build(cache, GeneratorSettings(), device=device, save=False)
     stats_s = time.perf_counter() - t
     cfg = StageTwoSettings(classifier_epochs=spec["epochs"])
-    rows = FeatureStream(afg, SamplingConfig(), cfg.classifier_batch_size).rows_per_epoch()
+    rows = FeatureStream(afg, StageTwoSettings(), cfg.classifier_batch_size).rows_per_epoch()
     if name == "cifar100-lt":  # warm-up
         train_glag(afg, StageTwoSettings(classifier_epochs=1), progress=False)
     stage, floor = [], []
@@ -183,10 +183,10 @@ def inat_shape(path, blocks: int = 3):
     rss0 = current_rss_mb()
     cache = FeatureCache(path)
     t = time.perf_counter()
-    afg = AFG.build(cache, GeneratorConfig(mode="factor"), device="cpu", save=False)
+    afg = AFG.build(cache, GeneratorSettings(mode="factor"), device="cpu", save=False)
     stats_s = time.perf_counter() - t
     C, d = cache.num_classes, cache.feature_dim
-    stream = FeatureStream(afg, SamplingConfig(), 512)
+    stream = FeatureStream(afg, StageTwoSettings(), 512)
     gen = stream.blocks(0)
     t = time.perf_counter()
     made = [next(gen) for _ in range(2)]

@@ -27,7 +27,7 @@ from glag.extract.dump import load_checkpoint
 from glag.extract.recipe import StageOne
 from glag.extract.stage_one import stage_one
 from glag.extract.torchfile import safe_load
-from glag.generate.afg import AFG, GeneratorConfig, SamplingConfig, check_fit, check_for_cache
+from glag.generate.afg import AFG, check_fit, check_for_cache
 from glag.generate.backend import get_xp
 from glag.options import check_writable
 from glag.paths import missing_folders, remove_if_empty
@@ -124,16 +124,15 @@ def check_fits(cfg: Config, data, methods=None) -> None:
     for name in dict.fromkeys(m if m in cfg.variants else "" for m in methods):
         c = replace(cfg, variants=cfg.variants).variant(name) if name else cfg
         where = f"{what} (variant '{name}')" if name else what
-        check_fit(data.train_counts, GeneratorConfig.from_config(c), SamplingConfig.from_config(c), where)
+        check_fit(data.train_counts, c.generator, c.stage_two, where)
         get_xp(c.generator.device)  # --device gpu without CuPy or CUDA
 
 
 def build_generator(cache_path: Path, cfg: Config) -> AFG:
     """The generator's statistics and support sets for a cache (computed once, then read from their file)."""
-    gen = GeneratorConfig.from_config(cfg)
     cache = FeatureCache(cache_path)
-    check_for_cache(cache, gen, SamplingConfig.from_config(cfg))
-    return AFG.build(cache, gen, device=cfg.generator.device)
+    check_for_cache(cache, cfg.generator, cfg.stage_two)
+    return AFG.build(cache, cfg.generator, device=cfg.generator.device)
 
 
 def run_stage_two(

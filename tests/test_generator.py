@@ -3,11 +3,13 @@ import pytest
 from conftest import mixture_cache
 
 from glag.cache.format import FeatureCache
+from glag.config import GeneratorSettings, StageTwoSettings
 from glag.errors import GlagError
-from glag.generate.afg import AFG, GeneratorConfig, SamplingConfig, stats_path
+from glag.generate.afg import AFG, stats_path
 from glag.generate.stats import class_stats, tukey
 from glag.generate.stream import FeatureStream, epoch_plan
 from glag.generate.support import support_sets
+from glag.pipeline import load_config
 
 N_DRAWS = 200_000
 
@@ -29,7 +31,7 @@ HYBRID = dict(mode="auto", max_dense_gb=2 * 4 * 16 / 2**30)  # room for two 4 x 
 def test_draws_converge_to_calibrated_distribution(cache, mode, alpha):
     afg = AFG.build(
         cache,
-        GeneratorConfig(k=2, **(HYBRID if mode == "hybrid" else {"mode": mode})),
+        GeneratorSettings(k=2, **(HYBRID if mode == "hybrid" else {"mode": mode})),
         device="cpu",
         save=False,
     )
@@ -38,7 +40,7 @@ def test_draws_converge_to_calibrated_distribution(cache, mode, alpha):
     j = int(np.flatnonzero(afg.supports.classes == 4)[3])  # a tail sample with a full support set
     assert (afg.supports.support[j] >= 0).all()
     mu, sigma = afg.calibrated(j, 0.6, alpha)
-    x = _draw_many(afg, j, beta, SamplingConfig(alpha=alpha))
+    x = _draw_many(afg, j, beta, StageTwoSettings(alpha=alpha))
     # Monte-Carlo error of the mean is sd/sqrt(n) ~ 1e-3 here; of the covariance ~ 2e-3: 5x margins
     se = np.sqrt(np.diag(sigma) / N_DRAWS)
     assert np.all(np.abs(x.mean(0) - mu) < 5 * se + 1e-6)
@@ -63,7 +65,7 @@ def test_auto_mode_picks_the_cheaper_factor_per_class():
 
 
 def test_hybrid_support_draw_mixes_both_factor_kinds(cache):
-    afg = AFG.build(cache, GeneratorConfig(**HYBRID), device="cpu", save=False)
+    afg = AFG.build(cache, GeneratorSettings(**HYBRID), device="cpu", save=False)
     dense = afg.factors.dense_of >= 0
     j = next(
         i
@@ -71,22 +73,26 @@ def test_hybrid_support_draw_mixes_both_factor_kinds(cache):
         if (afg.supports.support[i] >= 0).all() and len(set(dense[afg.supports.support[i]])) == 2
     )  # one Cholesky, one row factor
     mu, sigma = afg.calibrated(j, 0.3)
-    x = _draw_many(afg, j, np.full(6, 0.3), SamplingConfig())
+    x = _draw_many(afg, j, np.full(6, 0.3), StageTwoSettings())
     assert np.abs(x.mean(0) - mu).max() < 5 * np.sqrt(np.diag(sigma).max() / N_DRAWS)
     assert np.abs(np.cov(x.T) - sigma).max() < 0.01
 
 
-def test_dense_and_factor_agree(cache):
-    dense = AFG.build(cache, GeneratorConfig(mode="dense", eps=1e-9), device="cpu", save=False)
-    factor = AFG.build(cache, GeneratorConfig(mode="factor"), device="cpu", save=False)
+def test_dense_and_factor_agree(cache, monkeypatch):
+    from glag.generate import afg as afg_module
+
+    monkeypatch.setattr(afg_module, "EPS", 1e-9)  # the dense factor's jitter, small enough to compare
+    dense = AFG.build(cache, GeneratorSettings(mode="dense"), device="cpu", save=False)
+    monkeypatch.undo()
+    factor = AFG.build(cache, GeneratorSettings(mode="factor"), device="cpu", save=False)
     j = int(np.flatnonzero(dense.supports.classes == 3)[0])
     m1, s1 = dense.calibrated(j, 0.4)
     m2, s2 = factor.calibrated(j, 0.4)
     np.testing.assert_allclose(m1, m2, atol=1e-6)
     np.testing.assert_allclose(s1, s2, atol=1e-5)
     beta = np.full(cache.num_classes, 0.4)
-    x1 = _draw_many(dense, j, beta, SamplingConfig(), 1)
-    x2 = _draw_many(factor, j, beta, SamplingConfig(), 2)
+    x1 = _draw_many(dense, j, beta, StageTwoSettings(), 1)
+    x2 = _draw_many(factor, j, beta, StageTwoSettings(), 2)
     assert np.abs(x1.mean(0) - x2.mean(0)).max() < 0.01
     assert np.abs(np.cov(x1.T) - np.cov(x2.T)).max() < 0.01
 
@@ -95,7 +101,10 @@ def test_free_lunch_special_case(cache):
     """Uniform weights, beta = k/(k+1) and all-entries alpha give Yang et al.'s calibration."""
     k, alpha, lt = 2, 0.21, 0.5
     afg = AFG.build(
-        cache, GeneratorConfig(k=k, weighting="uniform", mode="factor", lt=lt), device="cpu", save=False
+        cache,
+        GeneratorSettings(k=k, weighting="uniform", mode="factor", tukey_power=lt),
+        device="cpu",
+        save=False,
     )
     train = cache.split("train")
     X = [tukey(np.asarray(train.of_class(c), dtype=np.float64), lt) for c in range(cache.num_classes)]
@@ -116,17 +125,17 @@ def test_free_lunch_special_case(cache):
 
 
 def test_all_entries_dispersion_sampling(cache):
-    afg = AFG.build(cache, GeneratorConfig(mode="factor"), device="cpu", save=False)
+    afg = AFG.build(cache, GeneratorSettings(mode="factor"), device="cpu", save=False)
     j = int(np.flatnonzero(afg.supports.classes == 4)[0])
-    x = _draw_many(afg, j, np.full(6, 0.5), SamplingConfig(alpha=0.3, dispersion="all-entries"))
+    x = _draw_many(afg, j, np.full(6, 0.5), StageTwoSettings(alpha=0.3, dispersion="all-entries"))
     assert np.abs(np.cov(x.T) - afg.calibrated(j, 0.5, 0.3, "all-entries")[1]).max() < 0.01
 
 
 @pytest.mark.parametrize("n_target,block_mb", [(0, 64.0), (450, 1e-4)])
 def test_stream_epoch_tops_every_class_up(cache, n_target, block_mb):
-    afg = AFG.build(cache, GeneratorConfig(), device="cpu", save=False)
+    afg = AFG.build(cache, GeneratorSettings(), device="cpu", save=False)
     stream = FeatureStream(
-        afg, SamplingConfig(alpha=0.1, n_target=n_target), batch_size=97, seed=3, block_mb=block_mb
+        afg, StageTwoSettings(alpha=0.1, n_target=n_target), batch_size=97, seed=3, block_mb=block_mb
     )
     assert stream.block_rows == (97 if block_mb < 1 else 97 * (64 * 2**20 // (16 * 97)))
     target = n_target or 400
@@ -147,7 +156,7 @@ def test_stream_epoch_tops_every_class_up(cache, n_target, block_mb):
 
 
 def test_fresh_synthetic_set_each_epoch(cache):
-    afg = AFG.build(cache, GeneratorConfig(), device="cpu", save=False)
+    afg = AFG.build(cache, GeneratorSettings(), device="cpu", save=False)
     stream = FeatureStream(afg, batch_size=10_000)
     beta = np.full(6, 0.6)
     (b0,), (b1,), (b0b,) = (list(stream.epoch(e, beta)) for e in (0, 1, 0))
@@ -168,8 +177,8 @@ def test_fresh_synthetic_set_each_epoch(cache):
 def test_feed_gives_the_same_blocks_however_far_ahead(cache, ahead):
     from glag.generate.feed import feed
 
-    afg = AFG.build(cache, GeneratorConfig(), device="cpu", save=False)
-    stream = FeatureStream(afg, SamplingConfig(alpha=0.1), batch_size=50, seed=5, block_mb=2e-3)
+    afg = AFG.build(cache, GeneratorSettings(), device="cpu", save=False)
+    stream = FeatureStream(afg, StageTwoSettings(alpha=0.1), batch_size=50, seed=5, block_mb=2e-3)
     assert stream.blocks_per_epoch() > 2
     betas = [np.full(6, 0.1 * e, dtype=np.float32) for e in range(3)]
     want = [[b for b in stream.epoch(e, betas[e])] for e in range(3)]
@@ -187,8 +196,8 @@ def test_feed_gives_the_same_blocks_however_far_ahead(cache, ahead):
 def test_streamed_draws_have_the_calibrated_moments(cache, mode):
     """End to end through blocks and the beta term: class 5 has one sample, so all its synthetic
     rows come from that sample's calibrated distribution."""
-    afg = AFG.build(cache, GeneratorConfig(mode=mode), device="cpu", save=False)
-    sampling = SamplingConfig(alpha=0.1)
+    afg = AFG.build(cache, GeneratorSettings(mode=mode), device="cpu", save=False)
+    sampling = StageTwoSettings(alpha=0.1)
     stream = FeatureStream(afg, sampling, batch_size=256, block_mb=0.01)
     beta = np.full(6, 0.7, dtype=np.float32)
     x = np.concatenate(
@@ -214,7 +223,7 @@ def test_thread_feed_reraises(cache):
 
 
 def test_tail_draws_spread_evenly(cache):
-    afg = AFG.build(cache, GeneratorConfig(), device="cpu", save=False)
+    afg = AFG.build(cache, GeneratorSettings(), device="cpu", save=False)
     plan = epoch_plan(afg, 400, np.random.default_rng(0))
     j_of_4 = np.flatnonzero(afg.supports.classes == 4)
     per = np.bincount(plan[plan >= 0], minlength=len(afg.supports))[j_of_4]
@@ -253,7 +262,7 @@ def test_class_stats_single_sample_and_unbiased(cache):
 
 
 def test_stats_file_round_trip(cache):
-    cfg = GeneratorConfig()
+    cfg = GeneratorSettings()
     a = AFG.build(cache, cfg, device="cpu")
     path = stats_path(cache, cfg)
     assert path.is_file() and path.name.startswith(cache.path.stem)
@@ -265,11 +274,11 @@ def test_stats_file_round_trip(cache):
 
 def test_bad_generator_inputs(cache):
     with pytest.raises(GlagError, match="lt=1.5"):
-        AFG.build(cache, GeneratorConfig(lt=1.5), device="cpu", save=False)
+        AFG.build(cache, GeneratorSettings(tukey_power=1.5), device="cpu", save=False)
     with pytest.raises(GlagError, match="factor mode 'huge'"):
-        AFG.build(cache, GeneratorConfig(mode="huge"), device="cpu", save=False)
-    with pytest.raises(GlagError, match=r"alpha \(--alpha\) -1"):
-        SamplingConfig(alpha=-1).check()
+        AFG.build(cache, GeneratorSettings(mode="huge"), device="cpu", save=False)
+    with pytest.raises(GlagError, match=r"'alpha': -1 is out of range; allowed: a finite number >= 0"):
+        load_config(None, {"alpha": -1})
 
 
 def test_numpy_and_cupy_statistics_agree(cache):
@@ -279,13 +288,13 @@ def test_numpy_and_cupy_statistics_agree(cache):
             pytest.skip("no CUDA device")
     except Exception:
         pytest.skip("no CUDA device")
-    a = AFG.build(cache, GeneratorConfig(mode="dense"), device="cpu", save=False)
-    b = AFG.build(cache, GeneratorConfig(mode="dense"), device="gpu", save=False)
+    a = AFG.build(cache, GeneratorSettings(mode="dense"), device="cpu", save=False)
+    b = AFG.build(cache, GeneratorSettings(mode="dense"), device="gpu", save=False)
     np.testing.assert_allclose(a.stats.means, cp.asnumpy(b.stats.means), atol=1e-5)
     np.testing.assert_allclose(a.stats.covs, cp.asnumpy(b.stats.covs), atol=1e-5)
     np.testing.assert_array_equal(a.supports.support, b.supports.support)
     j = int(np.flatnonzero(a.supports.classes == 4)[0])
-    x = cp.asnumpy(b.sample_tail(np.full(N_DRAWS, j), np.full(6, 0.6), SamplingConfig(), seed=0))
+    x = cp.asnumpy(b.sample_tail(np.full(N_DRAWS, j), np.full(6, 0.6), StageTwoSettings(), seed=0))
     assert np.abs(np.cov(x.T) - a.calibrated(j, 0.6)[1]).max() < 0.01
 
 

@@ -73,17 +73,16 @@ def test_stage_two_on_gpu_matches_cpu(tmp_path):
 
     from glag.cache.format import FeatureCache
     from glag.classify.stage_two import train_glag
-    from glag.config import StageTwoSettings
-    from glag.generate.afg import AFG, GeneratorConfig, SamplingConfig
+    from glag.config import GeneratorSettings, StageTwoSettings
+    from glag.generate.afg import AFG
 
     cache = FeatureCache(mixture_cache(tmp_path / "mix.h5", counts=(300, 150, 80, 30, 10, 3)))
     top1 = {}
     for device in ("cpu", "gpu"):
-        afg = AFG.build(cache, GeneratorConfig(mode="factor"), device=device, save=False)
+        afg = AFG.build(cache, GeneratorSettings(mode="factor"), device=device, save=False)
         res = train_glag(
             afg,
-            StageTwoSettings(classifier_epochs=8, classifier_batch_size=128),
-            SamplingConfig(alpha=0.1),
+            StageTwoSettings(classifier_epochs=8, classifier_batch_size=128, alpha=0.1),
             progress=False,
         )
         top1[device] = 100 * res["test"]["top1"]
@@ -98,12 +97,14 @@ def test_cupy_generator_statistics_match_numpy(tmp_path):
     from conftest import mixture_cache
 
     from glag.cache.format import FeatureCache
-    from glag.generate.afg import AFG, GeneratorConfig
+    from glag.config import GeneratorSettings
+    from glag.generate.afg import AFG
     from glag.generate.backend import to_numpy
 
     cache = FeatureCache(mixture_cache(tmp_path / "mix.h5", counts=(300, 150, 80, 30, 10, 3)))
     afg = {
-        dev: AFG.build(cache, GeneratorConfig(mode="dense"), device=dev, save=False) for dev in ("cpu", "gpu")
+        dev: AFG.build(cache, GeneratorSettings(mode="dense"), device=dev, save=False)
+        for dev in ("cpu", "gpu")
     }
     assert afg["gpu"].xp is not np
     for field in ("means", "covs"):

@@ -12,8 +12,9 @@ from glag.cache.format import FeatureCache, key_payload, write_cache
 from glag.classify.heldout import fit_heldout_laws
 from glag.classify.methods import MethodRun
 from glag.classify.runner import METHODS
+from glag.config import GeneratorSettings
 from glag.errors import GlagError
-from glag.generate.afg import AFG, GeneratorConfig
+from glag.generate.afg import AFG
 from glag.generate.stats import tukey, untukey
 
 NEW = ["glag-ens", "glag-law", "glag-heldout", "glag-heldout-no-gen", "crt-heldout", "la-bias"]
@@ -40,7 +41,7 @@ def test_a_view_replaces_splits_keys_itself_and_stores_nothing(cache, tmp_path):
     assert view.train_counts.tolist() == [300, 150, 80, 30, 10, 3 + 5]
     assert view.split("test") is cache.split("test")  # untouched splits are the parent's
     before = sorted(p.name for p in tmp_path.iterdir())
-    AFG.build(view, GeneratorConfig(), device="cpu")  # save=True by default: a view still stores nothing
+    AFG.build(view, GeneratorSettings(), device="cpu")  # save=True by default: a view still stores nothing
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     again = derive(
         cache,
@@ -114,8 +115,8 @@ def test_ensemble_spans_its_members(cache):
 def test_laws_recover_a_known_shift(cache):
     """Val rows made of each tail class's training rows moved by t times the support direction: the
     fitted per-class shift is t."""
-    afg = AFG.build(cache, GeneratorConfig(), device="cpu", save=False)
-    lt, rows = afg.cfg.lt, np.asarray(afg.rows, np.float64)
+    afg = AFG.build(cache, GeneratorSettings(), device="cpu", save=False)
+    lt, rows = afg.cfg.tukey_power, np.asarray(afg.rows, np.float64)
     off = cache.split("train").offsets
     means, sup, t = np.asarray(afg.stats.means, np.float64), afg.supports, 0.3
     feats, labels = [], []

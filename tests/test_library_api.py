@@ -127,12 +127,12 @@ def test_old_flags_name_their_new_spelling(glag_cli, flag, new):
 def test_defaults_live_in_the_config_tree():
     from glag.classify.baselines import crt
     from glag.classify.stage_two import train_glag
-    from glag.config import BaselineSettings, StageTwoSettings
-    from glag.generate.afg import GeneratorConfig
+    from glag.config import BaselineSettings, GeneratorSettings, StageTwoSettings
+    from glag.generate.afg import AFG
 
     d = Config()
     assert train_glag.__defaults__[0] == StageTwoSettings() == d.stage_two
-    assert GeneratorConfig().lt == d.generator.tukey_power
+    assert AFG.build.__func__.__defaults__[0] == GeneratorSettings() == d.generator
     assert crt.__defaults__[0] == BaselineSettings() == d.baselines
 
 
@@ -175,7 +175,7 @@ def test_shipped_recipes_key_the_same_caches_as_before_the_config_tree():
     from glag.cache.format import json_hash
     from glag.extract.datasets import DatasetSpec
     from glag.extract.recipe import StageOne
-    from glag.generate.afg import GeneratorConfig
+    from glag.generate.afg import stats_key
 
     before = json.loads((ROOT / "tests" / "data" / "recipe_keys.json").read_text())
     recipes = {"default": None} | {f"configs/{p.name}": p for p in sorted((ROOT / "configs").glob("*.toml"))}
@@ -185,7 +185,7 @@ def test_shipped_recipes_key_the_same_caches_as_before_the_config_tree():
         spec = DatasetSpec.from_config(cfg)
         now = {
             "train_identity": json_hash(StageOne.of(cfg, spec).identity()),
-            "gen_key": GeneratorConfig.from_config(cfg).key("x"),
+            "gen_key": stats_key(cfg.generator, "x"),
             "dataset_identity": spec.identity(),
         }
         assert now == before[name], name

@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -8,9 +9,9 @@ from conftest import mixture_cache, shell_glob, shuffle_test_labels
 from glag.cache.format import FeatureCache
 from glag.classify import baselines
 from glag.classify.stage_two import kd_loss, train_glag, update_beta
-from glag.config import BaselineSettings, StageTwoSettings
+from glag.config import BaselineSettings, GeneratorSettings, StageTwoSettings
 from glag.errors import GlagError
-from glag.generate.afg import AFG, GeneratorConfig, SamplingConfig
+from glag.generate.afg import AFG
 
 FAST = StageTwoSettings(classifier_epochs=4, classifier_batch_size=128)
 
@@ -50,7 +51,7 @@ def test_beta_moves_with_val_accuracy_and_stays_in_bounds():
 
 
 def test_fixed_beta_never_moves(cache):
-    afg = AFG.build(cache, GeneratorConfig(), device="cpu", save=False)
+    afg = AFG.build(cache, GeneratorSettings(), device="cpu", save=False)
     res = train_glag(
         afg,
         StageTwoSettings(classifier_epochs=3, classifier_batch_size=128, adaptive=False, beta_init=0.55),
@@ -68,15 +69,13 @@ def test_no_training_choice_reads_test_labels(cache, tmp_path):
     shuffled = shuffle_test_labels(cache.path, tmp_path / "shuffled" / cache.path.name)
     assert shuffled.key == cache.key
     a = train_glag(
-        AFG.build(cache, GeneratorConfig(), device="cpu", save=False),
-        FAST,
-        SamplingConfig(alpha=0.1),
+        AFG.build(cache, GeneratorSettings(), device="cpu", save=False),
+        replace(FAST, alpha=0.1),
         progress=False,
     )
     b = train_glag(
-        AFG.build(shuffled, GeneratorConfig(), device="cpu", save=False),
-        FAST,
-        SamplingConfig(alpha=0.1),
+        AFG.build(shuffled, GeneratorSettings(), device="cpu", save=False),
+        replace(FAST, alpha=0.1),
         progress=False,
     )
     np.testing.assert_array_equal(a["weight"], b["weight"])
@@ -93,7 +92,7 @@ def test_no_training_choice_reads_test_labels(cache, tmp_path):
 
 
 def test_glag_learns_and_reports_all_groups(cache):
-    afg = AFG.build(cache, GeneratorConfig(), device="cpu", save=False)
+    afg = AFG.build(cache, GeneratorSettings(), device="cpu", save=False)
     res = train_glag(afg, StageTwoSettings(classifier_epochs=8, classifier_batch_size=128), progress=False)
     assert res["test"]["top1"] > 0.5  # well-separated mixture; chance is 1/6
     assert {"top1", "many", "medium", "few", "per_class"} <= set(res["test"])
@@ -184,13 +183,13 @@ def test_probe_on_full_split(cache_dir, glag_cli, tmp_path):
 def test_no_generate_trains_on_real_rows_only(cache):
     from dataclasses import replace
 
-    afg = AFG.build(cache, GeneratorConfig(), device="cpu", save=False)
+    afg = AFG.build(cache, GeneratorSettings(), device="cpu", save=False)
     real = replace(FAST, generate=False)
-    a = train_glag(afg, real, SamplingConfig(alpha=0.0), progress=False)
-    b = train_glag(afg, real, SamplingConfig(alpha=0.5), progress=False)
+    a = train_glag(afg, replace(real, alpha=0.0), progress=False)
+    b = train_glag(afg, replace(real, alpha=0.5), progress=False)
     np.testing.assert_array_equal(a["weight"], b["weight"])  # no synthetic row, so alpha cannot matter
-    c = train_glag(afg, FAST, SamplingConfig(alpha=0.0), progress=False)
-    d = train_glag(afg, FAST, SamplingConfig(alpha=0.5), progress=False)
+    c = train_glag(afg, replace(FAST, alpha=0.0), progress=False)
+    d = train_glag(afg, replace(FAST, alpha=0.5), progress=False)
     assert not np.array_equal(c["weight"], d["weight"])
 
 
@@ -231,7 +230,7 @@ def test_report_tsne_shows_tail_generated_and_support(cache_dir, glag_cli, tmp_p
 def test_posthoc_la_shifts_bias_by_val_tuned_prior(cache):
     from dataclasses import replace
 
-    afg = AFG.build(cache, GeneratorConfig(), device="cpu", save=False)
+    afg = AFG.build(cache, GeneratorSettings(), device="cpu", save=False)
     plain = train_glag(afg, replace(FAST, posthoc_la=False), progress=False)
     la = train_glag(afg, FAST, progress=False)
     np.testing.assert_array_equal(plain["weight"], la["weight"])  # the same training, only the bias moves
@@ -314,14 +313,13 @@ def test_linear_sgd_matches_autograd_and_torch_sgd(momentum, wd, kd_coef, la, co
 
 @pytest.mark.parametrize("mode", ["dense", "factor"])
 def test_fixed_seed_gives_the_same_run(cache, mode):
-    afg = AFG.build(cache, GeneratorConfig(mode=mode), device="cpu", save=False)
-    a, b = (train_glag(afg, FAST, SamplingConfig(alpha=0.1), progress=False) for _ in range(2))
+    afg = AFG.build(cache, GeneratorSettings(mode=mode), device="cpu", save=False)
+    a, b = (train_glag(afg, replace(FAST, alpha=0.1), progress=False) for _ in range(2))
     np.testing.assert_array_equal(a["weight"], b["weight"])
     assert a["history"] == b["history"]
     c = train_glag(
         afg,
-        StageTwoSettings(classifier_epochs=4, classifier_batch_size=128),
-        SamplingConfig(alpha=0.1),
+        StageTwoSettings(classifier_epochs=4, classifier_batch_size=128, alpha=0.1),
         seed=1,
         progress=False,
     )
@@ -335,7 +333,7 @@ def test_kd_targets_are_the_stage_one_teacher_on_cached_rows(cache, monkeypatch,
     from glag.generate.stream import FeatureStream
 
     monkeypatch.setattr(stage_two, "TEACHER_TABLE_BYTES", table_bytes)
-    afg = AFG.build(cache, GeneratorConfig(), device="cpu", save=False)
+    afg = AFG.build(cache, GeneratorSettings(), device="cpu", save=False)
     tail = cache.train_counts < afg.cfg.tail_below
     block = next(iter(FeatureStream(afg, batch_size=64).epoch(0, np.zeros(6))))
     rows, bounds, p, neg_ent = kd_targets(afg, cache.head_fn(), 64, 2.0, "cpu")(block)
@@ -359,11 +357,10 @@ def test_stage_two_on_gpu(cache):
             pytest.skip("no CUDA device")
     except Exception:
         pytest.skip("no CUDA device")
-    afg = AFG.build(cache, GeneratorConfig(mode="factor"), device="gpu", save=False)
+    afg = AFG.build(cache, GeneratorSettings(mode="factor"), device="gpu", save=False)
     res = train_glag(
         afg,
-        StageTwoSettings(classifier_epochs=8, classifier_batch_size=128),
-        SamplingConfig(alpha=0.1),
+        StageTwoSettings(classifier_epochs=8, classifier_batch_size=128, alpha=0.1),
         progress=False,
     )
     assert res["test"]["top1"] > 0.5 and res["history"][-1]["kd"] > 0

@@ -27,7 +27,7 @@ from glag.classify.common import logit_adjusted, pick_on_val, predict, split_met
 from glag.classify.methods import MethodRun, register
 from glag.classify.stage_two import train_glag
 from glag.errors import GlagError
-from glag.generate.afg import AFG, GeneratorConfig, SamplingConfig
+from glag.generate.afg import AFG
 from glag.generate.stats import tukey
 from glag.metrics import evaluate
 
@@ -50,15 +50,10 @@ def _la_head(cache: FeatureCache, device, counts=None):
     return fn, tau
 
 
-def _glag(
-    cache: FeatureCache, run: MethodRun, beta0=None, sampling: SamplingConfig | None = None, **stage_two
-):
-    gen = GeneratorConfig.from_config(run.config)
-    afg = AFG.build(cache, gen, device=run.backend)
+def _glag(cache: FeatureCache, run: MethodRun, **stage_two):
+    afg = AFG.build(cache, run.config.generator, device=run.backend)
     s = replace(run.config.stage_two, **stage_two)
-    sampling = sampling or SamplingConfig.from_config(run.config)
-    seed = run.config.stage_one.seed
-    res = train_glag(afg, s, sampling, seed=seed, progress=run.progress, log=run.log, beta0=beta0)
+    res = train_glag(afg, s, seed=run.config.stage_one.seed, progress=run.progress, log=run.log)
     return res, afg
 
 
@@ -71,7 +66,7 @@ def glag_ens(cache: FeatureCache, run: MethodRun) -> dict:
     w in 0, 0.1, ..., 1 picked on val (ties: the smaller w, i.e. nearer LA)."""
     device = run.device
     res, afg = _glag(cache, run)
-    g = _linear_on_tukey(res["weight"], res["bias"], afg.cfg.lt, device)
+    g = _linear_on_tukey(res["weight"], res["bias"], afg.cfg.tukey_power, device)
     la, la_tau = _la_head(cache, device)
 
     def make(w):
@@ -116,7 +111,7 @@ def fit_heldout_laws(afg: AFG, val_features, val_labels) -> dict:
         ]
     )  # trace of each class's unbiased covariance
     sup = afg.supports
-    xv = tukey(np.asarray(val_features, dtype=np.float64), afg.cfg.lt)
+    xv = tukey(np.asarray(val_features, dtype=np.float64), afg.cfg.tukey_power)
     yv = np.asarray(val_labels)
     tail = counts < afg.cfg.tail_below
     n, log_kappa, rho = [], [], []
@@ -161,13 +156,13 @@ def fit_heldout_laws(afg: AFG, val_features, val_labels) -> dict:
 def glag_law(cache: FeatureCache, run: MethodRun) -> dict:
     """GLAG with tail draws widened by kappa(n_c) and displaced by a fixed beta(n_c), both fitted on val
     rows (``fit_heldout_laws``); adaptive beta off (the law sets it), post-hoc LA as in ``glag``."""
-    gen = GeneratorConfig.from_config(run.config)
+    gen = run.config.generator
     afg = AFG.build(cache, gen, device=run.backend)
     val = cache.split("val")
     laws = fit_heldout_laws(afg, val.features, val.labels)
-    sampling = replace(SamplingConfig.from_config(run.config), spread=tuple(float(v) for v in laws["kappa"]))
     s, seed = replace(run.config.stage_two, adaptive=False), run.config.stage_one.seed
-    res = train_glag(afg, s, sampling, seed=seed, progress=run.progress, log=run.log, beta0=laws["beta"])
+    spread = tuple(float(v) for v in laws["kappa"])
+    res = train_glag(afg, s, seed=seed, spread=spread, progress=run.progress, log=run.log, beta0=laws["beta"])
     laws = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in laws.items()}
     return {**res, "method": "glag-law", "laws": laws, "generator": asdict(gen)}
 
@@ -221,7 +216,7 @@ def crossfit(cache: FeatureCache, run: MethodRun, name: str, fit) -> dict:
 def _glag_fit(run: MethodRun, **stage_two):
     def fit(view, _extra):
         res, afg = _glag(view, replace(run, progress=False), **stage_two)
-        return _linear_on_tukey(res["weight"], res["bias"], afg.cfg.lt, run.device)
+        return _linear_on_tukey(res["weight"], res["bias"], afg.cfg.tukey_power, run.device)
 
     return fit
 

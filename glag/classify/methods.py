@@ -14,7 +14,7 @@ from glag.cache.format import FeatureCache
 from glag.classify import baselines
 from glag.classify.stage_two import train_glag
 from glag.config import Config
-from glag.generate.afg import AFG, GeneratorConfig, SamplingConfig
+from glag.generate.afg import AFG
 from glag.registry import add
 
 
@@ -61,12 +61,11 @@ def register(name: str, *, exports_model: bool = False):
 @register("glag", exports_model=True)
 def glag(cache: FeatureCache, run: MethodRun) -> dict:
     """GLAG stage two: real + generated Tukey-space features, KD on head classes, adaptive beta_c."""
-    gen = GeneratorConfig.from_config(run.config)
+    gen = run.config.generator
     afg = AFG.build(cache, gen, device=run.backend)
     res = train_glag(
         afg,
         run.config.stage_two,
-        SamplingConfig.from_config(run.config),
         seed=run.config.stage_one.seed,
         progress=run.progress,
         log=run.log,

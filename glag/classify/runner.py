@@ -16,7 +16,7 @@ from glag.classify.methods import METHODS, MethodRun
 from glag.classify.results import write_run
 from glag.config import Config, check_methods
 from glag.errors import GlagError, user_code
-from glag.generate.afg import GeneratorConfig, SamplingConfig, check_for_cache
+from glag.generate.afg import check_for_cache
 from glag.generate.backend import get_xp
 from glag.metrics import regroup
 from glag.paths import check_inside
@@ -89,8 +89,7 @@ def run_methods(
     methods = list(methods or config.stage_two.method)
     check_methods(methods, METHODS, ())  # a variant runs as its method, so only registered names here
     cache = FeatureCache(cache_path)
-    gen, sampling = GeneratorConfig.from_config(config), SamplingConfig.from_config(config).check()
-    check_for_cache(cache, gen, sampling)
+    check_for_cache(cache, config.generator, config.stage_two)
     backend = config.generator.device
     run = MethodRun(config, torch_device(get_xp(backend)), backend, progress, log)
     records = []

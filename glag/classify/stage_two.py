@@ -16,7 +16,7 @@ from glag.classify.common import as_tensor, cosine_lr, log_prior, logit_adjusted
 from glag.classify.linear_sgd import LinearSGD
 from glag.config import StageTwoSettings
 from glag.extract.losses import gradual_lambda
-from glag.generate.afg import AFG, SamplingConfig
+from glag.generate.afg import AFG
 from glag.generate.feed import feed
 from glag.generate.stats import tukey, untukey
 from glag.generate.stream import FeatureStream
@@ -84,7 +84,7 @@ def kd_targets(afg: AFG, teacher, batch_size: int, temperature: float, device):
     row's outputs fits ``TEACHER_TABLE_BYTES`` it is computed once, else per block."""
 
     def outputs(tukey_rows):
-        f = untukey(tukey_rows, afg.cfg.lt, afg.xp)  # the cached features, back from Tukey space
+        f = untukey(tukey_rows, afg.cfg.tukey_power, afg.xp)  # the cached features, back from Tukey space
         logp = torch.log_softmax(teacher(as_tensor(f, device)) / temperature, 1)
         p = logp.exp()
         return p, (p * logp).sum(1)
@@ -129,7 +129,7 @@ class _Training:
     has_val: np.ndarray  # bool per class
 
 
-def _set_up(afg: AFG, s: StageTwoSettings, sampling: SamplingConfig, seed: int, beta0) -> _Training:
+def _set_up(afg: AFG, s: StageTwoSettings, seed: int, beta0, spread) -> _Training:
     cache, device = afg.cache, torch_device(afg.xp)
     counts = cache.train_counts
     tail = counts < afg.cfg.tail_below
@@ -142,11 +142,13 @@ def _set_up(afg: AFG, s: StageTwoSettings, sampling: SamplingConfig, seed: int, 
         seed=seed,
         offset=s.train_la_tau * log_prior(counts, device),
     )
-    stream = FeatureStream(afg, sampling, s.classifier_batch_size, seed=seed, synthetic=s.generate)
+    stream = FeatureStream(afg, s, s.classifier_batch_size, seed=seed, synthetic=s.generate, spread=spread)
     steps = -(-stream.rows_per_epoch() // s.classifier_batch_size)
     beta = np.where(tail, s.beta_init if beta0 is None else np.asarray(beta0), 0.0).astype(np.float64)
     val = cache.split("val")
-    val_x = torch.as_tensor(tukey(np.asarray(val.features, dtype=np.float32), afg.cfg.lt), device=device)
+    val_x = torch.as_tensor(
+        tukey(np.asarray(val.features, dtype=np.float32), afg.cfg.tukey_power), device=device
+    )
     has_val = np.bincount(val.labels, minlength=cache.num_classes) > 0
     return _Training(afg, s, device, g, stream, steps, tail, beta, val_x, has_val)
 
@@ -214,22 +216,23 @@ def _final_head(t: _Training) -> tuple[torch.Tensor, torch.Tensor, float]:
 def train_glag(
     afg: AFG,
     s: StageTwoSettings = StageTwoSettings(),
-    sampling: SamplingConfig = SamplingConfig(),
     *,
     seed: int = 0,
     progress: bool = True,
     log=None,
     beta0=None,
+    spread=(),
 ) -> dict:
     """Train the stage-two classifier of ``[stage_two]`` settings ``s``; returns its weights, the beta
     history and val/test metrics.
 
     Only train and val rows inform training and the beta updates; test is read once, at the end.
-    ``beta0`` (per class) replaces ``s.beta_init`` as the tail classes' starting confidence.
+    ``beta0`` (per class) replaces ``s.beta_init`` as the tail classes' starting confidence; ``spread``
+    (per class) scales each class's tail draws' covariance (a held-out law's, glag.classify.heldout).
     Blocks of real + synthetic rows are made ahead by a background thread while the classifier trains.
     """
     cache = afg.cache
-    t = _set_up(afg, s, sampling, seed, beta0)
+    t = _set_up(afg, s, seed, beta0, spread)
     d, C, B = cache.feature_dim, cache.num_classes, s.classifier_batch_size
     prepare = kd_targets(afg, cache.head_fn(t.device), B, KD_TEMPERATURE, t.device) if s.kd else None
     history, prev_acc = [], None
@@ -252,7 +255,9 @@ def train_glag(
     weight, bias, tau = _final_head(t)
     head = lambda x: x @ weight.T + bias  # noqa: E731
     val, test, counts = cache.split("val"), cache.split("test"), cache.train_counts
-    test_pred = predict(head, tukey(np.asarray(test.features, dtype=np.float32), afg.cfg.lt), t.device)
+    test_pred = predict(
+        head, tukey(np.asarray(test.features, dtype=np.float32), afg.cfg.tukey_power), t.device
+    )
     return {
         "weight": weight.cpu().numpy(),
         "bias": bias.cpu().numpy(),
@@ -263,5 +268,10 @@ def train_glag(
         "val": evaluate(predict(head, t.val_x, t.device), val.labels, counts),
         "test": evaluate(test_pred, test.labels, counts),
         "config": {**asdict(s), "seed": seed},
-        "sampling": asdict(sampling),
+        "sampling": {
+            "alpha": s.alpha,
+            "dispersion": s.dispersion,
+            "n_target": s.n_target,
+            "spread": list(spread),
+        },
     }

@@ -9,9 +9,20 @@ import numpy as np
 
 from glag.cache.format import FeatureCache
 from glag.classify.report import _plt
+from glag.config import GeneratorSettings, StageTwoSettings
 from glag.errors import GlagError
-from glag.generate.afg import AFG, GeneratorConfig, SamplingConfig
+from glag.generate.afg import AFG, STATS_KEYED
 from glag.generate.stats import tukey
+
+
+def generator_of(recorded: dict) -> GeneratorSettings:
+    """The [generator] settings a run recorded: as GeneratorSettings, or (runs from before StageTwoSettings
+    and GeneratorSettings were read directly) under the statistics key's names ('lt' for tukey_power)."""
+    names = {
+        **{old: new for old, new in STATS_KEYED.items()},
+        **{k: k for k in GeneratorSettings.__dataclass_fields__},
+    }
+    return GeneratorSettings(**{names[k]: v for k, v in recorded.items() if k in names})
 
 
 def tsne_data(rec: dict, tail_classes: int = 3, per_class: int = 200, seed: int = 0):
@@ -20,7 +31,7 @@ def tsne_data(rec: dict, tail_classes: int = 3, per_class: int = 200, seed: int 
     if rec.get("method") != "glag" or "generator" not in rec:
         raise GlagError(f"--tsne needs a GLAG run folder; '{rec.get('_dir')}' is a '{rec.get('method')}' run")
     cache = FeatureCache(rec["cache"], key=rec["cache_key"])
-    afg = AFG.build(cache, GeneratorConfig(**rec["generator"]), device="cpu")
+    afg = AFG.build(cache, generator_of(rec["generator"]), device="cpu")
     sup = afg.supports
     rng = np.random.default_rng(seed)
     counts = cache.train_counts
@@ -43,14 +54,14 @@ def tsne_data(rec: dict, tail_classes: int = 3, per_class: int = 200, seed: int 
         cls.extend([c] * len(x))
         kind.extend([k] * len(x))
 
-    sampling = SamplingConfig(
+    sampling = StageTwoSettings(
         **{k: v for k, v in rec.get("sampling", {}).items() if k in ("alpha", "dispersion")}
     )
     beta = np.asarray(rec.get("beta_final") or np.zeros(len(counts)), dtype=np.float64)
     for c in list(map(int, tails)) + support:
         rows = np.asarray(train.of_class(c))
         take = rng.choice(len(rows), min(per_class, len(rows)), replace=False)
-        add(tukey(rows[np.sort(take)], afg.cfg.lt), c, "real" if c in tails else "support")
+        add(tukey(rows[np.sort(take)], afg.cfg.tukey_power), c, "real" if c in tails else "support")
     for c in map(int, tails):
         j = np.flatnonzero(sup.classes == c)
         draw = afg.sample_tail(np.resize(j, per_class), beta, sampling, seed=seed * 100_003 + c)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import h5py
@@ -11,11 +11,10 @@ import numpy as np
 
 from glag.cache.format import STATS_MARK, FeatureCache, canonical_json, json_hash
 from glag.cache.integrity import damaged, seal, write_array
-from glag.config import Config, default
+from glag.config import GeneratorSettings, StageTwoSettings
 from glag.errors import GlagError
 from glag.generate.backend import get_xp, to_numpy
 from glag.generate.sampler import (
-    DISPERSIONS,
     Factors,
     Normals,
     add_rows,
@@ -33,58 +32,26 @@ from glag.paths import atomic_path
 STATS_VERSION = 2  # 2: per-array sha256 checksums
 
 
-@dataclass(frozen=True)
-class GeneratorConfig:
-    """What the statistics and support sets depend on (sampling-time knobs live in ``SamplingConfig``)."""
-
-    lt: float = default("tukey_power")  # 'lt' keys the statistics files written so far
-    k: int = default("k")
-    tail_below: int = default("tail_below")
-    weighting: str = default("weighting")
-    mode: str = default("mode")  # auto: per class the cheaper exact factor (sampler.dense_classes)
-    eps: float = 1e-6
-    max_dense_gb: float = default("max_dense_gb")
-
-    @classmethod
-    def from_config(cls, cfg: Config) -> GeneratorConfig:
-        g = cfg.generator
-        return cls(g.tukey_power, g.k, g.tail_below, g.weighting, g.mode, max_dense_gb=g.max_dense_gb)
-
-    def key(self, cache_key: str) -> str:
-        return json_hash({"cache": cache_key, "gen": asdict(self), "v": STATS_VERSION})
+EPS = 1e-6  # jitter added to the covariance factors: not a setting, but in the statistics key
+# The [generator] settings that change the statistics and support sets, under the names their key has
+# always used ('lt' is tukey_power). device is not among them: either backend computes the same numbers.
+STATS_KEYED = {
+    "lt": "tukey_power",
+    "k": "k",
+    "tail_below": "tail_below",
+    "weighting": "weighting",
+    "mode": "mode",
+    "max_dense_gb": "max_dense_gb",
+}
 
 
-@dataclass(frozen=True)
-class SamplingConfig:
-    alpha: float = default("alpha")
-    dispersion: str = default("dispersion")
-    n_target: int = default("n_target")  # 0 = n_max
-    # per class, a factor on the covariance of its tail draws (empty: 1 for every class); set by a
-    # held-out law (glag.classify.heldout), not by a recipe
-    spread: tuple = ()
+def stats_identity(gen: GeneratorSettings) -> dict:
+    """What keys a cache's statistics file, besides the cache: the STATS_KEYED settings and EPS."""
+    return {**{old: getattr(gen, name) for old, name in STATS_KEYED.items()}, "eps": EPS}
 
-    @classmethod
-    def from_config(cls, cfg: Config) -> SamplingConfig:
-        s = cfg.stage_two
-        return cls(s.alpha, s.dispersion, s.n_target)
 
-    def check(self) -> SamplingConfig:
-        if self.alpha < 0:
-            raise GlagError(
-                f"alpha (--alpha) {self.alpha} is invalid; it must be >= 0 (the paper uses 0.0 or 0.1)"
-            )
-        if self.dispersion not in DISPERSIONS:
-            raise GlagError(
-                f"dispersion '{self.dispersion}' is invalid; choose one of: {', '.join(DISPERSIONS)}"
-            )
-        if self.spread and (not all(np.isfinite(v) and v > 0 for v in self.spread)):
-            raise GlagError(f"spread factors must be finite and > 0, got {list(self.spread)}")
-        if self.n_target < 0:
-            raise GlagError(
-                f"n_target (--n-target) {self.n_target} is invalid; it must be >= 0 (0 = the largest class "
-                "count)"
-            )
-        return self
+def stats_key(gen: GeneratorSettings, cache_key: str) -> str:
+    return json_hash({"cache": cache_key, "gen": stats_identity(gen), "v": STATS_VERSION})
 
 
 MAX_TOP_UP = (
@@ -93,14 +60,14 @@ MAX_TOP_UP = (
 
 
 def check_for_cache(
-    cache: FeatureCache, gen: GeneratorConfig, sampling: SamplingConfig | None = None
+    cache: FeatureCache, gen: GeneratorSettings, sampling: StageTwoSettings | None = None
 ) -> None:
     """Refuse generator settings that do not fit this cache, naming the flag and what is allowed."""
     check_fit(cache.train_counts, gen, sampling, f"cache '{cache.path.name}'")
 
 
 def check_fit(
-    train_counts: np.ndarray, gen: GeneratorConfig, sampling: SamplingConfig | None, what: str
+    train_counts: np.ndarray, gen: GeneratorSettings, sampling: StageTwoSettings | None, what: str
 ) -> None:
     """Refuse generator settings that do not fit data with these training class counts (``what`` names
     the data); the same check before stage one trains (from the dataset) and after (from the cache)."""
@@ -118,9 +85,9 @@ def check_fit(
         )
 
 
-def stats_path(cache: FeatureCache, cfg: GeneratorConfig) -> Path:
+def stats_path(cache: FeatureCache, gen: GeneratorSettings) -> Path:
     # The name starts with the cache's own name, so 'glag cache rm' removes it with the cache.
-    return cache.path.with_name(f"{cache.path.stem}{STATS_MARK}{cfg.key(cache.key)[:12]}.h5")
+    return cache.path.with_name(f"{cache.path.stem}{STATS_MARK}{stats_key(gen, cache.key)[:12]}.h5")
 
 
 class AFG:
@@ -133,7 +100,7 @@ class AFG:
     def __init__(
         self,
         cache: FeatureCache,
-        cfg: GeneratorConfig,
+        cfg: GeneratorSettings,
         stats: ClassStats,
         supports: SupportSets,
         factors: Factors,
@@ -155,12 +122,12 @@ class AFG:
     def build(
         cls,
         cache: FeatureCache,
-        cfg: GeneratorConfig = GeneratorConfig(),
+        cfg: GeneratorSettings = GeneratorSettings(),
         device: str = "auto",
         save: bool = True,
     ) -> AFG:
         """Load the statistics file for (cache, cfg) if present, else compute it (and store it)."""
-        check_lt(cfg.lt)
+        check_lt(cfg.tukey_power)
         save = save and cache.persistent  # statistics of a view (glag.cache.derived) are never stored
         path = stats_path(cache, cfg)
         xp = get_xp(device)
@@ -168,9 +135,9 @@ class AFG:
         if save and not path.is_file():
             check_writable(path, "the statistics file beside the cache", folder=False)
         dense = dense_classes(cfg.mode, train.counts, cache.feature_dim, cfg.max_dense_gb * 2**30)
-        rows = tukey_rows(train.features, cfg.lt, xp)
+        rows = tukey_rows(train.features, cfg.tukey_power, xp)
         if cache.persistent and path.is_file():
-            counts, means, covs, sup = _read_stats(path, cfg.key(cache.key), cache)
+            counts, means, covs, sup = _read_stats(path, stats_key(cfg, cache.key), cache)
             stats = ClassStats(counts, xp.asarray(means), None if covs is None else xp.asarray(covs))
         else:
             stats = class_stats(rows, train.offsets, xp, dense=(cfg.mode == "dense"))
@@ -186,8 +153,8 @@ class AFG:
             )
             if save:
                 cache.ensure_sound()  # statistics of a damaged cache must never be stored
-                _write_stats(path, cfg.key(cache.key), cfg, stats, sup)
-        factors = Factors.build(rows, train.offsets, stats.means, xp, dense, cfg.eps, covs=stats.covs)
+                _write_stats(path, stats_key(cfg, cache.key), cfg, stats, sup)
+        factors = Factors.build(rows, train.offsets, stats.means, xp, dense, EPS, covs=stats.covs)
         cache.ensure_sound()  # the checksums were checked while the statistics were computed
         return cls(cache, cfg, stats, sup, factors, rows, xp)
 
@@ -207,10 +174,14 @@ class AFG:
         return mu, sigma
 
     # -- sampling ----------------------------------------------------------------------------------
-    def draws(self, codes: np.ndarray, sampling: SamplingConfig, normals: Normals, out=None) -> Draws:
+    def draws(
+        self, codes: np.ndarray, sampling: StageTwoSettings, normals: Normals, out=None, spread=()
+    ) -> Draws:
         """One draw per plan code (``>= 0``: that tail sample's calibrated distribution, ``< 0``:
         class ``-code - 1``'s own), written to ``out`` [m, d] in ``Draws.order`` (sorted by first
-        support class, so each class's noise is one GEMM straight into ``out``).
+        support class, so each class's noise is one GEMM straight into ``out``). ``sampling`` gives
+        alpha and dispersion; ``spread`` (per class, set by a held-out law) scales a class's tail draws'
+        covariance.
 
         Everything but the confidence term is made here: tail draws are centred at beta = 0 and
         ``Draws.finish(beta)`` adds ``beta_c (mix - u)``. Noise does not depend on beta, so draws can
@@ -229,8 +200,8 @@ class AFG:
         support = np.full((m, k), -1, dtype=np.int64)
         coef = np.zeros((m, k), dtype=np.float32)
         support[tpos], coef[tpos] = sup.support[j], np.sqrt(sup.weights[j])
-        if sampling.spread:  # sqrt of the class's covariance factor on each tail draw's noise
-            coef[tpos] *= np.sqrt(np.asarray(sampling.spread, dtype=np.float32)[sup.classes[j]])[:, None]
+        if len(spread):  # sqrt of the class's covariance factor on each tail draw's noise
+            coef[tpos] *= np.sqrt(np.asarray(spread, dtype=np.float32)[sup.classes[j]])[:, None]
         support[hpos, 0], coef[hpos, 0] = hc, 1.0
         x = self.factors.noise(support, coef, normals, out=out)
         labels = np.empty(m, dtype=np.int64)
@@ -260,18 +231,16 @@ class AFG:
             add_rows(xp, x, xp.asarray(hpos), take_rows(xp, self.stats.means, xp.asarray(hc)))
         return Draws(x, labels, tpos, delta, order, xp)
 
-    def sample_tail(self, j, beta_per_class, sampling: SamplingConfig = SamplingConfig(), seed: int = 0):
+    def sample_tail(self, j, beta_per_class, sampling: StageTwoSettings = StageTwoSettings(), seed: int = 0):
         """One draw per entry of ``j`` (indices of tail samples) from their calibrated distributions."""
         return (
-            self.draws(to_numpy(j), sampling.check(), Normals(self.xp, seed))
-            .finish(beta_per_class)
-            .in_input_order()
+            self.draws(to_numpy(j), sampling, Normals(self.xp, seed)).finish(beta_per_class).in_input_order()
         )
 
     def sample_class(self, classes, seed: int = 0):
         """One draw per entry of ``classes`` from that class's own ``N(mu_c, Sigma_c)``."""
         codes = -np.asarray(to_numpy(classes), dtype=np.int64) - 1
-        return self.draws(codes, SamplingConfig(), Normals(self.xp, seed)).in_input_order()
+        return self.draws(codes, StageTwoSettings(), Normals(self.xp, seed)).in_input_order()
 
     def summary(self, n_target: int = 0) -> list[dict]:
         """Per group: classes, real rows, synthetic rows per epoch."""
@@ -340,14 +309,14 @@ class _HostRows:
         return to_numpy(self.rows[idx])
 
 
-def _write_stats(path: Path, key: str, cfg: GeneratorConfig, stats: ClassStats, sup: SupportSets) -> None:
+def _write_stats(path: Path, key: str, cfg: GeneratorSettings, stats: ClassStats, sup: SupportSets) -> None:
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.attrs.update(
                 {
                     "version": STATS_VERSION,
                     "key": key,
-                    "config": canonical_json(asdict(cfg)),
+                    "config": canonical_json(stats_identity(cfg)),
                     "complete": False,
                 }
             )

@@ -14,7 +14,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from glag.generate.afg import AFG, Draws, SamplingConfig
+from glag.config import StageTwoSettings
+from glag.errors import GlagError
+from glag.generate.afg import AFG, Draws
 from glag.generate.sampler import Normals
 
 
@@ -80,13 +82,19 @@ class FeatureStream:
     def __init__(
         self,
         afg: AFG,
-        sampling: SamplingConfig = SamplingConfig(),
+        sampling: StageTwoSettings = StageTwoSettings(),
         batch_size: int = 512,
         seed: int = 0,
         synthetic: bool = True,
         block_mb: float = 64.0,
+        spread=(),
     ):
-        self.afg, self.sampling, self.batch_size, self.seed = afg, sampling.check(), batch_size, seed
+        """``sampling``: the [stage_two] settings the draws read (alpha, dispersion, n_target); ``spread``:
+        per class, a factor on its tail draws' covariance (a held-out law's; empty: none)."""
+        if len(spread) and not all(np.isfinite(v) and v > 0 for v in spread):
+            raise GlagError(f"spread factors must be finite and > 0, got {list(spread)}")
+        self.afg, self.sampling, self.batch_size, self.seed = afg, sampling, batch_size, seed
+        self.spread = tuple(spread)
         d = afg.cache.feature_dim
         self.block_rows = batch_size * max(1, int(block_mb * 2**20 / (4 * d * batch_size)))
         self.synthetic = synthetic
@@ -124,7 +132,11 @@ class FeatureStream:
             draws = None
             if len(codes):
                 draws = afg.draws(
-                    codes, self.sampling, Normals(xp, int(block_rng.integers(2**63))), out=x[nr:]
+                    codes,
+                    self.sampling,
+                    Normals(xp, int(block_rng.integers(2**63))),
+                    out=x[nr:],
+                    spread=self.spread,
                 )
                 y[nr:] = draws.labels
             rows = np.concatenate([real, np.full(len(codes), -1, dtype=np.int64)])
