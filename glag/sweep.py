@@ -229,21 +229,7 @@ def run_sweep(
     if executor == "slurm":
         check_cluster(base.slurm)
     cells = plan(seeds, sets)
-    names = [c["name"] for c in cells]
-    if len(set(names)) != len(names):  # cannot happen with digests; a last guard against merged cells
-        raise GlagError("two cells of this sweep map to one folder name; give distinct --set values")
-    data = {}  # one read per dataset
-    for cell in cells:  # what `glag run --print-config` checks, then what depends on the data, every cell
-        cfg = load_config(config, {**cell["setting"], "seed": cell["seed"]}, source="--set")
-        resolved(cfg)
-        spec = DatasetSpec.from_config(cfg)
-        key = (spec, spec.data_root)  # data_root is not part of a spec's identity, but it is read here
-        if key not in data:
-            data[key] = load_dataset(spec, progress=False)
-        try:
-            check_fits(cfg, data[key], methods)
-        except GlagError as exc:  # before any cell runs: a late cell must not fail after hours of others
-            raise GlagError(f"cell {cell['name']}: {exc}") from None
+    check_cells(config, cells, methods)
     made = [
         p for p in (out, out / "sweep.json", out / "slurm") if not p.exists()
     ]  # what this command makes: removed again if sbatch refuses
@@ -253,25 +239,7 @@ def run_sweep(
     mine = {c["name"] for c in cells}
     out.mkdir(parents=True, exist_ok=True)
     record_sweep(out, record)
-    todo = []  # every cell with a method still missing (cell["missing"])
-    for cell in (c for c in every if c["name"] in mine):
-        cell_dir = cell["dir"]
-        missing = [m for m in methods if m not in run_folders(cell_dir)]
-        if not missing:
-            continue
-        if not cell_dir.exists():
-            made.append(cell_dir)
-        cell_dir.mkdir(parents=True, exist_ok=True)
-        cfg_file = cell_dir / "config.toml"
-        if (
-            not cfg_file.is_file() or cfg_file.read_text(encoding="utf-8") != cell["config"]
-        ):  # new: or this sweep's methods grew
-            with atomic_path(cfg_file) as t:
-                t.write_text(cell["config"], encoding="utf-8")
-        cell["missing"] = missing
-        if executor == "local":
-            _record_job(cell_dir, {"executor": "local", "job_id": ""})
-        todo.append(cell)
+    todo = unfinished([c for c in every if c["name"] in mine], methods, executor, made)
     bar = tqdm(
         total=len(cells),
         initial=len(cells) - len(todo),
@@ -285,36 +253,15 @@ def run_sweep(
         write_outputs(out, record["methods"], every, record["sets"])
         bar.update()
 
-    if executor == "slurm":
-        try:
-            failed = run_on_slurm(
-                by_stage_one(todo),
-                out,
-                cache_dir,
-                base.slurm,
-                finished=finished,
-                log=log,
-                is_done=lambda c: all(m in run_folders(c["dir"]) for m in methods),
-                quiet=quiet,
-            )
-        except SubmitRefused:
-            bar.close()
-            _remove(made)  # nothing was submitted: leave --out as this command found it
-            if earlier is not None:
-                with atomic_path(out / "sweep.json") as t:
-                    t.write_bytes(earlier)
-            raise
-    elif jobs <= 1:
-        failed = []
-        for cell in todo:
-            try:
-                run_cell(cell["dir"], cell["missing"], cache_dir, cell["setting"])
-            except CellFailed as exc:  # the others go on; the same command re-runs only this one
-                failed.append(str(exc))
-                continue
-            finished()
-    else:
-        failed = _run_packed(todo, jobs, cache_dir, finished)
+    try:
+        failed = run_cells(todo, executor, jobs, out, cache_dir, base.slurm, finished, log, quiet, methods)
+    except SubmitRefused:
+        bar.close()
+        _remove(made)  # nothing was submitted: leave --out as this command found it
+        if earlier is not None:
+            with atomic_path(out / "sweep.json") as t:
+                t.write_bytes(earlier)
+        raise
     bar.close()
     gone(out)
     rows = write_outputs(out, record["methods"], every, record["sets"])
@@ -324,6 +271,76 @@ def run_sweep(
             f"run the same command to re-run only them): {failed[0]}"
         )
     return rows
+
+
+def check_cells(config: Path, cells: list[dict], methods) -> None:
+    """What `glag run --print-config` checks, then what depends on the data, for every cell, before any
+    runs: a late cell must not fail after hours of others. Each dataset is read once."""
+    names = [c["name"] for c in cells]
+    if len(set(names)) != len(names):  # cannot happen with digests; a last guard against merged cells
+        raise GlagError("two cells of this sweep map to one folder name; give distinct --set values")
+    data = {}
+    for cell in cells:
+        cfg = load_config(config, {**cell["setting"], "seed": cell["seed"]}, source="--set")
+        resolved(cfg)
+        spec = DatasetSpec.from_config(cfg)
+        key = (spec, spec.data_root)  # data_root is not part of a spec's identity, but it is read here
+        if key not in data:
+            data[key] = load_dataset(spec, progress=False)
+        try:
+            check_fits(cfg, data[key], methods)
+        except GlagError as exc:
+            raise GlagError(f"cell {cell['name']}: {exc}") from None
+
+
+def unfinished(cells: list[dict], methods, executor: str, made: list[Path]) -> list[dict]:
+    """The cells with a method still missing (``cell["missing"]``), each with its folder and config.toml
+    written (re-written when this sweep's methods grew); new folders are added to ``made``."""
+    todo = []
+    for cell in cells:
+        cell_dir = cell["dir"]
+        missing = [m for m in methods if m not in run_folders(cell_dir)]
+        if not missing:
+            continue
+        if not cell_dir.exists():
+            made.append(cell_dir)
+        cell_dir.mkdir(parents=True, exist_ok=True)
+        cfg_file = cell_dir / "config.toml"
+        if not cfg_file.is_file() or cfg_file.read_text(encoding="utf-8") != cell["config"]:
+            with atomic_path(cfg_file) as t:
+                t.write_text(cell["config"], encoding="utf-8")
+        cell["missing"] = missing
+        if executor == "local":
+            _record_job(cell_dir, {"executor": "local", "job_id": ""})
+        todo.append(cell)
+    return todo
+
+
+def run_cells(todo, executor, jobs, out, cache_dir, slurm, finished, log, quiet, methods) -> list[str]:
+    """Run the cells on the executor (in this process, ``jobs`` worker processes, or a SLURM job array),
+    calling ``finished()`` after each; returns the failed cells, each with its one line."""
+    if executor == "slurm":
+        return run_on_slurm(
+            by_stage_one(todo),
+            out,
+            cache_dir,
+            slurm,
+            finished=finished,
+            log=log,
+            is_done=lambda c: all(m in run_folders(c["dir"]) for m in methods),
+            quiet=quiet,
+        )
+    if jobs > 1:
+        return _run_packed(todo, jobs, cache_dir, finished)
+    failed = []
+    for cell in todo:
+        try:
+            run_cell(cell["dir"], cell["missing"], cache_dir, cell["setting"])
+        except CellFailed as exc:  # the others go on; the same command re-runs only this one
+            failed.append(str(exc))
+            continue
+        finished()
+    return failed
 
 
 def gone(out: Path) -> None:

@@ -125,6 +125,55 @@ def load_split(path: Path, role: str) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return f, y.astype(np.int64), np.asarray(index, dtype=np.int64)
 
 
+def _load_names(class_names: Path) -> list:
+    try:
+        names = json.loads(Path(class_names).read_text())
+    except (OSError, ValueError) as exc:
+        raise GlagError(f"--class-names '{class_names}' is not a readable JSON list ({exc})") from exc
+    if not isinstance(names, list) or not names:
+        raise GlagError(f"--class-names '{class_names}' must hold a non-empty JSON list of names")
+    return names
+
+
+def _load_head(head: Path, d: int) -> tuple[np.ndarray, np.ndarray]:
+    """(weight [C, d], bias [C]) of a --head file, checked against the features' dimension."""
+    h = _load_npz(head, "head", ("weight",), ("bias",))
+    W = np.asarray(h["weight"], dtype=np.float32)
+    b = np.asarray(h.get("bias", np.zeros(len(W))), dtype=np.float32)
+    if W.ndim != 2 or W.shape[1] != d or b.shape != (W.shape[0],):
+        raise GlagError(f"--head '{head}': weight {W.shape} / bias {b.shape} do not fit features of dim {d}")
+    if not (np.isfinite(W).all() and np.isfinite(b).all()):
+        raise GlagError(f"--head '{head}': weight or bias is not finite")
+    return W, b
+
+
+def _check_labels(splits: dict, C: int, source: str) -> None:
+    for role, (_, y, _) in splits.items():
+        if y.min() < 0 or y.max() >= C:
+            raise GlagError(
+                f"--{role}: labels must lie in [0, {C}) ({source}), got range [{y.min()}, {y.max()}]"
+            )
+    empty = np.flatnonzero(np.bincount(splits["train"][1], minlength=C) == 0)
+    if len(empty):
+        raise GlagError(
+            f"--train has no row of class(es) {empty[:10].tolist()}; every class needs a train row"
+        )
+
+
+def _arrays_hash(splits: dict, W, b) -> str:
+    """The key covers every array (and the head when given), so other features can never share it."""
+    arrays = {
+        f"{role}/{k}": a
+        for role, s in splits.items()
+        for k, a in zip(("features", "labels", "index"), s, strict=False)
+    }
+    if W is not None:
+        arrays.update({"head/weight": W, "head/bias": b})
+    return digest(
+        np.frombuffer("".join(f"{k}:{digest(v)}" for k, v in sorted(arrays.items())).encode(), np.uint8)
+    )
+
+
 def import_cache(
     cache_dir: Path,
     name: str,
@@ -141,26 +190,8 @@ def import_cache(
     dims = {role: s[0].shape[1] for role, s in splits.items()}
     if len(set(dims.values())) != 1:
         raise GlagError(f"feature dimensions differ: {', '.join(f'{r} {d}' for r, d in dims.items())}")
-    d = dims["train"]
-    names = None
-    if class_names is not None:
-        try:
-            names = json.loads(Path(class_names).read_text())
-        except (OSError, ValueError) as exc:
-            raise GlagError(f"--class-names '{class_names}' is not a readable JSON list ({exc})") from exc
-        if not isinstance(names, list) or not names:
-            raise GlagError(f"--class-names '{class_names}' must hold a non-empty JSON list of names")
-    W = b = None
-    if head is not None:
-        h = _load_npz(head, "head", ("weight",), ("bias",))
-        W = np.asarray(h["weight"], dtype=np.float32)
-        b = np.asarray(h.get("bias", np.zeros(len(W))), dtype=np.float32)
-        if W.ndim != 2 or W.shape[1] != d or b.shape != (W.shape[0],):
-            raise GlagError(
-                f"--head '{head}': weight {W.shape} / bias {b.shape} do not fit features of dim {d}"
-            )
-        if not (np.isfinite(W).all() and np.isfinite(b).all()):
-            raise GlagError(f"--head '{head}': weight or bias is not finite")
+    names = _load_names(class_names) if class_names is not None else None
+    W, b = _load_head(head, dims["train"]) if head is not None else (None, None)
     C = (
         len(names)
         if names
@@ -175,31 +206,11 @@ def import_cache(
         if W is not None
         else f"the largest label sets {C} classes"
     )
-    for role, (_, y, _) in splits.items():
-        if y.min() < 0 or y.max() >= C:
-            raise GlagError(
-                f"--{role}: labels must lie in [0, {C}) ({source}), got range [{y.min()}, {y.max()}]"
-            )
-    empty = np.flatnonzero(np.bincount(splits["train"][1], minlength=C) == 0)
-    if len(empty):
-        raise GlagError(
-            f"--train has no row of class(es) {empty[:10].tolist()}; every class needs a train row"
-        )
-    # The key covers every array (and the head when given), so other features can never share it.
-    arrays = {
-        f"{role}/{k}": a
-        for role, s in splits.items()
-        for k, a in zip(("features", "labels", "index"), s, strict=False)
-    }
-    if W is not None:
-        arrays.update({"head/weight": W, "head/bias": b})
-    weights_hash = digest(
-        np.frombuffer("".join(f"{k}:{digest(v)}" for k, v in sorted(arrays.items())).encode(), np.uint8)
-    )
+    _check_labels(splits, C, source)
     names = names or [str(c) for c in range(C)]
     parts = key_payload(
         {"imported": name, "num_classes": C, "class_names": names},
-        weights_hash,
+        _arrays_hash(splits, W, b),
         {"source": "import", "head": "given" if W is not None else HEAD_FIT},
     )
     key = json_hash(parts)
