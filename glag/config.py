@@ -704,6 +704,25 @@ def config_from_dict(d: dict, *, methods=()) -> Config:
         return parse_config(p, methods=methods)
 
 
+def sweep_identity(recipe: dict, methods=()) -> dict:
+    """A recipe (``{section: {key: value}}``, as a TOML file or ``Config.to_dict`` gives it; old spellings
+    allowed) as the typed config holds it: every setting with defaults filled, each variant with its
+    method; without what a sweep may grow or where it runs (the method list, [slurm]). Two recipes that
+    run the same cells give the same dict, whichever form they were written in."""
+
+    def renamed(body):
+        return {RENAMED.get(k, k): v for k, v in body.items()} if isinstance(body, dict) else body
+
+    raw = {s: renamed(b) for s, b in recipe.items() if s != "variants"}
+    values, _ = recipe_values(raw, "recipe")
+    body = recipe.get("variants") or {}
+    variants = _variants("recipe", {n: renamed(v) for n, v in body.items()}, methods) if body else {}
+    d = replace(Config().with_values(values), variants=variants).to_dict()
+    d.pop("slurm", None)
+    d["stage_two"].pop("method", None)
+    return d
+
+
 def _toml_value(v) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"

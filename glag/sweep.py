@@ -17,8 +17,20 @@ import shutil
 from pathlib import Path
 
 from glag.cache.format import json_hash
+from glag.classify.methods import METHODS
 from glag.classify.results import label, load_run
-from glag.config import RENAMED, RULES, SECTION_OF, SECTIONS, check_value, to_toml, toml_value, tomllib
+from glag.config import (
+    RENAMED,
+    RULES,
+    SECTION_OF,
+    SECTIONS,
+    Config,
+    check_value,
+    sweep_identity,
+    to_toml,
+    toml_value,
+    tomllib,
+)
 from glag.errors import GlagError
 from glag.extract.datasets import DatasetSpec, load_dataset
 from glag.paths import atomic_path, check_safe_name
@@ -146,29 +158,26 @@ def run_folders(cell_dir: Path) -> dict[str, Path]:
     return found
 
 
-def cell_config(config: Path, cell: dict) -> str:
-    """The cell's recipe: the sweep's config with the cell's --set values and seed, as TOML."""
-    raw = tomllib.loads(Path(config).read_text(encoding="utf-8"))
-    for key, value in {**cell["setting"], "seed": cell["seed"]}.items():
-        raw.setdefault(SECTION_OF[key], {})[key] = value
-    return to_toml(raw)
+def cell_config(config: Path, cell: dict) -> Config:
+    """The cell's typed recipe: the sweep's config with the cell's --set values and seed."""
+    return load_config(config, {**cell["setting"], "seed": cell["seed"]}, source="--set")
 
 
-def _recipe_part(toml_text: str) -> dict:
-    """A cell config without its method list and variants (which an extended sweep may grow), keys spelt
-    as today (a cell written before a key was renamed is the same cell)."""
-    raw = tomllib.loads(toml_text)
-    raw.pop("variants", None)
-    raw.pop("slurm", None)  # where a cell runs is not what it is
-    raw.get("stage_two", {}).pop("method", None)
-    return {s: {RENAMED.get(k, k): v for k, v in body.items()} for s, body in raw.items()}
+def _recipe_part(recipe: dict) -> dict:
+    """A cell's recipe without its method list and variants (which an extended sweep may grow), as the
+    typed config holds it: a cell written by an older glag (the recipe's own keys, old spellings) is the
+    same cell."""
+    d = sweep_identity(recipe, tuple(METHODS))
+    d.pop("variants", None)
+    return d
 
 
 def locate(out: Path, cells: list[dict], config: Path) -> list[dict]:
     """Each cell with its folder (``dir``) and config text. A folder of the name glag used before names were
     made safe is used when it holds this very cell; a folder holding another cell's config is refused."""
     for cell in cells:
-        text = cell_config(config, cell)
+        typed = cell_config(config, cell).to_dict()
+        text = to_toml(typed)
         cell["config"], cell["dir"] = text, out / "cells" / cell["name"]
         legacy = out / "cells" / _legacy_cell_name(cell["seed"], cell["setting"])
         if not cell["dir"].exists() and legacy != cell["dir"] and (legacy / "config.toml").is_file():
@@ -176,8 +185,8 @@ def locate(out: Path, cells: list[dict], config: Path) -> list[dict]:
         cfg = cell["dir"] / "config.toml"
         if cfg.is_file():
             try:
-                same = _recipe_part(cfg.read_text(encoding="utf-8")) == _recipe_part(text)
-            except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+                same = _recipe_part(tomllib.loads(cfg.read_text(encoding="utf-8"))) == _recipe_part(typed)
+            except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, GlagError):
                 same = False
             if not same:
                 if cell["dir"] != out / "cells" / cell["name"]:  # a legacy name that another cell mapped onto
@@ -234,7 +243,7 @@ def run_sweep(
         p for p in (out, out / "sweep.json", out / "slurm") if not p.exists()
     ]  # what this command makes: removed again if sbatch refuses
     earlier = (out / "sweep.json").read_bytes() if (out / "sweep.json").is_file() else None
-    record = claim(out, describe(config, methods, seeds, sets), log)
+    record = claim(out, describe(base, methods, seeds, sets), log)
     every = locate(out, plan(record["seeds"], record["sets"]), config)
     mine = {c["name"] for c in cells}
     out.mkdir(parents=True, exist_ok=True)
@@ -281,7 +290,7 @@ def check_cells(config: Path, cells: list[dict], methods) -> None:
         raise GlagError("two cells of this sweep map to one folder name; give distinct --set values")
     data = {}
     for cell in cells:
-        cfg = load_config(config, {**cell["setting"], "seed": cell["seed"]}, source="--set")
+        cfg = cell_config(config, cell)
         resolved(cfg)
         spec = DatasetSpec.from_config(cfg)
         key = (spec, spec.data_root)  # data_root is not part of a spec's identity, but it is read here

@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from glag.config import tomllib
+from glag.classify.methods import METHODS
+from glag.config import Config, sweep_identity
 from glag.errors import GlagError
 from glag.paths import atomic_path
 
@@ -19,16 +20,19 @@ MARKER = "sweep.json"
 OUTPUTS = {"cells", "cells.csv", "summary.md", "groups.png", MARKER}  # what a sweep writes at its top level
 
 
-def describe(config: Path, methods, seeds, sets) -> dict:
-    """The record of a sweep: its recipe minus the method list and variants (which may grow), the variants'
-    tables, the methods, the varied keys with their values, and the seeds."""
-    raw = tomllib.loads(Path(config).read_text(encoding="utf-8"))
-    raw.pop("slurm", None)  # where cells run is not what they are
-    variants = raw.pop("variants", {})
-    raw.get("stage_two", {}).pop("method", None)
+def _split(recipe: dict) -> tuple[dict, dict]:
+    """(the typed recipe without its variants, the variants) of a recipe dict (config.sweep_identity)."""
+    d = sweep_identity(recipe, tuple(METHODS))
+    return {s: b for s, b in d.items() if s != "variants"}, d.get("variants", {})
+
+
+def describe(cfg: Config, methods, seeds, sets) -> dict:
+    """The record of a sweep: its typed recipe minus the method list, variants (which may grow) and
+    [slurm], the variants, the methods, the varied keys with their values, and the seeds."""
+    recipe, variants = _split(cfg.to_dict())
     return {
         "glag_sweep": 1,
-        "recipe": raw,
+        "recipe": recipe,
         "variants": variants,
         "methods": list(methods),
         "sets": {k: list(v) for k, v in sets.items()},
@@ -84,7 +88,15 @@ def claim(out: Path, record: dict, log) -> dict:
         return record
     if not isinstance(old, dict) or old.get("glag_sweep") != 1:
         raise GlagError(f"'{marker}' is not a glag sweep record; sweep into a new --out")
-    diff = _first_difference(old.get("recipe", {}), record["recipe"])
+    try:  # a record of an older glag holds the recipe file's own keys: read both as the typed config
+        old["recipe"], old["variants"] = _split(
+            {**old.get("recipe", {}), "variants": old.get("variants", {})}
+        )
+    except GlagError as exc:
+        raise GlagError(
+            f"'{marker}' records a recipe this glag cannot read ({exc}); sweep into a new --out"
+        ) from None
+    diff = _first_difference(old["recipe"], record["recipe"])
     if diff:
         raise GlagError(f"--out '{out}' holds a sweep of another recipe ({diff}); sweep into a new --out")
     if list(old.get("sets", {})) != list(record["sets"]):

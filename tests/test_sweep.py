@@ -176,3 +176,41 @@ def test_run_folders_follow_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert folder.stat().st_mode & 0o777 == 0o755
+
+
+def test_cells_are_typed_configs_and_an_older_glags_raw_records_still_match(tmp_path, glag_cli, cache_dir):
+    """Issue 38: a cell's config.toml is the typed Config (every setting) that `glag run --config` reads;
+    a sweep folder whose sweep.json and cell configs an older glag wrote as the recipe file's own keys (old
+    spellings included) is the same sweep: extended, not refused, and its finished cells not re-run."""
+    import json
+
+    from glag.config import tomllib
+
+    out = tmp_path / "sw"
+    args = ["sweep", DIGITS, "--seeds", "0", "--out", out, "--set", "loss=ce", *FAST, "-q"]
+    code, _, err = glag_cli(*args)
+    assert code == 0, err
+    [cell] = (out / "cells").iterdir()
+    typed = tomllib.loads((cell / "config.toml").read_text())
+    assert typed["stage_one"]["loss"] == "ce" and typed["stage_one"]["seed"] == 0
+    assert typed["generator"]["tukey_power"] == 0.5 and "k" in typed["generator"]  # defaults written out
+    # as an older glag left it: the recipe's own keys, 'lt' for tukey_power
+    raw = tomllib.loads(DIGITS.read_text())
+    record = json.loads((out / "sweep.json").read_text())
+    old_recipe = {s: dict(b) for s, b in raw.items() if s != "variants"}
+    old_recipe["stage_two"].pop("method", None)
+    old_recipe["generator"] = {"lt": 0.5}
+    (out / "sweep.json").write_text(json.dumps({**record, "recipe": old_recipe, "variants": {}}))
+    cell_raw = {s: dict(b) for s, b in raw.items()}
+    cell_raw["stage_one"].update(loss="ce", seed=0, epochs=2)
+    cell_raw["stage_two"]["classifier_epochs"] = 2
+    from glag.config import to_toml
+
+    (cell / "config.toml").write_text(to_toml(cell_raw))
+    stamp = {p: p.stat().st_mtime_ns for p in (cell / "runs").glob("*/result.json")}
+    code, _, err = glag_cli(*args[:3], "0-1", *args[4:])  # one more seed
+    assert code == 0, err
+    assert {p: p.stat().st_mtime_ns for p in (cell / "runs").glob("*/result.json")} == stamp  # not re-run
+    assert len(list((out / "cells").iterdir())) == 2
+    code, _, err = glag_cli(*args[:-1], "--set", "imbalance=5", "-q")  # another recipe: still refused
+    assert code != 0 and "holds a sweep that varies" in err
