@@ -26,6 +26,7 @@ from glag.cli_options import (
 )
 from glag.cli_results import predict, report
 from glag.cli_sweep import sweep
+from glag.cli_tune import tune
 from glag.config import RULES, to_toml
 from glag.errors import DEBUG_ENV, GlagError
 from glag.extract.dataset_report import describe, describe_lines
@@ -52,12 +53,12 @@ def cli(debug: bool):
     """GLAG long-tailed classification: dataset inspection (data), stage-one training and feature dump
     (extract), the adaptive feature generator (generate), classifier-only stage two (classify), the whole
     pipeline (run), multi-seed paired grids (sweep), cache management (cache), run comparison (report) and
-    prediction with an exported model (predict)."""
+    prediction with an exported model (predict), and a validation-only search of stage-two settings (tune)."""
     if debug:
         os.environ[DEBUG_ENV] = "1"  # read where user code runs, and by a sweep's worker processes
 
 
-for command in (cache, report, predict, sweep):
+for command in (cache, report, predict, sweep, tune):
     cli.add_command(command)
 
 

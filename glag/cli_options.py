@@ -151,8 +151,9 @@ set_option = click.option(
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars or log lines.")
 
 
-def config_from_cli(kw: dict, path: Path | None = None, sets=()) -> Config:
-    """The run config: defaults <- recipe <- --set values <- flags given on the command line."""
+def config_from_cli(kw: dict, path: Path | None = None, sets=(), base: dict | None = None) -> Config:
+    """The run config: defaults <- recipe <- ``base`` (values already checked, e.g. a cache's recorded
+    recipe) <- --set values <- flags given on the command line."""
     overrides = dict(parse_override(s) for s in sets)
     for key in overrides:  # only a SLURM sweep reads them: taking one here would ignore it silently
         if key.rpartition(".")[2] in SECTIONS["slurm"]:
@@ -161,4 +162,4 @@ def config_from_cli(kw: dict, path: Path | None = None, sets=()) -> Config:
             )
     flags = explicit(click.get_current_context(), kw)
     labels = {key: flag_of(key) for key in flags}  # a flag's value is named by its flag, not by --set
-    return load_config(path, {**overrides, **flags}, source="--set", labels=labels)
+    return load_config(path, {**(base or {}), **overrides, **flags}, source="--set", labels=labels)

@@ -503,6 +503,9 @@ class Config:
     baselines: BaselineSettings = field(default_factory=BaselineSettings)
     slurm: SlurmSettings = field(default_factory=SlurmSettings)
     variants: dict = field(default_factory=dict)  # name -> {generator/stage_two key: value}, 'method' set
+    # [tune]: the search space of `glag tune` as written (checked by glag.tune.parse_space); not part of what
+    # a run is, so not in to_dict
+    tune: dict = field(default_factory=dict)
 
     def flat(self) -> dict:
         """{key: value} of every setting (keys are unique across sections)."""
@@ -609,12 +612,14 @@ def recipe_values(raw: dict, where: str) -> tuple[dict, dict]:
         if section == "variants":
             variants = body
             continue
+        if section == "tune":  # read by parse_config, checked by glag.tune
+            continue
         if section not in SECTIONS:
             raise _err(
                 where,
                 f"unknown section [{section}]; allowed: "
                 + ", ".join(f"[{s}]" for s in SECTIONS)
-                + ", [variants.<name>]",
+                + ", [variants.<name>], [tune]",
             )
         if not isinstance(body, dict):
             raise _err(where, f"'{section}' must be a [section] of keys")
@@ -640,9 +645,13 @@ def parse_config(
     """Defaults <- the recipe at ``path`` <- ``overrides`` (``{"stage_one.epochs": 3}`` or ``{"epochs": 3}``),
     every value checked. ``methods``: the stage-two method names (glag.load_config passes the
     registry's); ``source`` names the overrides in messages (``--set``), ``labels`` single ones (a flag)."""
-    values, raw_variants = {}, {}
+    values, raw_variants, tune = {}, {}, {}
     if path is not None:
-        values, raw_variants = recipe_values(read_recipe(Path(path)), f"--config '{path}'")
+        raw = read_recipe(Path(path))
+        values, raw_variants = recipe_values(raw, f"--config '{path}'")
+        tune = raw.get("tune", {})
+        if not isinstance(tune, dict):
+            raise _err(f"--config '{path}'", "'tune' must be a [tune] section of keys")
     for dotted, value in (overrides or {}).items():
         section, _, key = dotted.rpartition(".")
         where = (labels or {}).get(dotted) or f"{source} '{dotted}'"
@@ -654,7 +663,7 @@ def parse_config(
     _check_groups(cfg)
     variants = _variants(f"--config '{path}'", raw_variants, methods) if raw_variants else {}
     check_methods(cfg.stage_two.method, methods, variants, "method ")
-    return replace(cfg, variants=variants)
+    return replace(cfg, variants=variants, tune=tune)
 
 
 def _check_groups(cfg) -> None:

@@ -27,6 +27,7 @@ class MethodRun:
     backend: str = "auto"  # the generator's array backend (auto, cpu, gpu)
     progress: bool = True
     log: Callable | None = None
+    on_epoch: Callable[[int, dict], None] | None = None  # stage two's record after each epoch (glag tune)
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ def glag(cache: FeatureCache, run: MethodRun) -> dict:
         seed=run.config.stage_one.seed,
         progress=run.progress,
         log=run.log,
+        on_epoch=run.on_epoch,
     )
     return {**res, "generator": asdict(gen)}
 

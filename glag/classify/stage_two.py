@@ -222,6 +222,7 @@ def train_glag(
     log=None,
     beta0=None,
     spread=(),
+    on_epoch=None,
 ) -> dict:
     """Train the stage-two classifier of ``[stage_two]`` settings ``s``; returns its weights, the beta
     history and val/test metrics.
@@ -230,6 +231,7 @@ def train_glag(
     ``beta0`` (per class) replaces ``s.beta_init`` as the tail classes' starting confidence; ``spread``
     (per class) scales each class's tail draws' covariance (a held-out law's, glag.classify.heldout).
     Blocks of real + synthetic rows are made ahead by a background thread while the classifier trains.
+    ``on_epoch(epoch, record)`` is called after each epoch (a pruner may stop the run by raising).
     """
     cache = afg.cache
     t = _set_up(afg, s, seed, beta0, spread)
@@ -239,19 +241,24 @@ def train_glag(
     # disable=None: off when not a terminal
     bar = tqdm(range(s.classifier_epochs), desc="stage two", leave=False, disable=None if progress else True)
     blocks = feed(t.stream, s.classifier_epochs, prepare)
-    with cpu_threads_beside_generator(afg.xp, B * d * C):
-        for e in bar:
-            _train_blocks(t, e, blocks)
-            rec, prev_acc = _end_epoch(t, e, prev_acc)
-            history.append(rec)
-            bar.set_postfix(val=f"{rec['val_top1']:.3f}")
-            if log:
-                log(
-                    f"epoch {e + 1:>3}/{s.classifier_epochs}  ce {rec['ce']:.4f}  kd {rec['kd']:.4f}  "
-                    f"val_top1 {rec['val_top1']:.4f}"
-                )
-        for _ in blocks:  # exhausts the feed, which lets its thread finish
-            raise RuntimeError("the block feed made more blocks than the epochs hold")
+    try:
+        with cpu_threads_beside_generator(afg.xp, B * d * C):
+            for e in bar:
+                _train_blocks(t, e, blocks)
+                rec, prev_acc = _end_epoch(t, e, prev_acc)
+                history.append(rec)
+                bar.set_postfix(val=f"{rec['val_top1']:.3f}")
+                if log:
+                    log(
+                        f"epoch {e + 1:>3}/{s.classifier_epochs}  ce {rec['ce']:.4f}  kd {rec['kd']:.4f}  "
+                        f"val_top1 {rec['val_top1']:.4f}"
+                    )
+                if on_epoch is not None:
+                    on_epoch(e + 1, rec)
+            for _ in blocks:  # exhausts the feed, which lets its thread finish
+                raise RuntimeError("the block feed made more blocks than the epochs hold")
+    finally:
+        blocks.close()  # a run stopped early (a pruned trial) stops the feed's thread
     weight, bias, tau = _final_head(t)
     head = lambda x: x @ weight.T + bias  # noqa: E731
     val, test, counts = cache.split("val"), cache.split("test"), cache.train_counts
