@@ -62,6 +62,13 @@ from glag.tune import OBJECTIVES
 )
 @click.option("--storage", default=None, help="An Optuna storage URL (default: sqlite in --out).")
 @click.option(
+    "--workers",
+    type=Number(int, 1, 256),
+    default=1,
+    show_default=True,
+    help="Local processes sharing the study (one thread each beside this one).",
+)
+@click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("glag-tune"),
@@ -81,6 +88,7 @@ def tune(
     repeats,
     prune,
     storage,
+    workers,
     out,
     as_json,
     quiet,
@@ -115,6 +123,7 @@ def tune(
         repeats=repeats,
         prune=prune,
         storage=storage,
+        workers=workers,
         progress=not quiet,
         log=(lambda m: None) if (quiet or as_json) else lambda m: click.echo(m, err=True),
     )

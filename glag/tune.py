@@ -212,6 +212,7 @@ class Search:
     objective: str
     repeats: int
     prune: bool
+    worker: int = 0  # which process ran a trial (recorded with it)
 
     def trial_config(self, params: dict, repeat: int = 0) -> Config:
         return self.config.with_values({**params, "seed": self.config.stage_one.seed + repeat})
@@ -219,6 +220,7 @@ class Search:
     def __call__(self, trial) -> float:
         import optuna
 
+        trial.set_user_attr("worker", self.worker)
         params = {k: d.suggest(trial) for k, d in self.space.items()}
         backend = self.config.generator.device
         scores = []
@@ -256,23 +258,23 @@ def tune(
     repeats: int = 1,
     prune: bool = True,
     storage: str | None = None,
+    workers: int = 1,
     progress: bool = True,
     log=print,
 ) -> dict:
     """Run (or continue) the study to ``trials`` finished trials; write best.toml, trials.csv, plots and the
     best trial's run folder (test read once, here). ``cache_path`` None: the config's own stage one (its
-    cache reused, or trained first). Returns {best_value, best_params, best_trial, trials, best_run,
-    best_toml}."""
-    import optuna
-
+    cache reused, or trained first). ``workers`` > 1: that many processes share the study (the total may
+    end a few trials over ``trials``: each worker finishes its running trial). Returns {best_value,
+    best_params, best_trial, trials, best_run, best_toml}."""
     from glag.pipeline import run_stage_one
 
     if method not in METHODS:
         raise GlagError(f"method (--method) '{method}' is not a method; choose from: {', '.join(METHODS)}")
     if objective not in OBJECTIVES:
         raise GlagError(f"--objective '{objective}' is unknown; choose one of: {', '.join(OBJECTIVES)}")
-    if trials < 1 or repeats < 1:
-        raise GlagError(f"--trials {trials} and --repeats {repeats} must both be at least 1")
+    if trials < 1 or repeats < 1 or workers < 1:
+        raise GlagError(f"--trials {trials}, --repeats {repeats} and --workers {workers} must be at least 1")
     if cache_path is None:
         cache_path = run_stage_one(cfg, quiet=not progress)[0]
     cache = FeatureCache(cache_path)
@@ -294,22 +296,97 @@ def tune(
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / RECORD) as tmp:
         tmp.write_text(json.dumps(record, indent=2))
+    study = open_study(storage_url(out, storage), cfg.stage_one.seed, prune)
+    search = Search(without_test(cache), cfg, method, space, objective, repeats, prune)
+    left = trials - finished(study)
+    if left > 0:
+        spec = {
+            "config": cfg.to_dict(),
+            "tune": table,
+            "cache": str(cache_path),
+            "method": method,
+            "objective": objective,
+            "repeats": repeats,
+            "prune": prune,
+            "storage": storage_url(out, storage),
+            "trials": trials,
+        }
+        helpers = start_workers(spec, out, workers - 1) if workers > 1 else []
+        try:
+            _optimize(study, search, trials, left, progress)
+        finally:
+            wait_workers(helpers, out)
+    return _results(study, search, cache_path, out, trials, log)
+
+
+def open_study(url: str, seed: int, prune: bool, worker: int = 0):
+    """The study in its storage (made on first use); each worker samples with its own seed."""
+    import optuna
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
+    storage = url
+    if url.startswith("sqlite:"):  # several worker processes: wait for the file's lock, do not fail
+        storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}})
+    return optuna.create_study(
         study_name="glag-tune",
-        storage=storage_url(out, storage),
+        storage=storage,
         direction="maximize",
         load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=cfg.stage_one.seed),
+        sampler=optuna.samplers.TPESampler(seed=seed + 1_000_003 * worker),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)
         if prune
         else optuna.pruners.NopPruner(),
     )
-    search = Search(without_test(cache), cfg, method, space, objective, repeats, prune)
-    left = trials - finished(study)
-    if left > 0:
-        _optimize(study, search, left, progress)
-    return _results(study, search, cache_path, out, trials, log)
+
+
+def start_workers(spec: dict, out: Path, n: int) -> list:
+    """``n`` more worker processes on the same study (``python -m glag.tune_worker``), one thread each."""
+    import os
+    import subprocess
+    import sys
+
+    path = out / ".workers.json"
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(spec))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return [
+        subprocess.Popen(
+            [sys.executable, "-m", "glag.tune_worker", str(path), str(i + 1)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=open(out / f".worker{i + 1}.log", "w"),  # noqa: SIM115 -- the child owns it
+        )
+        for i in range(n)
+    ]
+
+
+def wait_workers(procs: list, out: Path) -> None:
+    """Wait for the worker processes; their spec goes, a log is kept only when it says something."""
+    failed = [p.args[-1] for p in procs if p.wait() != 0]
+    (out / ".workers.json").unlink(missing_ok=True)
+    for log in out.glob(".worker*.log"):
+        if not log.stat().st_size:
+            log.unlink()
+    if failed:
+        raise GlagError(f"tune worker(s) {', '.join(failed)} failed; see .worker<n>.log in --out")
+
+
+def search_of(spec: dict, worker: int) -> Search:
+    """A worker's Search from the spec the main process wrote."""
+    from glag.config import config_from_dict
+
+    cfg = replace(config_from_dict(spec["config"], methods=tuple(METHODS)), tune=spec["tune"])
+    cache = FeatureCache(Path(spec["cache"]))
+    return Search(
+        without_test(cache),
+        cfg,
+        spec["method"],
+        parse_space(spec["tune"]),
+        spec["objective"],
+        spec["repeats"],
+        spec["prune"],
+        worker,
+    )
 
 
 def finished(study) -> int:
@@ -318,21 +395,26 @@ def finished(study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
 
-def _optimize(study, search: Search, n: int, progress: bool) -> None:
+def _optimize(study, search: Search, trials: int, left: int, progress: bool) -> None:
+    """Trials until the study holds ``trials`` finished ones (counting other workers')."""
+    from optuna.study import MaxTrialsCallback
+    from optuna.trial import TrialState
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=n, desc="tune trials", unit="trial", disable=None if progress else True)
+    bar = tqdm(total=left, desc="tune trials", unit="trial", disable=None if progress else True)
+    start = trials - left
 
     def tick(study, trial):
-        bar.update()
+        bar.update(max(finished(study) - start - bar.n, 0))
         try:
             bar.set_postfix(best=f"{study.best_value:.4f}")
         except ValueError:  # no finished trial yet
             pass
 
+    stop = MaxTrialsCallback(trials, states=(TrialState.COMPLETE, TrialState.PRUNED))
     try:
         # each finished trial is in the storage before the next starts: Ctrl-C loses only the running one
-        study.optimize(search, n_trials=n, callbacks=[tick], catch=())
+        study.optimize(search, callbacks=[tick, stop], catch=())
     finally:
         bar.close()
 

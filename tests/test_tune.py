@@ -145,3 +145,14 @@ def test_cli_tunes_a_recipes_own_cache_and_its_best_toml_reruns_the_best(tmp_pat
     assert rerun["cache_key"] == best["cache_key"] and rerun["test"]["top1"] == best["test"]["top1"]
     code, _, err = glag_cli("tune", "--out", tmp_path / "t", "-q")
     assert code == 1 and "give --cache" in err
+
+
+def test_two_workers_share_one_study(cache, tmp_path):
+    # trials long enough (about 1 s) that the second process, which starts in a few seconds, gets some
+    cfg = _cfg().with_values({"classifier_epochs": 25})
+    res = tune(cfg, cache.path, tmp_path / "w", trials=8, workers=2, progress=False, log=lambda m: None)
+    with open(tmp_path / "w" / "trials.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert 8 <= res["trials"] == len(rows) <= 9  # a worker finishes the trial it is running
+    assert {float(r["user_attrs_worker"]) for r in rows} == {0, 1}  # both processes ran trials
+    assert not list((tmp_path / "w").glob(".worker*"))  # the spec and empty logs are gone

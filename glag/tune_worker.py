@@ -1,0 +1,26 @@
+"""One more worker on a ``glag tune`` study: ``python -m glag.tune_worker SPEC.json INDEX`` (started by
+glag.tune.start_workers; it runs trials until the study holds the spec's number of finished trials)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str]) -> int:
+    from optuna.study import MaxTrialsCallback
+    from optuna.trial import TrialState
+
+    from glag.tune import open_study, search_of
+
+    spec, worker = json.loads(Path(argv[0]).read_text()), int(argv[1])
+    search = search_of(spec, worker)
+    study = open_study(spec["storage"], search.config.stage_one.seed, spec["prune"], worker)
+    stop = MaxTrialsCallback(spec["trials"], states=(TrialState.COMPLETE, TrialState.PRUNED))
+    study.optimize(search, callbacks=[stop], catch=())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
