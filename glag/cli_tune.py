@@ -62,6 +62,14 @@ from glag.tune import OBJECTIVES
 )
 @click.option("--storage", default=None, help="An Optuna storage URL (default: sqlite in --out).")
 @click.option(
+    "--executor",
+    type=click.Choice(["local", "slurm"]),
+    default="local",
+    show_default=True,
+    help="local: --workers processes here; slurm: --workers tasks of one SLURM job array (the recipe's "
+    "[slurm] settings), sharing a journal-file study in --out (or --storage).",
+)
+@click.option(
     "--workers",
     type=Number(int, 1, 256),
     default=1,
@@ -88,6 +96,7 @@ def tune(
     repeats,
     prune,
     storage,
+    executor,
     workers,
     out,
     as_json,
@@ -124,6 +133,7 @@ def tune(
         prune=prune,
         storage=storage,
         workers=workers,
+        executor=executor,
         progress=not quiet,
         log=(lambda m: None) if (quiet or as_json) else lambda m: click.echo(m, err=True),
     )

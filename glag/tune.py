@@ -243,8 +243,23 @@ class Search:
         return value
 
 
-def storage_url(out: Path, storage: str | None) -> str:
-    return storage or f"sqlite:///{(out / 'study.db').resolve()}"
+JOURNAL = "study.journal"  # the study's storage when SLURM nodes share it (Optuna's journal file)
+
+
+def storage_url(out: Path, storage: str | None, executor: str = "local") -> str:
+    """--storage as given; else the study folder's journal file when it has one or SLURM workers will share
+    it, else its SQLite file. SQLite on storage other nodes write to is refused."""
+    if storage:
+        return storage
+    db, journal = out / "study.db", out / JOURNAL
+    if journal.is_file() or (executor == "slurm" and not db.is_file()):
+        return f"journal:{journal.resolve()}"
+    if executor == "slurm":
+        raise GlagError(
+            f"--out '{out}' holds a SQLite study, which SLURM nodes cannot share; give --storage (an RDB "
+            "URL) or tune into a new --out (its study is then a journal file the nodes share)"
+        )
+    return f"sqlite:///{db.resolve()}"
 
 
 def tune(
@@ -259,6 +274,7 @@ def tune(
     prune: bool = True,
     storage: str | None = None,
     workers: int = 1,
+    executor: str = "local",
     progress: bool = True,
     log=print,
 ) -> dict:
@@ -273,6 +289,8 @@ def tune(
         raise GlagError(f"method (--method) '{method}' is not a method; choose from: {', '.join(METHODS)}")
     if objective not in OBJECTIVES:
         raise GlagError(f"--objective '{objective}' is unknown; choose one of: {', '.join(OBJECTIVES)}")
+    if executor not in ("local", "slurm"):
+        raise GlagError(f"--executor '{executor}' is unknown; choose one of: local, slurm")
     if trials < 1 or repeats < 1 or workers < 1:
         raise GlagError(f"--trials {trials}, --repeats {repeats} and --workers {workers} must be at least 1")
     if cache_path is None:
@@ -296,7 +314,8 @@ def tune(
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / RECORD) as tmp:
         tmp.write_text(json.dumps(record, indent=2))
-    study = open_study(storage_url(out, storage), cfg.stage_one.seed, prune)
+    url = storage_url(out, storage, executor)
+    study = open_study(url, cfg.stage_one.seed, prune)
     search = Search(without_test(cache), cfg, method, space, objective, repeats, prune)
     left = trials - finished(study)
     if left > 0:
@@ -308,14 +327,19 @@ def tune(
             "objective": objective,
             "repeats": repeats,
             "prune": prune,
-            "storage": storage_url(out, storage),
+            "storage": url,
             "trials": trials,
         }
-        helpers = start_workers(spec, out, workers - 1) if workers > 1 else []
-        try:
-            _optimize(study, search, trials, left, progress)
-        finally:
-            wait_workers(helpers, out)
+        if executor == "slurm":
+            from glag.tune_slurm import run_workers_on_slurm
+
+            run_workers_on_slurm(spec, out, workers, cfg.slurm, log)
+        else:
+            helpers = start_workers(spec, out, workers - 1) if workers > 1 else []
+            try:
+                _optimize(study, search, trials, left, progress)
+            finally:
+                wait_workers(helpers, out)
     return _results(study, search, cache_path, out, trials, log)
 
 
@@ -327,6 +351,10 @@ def open_study(url: str, seed: int, prune: bool, worker: int = 0):
     storage = url
     if url.startswith("sqlite:"):  # several worker processes: wait for the file's lock, do not fail
         storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}})
+    elif url.startswith("journal:"):  # a file on storage every node sees, with its own file lock
+        from optuna.storages.journal import JournalFileBackend
+
+        storage = optuna.storages.JournalStorage(JournalFileBackend(url[len("journal:") :]))
     return optuna.create_study(
         study_name="glag-tune",
         storage=storage,

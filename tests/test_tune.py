@@ -156,3 +156,25 @@ def test_two_workers_share_one_study(cache, tmp_path):
     assert 8 <= res["trials"] == len(rows) <= 9  # a worker finishes the trial it is running
     assert {float(r["user_attrs_worker"]) for r in rows} == {0, 1}  # both processes ran trials
     assert not list((tmp_path / "w").glob(".worker*"))  # the spec and empty logs are gone
+
+
+SLURM = __import__("conftest").slurm_conf()
+
+
+@pytest.mark.skipif(SLURM is None, reason="no SLURM controller (tools/local-slurm start)")
+def test_slurm_workers_share_a_journal_study(cache, tmp_path, monkeypatch):
+    monkeypatch.setenv("SLURM_CONF", SLURM)
+    out = tmp_path / "s"
+    res = tune(
+        _cfg(), cache.path, out, trials=4, workers=2, executor="slurm", progress=False, log=lambda m: None
+    )
+    assert (out / "study.journal").is_file() and not (out / "study.db").exists()
+    with open(out / "trials.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert 4 <= res["trials"] == len(rows) <= 5 and {float(r["user_attrs_worker"]) for r in rows} <= {1, 2}
+    # the same study continues here, on the journal file the nodes wrote
+    more = tune(_cfg(), cache.path, out, trials=6, progress=False, log=lambda m: None)
+    assert more["trials"] >= 6 and not (out / "study.db").exists()
+    with pytest.raises(GlagError, match="holds a SQLite study, which SLURM nodes cannot share"):
+        tune(_cfg(), cache.path, tmp_path / "w", trials=1, progress=False, log=lambda m: None)
+        tune(_cfg(), cache.path, tmp_path / "w", trials=2, executor="slurm", progress=False)
