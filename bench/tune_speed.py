@@ -4,6 +4,7 @@
   N `glag classify` runs of the same settings in one process (``run_methods``: one run folder each, as
   `glag classify` writes it): ``ratio = tune_s / plain_s``, target at most 1.3. Pruning is off.
 * workers: trials per minute with ``--workers 2`` against 1 (target at least 1.6x on 2 cores), pruning off.
+* pruning: the same study with the median pruner on and off: wall time, pruned trials, best validation top-1.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/tune_speed.py [--trials 100] \
         [--out bench/results/tune_speed.json]
@@ -95,6 +96,32 @@ def main() -> None:
                 "trials_per_min_2": round(per_min[2], 1),
                 "speedup": round(per_min[2] / per_min[1], 3),
                 "target": ">= 1.6",
+            }
+        )
+        runs = {}
+        for prune in (False, True):
+            t0 = time.perf_counter()
+            res = tune(
+                cfg,
+                path,
+                tmp / f"p{prune}",
+                trials=args.trials,
+                prune=prune,
+                progress=False,
+                log=lambda m: None,
+            )
+            with open(tmp / f"p{prune}" / "trials.csv", newline="") as f:
+                pruned = sum(r["state"] == "PRUNED" for r in csv.DictReader(f))
+            runs[prune] = (time.perf_counter() - t0, pruned, res["best_value"])
+        rows.append(
+            {
+                "what": "pruning",
+                "off_s": round(runs[False][0], 2),
+                "on_s": round(runs[True][0], 2),
+                "saved": round(1 - runs[True][0] / runs[False][0], 3),
+                "pruned_trials": runs[True][1],
+                "best_val_off": runs[False][2],
+                "best_val_on": runs[True][2],
             }
         )
     emit("tune_speed", rows, f"OMP_NUM_THREADS=1 python bench/tune_speed.py --trials {args.trials}", args.out)
