@@ -178,3 +178,21 @@ def test_slurm_workers_share_a_journal_study(cache, tmp_path, monkeypatch):
     with pytest.raises(GlagError, match="holds a SQLite study, which SLURM nodes cannot share"):
         tune(_cfg(), cache.path, tmp_path / "w", trials=1, progress=False, log=lambda m: None)
         tune(_cfg(), cache.path, tmp_path / "w", trials=2, executor="slurm", progress=False)
+
+
+def test_ctrl_c_keeps_every_finished_trial(cache, tmp_path, monkeypatch):
+    real = Search.__call__
+
+    def interrupted(self, trial):
+        if trial.number == 2:
+            raise KeyboardInterrupt
+        return real(self, trial)
+
+    monkeypatch.setattr(Search, "__call__", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tune(_cfg(), cache.path, tmp_path / "s", trials=5, progress=False)
+    monkeypatch.setattr(Search, "__call__", real)
+    res = tune(_cfg(), cache.path, tmp_path / "s", trials=5, progress=False, log=lambda m: None)
+    with open(tmp_path / "s" / "trials.csv", newline="") as f:
+        states = [r["state"] for r in csv.DictReader(f)]
+    assert states[:3] == ["COMPLETE", "COMPLETE", "FAIL"] and res["trials"] == 5  # the two kept, 3 more run
