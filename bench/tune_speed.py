@@ -49,7 +49,7 @@ def main() -> None:
     import csv
 
     import glag
-    from glag.tune import tune
+    from glag.tuning import tune
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,10 +1,11 @@
 """GLAG: Gradual Balanced Loss and Adaptive Feature Generation for long-tailed classification.
 
-``glag.run(glag.load_config(path, overrides))`` runs a recipe; the command line is a thin caller of it.
+``glag.run(glag.load_config(path, overrides))`` runs a recipe, ``glag.tune(cfg, cache_path, out)`` searches
+its stage-two settings on validation rows; the command line is a thin caller of them.
 """
 
 __version__ = "0.1.0"
-__all__ = ["load_config", "run", "Config"]
+__all__ = ["load_config", "run", "tune", "Config"]
 
 
 def __getattr__(name):  # lazy: `import glag` stays light, torch loads when a run starts
@@ -16,4 +17,8 @@ def __getattr__(name):  # lazy: `import glag` stays light, torch loads when a ru
         from glag import pipeline
 
         return getattr(pipeline, name)
+    if name == "tune":
+        from glag.tuning import tune
+
+        return tune
     raise AttributeError(f"module 'glag' has no attribute {name!r}")

@@ -18,7 +18,7 @@ from glag.cli_options import (
 )
 from glag.errors import GlagError
 from glag.options import Number, check_writable
-from glag.tune import OBJECTIVES
+from glag.tuning import OBJECTIVES
 
 
 @click.command()
@@ -110,8 +110,8 @@ def tune(
     re-run once with test read (best/), and its settings written as best.toml, a recipe.
     """
     from glag.cache.format import FeatureCache
-    from glag.tune import cache_recipe
-    from glag.tune import tune as run_tune
+    from glag.tuning import cache_recipe
+    from glag.tuning import tune as run_tune
 
     if (target is None) == (config is None):
         raise GlagError(

@@ -503,8 +503,8 @@ class Config:
     baselines: BaselineSettings = field(default_factory=BaselineSettings)
     slurm: SlurmSettings = field(default_factory=SlurmSettings)
     variants: dict = field(default_factory=dict)  # name -> {generator/stage_two key: value}, 'method' set
-    # [tune]: the search space of `glag tune` as written (checked by glag.tune.parse_space); not part of what
-    # a run is, so not in to_dict
+    # [tune]: the search space of `glag tune` as written (checked by glag.tuning.parse_space); not part of
+    # what a run is, so not in to_dict
     tune: dict = field(default_factory=dict)
 
     def flat(self) -> dict:
@@ -612,7 +612,7 @@ def recipe_values(raw: dict, where: str) -> tuple[dict, dict]:
         if section == "variants":
             variants = body
             continue
-        if section == "tune":  # read by parse_config, checked by glag.tune
+        if section == "tune":  # read by parse_config, checked by glag.tuning
             continue
         if section not in SECTIONS:
             raise _err(

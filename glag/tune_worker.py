@@ -1,5 +1,5 @@
 """One more worker on a ``glag tune`` study: ``python -m glag.tune_worker SPEC.json INDEX`` (started by
-glag.tune.start_workers; it runs trials until the study holds the spec's number of finished trials)."""
+glag.tuning.start_workers; it runs trials until the study holds the spec's number of finished trials)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ def main(argv: list[str]) -> int:
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
 
-    from glag.tune import open_study, search_of
+    from glag.tuning import open_study, search_of
 
     spec, worker = json.loads(Path(argv[0]).read_text()), int(argv[1])
     search = search_of(spec, worker)

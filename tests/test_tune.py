@@ -12,7 +12,7 @@ from conftest import mixture_cache, shuffle_test_labels
 from glag.cache.format import FeatureCache
 from glag.config import Config
 from glag.errors import GlagError
-from glag.tune import Search, parse_space, tune, without_test
+from glag.tuning import Search, parse_space, tune, without_test
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = {"classifier_lr": {"low": 0.02, "high": 0.5, "log": True}, "beta_init": {"low": 0.0, "high": 0.9}}
@@ -33,7 +33,7 @@ def cache(tmp_path):
 def test_trials_never_read_test(cache, tmp_path, monkeypatch):
     """The study's choices are the same on a cache whose test labels are shuffled, and a trial that touched
     a test row would raise: only the final re-run of the best trial reads test."""
-    import glag.tune as tune_module
+    import glag.tuning as tune_module
 
     real_split, real_call, in_trial = FeatureCache.split, Search.__call__, []
 
