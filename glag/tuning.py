@@ -29,6 +29,9 @@ from glag.generate.backend import get_xp
 from glag.paths import atomic_path
 
 OBJECTIVES = ("top1", "balanced")
+# a pruned study reports a trial's validation score this many times (each report is a storage write: on
+# the digits cache, one per epoch cost more than pruning saved; docs/benchmarks.md)
+REPORTS_PER_TRIAL = 8
 RECORD = "tune.json"
 # What a search may set: the settings of one stage-two run (not the method list, not where it runs).
 TUNABLE = tuple(
@@ -227,8 +230,10 @@ class Search:
         for r in range(self.repeats):
             cfg = self.trial_config(params, r)
 
-            def report(epoch, rec, r=r):  # the first repeat's curve decides pruning
-                if self.prune and r == 0:
+            every = max(1, cfg.stage_two.classifier_epochs // REPORTS_PER_TRIAL)
+
+            def report(epoch, rec, r=r, every=every):  # the first repeat's curve decides pruning
+                if self.prune and r == 0 and epoch % every == 0:
                     trial.report(rec["val_top1"], epoch)
                     if trial.should_prune():
                         raise optuna.TrialPruned()
