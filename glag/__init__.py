@@ -18,7 +18,7 @@ def __getattr__(name):  # lazy: `import glag` stays light, torch loads when a ru
 
         return getattr(pipeline, name)
     if name == "tune":
-        from glag.tuning import tune
+        from glag import tuning
 
-        return tune
+        return tuning.tune
     raise AttributeError(f"module 'glag' has no attribute {name!r}")
