@@ -14,11 +14,13 @@ from glag.paths import atomic_path
 from glag.sweep_slurm import _sbatch_reason, check_cluster, sbatch_parameters
 
 
-def work(spec_path: str, worker: int) -> int:
-    """One array task: trials on the study until it holds the spec's number of finished trials."""
-    from glag.tune_worker import main
+def work(spec_path: str, worker: int) -> None:
+    """One array task: trials on the study until it holds the spec's number of finished trials (the same
+    worker `--workers` starts locally, as a process, so this module imports nothing of the study's)."""
+    import subprocess
+    import sys
 
-    return main([spec_path, str(worker)])
+    subprocess.run([sys.executable, "-m", "glag.tune_worker", spec_path, str(worker)], check=True)
 
 
 def run_workers_on_slurm(spec: dict, out: Path, workers: int, slurm: SlurmSettings, log) -> None:
