@@ -17,7 +17,6 @@ import shutil
 from pathlib import Path
 
 from glag.cache.format import json_hash
-from glag.classify.methods import METHODS
 from glag.classify.results import label, load_run
 from glag.config import (
     RENAMED,
@@ -26,7 +25,6 @@ from glag.config import (
     SECTIONS,
     Config,
     check_value,
-    sweep_identity,
     to_toml,
     toml_value,
     tomllib,
@@ -46,7 +44,7 @@ from glag.reporting import (
     verdict,
 )
 from glag.sweep_cell import CellFailed, error_of, run_cell
-from glag.sweep_folder import claim, describe, record_sweep
+from glag.sweep_folder import claim, describe, recipe_and_variants, record_sweep
 from glag.sweep_slurm import SubmitRefused, check_cluster, job_of, run_on_slurm
 from glag.sweep_slurm import _record as _record_job
 
@@ -163,15 +161,6 @@ def cell_config(config: Path, cell: dict) -> Config:
     return load_config(config, {**cell["setting"], "seed": cell["seed"]}, source="--set")
 
 
-def _recipe_part(recipe: dict) -> dict:
-    """A cell's recipe without its method list and variants (which an extended sweep may grow), as the
-    typed config holds it: a cell written by an older glag (the recipe's own keys, old spellings) is the
-    same cell."""
-    d = sweep_identity(recipe, tuple(METHODS))
-    d.pop("variants", None)
-    return d
-
-
 def locate(out: Path, cells: list[dict], config: Path) -> list[dict]:
     """Each cell with its folder (``dir``) and config text. A folder of the name glag used before names were
     made safe is used when it holds this very cell; a folder holding another cell's config is refused."""
@@ -185,7 +174,10 @@ def locate(out: Path, cells: list[dict], config: Path) -> list[dict]:
         cfg = cell["dir"] / "config.toml"
         if cfg.is_file():
             try:
-                same = _recipe_part(tomllib.loads(cfg.read_text(encoding="utf-8"))) == _recipe_part(typed)
+                # the recipe without its method list and variants (which an extended sweep may grow), as the
+                # typed config holds it: a cell an older glag wrote (raw keys, old spellings) is the same
+                old = tomllib.loads(cfg.read_text(encoding="utf-8"))
+                same = recipe_and_variants(old)[0] == recipe_and_variants(typed)[0]
             except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, GlagError):
                 same = False
             if not same:

@@ -20,7 +20,7 @@ MARKER = "sweep.json"
 OUTPUTS = {"cells", "cells.csv", "summary.md", "groups.png", MARKER}  # what a sweep writes at its top level
 
 
-def _split(recipe: dict) -> tuple[dict, dict]:
+def recipe_and_variants(recipe: dict) -> tuple[dict, dict]:
     """(the typed recipe without its variants, the variants) of a recipe dict (config.sweep_identity)."""
     d = sweep_identity(recipe, tuple(METHODS))
     return {s: b for s, b in d.items() if s != "variants"}, d.get("variants", {})
@@ -29,7 +29,7 @@ def _split(recipe: dict) -> tuple[dict, dict]:
 def describe(cfg: Config, methods, seeds, sets) -> dict:
     """The record of a sweep: its typed recipe minus the method list, variants (which may grow) and
     [slurm], the variants, the methods, the varied keys with their values, and the seeds."""
-    recipe, variants = _split(cfg.to_dict())
+    recipe, variants = recipe_and_variants(cfg.to_dict())
     return {
         "glag_sweep": 1,
         "recipe": recipe,
@@ -89,7 +89,7 @@ def claim(out: Path, record: dict, log) -> dict:
     if not isinstance(old, dict) or old.get("glag_sweep") != 1:
         raise GlagError(f"'{marker}' is not a glag sweep record; sweep into a new --out")
     try:  # a record of an older glag holds the recipe file's own keys: read both as the typed config
-        old["recipe"], old["variants"] = _split(
+        old["recipe"], old["variants"] = recipe_and_variants(
             {**old.get("recipe", {}), "variants": old.get("variants", {})}
         )
     except GlagError as exc:

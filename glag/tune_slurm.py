@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 from pathlib import Path
 
 from glag.config import SlurmSettings
 from glag.errors import GlagError
-from glag.paths import atomic_path
 from glag.sweep_slurm import _sbatch_reason, check_cluster, sbatch_parameters
 
 
@@ -23,15 +21,13 @@ def work(spec_path: str, worker: int) -> None:
     subprocess.run([sys.executable, "-m", "glag.tune_worker", spec_path, str(worker)], check=True)
 
 
-def run_workers_on_slurm(spec: dict, out: Path, workers: int, slurm: SlurmSettings, log) -> None:
-    """Submit ``workers`` array tasks and wait for them; a failed task is named with its log."""
+def run_workers_on_slurm(path: Path, workers: int, slurm: SlurmSettings, log) -> None:
+    """Submit ``workers`` array tasks on the study of the spec at ``path`` (in --out) and wait for them; a
+    failed task is named with its log."""
     import submitit
 
     check_cluster(slurm)
-    path = out / ".workers.json"
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(spec))
-    ex = submitit.SlurmExecutor(folder=out / "slurm", python=None)
+    ex = submitit.SlurmExecutor(folder=path.parent / "slurm", python=None)
     ex.update_parameters(**{**sbatch_parameters(slurm, workers), "job_name": "glag-tune"})
     try:  # submitit prints sbatch's stderr itself: keep it for the one line below
         with contextlib.redirect_stderr(io.StringIO()):
@@ -46,6 +42,5 @@ def run_workers_on_slurm(spec: dict, out: Path, workers: int, slurm: SlurmSettin
             job.result()
         except Exception:  # noqa: BLE001 -- the task's own log says why
             failed.append(f"{job.job_id} ({job.paths.stderr})")
-    path.unlink(missing_ok=True)
     if failed:
         raise GlagError(f"{len(failed)} tune worker job(s) failed: {failed[0]}")

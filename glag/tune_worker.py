@@ -9,16 +9,12 @@ from pathlib import Path
 
 
 def main(argv: list[str]) -> int:
-    from optuna.study import MaxTrialsCallback
-    from optuna.trial import TrialState
-
-    from glag.tuning import open_study, search_of
+    from glag.tuning import open_study, search_of, stop_at
 
     spec, worker = json.loads(Path(argv[0]).read_text()), int(argv[1])
     search = search_of(spec, worker)
     study = open_study(spec["storage"], search.config.stage_one.seed, spec["prune"], worker)
-    stop = MaxTrialsCallback(spec["trials"], states=(TrialState.COMPLETE, TrialState.PRUNED))
-    study.optimize(search, callbacks=[stop], catch=())
+    study.optimize(search, callbacks=[stop_at(spec["trials"])], catch=())
     return 0
 
 

@@ -12,18 +12,20 @@ from __future__ import annotations
 
 import json
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from glag.cache.derived import derive
+from glag.cache.derived import derive, no_rows
 from glag.cache.format import FeatureCache
 from glag.classify.common import torch_device
 from glag.classify.methods import METHODS, MethodRun
 from glag.classify.runner import run_methods
 from glag.config import RULES, SECTIONS, Config, check_value, to_toml
 from glag.errors import GlagError
+from glag.extract.recipe import KEYED
 from glag.generate.afg import check_for_cache
 from glag.generate.backend import get_xp
 from glag.paths import atomic_path
@@ -126,34 +128,6 @@ def default_space(method: str, num_classes: int) -> dict:
     return space
 
 
-# cache provenance (the stage-one identity) -> the [dataset] and [stage_one] settings it records
-_DATASET_FIELDS = (
-    "imbalance",
-    "n_max",
-    "profile",
-    "subset_seed",
-    "val_per_class",
-    "val_rows",
-    "full_split",
-    "test_fraction",
-)
-_STAGE_ONE_FIELDS = (
-    "loss",
-    "a",
-    "g",
-    "tau",
-    "backbone",
-    "epochs",
-    "batch_size",
-    "lr",
-    "warmup",
-    "weight_decay",
-    "mixup",
-    "precision",
-    "seed",
-)
-
-
 def cache_recipe(cache: FeatureCache) -> dict:
     """The [dataset] and [stage_one] settings that made a cache, from its provenance (what a recipe for it
     needs besides a folder dataset's data_root and a weights file): overrides for load_config."""
@@ -164,8 +138,11 @@ def cache_recipe(cache: FeatureCache) -> dict:
             f"cache '{cache.path.name}' records no stage-one recipe (imported features?); give the recipe "
             "with --config instead of --cache"
         )
-    values = {"dataset": ds["name"], **{k: ds[k] for k in _DATASET_FIELDS if ds.get(k) not in (None, "")}}
-    values.update({k: p[k] for k in _STAGE_ONE_FIELDS if k in p})
+    # the dataset identity's fields that are [dataset] settings, and the keyed [stage_one] settings (the
+    # weights are keyed by their content, which names no file)
+    values = {"dataset": ds["name"]}
+    values.update({k: v for k, v in ds.items() if k in SECTIONS["dataset"] and v not in (None, "")})
+    values.update({k: p[k] for k in KEYED if k in p and k != "weights"})
     return values
 
 
@@ -179,8 +156,7 @@ def objective_value(metrics: dict, objective: str) -> float:
 
 def without_test(cache: FeatureCache) -> FeatureCache:
     """The cache with an empty test split: what every trial runs on, so none can read a test row."""
-    empty = (np.zeros((0, cache.feature_dim), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64))
-    return derive(cache, "tune", test=empty)
+    return derive(cache, "tune", test=no_rows(cache))
 
 
 def claim(out: Path, record: dict) -> None:
@@ -305,8 +281,8 @@ def tune(
     table = cfg.tune or default_space(method, cache.num_classes)
     space = parse_space(table)
     for k, d in space.items():  # the space's corners must fit this cache (k, n_target)
-        for v in d.choices or (d.low, d.high):
-            check_for_cache(cache, cfg.with_values({k: v}).generator, cfg.with_values({k: v}).stage_two)
+        for corner in (cfg.with_values({k: v}) for v in d.choices or (d.low, d.high)):
+            check_for_cache(cache, corner.generator, corner.stage_two)
     record = {
         "glag_tune": 1,
         "method": method,
@@ -336,17 +312,18 @@ def tune(
             "storage": url,
             "trials": trials,
         }
-        if executor == "slurm":
-            from glag.tune_slurm import run_workers_on_slurm
+        with spec_file(spec, out) as path:
+            if executor == "slurm":
+                from glag.tune_slurm import run_workers_on_slurm
 
-            run_workers_on_slurm(spec, out, workers, cfg.slurm, log)
-        else:
-            helpers = start_workers(spec, out, workers - 1) if workers > 1 else []
-            try:
-                _optimize(study, search, trials, left, progress)
-            finally:
-                wait_workers(helpers, out)
-    return _results(study, search, cache_path, out, trials, log)
+                run_workers_on_slurm(path, workers, cfg.slurm, log)
+            else:
+                helpers = start_workers(path, out, workers - 1)
+                try:
+                    _optimize(study, search, trials, left, progress)
+                finally:
+                    wait_workers(helpers, out)
+    return _results(study, search, cache_path, out, log)
 
 
 def open_study(url: str, seed: int, prune: bool, worker: int = 0):
@@ -373,15 +350,25 @@ def open_study(url: str, seed: int, prune: bool, worker: int = 0):
     )
 
 
-def start_workers(spec: dict, out: Path, n: int) -> list:
-    """``n`` more worker processes on the same study (``python -m glag.tune_worker``), one thread each."""
+@contextmanager
+def spec_file(spec: dict, out: Path):
+    """What a worker process needs to join the study (``glag.tune_worker``), as a file in --out while the
+    workers run."""
+    path = out / ".workers.json"
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(spec))
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def start_workers(path: Path, out: Path, n: int) -> list:
+    """``n`` more worker processes on the study of the spec at ``path``, one thread each."""
     import os
     import subprocess
     import sys
 
-    path = out / ".workers.json"
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(spec))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     return [
         subprocess.Popen(
@@ -395,9 +382,8 @@ def start_workers(spec: dict, out: Path, n: int) -> list:
 
 
 def wait_workers(procs: list, out: Path) -> None:
-    """Wait for the worker processes; their spec goes, a log is kept only when it says something."""
+    """Wait for the worker processes; a log is kept only when it says something."""
     failed = [p.args[-1] for p in procs if p.wait() != 0]
-    (out / ".workers.json").unlink(missing_ok=True)
     for log in out.glob(".worker*.log"):
         if not log.stat().st_size:
             log.unlink()
@@ -423,16 +409,26 @@ def search_of(spec: dict, worker: int) -> Search:
     )
 
 
-def finished(study) -> int:
+def finished_states() -> tuple:
+    """What counts towards --trials: completed and pruned trials (not failed or running ones)."""
     from optuna.trial import TrialState
 
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    return (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def finished(study) -> int:
+    return len(study.get_trials(deepcopy=False, states=finished_states()))
+
+
+def stop_at(trials: int):
+    """The callback that stops a process's trials once the study holds ``trials`` finished ones."""
+    from optuna.study import MaxTrialsCallback
+
+    return MaxTrialsCallback(trials, states=finished_states())
 
 
 def _optimize(study, search: Search, trials: int, left: int, progress: bool) -> None:
     """Trials until the study holds ``trials`` finished ones (counting other workers')."""
-    from optuna.study import MaxTrialsCallback
-    from optuna.trial import TrialState
     from tqdm.auto import tqdm
 
     bar = tqdm(total=left, desc="tune trials", unit="trial", disable=None if progress else True)
@@ -445,15 +441,14 @@ def _optimize(study, search: Search, trials: int, left: int, progress: bool) -> 
         except ValueError:  # no finished trial yet
             pass
 
-    stop = MaxTrialsCallback(trials, states=(TrialState.COMPLETE, TrialState.PRUNED))
     try:
         # each finished trial is in the storage before the next starts: Ctrl-C loses only the running one
-        study.optimize(search, callbacks=[tick, stop], catch=())
+        study.optimize(search, callbacks=[tick, stop_at(trials)], catch=())
     finally:
         bar.close()
 
 
-def _results(study, search: Search, cache_path: Path, out: Path, trials: int, log) -> dict:
+def _results(study, search: Search, cache_path: Path, out: Path, log) -> dict:
     """best.toml, trials.csv, the plots and the best trial's run folder (test read once)."""
     best = study.best_trial
     cfg = search.trial_config(best.params)

@@ -35,6 +35,12 @@ def rows_of(split: SplitView, mask) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return np.asarray(split.features)[mask], split.labels[mask], split.index[mask]
 
 
+def no_rows(cache: FeatureCache) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(features, labels, index)`` of no row: a split emptied in a view (e.g. test, never to be read)."""
+    d = cache.feature_dim
+    return np.zeros((0, d), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64)
+
+
 def concat(*parts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Row-wise concatenation of ``(features, labels, index)`` tuples."""
     return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))

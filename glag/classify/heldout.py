@@ -20,7 +20,7 @@ from dataclasses import asdict, replace
 import numpy as np
 import torch
 
-from glag.cache.derived import class_folds, concat, derive, rows_of
+from glag.cache.derived import class_folds, concat, derive, no_rows, rows_of
 from glag.cache.format import FeatureCache
 from glag.classify import baselines
 from glag.classify.common import logit_adjusted, pick_on_val, predict, split_metrics
@@ -170,11 +170,6 @@ def glag_law(cache: FeatureCache, run: MethodRun) -> dict:
 # -- 1: validation rows as generator seeds, cross-fitted, with matched controls -------------------------
 
 
-def _empty(cache: FeatureCache):
-    d = cache.feature_dim
-    return np.zeros((0, d), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64)
-
-
 def crossfit(cache: FeatureCache, run: MethodRun, name: str, fit) -> dict:
     """Fold f of the val rows joins the training rows and the other fold is the view's val split, for f =
     0, 1 (the view's test split is empty: fitting never sees test). ``fit(view, extra_rows)`` returns a
@@ -194,7 +189,7 @@ def crossfit(cache: FeatureCache, run: MethodRun, name: str, fit) -> dict:
             f"{name}-fold{f}",
             train=concat(rows_of(train, every), rows_of(val, fit_rows)),
             val=rows_of(val, tune_rows),
-            test=_empty(cache),
+            test=no_rows(cache),
         )
         fn = fit(view, rows_of(val, fit_rows))
         heads.append(fn)

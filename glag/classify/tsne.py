@@ -18,10 +18,7 @@ from glag.generate.stats import tukey
 def generator_of(recorded: dict) -> GeneratorSettings:
     """The [generator] settings a run recorded: as GeneratorSettings, or (runs from before StageTwoSettings
     and GeneratorSettings were read directly) under the statistics key's names ('lt' for tukey_power)."""
-    names = {
-        **{old: new for old, new in STATS_KEYED.items()},
-        **{k: k for k in GeneratorSettings.__dataclass_fields__},
-    }
+    names = {**STATS_KEYED, **{k: k for k in GeneratorSettings.__dataclass_fields__}}
     return GeneratorSettings(**{names[k]: v for k, v in recorded.items() if k in names})
 
 
