@@ -14,7 +14,9 @@ seed), each tuning on the cache's 20 validation rows per class as it would in us
 scoring pool (about 10,000 rows, so one image is 0.01 points) and on the validation rows. The oracles
 replace the training rows by oracle-pool rows: ``oracle-matched`` with the same count per class
 (un-memorised seeds and statistics), ``oracle-balanced`` with n_max rows of every class (what a perfect
-generator would give). Prints one JSON object per (cache, method); docs/ablations.md has the tables.
+generator would give); with ``--oracle-share F``, also ``oracle-shareF-d<i>``: F of each class's count (at
+least one row), a random draw each (what one backbone of a 1/F-fold cross-fit gets, from a stronger one).
+Prints one JSON object per (cache, method); docs/ablations.md has the tables.
 """
 
 from __future__ import annotations
@@ -174,7 +176,9 @@ def _metrics(m: dict, counts) -> dict:
     return out
 
 
-def select_one(path: str, methods: list[str], score_per_class: int = SCORE_PER_CLASS) -> list[dict]:
+def select_one(
+    path: str, methods: list[str], score_per_class: int = SCORE_PER_CLASS, share: float = 0.0, draws: int = 3
+) -> list[dict]:
     cache = FeatureCache(path)
     seed = int(cache.provenance.get("seed", 0))
     cfg = glag.load_config(RECIPE, {"stage_one.seed": seed})
@@ -191,6 +195,12 @@ def select_one(path: str, methods: list[str], score_per_class: int = SCORE_PER_C
     if short:
         print(
             f"no oracle: class(es) {short} have fewer than {counts.max()} oracle-pool rows", file=sys.stderr
+        )
+    for d in range(draws if share else 0):  # each fold's share of un-memorised rows (brief's candidate 12)
+        rng = np.random.default_rng(1000 + d)
+        n = np.maximum(1, np.rint(share * counts)).astype(int)
+        oracle_train[f"oracle-share{share:g}-d{d}"] = np.concatenate(
+            [rng.permutation(o)[: n[k]] for k, o in enumerate(oracle)]
         )
     for name, at in oracle_train.items() if not short else ():
         views[name] = derive(scored, name, train=rows_of(full, at))
@@ -224,6 +234,13 @@ def main(argv=None) -> int:
     p.add_argument("caches", nargs="+")
     p.add_argument("--methods", default=",".join(CANDIDATES), help="comma-separated (select)")
     p.add_argument("--score-per-class", type=int, default=SCORE_PER_CLASS, help="scoring-pool rows per class")
+    p.add_argument(
+        "--oracle-share",
+        type=float,
+        default=0.0,
+        help="also an oracle with this share of each class's count (at least 1 row), --oracle-draws draws",
+    )
+    p.add_argument("--oracle-draws", type=int, default=3, help="random draws of the --oracle-share oracle")
     a = p.parse_args(argv)
     if a.what == "diagnose":
         per = [diagnose_one(c) for c in a.caches]
@@ -231,7 +248,7 @@ def main(argv=None) -> int:
         print(json.dumps({"bench": "heldout-diagnose", "caches": per, "laws": laws(rows)}, indent=1))
     else:
         for c in a.caches:
-            select_one(c, a.methods.split(","), a.score_per_class)
+            select_one(c, a.methods.split(","), a.score_per_class, a.oracle_share, a.oracle_draws)
     return 0
 
 
