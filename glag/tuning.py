@@ -132,7 +132,8 @@ def cache_recipe(cache: FeatureCache) -> dict:
     """The [dataset] and [stage_one] settings that made a cache, from its provenance (what a recipe for it
     needs besides a folder dataset's data_root and a weights file): overrides for load_config."""
     p = cache.provenance or {}
-    ds = p.get("dataset") or {}
+    # the dump's dataset identity: the training identity in the provenance always says full_split false
+    ds = (cache.config or {}).get("dataset") or p.get("dataset") or {}
     if "name" not in ds or "loss" not in p:
         raise GlagError(
             f"cache '{cache.path.name}' records no stage-one recipe (imported features?); give the recipe "

@@ -11,6 +11,7 @@ from glag.extract.losses import LDAM, GraLoss, LogitAdjusted, gradual_lambda, ma
 from glag.extract.recipe import StageOne
 from glag.extract.steps import lr_at
 from glag.extract.train import train
+from glag.tuning import cache_recipe
 
 COUNTS = np.array([100, 40, 10, 3])
 
@@ -181,6 +182,8 @@ def test_full_split_reuses_trained_weights(cache_dir, glag_cli):
         and len(c.split("full")) == len(load_dataset(DatasetSpec()).sources["train"]) - 400
     )
     assert json.loads(out)["cache"] != json.loads(out2)["cache"]
+    # a recipe for the cache (glag tune --cache's best.toml) keeps its full split
+    assert cache_recipe(c)["full_split"] is True and cache_recipe(c)["dataset"] == "digits"
 
 
 @pytest.mark.parametrize(
