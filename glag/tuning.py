@@ -510,6 +510,6 @@ def _plots(study, out: Path) -> None:
                 continue
         fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
         with atomic_path(out / name) as tmp:
-            fig.savefig(str(tmp) + ".png", dpi=100)
+            fig.savefig(str(tmp) + ".png", dpi=100, bbox_inches="tight")  # long setting names
             Path(str(tmp) + ".png").rename(tmp)
         plt.close(fig)
