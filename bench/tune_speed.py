@@ -9,6 +9,9 @@
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/tune_speed.py [--trials 100] \
         [--out bench/results/tune_speed.json]
+    # the same on another cache (longer trials), with its recipe's stage-two settings, some parts only
+    OMP_NUM_THREADS=1 .venv/bin/python bench/tune_speed.py --cache CACHE.h5 \
+        --recipe configs/cifar10-lt-500.toml --parts workers --trials 60
 
 Needs nothing else running: the machine's cores are what is measured.
 """
@@ -46,91 +49,151 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=100)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--cache", type=Path, default=None, help="an existing cache instead of the digits one")
+    ap.add_argument(
+        "--recipe", type=Path, default=ROOT / "configs" / "digits.toml", help="stage-two settings"
+    )
+    ap.add_argument("--parts", default="overhead,workers,pruning", help="comma-separated: which to measure")
     args = ap.parse_args()
-    import csv
-
+    parts = set(args.parts.split(","))
     import glag
-    from glag.tuning import tune
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        path = digits_cache(tmp / "cache")
-        cfg = glag.load_config(ROOT / "configs" / "digits.toml")
+        path = args.cache or digits_cache(tmp / "cache")
+        cfg = glag.load_config(args.recipe)
+        if "overhead" in parts:
+            rows.append(overhead(cfg, path, tmp, args.trials))
+        if "workers" in parts:
+            rows.append(workers_speedup(cfg, path, tmp, args.trials, args.recipe))
+        if "pruning" in parts:
+            rows.append(pruning(cfg, path, tmp, args.trials))
+    command = f"OMP_NUM_THREADS=1 python bench/tune_speed.py --trials {args.trials}"
+    if args.cache:
+        command += f" --cache {args.cache.name} --recipe {args.recipe} --parts {args.parts}"
+    emit("tune_speed", rows, command, args.out)
+
+
+def overhead(cfg, path: Path, tmp: Path, trials: int) -> dict:
+    """A whole study against the same runs as `glag classify` makes them, in one process."""
+    from glag.tuning import tune
+
+    t0 = time.perf_counter()
+    tune(cfg, path, tmp / "one", trials=trials, prune=False, progress=False, log=lambda m: None)
+    tune_s = time.perf_counter() - t0
+    params = trial_params(tmp / "one" / "trials.csv")
+    plain_s = plain_runs(path, cfg, params, tmp / "plain")
+    return {
+        "what": "overhead",
+        "trials": len(params),
+        "tune_s": round(tune_s, 2),
+        "plain_s": round(plain_s, 2),
+        "ratio": round(tune_s / plain_s, 3),
+        "target": "<= 1.3",
+    }
+
+
+def workers_speedup(cfg, path: Path, tmp: Path, trials: int, recipe: Path) -> dict:
+    """Trials per minute with 2 local workers against 1: the whole command, and the trial phase alone; beside
+    it the hardware's floor, the same runs without a study split over 2 processes against 1."""
+    from glag.tuning import tune
+
+    per_min, phase = {}, {}
+    for workers in (1, 2):
         t0 = time.perf_counter()
-        tune(cfg, path, tmp / "one", trials=args.trials, prune=False, progress=False, log=lambda m: None)
-        tune_s = time.perf_counter() - t0
-        with open(tmp / "one" / "trials.csv", newline="") as f:
-            trials = list(csv.DictReader(f))
-        params = [
-            {k[len("params_") :]: _typed(v) for k, v in t.items() if k.startswith("params_")} for t in trials
+        res = tune(
+            cfg,
+            path,
+            tmp / f"w{workers}",
+            trials=trials,
+            prune=False,
+            workers=workers,
+            progress=False,
+            log=lambda m: None,
+        )
+        per_min[workers] = res["trials"] / (time.perf_counter() - t0) * 60
+        phase[workers] = res["trials"] / trial_phase_s(tmp / f"w{workers}" / "trials.csv") * 60
+    # the floor: the 1-worker study's trials as plain runs, in 1 process and split over 2 (no study at all)
+    params = trial_params(tmp / "w1" / "trials.csv")
+    one_s = plain_parallel(path, recipe, params, tmp / "f1", 1)
+    two_s = plain_parallel(path, recipe, params, tmp / "f2", 2)
+    return {
+        "what": "workers",
+        "trials_per_min_1": round(per_min[1], 1),
+        "trials_per_min_2": round(per_min[2], 1),
+        "speedup": round(per_min[2] / per_min[1], 3),
+        # the trials alone (first start to last finish), without start-up and the final re-run
+        "trial_phase_per_min_1": round(phase[1], 1),
+        "trial_phase_per_min_2": round(phase[2], 1),
+        "trial_phase_speedup": round(phase[2] / phase[1], 3),
+        "plain_runs_2_processes_speedup": round(one_s / two_s, 3),
+        "speedup_vs_floor": round(per_min[2] / per_min[1] / (one_s / two_s), 3),
+        "target": ">= 1.6",
+    }
+
+
+def pruning(cfg, path: Path, tmp: Path, trials: int) -> dict:
+    """The same study with the median pruner off and on: wall time, pruned trials, best validation."""
+    import csv
+
+    from glag.tuning import tune
+
+    runs = {}
+    for prune in (False, True):
+        t0 = time.perf_counter()
+        res = tune(
+            cfg, path, tmp / f"p{prune}", trials=trials, prune=prune, progress=False, log=lambda m: None
+        )
+        with open(tmp / f"p{prune}" / "trials.csv", newline="") as f:
+            pruned = sum(r["state"] == "PRUNED" for r in csv.DictReader(f))
+        runs[prune] = (time.perf_counter() - t0, pruned, res["best_value"])
+    return {
+        "what": "pruning",
+        "off_s": round(runs[False][0], 2),
+        "on_s": round(runs[True][0], 2),
+        "saved": round(1 - runs[True][0] / runs[False][0], 3),
+        "pruned_trials": runs[True][1],
+        "best_val_off": runs[False][2],
+        "best_val_on": runs[True][2],
+    }
+
+
+def trial_params(trials_csv: Path) -> list[dict]:
+    """Each trial's settings, typed, from a study's trials.csv."""
+    import csv
+
+    with open(trials_csv, newline="") as f:
+        return [
+            {k[len("params_") :]: _typed(v) for k, v in t.items() if k.startswith("params_")}
+            for t in csv.DictReader(f)
         ]
-        plain_s = plain_runs(path, cfg, params, tmp / "plain")
-        rows.append(
-            {
-                "what": "overhead",
-                "trials": len(trials),
-                "tune_s": round(tune_s, 2),
-                "plain_s": round(plain_s, 2),
-                "ratio": round(tune_s / plain_s, 3),
-                "target": "<= 1.3",
-            }
-        )
-        per_min, phase = {}, {}
-        for workers in (1, 2):
-            t0 = time.perf_counter()
-            res = tune(
-                cfg,
-                path,
-                tmp / f"w{workers}",
-                trials=args.trials,
-                prune=False,
-                workers=workers,
-                progress=False,
-                log=lambda m: None,
-            )
-            per_min[workers] = res["trials"] / (time.perf_counter() - t0) * 60
-            phase[workers] = res["trials"] / trial_phase_s(tmp / f"w{workers}" / "trials.csv") * 60
-        rows.append(
-            {
-                "what": "workers",
-                "trials_per_min_1": round(per_min[1], 1),
-                "trials_per_min_2": round(per_min[2], 1),
-                "speedup": round(per_min[2] / per_min[1], 3),
-                # the trials alone (first start to last finish), without start-up and the final re-run
-                "trial_phase_per_min_1": round(phase[1], 1),
-                "trial_phase_per_min_2": round(phase[2], 1),
-                "trial_phase_speedup": round(phase[2] / phase[1], 3),
-                "target": ">= 1.6",
-            }
-        )
-        runs = {}
-        for prune in (False, True):
-            t0 = time.perf_counter()
-            res = tune(
-                cfg,
-                path,
-                tmp / f"p{prune}",
-                trials=args.trials,
-                prune=prune,
-                progress=False,
-                log=lambda m: None,
-            )
-            with open(tmp / f"p{prune}" / "trials.csv", newline="") as f:
-                pruned = sum(r["state"] == "PRUNED" for r in csv.DictReader(f))
-            runs[prune] = (time.perf_counter() - t0, pruned, res["best_value"])
-        rows.append(
-            {
-                "what": "pruning",
-                "off_s": round(runs[False][0], 2),
-                "on_s": round(runs[True][0], 2),
-                "saved": round(1 - runs[True][0] / runs[False][0], 3),
-                "pruned_trials": runs[True][1],
-                "best_val_off": runs[False][2],
-                "best_val_on": runs[True][2],
-            }
-        )
-    emit("tune_speed", rows, f"OMP_NUM_THREADS=1 python bench/tune_speed.py --trials {args.trials}", args.out)
+
+
+def _plain_chunk(path: Path, recipe: Path, params_list: list, out: Path) -> None:
+    import glag
+
+    plain_runs(path, glag.load_config(recipe), params_list, out)
+
+
+def _warm(_) -> None:
+    import glag.classify.runner  # noqa: F401 -- the imports, before the clock starts
+
+    time.sleep(1)  # so that each process takes one of these
+
+
+def plain_parallel(path: Path, recipe: Path, params_list: list, out: Path, n: int) -> float:
+    """Seconds for the runs split over ``n`` warmed-up processes (one thread each; start-up not timed)."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(n, mp_context=mp.get_context("spawn")) as ex:
+        list(ex.map(_warm, range(n)))
+        t0 = time.perf_counter()
+        jobs = [ex.submit(_plain_chunk, path, recipe, params_list[i::n], out / str(i)) for i in range(n)]
+        for j in jobs:
+            j.result()
+        return time.perf_counter() - t0
 
 
 def trial_phase_s(trials_csv: Path) -> float:
