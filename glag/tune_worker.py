@@ -9,11 +9,12 @@ from pathlib import Path
 
 
 def main(argv: list[str]) -> int:
-    from glag.tuning import open_study, search_of, stop_at
+    from glag.tuning import STUDY, open_study, search_of, stop_at
 
     spec, worker = json.loads(Path(argv[0]).read_text()), int(argv[1])
     search = search_of(spec, worker)
-    study = open_study(spec["storage"], search.config.stage_one.seed, spec["prune"], worker)
+    name = spec.get("study_name", STUDY)
+    study = open_study(spec["storage"], search.config.stage_one.seed, spec["prune"], worker, name=name)
     study.optimize(search, callbacks=[stop_at(spec["trials"])], catch=())
     return 0
 

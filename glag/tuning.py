@@ -10,8 +10,10 @@ re-run once with test read, into ``best/``; ``trials.csv`` and three plots sit b
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -35,6 +37,7 @@ OBJECTIVES = ("top1", "balanced")
 # the digits cache, one per epoch cost more than pruning saved; docs/benchmarks.md)
 REPORTS_PER_TRIAL = 8
 RECORD = "tune.json"
+STUDY = "glag-tune"  # the study's name in the study folder's own storage
 # What a search may set: the settings of one stage-two run (not the method list, not where it runs).
 TUNABLE = tuple(
     k
@@ -268,14 +271,7 @@ def tune(
     best_params, best_trial, trials, best_run, best_toml}."""
     from glag.pipeline import run_stage_one
 
-    if method not in METHODS:
-        raise GlagError(f"method (--method) '{method}' is not a method; choose from: {', '.join(METHODS)}")
-    if objective not in OBJECTIVES:
-        raise GlagError(f"--objective '{objective}' is unknown; choose one of: {', '.join(OBJECTIVES)}")
-    if executor not in ("local", "slurm"):
-        raise GlagError(f"--executor '{executor}' is unknown; choose one of: local, slurm")
-    if trials < 1 or repeats < 1 or workers < 1:
-        raise GlagError(f"--trials {trials}, --repeats {repeats} and --workers {workers} must be at least 1")
+    check_arguments(method, objective, executor, trials, repeats, workers)
     if cache_path is None:
         cache_path = run_stage_one(cfg, quiet=not progress)[0]
     cache = FeatureCache(cache_path)
@@ -293,12 +289,8 @@ def tune(
         "space": table,
     }
     out = Path(out)
-    claim(out, record)
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / RECORD) as tmp:
-        tmp.write_text(json.dumps(record, indent=2))
     url = storage_url(out, storage, executor, workers)
-    study = open_study(url, cfg.stage_one.seed, prune)
+    study = open_folder(out, record, url, study_name(record, out, storage), cfg.stage_one.seed, prune)
     search = Search(without_test(cache), cfg, method, space, objective, repeats, prune)
     left = trials - finished(study)
     if left > 0:
@@ -311,6 +303,7 @@ def tune(
             "repeats": repeats,
             "prune": prune,
             "storage": url,
+            "study_name": study.study_name,
             "trials": trials,
         }
         with spec_file(spec, out) as path:
@@ -327,11 +320,66 @@ def tune(
     return _results(study, search, cache_path, out, log)
 
 
-def open_study(url: str, seed: int, prune: bool, worker: int = 0):
+def check_arguments(method: str, objective: str, executor: str, trials: int, repeats: int, workers: int):
+    if method not in METHODS:
+        raise GlagError(f"method (--method) '{method}' is not a method; choose from: {', '.join(METHODS)}")
+    if objective not in OBJECTIVES:
+        raise GlagError(f"--objective '{objective}' is unknown; choose one of: {', '.join(OBJECTIVES)}")
+    if executor not in ("local", "slurm"):
+        raise GlagError(f"--executor '{executor}' is unknown; choose one of: local, slurm")
+    if trials < 1 or repeats < 1 or workers < 1:
+        raise GlagError(f"--trials {trials}, --repeats {repeats} and --workers {workers} must be at least 1")
+
+
+def open_folder(out: Path, record: dict, url: str, name: str, seed: int, prune: bool):
+    """The study of the folder ``out`` (another study's folder refused), its record written once the
+    storage has opened; a new folder whose storage cannot open is not left behind."""
+    claim(out, record)
+    new_folder = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        study = open_study(url, seed, prune, name=name)
+    except GlagError:
+        if new_folder and not any(out.iterdir()):
+            out.rmdir()
+        raise
+    with atomic_path(out / RECORD) as tmp:
+        tmp.write_text(json.dumps({**record, "study": name}, indent=2))
+    return study
+
+
+def study_name(record: dict, out: Path, storage: str | None) -> str:
+    """'glag-tune' in the study folder's own file; in a --storage database, which may hold many studies,
+    a name of this study folder and record, so that another study there is never continued by mistake."""
+    if not storage:
+        return STUDY
+    key = json.dumps({"out": str(Path(out).resolve()), **record}, sort_keys=True)
+    return f"{STUDY}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+def open_study(url: str, seed: int, prune: bool, worker: int = 0, name: str = STUDY):
     """The study in its storage (made on first use); each worker samples with its own seed."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return _create_study(optuna, url, name, seed, prune, worker)
+    except ImportError as exc:  # SQLAlchemy's driver for this URL's database is not installed
+        raise GlagError(
+            f"--storage '{_shown(url)}': its database driver is not installed ({exc}); install it "
+            "(PostgreSQL: pip install 'psycopg[binary]'; MySQL: pip install pymysql) or the default storage"
+        ) from None
+    except Exception as exc:  # an unreachable server, a bad URL, a refused login: SQLAlchemy's many kinds
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise GlagError(f"--storage '{_shown(url)}' cannot be opened: {first}") from None
+
+
+def _shown(url: str) -> str:
+    """The URL without its password, for messages."""
+    return re.sub(r"(//[^:/@]+):[^@/]*@", r"\1:***@", url)
+
+
+def _create_study(optuna, url: str, name: str, seed: int, prune: bool, worker: int):
     storage = url
     if url.startswith("sqlite:"):  # several worker processes: wait for the file's lock, do not fail
         storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}})
@@ -340,7 +388,7 @@ def open_study(url: str, seed: int, prune: bool, worker: int = 0):
 
         storage = optuna.storages.JournalStorage(JournalFileBackend(url[len("journal:") :]))
     return optuna.create_study(
-        study_name="glag-tune",
+        study_name=name,
         storage=storage,
         direction="maximize",
         load_if_exists=True,

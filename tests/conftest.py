@@ -168,3 +168,17 @@ def slurm_conf() -> str | None:
         ["scontrol", "ping"], capture_output=True, text=True, env={**os.environ, "SLURM_CONF": conf}
     )
     return conf if r.returncode == 0 and "UP" in r.stdout else None
+
+
+def postgres_url() -> str | None:
+    """The storage URL of tools/local-postgres's server when it answers and psycopg is installed, or None."""
+    url = os.environ.get(
+        "GLAG_PG_URL", f"postgresql://glag@127.0.0.1:{os.environ.get('GLAG_PG_PORT', '55432')}/glag"
+    )
+    try:
+        import psycopg
+
+        psycopg.connect(url, connect_timeout=3).close()
+    except Exception:  # no driver, no server, or no such role or database: the tests that need one skip
+        return None
+    return url

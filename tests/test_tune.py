@@ -180,6 +180,59 @@ def test_slurm_workers_share_a_journal_study(cache, tmp_path, monkeypatch):
         tune(_cfg(), cache.path, tmp_path / "w", trials=2, executor="slurm", progress=False)
 
 
+@pytest.mark.parametrize(
+    "url,msg",
+    [
+        ("notaurl", "--storage 'notaurl' cannot be opened: "),
+        ("sqlite:////no/such/folder/x.db", "cannot be opened: .*unable to open database file"),
+        # a driver missing, or a server that is not there: one line either way, the password not shown
+        ("postgresql://u:secret@127.0.0.1:1/db", r"--storage 'postgresql://u:\*\*\*@127.0.0.1:1/db'"),
+    ],
+)
+def test_a_storage_that_cannot_be_opened_is_one_line_and_leaves_nothing(cache, tmp_path, url, msg):
+    with pytest.raises(GlagError, match=msg) as e:
+        tune(_cfg(), cache.path, tmp_path / "s", trials=1, storage=url, progress=False, log=lambda m: None)
+    assert "\n" not in str(e.value) and "secret" not in str(e.value)
+    assert not (tmp_path / "s").exists()
+
+
+PG = __import__("conftest").postgres_url()
+
+
+@pytest.mark.skipif(PG is None, reason="no PostgreSQL server with psycopg (tools/local-postgres start)")
+def test_two_workers_share_a_postgresql_study(cache, tmp_path):
+    import optuna
+
+    cfg = _cfg().with_values({"classifier_epochs": 25})
+    out, other = tmp_path / "pg", tmp_path / "pg2"
+    names = []
+    try:
+        res = tune(cfg, cache.path, out, trials=6, workers=2, storage=PG, progress=False, log=lambda m: None)
+        names.append(json.loads((out / "tune.json").read_text())["study"])
+        with open(out / "trials.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        assert 6 <= res["trials"] == len(rows) <= 7 and {float(r["user_attrs_worker"]) for r in rows} == {
+            0,
+            1,
+        }
+        assert not (out / "study.db").exists() and not (out / "study.journal").exists()  # in the database
+        assert names[0] in {s.study_name for s in optuna.get_all_study_summaries(PG)}
+        assert (
+            tune(cfg, cache.path, out, trials=9, storage=PG, progress=False, log=lambda m: None)["trials"]
+            >= 9
+        )
+        # another study folder on the same database is another study, never a continuation of this one
+        assert (
+            tune(cfg, cache.path, other, trials=2, storage=PG, progress=False, log=lambda m: None)["trials"]
+            == 2
+        )
+        names.append(json.loads((other / "tune.json").read_text())["study"])
+        assert names[0] != names[1]
+    finally:
+        for n in names:
+            optuna.delete_study(study_name=n, storage=PG)
+
+
 def test_ctrl_c_keeps_every_finished_trial(cache, tmp_path, monkeypatch):
     real = Search.__call__
 
