@@ -1,0 +1,149 @@
+"""Do unseen-augmentation views of training images fall where unseen images do? (issue 34, the research
+brief's candidate 6; docs/ablations.md has the pre-registered rule.) Validation and leftover rows only.
+
+    .venv/bin/python bench/views_diagnose.py CACHE [CACHE ...] --data-root ../shared/data/cifar10-jpg \
+        [--views 10] [--stage1 DIR]
+
+CACHE must hold the ``full`` split (its leftover rows are the unseen images). Its stage-one checkpoint is
+found under --stage1 (default: the cache's folder/stage1) by the weights hash the cache records. Each
+training image is featurised under ``--views`` strong views (random-resized crop at scale 0.35-1, colour
+jitter, flip) and, as the control, as many views of the memorised pad-4 crop + flip. Per class, in the
+generator's Tukey space: the held-out shift (leftover mean minus training mean), each view kind's shift,
+their squared-length ratio and cosine, and spread ratios. Prints one JSON object per cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import glag
+from glag.cache.derived import leftover_mask
+from glag.cache.format import FeatureCache
+from glag.extract.datasets import DatasetSpec, load_dataset
+from glag.extract.dump import features_of, load_checkpoint, weights_hash
+from glag.extract.models import Classifier
+from glag.generate.stats import tukey
+
+FEW_BELOW = 20
+
+
+def checkpoint_of(cache: FeatureCache, stage1: Path) -> dict:
+    """The final stage-one checkpoint whose weights the cache was dumped from."""
+    for path in sorted(stage1.glob("*/final.pt")):
+        state = load_checkpoint(path)
+        if weights_hash(state["model"]) == cache.config["weights"]:
+            return state
+    sys.exit(f"no checkpoint under {stage1} has the weights of {cache.path.name}")
+
+
+def views(images: torch.Tensor, kind: str, seed: int) -> torch.Tensor:
+    """One view of every uint8 image [N, C, H, W] as float [0, 1]: 'strong' or the memorised 'weak'."""
+    import torchvision.transforms.v2 as T
+
+    torch.manual_seed(seed)
+    size = images.shape[-1]
+    tf = (
+        T.Compose(
+            [
+                T.RandomResizedCrop(size, scale=(0.35, 1.0), antialias=True),
+                T.RandomHorizontalFlip(),
+                T.ColorJitter(0.4, 0.4, 0.4, 0.1),
+            ]
+        )
+        if kind == "strong"
+        else T.Compose([T.RandomCrop(size, padding=4), T.RandomHorizontalFlip()])
+    )
+    return torch.stack([tf(x) for x in images]).float() / 255.0
+
+
+def view_features(state: dict, images: np.ndarray, labels: np.ndarray, kind: str, n: int) -> np.ndarray:
+    model = Classifier(
+        state["backbone"], state["num_classes"], state["in_channels"], state.get("head", "linear")
+    )
+    model.load_state_dict(state["model"])
+    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in state["norm"])
+    x = torch.from_numpy(np.ascontiguousarray(images))
+    if x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):  # NHWC -> NCHW
+        x = x.permute(0, 3, 1, 2)
+    out = []
+    for v in range(n):
+        xv = (views(x, kind, 1_000 + v) - mean) / std
+        batches = [(xv[i : i + 256], torch.from_numpy(labels[i : i + 256])) for i in range(0, len(xv), 256)]
+        out.append(features_of(model, batches, torch.device("cpu"), f"{kind} view {v + 1}", False)[0])
+    return np.concatenate(out)
+
+
+def _tk(x):
+    return tukey(np.asarray(x, np.float64), glag.config.default("tukey_power"))
+
+
+def diagnose(path: str, data_root: str, n: int, stage1: Path | None) -> dict:
+    cache = FeatureCache(path)
+    state = checkpoint_of(cache, stage1 or cache.path.parent / "stage1")
+    data = load_dataset(DatasetSpec(**cache.config["dataset"], data_root=data_root), progress=False)
+    tr, full = cache.split("train"), cache.split("full")
+    if not np.array_equal(np.sort(data.splits["train"].index), np.sort(tr.index)):
+        sys.exit(f"the dataset's training rows are not {cache.path.name}'s")
+    yt = data.splits["train"].labels
+    xt = _tk(tr.features)
+    left = leftover_mask(cache)
+    xl, yl = _tk(np.asarray(full.features)[left]), full.labels[left]
+    kinds = {k: _tk(view_features(state, data.images("train"), yt, k, n)) for k in ("strong", "weak")}
+    y_views = np.tile(yt, n)
+    rows = []
+    for c in range(cache.num_classes):
+        mu = xt[tr.labels == c].mean(0)
+        pool = xl[yl == c]
+        ho = pool.mean(0) - mu
+        row = {
+            "class": c,
+            "n_train": int((tr.labels == c).sum()),
+            "heldout_shift2": round(float(ho @ ho), 3),
+            "heldout_spread": round(float(((pool - pool.mean(0)) ** 2).sum(1).mean()), 3),
+        }
+        for k, xv in kinds.items():
+            mine = xv[y_views == c]
+            s = mine.mean(0) - mu
+            row[f"{k}_shift2_ratio"] = round(float(s @ s) / float(ho @ ho), 3)
+            row[f"{k}_cos"] = round(float(s @ ho / (np.linalg.norm(s) * np.linalg.norm(ho) + 1e-12)), 3)
+            row[f"{k}_spread_ratio"] = round(
+                float(((mine - mine.mean(0)) ** 2).sum(1).mean()) / row["heldout_spread"], 3
+            )
+        rows.append(row)
+    few = [r for r in rows if r["n_train"] < FEW_BELOW]
+    summary = {
+        f"few_{k}_{m}": round(float(np.mean([r[f"{k}_{m}"] for r in few])), 3)
+        for k in ("strong", "weak")
+        for m in ("shift2_ratio", "cos", "spread_ratio")
+    }
+    return {
+        "cache": cache.path.name,
+        "seed": cache.provenance.get("seed"),
+        "views": n,
+        "few": summary,
+        "classes": rows,
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("caches", nargs="+")
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--views", type=int, default=10)
+    p.add_argument(
+        "--stage1", type=Path, default=None, help="folder of stage-one runs (default: beside the cache)"
+    )
+    a = p.parse_args(argv)
+    for c in a.caches:
+        print(json.dumps(diagnose(c, a.data_root, a.views, a.stage1)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
