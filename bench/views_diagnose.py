@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 import glag
-from glag.cache.derived import leftover_mask
+from glag.cache.derived import concat, derive, leftover_mask, rows_of
 from glag.cache.format import FeatureCache
 from glag.extract.datasets import DatasetSpec, load_dataset
 from glag.extract.dump import features_of, load_checkpoint, weights_hash
@@ -83,19 +83,30 @@ def _tk(x):
     return tukey(np.asarray(x, np.float64), glag.config.default("tukey_power"))
 
 
-def diagnose(path: str, data_root: str, n: int, stage1: Path | None) -> dict:
-    cache = FeatureCache(path)
+def all_views(cache: FeatureCache, data_root: str, n: int, stage1: Path | None) -> dict:
+    """{kind: (features, labels, index)} of ``n`` views of every training image, raw (not Tukey)."""
     state = checkpoint_of(cache, stage1 or cache.path.parent / "stage1")
     data = load_dataset(DatasetSpec(**cache.config["dataset"], data_root=data_root), progress=False)
-    tr, full = cache.split("train"), cache.split("full")
-    if not np.array_equal(np.sort(data.splits["train"].index), np.sort(tr.index)):
+    tr = data.splits["train"]
+    if not np.array_equal(np.sort(tr.index), np.sort(cache.split("train").index)):
         sys.exit(f"the dataset's training rows are not {cache.path.name}'s")
-    yt = data.splits["train"].labels
+    return {
+        k: (
+            view_features(state, data.images("train"), tr.labels, k, n),
+            np.tile(tr.labels, n),
+            np.tile(tr.index, n),
+        )
+        for k in ("strong", "weak")
+    }
+
+
+def diagnose(cache: FeatureCache, vs: dict, n: int) -> dict:
+    tr, full = cache.split("train"), cache.split("full")
     xt = _tk(tr.features)
     left = leftover_mask(cache)
     xl, yl = _tk(np.asarray(full.features)[left]), full.labels[left]
-    kinds = {k: _tk(view_features(state, data.images("train"), yt, k, n)) for k in ("strong", "weak")}
-    y_views = np.tile(yt, n)
+    kinds = {k: _tk(v[0]) for k, v in vs.items()}
+    y_views = vs["strong"][1]
     rows = []
     for c in range(cache.num_classes):
         mu = xt[tr.labels == c].mean(0)
@@ -139,10 +150,49 @@ def main(argv=None) -> int:
     p.add_argument(
         "--stage1", type=Path, default=None, help="folder of stage-one runs (default: beside the cache)"
     )
+    p.add_argument("--select", action="store_true", help="also the pre-registered selection run")
     a = p.parse_args(argv)
     for c in a.caches:
-        print(json.dumps(diagnose(c, a.data_root, a.views, a.stage1)), flush=True)
+        cache = FeatureCache(c)
+        vs = all_views(cache, a.data_root, a.views, a.stage1)
+        print(json.dumps(diagnose(cache, vs, a.views)), flush=True)
+        if a.select:
+            select(cache, vs["strong"])
     return 0
+
+
+def select(cache: FeatureCache, strong: tuple) -> None:
+    """Every method scored on the leftover pool (bench/heldout.py's), with the strong views as training
+    rows (``views``) or beside them (``train+views``); the real rows' LA, crt and glag beside."""
+    from heldout import RECIPE, _metrics, _run, pools  # bench/heldout.py, beside this script
+
+    seed = int(cache.provenance.get("seed", 0))
+    cfg = glag.load_config(RECIPE, {"stage_one.seed": seed})
+    full = cache.split("full")
+    scored = derive(cache, "score", test=rows_of(full, pools(cache)[0]))
+    tr = cache.split("train")
+    real = (np.asarray(tr.features), tr.labels, tr.index)
+    variants = {
+        "train": (scored, ["logit-adjust", "crt", "glag"]),
+        "views": (derive(scored, "views", train=strong), ["crt", "glag", "glag-no-kd", "glag-no-gen"]),
+        "train+views": (
+            derive(scored, "train+views", train=concat(real, strong)),
+            ["crt", "glag", "glag-no-kd", "glag-no-gen"],
+        ),
+    }
+    for name, (view, methods) in variants.items():
+        for m in methods:
+            r = _run(view, cfg, m)
+            row = {
+                "cache": cache.path.name,
+                "seed": seed,
+                "train_rows": name,
+                "method": m,
+                "score_pool": _metrics(r["res"]["test"], cache.train_counts),
+                "val": _metrics(r["res"]["val"], cache.train_counts),
+                "seconds": r["seconds"],
+            }
+            print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":
