@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -151,37 +152,42 @@ def main(argv=None) -> int:
         "--stage1", type=Path, default=None, help="folder of stage-one runs (default: beside the cache)"
     )
     p.add_argument("--select", action="store_true", help="also the pre-registered selection run")
+    p.add_argument("--methods", default=",".join(VIEW_METHODS), help="--select: methods on the views rows")
+    p.add_argument("--rows", default="train,views,train+views", help="--select: which training rows")
     a = p.parse_args(argv)
     for c in a.caches:
         cache = FeatureCache(c)
         vs = all_views(cache, a.data_root, a.views, a.stage1)
         print(json.dumps(diagnose(cache, vs, a.views)), flush=True)
         if a.select:
-            select(cache, vs["strong"])
+            select(cache, vs["strong"], a.methods.split(","), a.rows.split(","))
     return 0
 
 
-def select(cache: FeatureCache, strong: tuple) -> None:
+VIEW_METHODS = ["crt", "glag", "glag-no-kd", "glag-no-gen"]
+# the ensemble of a stage two on views with LA (run 2); its control is the same ensemble without generation
+EXTRA_VARIANTS = {"glag-ens-no-gen": {"method": ("glag-ens",), "generate": False}}
+
+
+def select(cache: FeatureCache, strong: tuple, methods=VIEW_METHODS, rows=("train", "views", "train+views")):
     """Every method scored on the leftover pool (bench/heldout.py's), with the strong views as training
     rows (``views``) or beside them (``train+views``); the real rows' LA, crt and glag beside."""
     from heldout import RECIPE, _metrics, _run, pools  # bench/heldout.py, beside this script
 
     seed = int(cache.provenance.get("seed", 0))
     cfg = glag.load_config(RECIPE, {"stage_one.seed": seed})
+    cfg = replace(cfg, variants={**cfg.variants, **EXTRA_VARIANTS})
     full = cache.split("full")
     scored = derive(cache, "score", test=rows_of(full, pools(cache)[0]))
     tr = cache.split("train")
     real = (np.asarray(tr.features), tr.labels, tr.index)
     variants = {
         "train": (scored, ["logit-adjust", "crt", "glag"]),
-        "views": (derive(scored, "views", train=strong), ["crt", "glag", "glag-no-kd", "glag-no-gen"]),
-        "train+views": (
-            derive(scored, "train+views", train=concat(real, strong)),
-            ["crt", "glag", "glag-no-kd", "glag-no-gen"],
-        ),
+        "views": (derive(scored, "views", train=strong), methods),
+        "train+views": (derive(scored, "train+views", train=concat(real, strong)), methods),
     }
-    for name, (view, methods) in variants.items():
-        for m in methods:
+    for name, (view, names) in variants.items():
+        for m in names if name in rows else ():
             r = _run(view, cfg, m)
             row = {
                 "cache": cache.path.name,
