@@ -73,6 +73,12 @@ def pools(cache: FeatureCache, score_per_class: int = SCORE_PER_CLASS):
     return np.concatenate(score), oracle
 
 
+def scored_view(cache: FeatureCache, score_per_class: int = SCORE_PER_CLASS):
+    """(the cache with its test split replaced by the leftover scoring pool, the oracle pool per class)."""
+    score, oracle = pools(cache, score_per_class)
+    return derive(cache, "score", test=rows_of(cache.split("full"), score)), oracle
+
+
 def _tk(x):
     return tukey(np.asarray(x, np.float64), glag.config.default("tukey_power"))
 
@@ -176,6 +182,19 @@ def _metrics(m: dict, counts) -> dict:
     return out
 
 
+def result_row(cache: FeatureCache, seed: int, train_rows: str, method: str, r: dict) -> dict:
+    """One selection row: a run (``_run``) scored on the pool (its view's test) and on validation."""
+    return {
+        "cache": cache.path.name,
+        "seed": seed,
+        "train_rows": train_rows,
+        "method": method,
+        "score_pool": _metrics(r["res"]["test"], cache.train_counts),
+        "val": _metrics(r["res"]["val"], cache.train_counts),
+        "seconds": r["seconds"],
+    }
+
+
 def select_one(
     path: str, methods: list[str], score_per_class: int = SCORE_PER_CLASS, share: float = 0.0, draws: int = 3
 ) -> list[dict]:
@@ -183,8 +202,7 @@ def select_one(
     seed = int(cache.provenance.get("seed", 0))
     cfg = glag.load_config(RECIPE, {"stage_one.seed": seed})
     full = cache.split("full")
-    score, oracle = pools(cache, score_per_class)
-    scored = derive(cache, "score", test=rows_of(full, score))  # test := leftover scoring pool
+    scored, oracle = scored_view(cache, score_per_class)  # test := leftover scoring pool
     counts = cache.train_counts
     views = {"": scored}
     oracle_train = {
@@ -209,15 +227,7 @@ def select_one(
         names = methods if not view_name else ["crt", "glag", "glag-no-kd", "glag-no-gen"]
         for m in names:
             r = _run(view, cfg, m)
-            row = {
-                "cache": Path(path).name,
-                "seed": seed,
-                "train_rows": view_name or "train",
-                "method": m,
-                "score_pool": _metrics(r["res"]["test"], counts),
-                "val": _metrics(r["res"]["val"], counts),
-                "seconds": r["seconds"],
-            }
+            row = result_row(cache, seed, view_name or "train", m, r)
             for k in ("ens_weight", "la_tau", "posthoc_tau", "tau"):
                 if k in r["res"]:
                     row[k] = r["res"][k]

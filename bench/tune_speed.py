@@ -66,7 +66,7 @@ def main() -> None:
         if "overhead" in parts:
             rows.append(overhead(cfg, path, tmp, args.trials))
         if "workers" in parts:
-            rows.append(workers_speedup(cfg, path, tmp, args.trials, args.recipe))
+            rows.append(workers_speedup(cfg, path, tmp, args.trials))
         if "pruning" in parts:
             rows.append(pruning(cfg, path, tmp, args.trials))
     command = f"OMP_NUM_THREADS=1 python bench/tune_speed.py --trials {args.trials}"
@@ -94,7 +94,7 @@ def overhead(cfg, path: Path, tmp: Path, trials: int) -> dict:
     }
 
 
-def workers_speedup(cfg, path: Path, tmp: Path, trials: int, recipe: Path) -> dict:
+def workers_speedup(cfg, path: Path, tmp: Path, trials: int) -> dict:
     """Trials per minute with 2 local workers against 1: the whole command, and the trial phase alone; beside
     it the hardware's floor, the same runs without a study split over 2 processes against 1."""
     from glag.tuning import tune
@@ -116,8 +116,8 @@ def workers_speedup(cfg, path: Path, tmp: Path, trials: int, recipe: Path) -> di
         phase[workers] = res["trials"] / trial_phase_s(tmp / f"w{workers}" / "trials.csv") * 60
     # the floor: the 1-worker study's trials as plain runs, in 1 process and split over 2 (no study at all)
     params = trial_params(tmp / "w1" / "trials.csv")
-    one_s = plain_parallel(path, recipe, params, tmp / "f1", 1)
-    two_s = plain_parallel(path, recipe, params, tmp / "f2", 2)
+    one_s = plain_parallel(path, cfg, params, tmp / "f1", 1)
+    two_s = plain_parallel(path, cfg, params, tmp / "f2", 2)
     return {
         "what": "workers",
         "trials_per_min_1": round(per_min[1], 1),
@@ -170,19 +170,13 @@ def trial_params(trials_csv: Path) -> list[dict]:
         ]
 
 
-def _plain_chunk(path: Path, recipe: Path, params_list: list, out: Path) -> None:
-    import glag
-
-    plain_runs(path, glag.load_config(recipe), params_list, out)
-
-
 def _warm(_) -> None:
     import glag.classify.runner  # noqa: F401 -- the imports, before the clock starts
 
     time.sleep(1)  # so that each process takes one of these
 
 
-def plain_parallel(path: Path, recipe: Path, params_list: list, out: Path, n: int) -> float:
+def plain_parallel(path: Path, cfg, params_list: list, out: Path, n: int) -> float:
     """Seconds for the runs split over ``n`` warmed-up processes (one thread each; start-up not timed)."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
@@ -190,7 +184,7 @@ def plain_parallel(path: Path, recipe: Path, params_list: list, out: Path, n: in
     with ProcessPoolExecutor(n, mp_context=mp.get_context("spawn")) as ex:
         list(ex.map(_warm, range(n)))
         t0 = time.perf_counter()
-        jobs = [ex.submit(_plain_chunk, path, recipe, params_list[i::n], out / str(i)) for i in range(n)]
+        jobs = [ex.submit(plain_runs, path, cfg, params_list[i::n], out / str(i)) for i in range(n)]
         for j in jobs:
             j.result()
         return time.perf_counter() - t0

@@ -15,16 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 
-import torch
+from heldout import _run, scored_view  # bench/heldout.py, beside this script
 
 import glag
-from glag.cache.derived import derive, rows_of
 from glag.cache.format import FeatureCache
-from glag.classify.methods import MethodRun
-from glag.classify.runner import METHODS
 from glag.config import read_recipe
 from glag.reporting import interval_text, paired_rows
 
@@ -47,8 +43,7 @@ def tuned_values(study: Path) -> dict:
 def run_one(cache: FeatureCache, recipe: Path, method: str, values: dict, scored: str = "test") -> dict:
     seed = int(cache.provenance.get("seed", 0))
     cfg = glag.load_config(recipe, {"stage_one.seed": seed, **values})
-    cfg = replace(cfg, stage_two=replace(cfg.stage_two, method=(method,)))
-    res = METHODS[method].fn(cache, MethodRun(cfg, torch.device("cpu"), "cpu", progress=False))
+    res = _run(cache, cfg, method)["res"]
     return {
         "seed": seed,
         "val": round(100 * res["val"]["top1"], 2),
@@ -70,9 +65,7 @@ def main(argv=None) -> int:
     for path in a.caches:
         cache = FeatureCache(path)
         if a.score_pool:
-            from heldout import pools  # bench/heldout.py, beside this script
-
-            cache = derive(cache, "score", test=rows_of(cache.split("full"), pools(cache)[0]))
+            cache = scored_view(cache)[0]
         for name, values in (("default", {}), ("tuned", tuned)):
             row = {
                 "cache": Path(path).name,

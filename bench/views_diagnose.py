@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from heldout import RECIPE, _run, _tk, result_row, scored_view  # bench/heldout.py, beside this script
 
 import glag
 from glag.cache.derived import concat, derive, leftover_mask, rows_of
@@ -29,7 +30,6 @@ from glag.cache.format import FeatureCache
 from glag.extract.datasets import DatasetSpec, load_dataset
 from glag.extract.dump import features_of, load_checkpoint, weights_hash
 from glag.extract.models import Classifier
-from glag.generate.stats import tukey
 
 FEW_BELOW = 20
 
@@ -78,10 +78,6 @@ def view_features(state: dict, images: np.ndarray, labels: np.ndarray, kind: str
         batches = [(xv[i : i + 256], torch.from_numpy(labels[i : i + 256])) for i in range(0, len(xv), 256)]
         out.append(features_of(model, batches, torch.device("cpu"), f"{kind} view {v + 1}", False)[0])
     return np.concatenate(out)
-
-
-def _tk(x):
-    return tukey(np.asarray(x, np.float64), glag.config.default("tukey_power"))
 
 
 def all_views(cache: FeatureCache, data_root: str, n: int, stage1: Path | None) -> dict:
@@ -177,22 +173,17 @@ def head_real_tail_views(cache: FeatureCache, cfg, strong: tuple) -> tuple:
     """The real training rows of classes with at least ``tail_below`` images, the strong views of the rest."""
     tr = cache.split("train")
     tail = np.flatnonzero(cache.train_counts < cfg.generator.tail_below)
-    real = np.asarray(tr.features)[~np.isin(tr.labels, tail)], tr.labels[~np.isin(tr.labels, tail)]
     keep = np.isin(strong[1], tail)
-    head_index = tr.index[~np.isin(tr.labels, tail)]
-    return concat((real[0], real[1], head_index), tuple(a[keep] for a in strong))
+    return concat(rows_of(tr, ~np.isin(tr.labels, tail)), tuple(a[keep] for a in strong))
 
 
 def select(cache: FeatureCache, strong: tuple, methods=VIEW_METHODS, rows=("train", "views", "train+views")):
     """Every method scored on the leftover pool (bench/heldout.py's), with the strong views as training
     rows (``views``) or beside them (``train+views``); the real rows' LA, crt and glag beside."""
-    from heldout import RECIPE, _metrics, _run, pools  # bench/heldout.py, beside this script
-
     seed = int(cache.provenance.get("seed", 0))
     cfg = glag.load_config(RECIPE, {"stage_one.seed": seed})
     cfg = replace(cfg, variants={**cfg.variants, **EXTRA_VARIANTS})
-    full = cache.split("full")
-    scored = derive(cache, "score", test=rows_of(full, pools(cache)[0]))
+    scored = scored_view(cache)[0]
     tr = cache.split("train")
     real = (np.asarray(tr.features), tr.labels, tr.index)
     variants = {
@@ -208,17 +199,7 @@ def select(cache: FeatureCache, strong: tuple, methods=VIEW_METHODS, rows=("trai
     }
     for name, (view, names) in variants.items():
         for m in names if name in rows else ():
-            r = _run(view, cfg, m)
-            row = {
-                "cache": cache.path.name,
-                "seed": seed,
-                "train_rows": name,
-                "method": m,
-                "score_pool": _metrics(r["res"]["test"], cache.train_counts),
-                "val": _metrics(r["res"]["val"], cache.train_counts),
-                "seconds": r["seconds"],
-            }
-            print(json.dumps(row), flush=True)
+            print(json.dumps(result_row(cache, seed, name, m, _run(view, cfg, m))), flush=True)
 
 
 if __name__ == "__main__":

@@ -172,10 +172,13 @@ def slurm_conf() -> str | None:
 
 def postgres_url() -> str | None:
     """The storage URL of tools/local-postgres's server when it answers and psycopg is installed, or None."""
-    url = os.environ.get(
-        "GLAG_PG_URL", f"postgresql://glag@127.0.0.1:{os.environ.get('GLAG_PG_PORT', '55432')}/glag"
-    )
+    url = os.environ.get("GLAG_PG_URL")
     try:
+        if url is None:  # the script's own URL (its port setting included), defined there only
+            tool = Path(__file__).resolve().parents[1] / "tools" / "local-postgres"
+            url = subprocess.run(
+                [str(tool), "url"], capture_output=True, text=True, check=True
+            ).stdout.strip()
         import psycopg
 
         psycopg.connect(url, connect_timeout=3).close()
