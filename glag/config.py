@@ -321,6 +321,22 @@ class StageOneSettings:
         lo=0,
         hi=100,
     )
+    sam_rho: float = setting(
+        0.0,
+        "ImbSAM in stage one (Zhou et al., ICCV 2023): the radius rho of a sharpness-aware step on the "
+        "tail classes' loss only, the head classes' gradient taken plainly (the reference's rho: 0.05); "
+        "0 = off. A step that holds a tail image costs about 2.7x a plain one. Part of the cache key.",
+        lo=0,
+        hi=10,
+    )
+    sam_tail_below: int = setting(
+        20,
+        "ImbSAM's tail: classes with fewer training images than this (the reference's eta, 20). Read only "
+        "with sam_rho > 0.",
+        kind=int,
+        lo=1,
+        hi=MAX_ROWS,
+    )
     precision: str = setting(
         "auto",
         "Stage-one arithmetic: bf16 autocast (the loss, optimizer state, BatchNorm statistics and the dumped "

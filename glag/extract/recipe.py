@@ -71,6 +71,19 @@ def check_backbone(name: str) -> None:
         )
 
 
+def check_sam(s: StageOneSettings) -> StageOneSettings:
+    """ImbSAM's settings as they key the training: its tail threshold only counts when it is on, and it is
+    not combined with mixup (the reference splits a batch's loss by each image's one label)."""
+    if s.sam_rho == 0:
+        return replace(s, sam_tail_below=StageOneSettings.sam_tail_below)
+    if s.mixup > 0:
+        raise GlagError(
+            f"sam_rho (--sam-rho) {s.sam_rho:g} with mixup (--mixup) {s.mixup:g}: ImbSAM splits the loss by "
+            "each image's label, which mixup blends; set one of them to 0"
+        )
+    return s
+
+
 @dataclass(frozen=True)
 class StageOne:
     """``[stage_one]`` with every unset value filled from the dataset's preset, the resolved dataset, and
@@ -98,7 +111,7 @@ class StageOne:
             precision=resolve_precision(s.precision),
         )
         check_backbone(s.backbone)
-        return cls(s, ds, p["pad"], p["flip"])
+        return cls(check_sam(s), ds, p["pad"], p["flip"])
 
     @classmethod
     def make(cls, spec: DatasetSpec | None = None, **settings) -> StageOne:

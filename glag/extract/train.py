@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from glag.errors import GlagError
 from glag.extract.batches import Augment
 from glag.extract.datasets import LTData
+from glag.extract.imbsam import imbsam_step, tail_classes
 from glag.extract.inputs import (
     device_and_dist,
     epoch_batches,
@@ -56,6 +57,7 @@ class TrainRun:
     net: torch.nn.Module | None = None  # what steps run: the model, DDP-wrapped and/or compiled
     eager: torch.nn.Module | None = None  # the same, not compiled: where a failed compiled step falls back
     resident: dict = field(default_factory=dict)
+    tail: torch.Tensor | None = None  # ImbSAM's tail classes (sam_rho > 0), else None
 
     @property
     def main(self) -> bool:
@@ -79,7 +81,15 @@ def set_up(job: StageOne, data: LTData, workdir: Path, log) -> TrainRun:
     loss_fn = make_loss(s.loss, counts, s.epochs, **job.loss_params()).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=s.lr, momentum=MOMENTUM, weight_decay=s.weight_decay)
     norm = normalisation(s.backbone, data)
-    return TrainRun(job, data, workdir, log, device, rank, world, model, loss_fn, opt, norm)
+    tail = None
+    if s.sam_rho > 0:
+        if world > 1:  # its two gradients per step would each be all-reduced, the moved weights not
+            raise GlagError(
+                f"sam_rho (--sam-rho) {s.sam_rho:g} trains on one process only; run without torchrun or "
+                "with sam_rho 0"
+            )
+        tail = tail_classes(counts, s.sam_tail_below, device)
+    return TrainRun(job, data, workdir, log, device, rank, world, model, loss_fn, opt, norm, tail=tail)
 
 
 def restore(run: TrainRun, resume: bool) -> None:
@@ -117,8 +127,16 @@ def step(run: TrainRun, x, y, t: float) -> torch.Tensor:
     s = run.job.settings
     # a compiled step may (re)compile and fail part-way, after its forward moved the BatchNorm statistics
     saved = [b.detach().clone() for b in run.model.buffers()] if run.net is not run.eager else None
-    try:
+
+    def once():
+        if run.tail is not None:
+            return imbsam_step(
+                run.net, run.loss_fn, run.opt, x, y, t, run.device, run.job.amp, s.sam_rho, run.tail
+            )
         return sgd_step(run.net, run.loss_fn, run.opt, x, y, t, run.device, run.job.amp, s.mixup)
+
+    try:
+        return once()
     except Exception as exc:  # noqa: BLE001 -- any failure of a compiled step means: train eagerly
         if saved is None:
             raise
@@ -129,7 +147,7 @@ def step(run: TrainRun, x, y, t: float) -> torch.Tensor:
             for b, v in zip(run.model.buffers(), saved, strict=False):
                 b.copy_(v)
         run.net = run.eager
-        return sgd_step(run.net, run.loss_fn, run.opt, x, y, t, run.device, run.job.amp, s.mixup)
+        return once()
 
 
 def train_epoch(run: TrainRun, epoch: int, progress: bool) -> float:
