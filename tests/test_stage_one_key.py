@@ -29,7 +29,11 @@ CHANGED = {
     "seed": 7,
     "weights": "torchvision:DEFAULT",
     "precision": "bf16",
+    "sam_rho": 0.05,
+    "sam_tail_below": 50,
 }
+# a keyed setting read only when another is on: compared with that other setting on in both
+NEEDS = {"sam_tail_below": {"sam_rho": 0.05}}
 
 
 def key(job: StageOne) -> str:
@@ -40,14 +44,22 @@ def test_keyed_and_unkeyed_settings():
     assert set(KEYED) == set(CHANGED) and KEYED[: len(ALWAYS_KEYED)] == ALWAYS_KEYED
     assert NOT_KEYED == ("compile",)
     base = StageOne.make().identity()
-    assert set(ALWAYS_KEYED) <= set(base) and not {"mixup", "weights", "precision", "compile"} & set(base)
+    assert set(ALWAYS_KEYED) <= set(base) and not {
+        "mixup",
+        "weights",
+        "precision",
+        "compile",
+        "sam_rho",
+        "sam_tail_below",
+    } & set(base)
 
 
 @pytest.mark.parametrize("name", KEYED)
 def test_each_keyed_setting_changes_the_key(name):
     if name == "weights":
         pytest.skip("torchvision weights need a network; a weights file is keyed by content (test_stage_one)")
-    assert key(StageOne.make(**{name: CHANGED[name]})) != key(StageOne.make())
+    on = NEEDS.get(name, {})
+    assert key(StageOne.make(**on, **{name: CHANGED[name]})) != key(StageOne.make(**on))
 
 
 @dataclass(frozen=True)
