@@ -161,6 +161,21 @@ def lost(q: dict, nodes: dict) -> str:
     return ""
 
 
+# squeue's reasons for a PENDING job that this partition can never start as asked (sbatch accepts such a job
+# where the partition does not enforce its limits at submit time, and it would wait forever)
+NEVER_STARTS = ("PartitionConfig", "PartitionNodeLimit", "PartitionTimeLimit", "BadConstraints")
+
+
+def never_starts(q: dict) -> str:
+    """Why a queued job can never start ('' if it can): the partition lacks what it asks for."""
+    if q["state"] != "PENDING" or q.get("reason") not in NEVER_STARTS:
+        return ""
+    return (
+        f"PENDING ({q['reason']}): the partition cannot give it the CPUs, nodes or time it asks for; "
+        "lower --tasks-per-cell, --cpus-per-cell or the time limit, or choose another --partition"
+    )
+
+
 def _said(q: dict) -> str:
     """What the scheduler says of a job, in a few words: state, node, reason."""
     where = f" on {q['node']}" if q.get("node") else ""
@@ -246,6 +261,8 @@ def run_on_slurm(
 def _failure(c: dict, info: dict, last: dict | None, why_lost: str, out: Path) -> str:
     """One failed cell, with where its log is, or what the scheduler last said when there is none."""
     job = f"job {info['job_id']}"
+    if why_lost.startswith("PENDING"):
+        return f"{c['name']} ({job} was cancelled, {why_lost})"
     if why_lost:
         return f"{c['name']} ({job} was {why_lost}: the scheduler lost it; log {info['stderr']})"
     error = error_of(c["dir"])
@@ -296,7 +313,11 @@ def _wait(groups, finished, log, is_done, quiet, lost_after_s: float, out: Path)
                     else:
                         lost_since.pop(key, None)
                     lost_for = now - lost_since.get(key, now)
-                    if q["state"] in ACTIVE:
+                    hopeless = never_starts(q)
+                    if hopeless:  # the sweep's own job: cancelled, so that it does not sit in the queue
+                        subprocess.run(["scancel", info["job_id"]], capture_output=True, timeout=60)
+                        why_lost = hopeless
+                    elif q["state"] in ACTIVE:
                         if lost_for < lost_after_s:  # still running, or not lost for long enough
                             continue
                         why_lost = f"{why_lost} for over {lost_after_s:g} s"

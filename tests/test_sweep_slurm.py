@@ -118,10 +118,44 @@ def test_unknown_partition_is_one_line(tmp_path, glag_cli, monkeypatch):
     assert not (tmp_path / "sw").exists()
 
 
+def _cluster_cpus() -> int:
+    r = subprocess.run(
+        ["sinfo", "-h", "-o", "%c"], capture_output=True, text=True, env={**os.environ, "SLURM_CONF": CONF}
+    )
+    return max(int(x.rstrip("+")) for x in r.stdout.split())
+
+
+@needs_slurm
+def test_a_job_the_partition_can_never_start_fails_in_one_line(tmp_path):
+    """More tasks than the cluster's node has CPUs: sbatch takes the job, squeue keeps it PENDING
+    (PartitionConfig) for ever; the sweep cancels its own job and says why instead of waiting."""
+    tasks = _cluster_cpus() + 1
+    r = _sweep(
+        tmp_path / "sw",
+        tmp_path / "cache",
+        "--seeds",
+        "0",
+        "--executor",
+        "slurm",
+        "--tasks-per-cell",
+        str(tasks),
+        check=False,
+    )
+    assert r.returncode == 1 and "1 cell(s) failed" in r.stderr, r.stderr
+    assert "was cancelled, PENDING (Partition" in r.stderr and "lower --tasks-per-cell" in r.stderr, r.stderr
+    job = json.loads(next((tmp_path / "sw" / "cells").glob("*/job.json")).read_text())["job_id"]
+    q = subprocess.run(
+        ["squeue", "-h", "-j", job], capture_output=True, text=True, env={**os.environ, "SLURM_CONF": CONF}
+    )
+    assert q.stdout.strip() == "", q.stdout  # not left in the queue
+
+
 @needs_slurm
 def test_two_task_gloo_stage_one_equals_torchrun(tmp_path):
     """tasks_per_cell 2: the cell's stage one runs under torch.distributed (gloo on CPU) with SLURM's
     environment driving it, and trains the same weights (the same cache key) as torchrun does."""
+    if _cluster_cpus() < 2:  # the job would never start (the test above covers what the sweep says)
+        pytest.skip("the local SLURM node has 1 CPU; two tasks need 2 (start it where nproc >= 2)")
     _sweep(
         tmp_path / "sw",
         tmp_path / "cache-slurm",
