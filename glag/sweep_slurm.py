@@ -261,8 +261,9 @@ def run_on_slurm(
 def _failure(c: dict, info: dict, last: dict | None, why_lost: str, out: Path) -> str:
     """One failed cell, with where its log is, or what the scheduler last said when there is none."""
     job = f"job {info['job_id']}"
-    if why_lost.startswith("PENDING"):
-        return f"{c['name']} ({job} was cancelled, {why_lost})"
+    hopeless = never_starts(last) if last else ""
+    if hopeless:  # _wait cancelled it when it saw this
+        return f"{c['name']} ({job} was cancelled, {hopeless})"
     if why_lost:
         return f"{c['name']} ({job} was {why_lost}: the scheduler lost it; log {info['stderr']})"
     error = error_of(c["dir"])
@@ -313,10 +314,10 @@ def _wait(groups, finished, log, is_done, quiet, lost_after_s: float, out: Path)
                     else:
                         lost_since.pop(key, None)
                     lost_for = now - lost_since.get(key, now)
-                    hopeless = never_starts(q)
-                    if hopeless:  # the sweep's own job: cancelled, so that it does not sit in the queue
+                    if never_starts(
+                        q
+                    ):  # the sweep's own job: cancelled, so that it does not sit in the queue
                         subprocess.run(["scancel", info["job_id"]], capture_output=True, timeout=60)
-                        why_lost = hopeless
                     elif q["state"] in ACTIVE:
                         if lost_for < lost_after_s:  # still running, or not lost for long enough
                             continue
